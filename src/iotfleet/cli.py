@@ -1,0 +1,272 @@
+"""The ``iotfleet`` command line: thin wrappers that parse, call the library and exit 0/1/2.
+
+This is the only module that configures logging. Every option can also come from the environment as
+``IOTFLEET_<COMMAND>_<OPTION>`` (click's ``auto_envvar_prefix``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+
+from iotfleet import policy
+from iotfleet.errors import ConfigError, IotFleetError
+from iotfleet.topics import TopicScheme
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_BREACHED, EXIT_USAGE = 0, 1, 2
+MIN_OPEN_FILES = 16384
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn an :class:`IotFleetError` into one clear line on stderr and exit code 2."""
+    try:
+        yield
+    except IotFleetError as exc:
+        _fail(exc.message)
+
+
+@click.group(context_settings={"auto_envvar_prefix": "IOTFLEET", "help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="iotfleet")
+def cli(verbose: int) -> None:
+    """Device SDK, fleet simulator and local multi-region cloud for AWS IoT Core style platforms."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _check_mosquitto() -> Check:
+    from iotfleet.cloud.broker import INSTALL_HINT, find_mosquitto  # noqa: PLC0415 - keep `--help` fast
+    from iotfleet.errors import BrokerNotInstalled  # noqa: PLC0415
+
+    try:
+        binary = find_mosquitto()
+    except BrokerNotInstalled:
+        return Check("mosquitto", False, "not found on PATH or in /usr/sbin", INSTALL_HINT)
+    out = subprocess.run([str(binary), "-h"], capture_output=True, text=True, timeout=10, check=False).stdout
+    match = re.search(r"mosquitto version (\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        return Check("mosquitto", False, f"{binary} did not report a version", "reinstall mosquitto 2.0 or newer")
+    version = tuple(int(g) for g in match.groups())
+    text = ".".join(match.groups())
+    if version < (2, 0, 0):
+        return Check("mosquitto", False, f"{text} at {binary} is too old", "install mosquitto 2.0 or newer")
+    return Check("mosquitto", True, f"{text} at {binary}")
+
+
+def _check_setpriv() -> Check:
+    import shutil  # noqa: PLC0415
+
+    found = shutil.which("setpriv")
+    if found:
+        return Check("setpriv", True, f"{found}: brokers die with this process even on SIGKILL")
+    return Check(
+        "setpriv",
+        False,
+        "not found: a broker could outlive a SIGKILLed iotfleet",
+        "install util-linux ('sudo apt-get install -y util-linux')",
+    )
+
+
+def _check_awscrt() -> Check:
+    try:
+        import awscrt  # noqa: PLC0415
+        import awscrt.mqtt5  # noqa: PLC0415
+        import awsiot  # noqa: F401, PLC0415
+    except ImportError as exc:
+        return Check("awscrt", False, f"import failed: {exc}", "pip install --force-reinstall awscrt awsiotsdk")
+    version = getattr(awscrt, "__version__", "unknown")
+    return Check("awscrt", True, f"awscrt {version} and awsiot import")
+
+
+def _check_open_files() -> Check:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    usable = hard if hard != resource.RLIM_INFINITY else MIN_OPEN_FILES * 4
+    detail = f"soft {soft}, hard {'unlimited' if hard == resource.RLIM_INFINITY else hard}"
+    if usable < MIN_OPEN_FILES:
+        return Check(
+            "open files",
+            False,
+            f"{detail}: too few for thousands of simulated devices",
+            f"raise the hard limit to at least {MIN_OPEN_FILES} (e.g. 'ulimit -Hn 65536' as root, "
+            "or LimitNOFILE= in a systemd unit)",
+        )
+    return Check("open files", True, f"{detail} (iotfleet raises the soft limit to the hard one when it needs to)")
+
+
+def _check_cloud() -> Check:
+    from iotfleet.cloud.local import LocalCloud  # noqa: PLC0415
+
+    try:
+        with LocalCloud(regions=["doctor-1"]) as cloud:
+            port = cloud.region("doctor-1").endpoint.port
+    except IotFleetError as exc:
+        return Check("local cloud", False, exc.message.splitlines()[0], "run with -v to see the broker's log")
+    return Check("local cloud", True, f"a region started with mTLS on localhost:{port} and stopped")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check that this machine can run iotfleet; print what is wrong and how to fix it."""
+    checks = [_check_mosquitto(), _check_setpriv(), _check_awscrt(), _check_open_files()]
+    if checks[0].ok:
+        checks.append(_check_cloud())
+    for check in checks:
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<12} {check.detail}")
+        if not check.ok:
+            click.echo(f"      {'':<12} fix: {check.fix}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        click.echo(f"\n{len(failed)} problem(s): {', '.join(failed)}")
+        sys.exit(EXIT_BREACHED)
+    click.echo("\nall checks passed")
+
+
+# --------------------------------------------------------------------------- cloud
+
+
+def _regions(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("name at least one region, e.g. eu-west-1,us-east-1")
+    return names
+
+
+@contextmanager
+def _until_signalled() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM; the previous handlers come back afterwards."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@cli.group()
+def cloud() -> None:
+    """The local cloud: regions of mosquitto + IoT Core services on loopback."""
+
+
+@cloud.command("up")
+@click.option("--regions", default="eu-west-1,us-east-1", show_default=True, help="Comma-separated region names.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the CA, registry and identities here across runs (default: a temporary directory).",
+)
+@click.option(
+    "--replication-lag",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds before a registration reaches the other regions.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line with endpoints and credentials once ready.")
+def cloud_up(regions: str, workdir: Path | None, replication_lag: float, as_json: bool) -> None:
+    """Start the local cloud and run until SIGINT or SIGTERM."""
+    from iotfleet.cloud.local import LocalCloud  # noqa: PLC0415
+
+    with _errors(), _until_signalled() as stop:
+        local = LocalCloud(_regions(regions), workdir=workdir, replication_lag=replication_lag)
+        with local:
+            info = local.info()
+            if as_json:
+                click.echo(json.dumps(info))
+            else:
+                for r in info["regions"]:
+                    click.echo(f"region {r['name']:<12} mqtts://{r['host']}:{r['port']}")
+                click.echo(f"CA          {info['ca_file']}")
+                click.echo(f"claim       {info['claim_cert']} {info['claim_key']}")
+                click.echo(f"template    {info['template']}")
+                click.echo(f"workdir     {info['workdir']}")
+                click.echo("running; press Ctrl-C to stop")
+            sys.stdout.flush()
+            stop.wait()
+        if not as_json:
+            click.echo("stopped")
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@cli.group("policy")
+def policy_group() -> None:
+    """AWS IoT policies rendered from the topic scheme."""
+
+
+@policy_group.command("render")
+@click.option("--data", "data_template", default=TopicScheme().data, show_default=True, help="Data topic template.")
+@click.option(
+    "--command",
+    "command_template",
+    default=TopicScheme().command,
+    show_default=True,
+    help="Command topic template.",
+)
+@click.option("--region", default="*", show_default=True, help="Region in the ARNs.")
+@click.option("--account", default="*", show_default=True, help="Account id in the ARNs.")
+@click.option(
+    "--claim",
+    "claim_template",
+    metavar="TEMPLATE",
+    help="Render the claim-certificate policy for this provisioning template instead.",
+)
+def policy_render(
+    data_template: str, command_template: str, region: str, account: str, claim_template: str | None
+) -> None:
+    """Print the least-privilege device policy (or the claim policy) as JSON."""
+    with _errors():
+        if claim_template:
+            document = policy.render_claim(claim_template, region=region, account=account)
+        else:
+            try:
+                scheme = TopicScheme(data=data_template, command=command_template)
+            except ValidationError as exc:
+                raise ConfigError("; ".join(str(e["msg"]) for e in exc.errors())) from exc
+            document = policy.render(scheme, region=region, account=account)
+        click.echo(json.dumps(document, indent=2))
+
+
+def main() -> None:
+    cli(prog_name="iotfleet")

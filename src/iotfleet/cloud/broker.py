@@ -1,0 +1,424 @@
+"""One mosquitto process per region: generated config, mTLS listener on loopback, chaos operations.
+
+The broker is started through ``setpriv --pdeathsig KILL`` from one long-lived spawner thread, so the
+kernel kills it if the Python process dies for any reason, even SIGKILL; it runs in its own process
+group and is stopped by its PID, never by name. Readiness is a completed TLS handshake with a client
+certificate, not a sleep. Its log is read line by line: connection lines feed ``on_connect`` (the
+region's connection guard) and ``Reloading config.`` confirms an ACL reload.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import os
+import pwd
+import queue
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Final
+
+from iotfleet.errors import BrokerNotInstalled, BrokerStartError, CloudError
+
+__all__ = ["Broker", "BrokerState", "TlsFiles", "find_mosquitto", "free_port"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT: Final = (
+    "mosquitto is not installed: run 'sudo apt-get install -y mosquitto' (Debian/Ubuntu), "
+    "or put its directory on PATH (mosquitto is often in /usr/sbin)"
+)
+# IoT Core's PUBLISH payload limit is 128 KiB; the packet may also carry the topic and properties.
+MAX_PACKET_SIZE: Final = 128 * 1024 + 4096
+_CONNECTED = re.compile(r"New client connected from \S+ as (?P<id>.*) \(p\d+, c\d+, k\d+(?:, u'(?P<user>.*)')?\)\.$")
+_RELOADED: Final = "Reloading config."
+
+
+def find_mosquitto() -> Path:
+    """The mosquitto binary: on PATH, else in /usr/sbin; raise :class:`BrokerNotInstalled` if absent."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise BrokerNotInstalled(INSTALL_HINT)
+    return Path(found)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An ephemeral port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A client identity on disk: the CA to trust, the certificate and its key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx
+
+
+class BrokerState(StrEnum):
+    """Where a broker process is in its life."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    KILLED = "killed"
+    BLACKHOLED = "blackholed"
+
+
+class _Spawner:
+    """One long-lived thread that starts every broker.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process, so brokers
+    are forked from a thread that lives as long as the interpreter.
+    """
+
+    _lock = threading.Lock()
+    _instance: _Spawner | None = None
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[list[str], queue.Queue[subprocess.Popen[bytes] | BaseException]]]
+        self._requests = queue.Queue()
+        threading.Thread(target=self._run, name="iotfleet-broker-spawner", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _Spawner:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def _run(self) -> None:
+        while True:
+            argv, reply = self._requests.get()
+            try:
+                reply.put(
+                    subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            except BaseException as exc:  # handed back to the caller, which re-raises it
+                reply.put(exc)
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        reply: queue.Queue[subprocess.Popen[bytes] | BaseException] = queue.Queue()
+        self._requests.put((argv, reply))
+        result = reply.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+class Broker:
+    """A mosquitto process for one region, on a fixed loopback port for its whole life.
+
+    ``service`` is the identity used to probe readiness. ``on_connect(client_id, username)`` is called
+    from the log-reader thread for every accepted connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        directory: Path,
+        ca_file: Path,
+        cert_file: Path,
+        key_file: Path,
+        acl_file: Path,
+        service: TlsFiles,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        on_connect: Callable[[str, str | None], None] | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.directory = directory
+        self.host = host
+        self.port = port or 0
+        self._ca_file, self._cert_file, self._key_file, self._acl_file = (
+            ca_file,
+            cert_file,
+            key_file,
+            acl_file,
+        )
+        self._service = service
+        self._on_connect = on_connect
+        self._start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=400)
+        self._reloads = 0
+        self._reload_cond = threading.Condition()
+        self._state_lock = threading.RLock()
+        self.state = BrokerState.STOPPED
+        self.started_count = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    def recent_log(self) -> str:
+        """The broker's last few hundred log lines."""
+        return "\n".join(self._log)
+
+    def _config(self) -> str:
+        user = pwd.getpwuid(os.getuid()).pw_name
+        return "\n".join(
+            [
+                "# generated by iotfleet; rewritten on every start",
+                "per_listener_settings false",
+                f"user {user}",
+                "allow_anonymous false",
+                "persistence false",
+                "log_dest stderr",  # unbuffered in C: each line reaches the guard at once
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                "log_type information",
+                "connection_messages true",
+                "log_timestamp false",
+                f"acl_file {self._acl_file}",
+                "max_keepalive 1200",
+                "max_inflight_messages 100",
+                f"max_packet_size {MAX_PACKET_SIZE}",
+                "set_tcp_nodelay true",
+                f"listener {self.port} {self.host}",
+                f"cafile {self._ca_file}",
+                f"certfile {self._cert_file}",
+                f"keyfile {self._key_file}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        """Start mosquitto and return once it completes a TLS handshake; pick a port on first start."""
+        with self._state_lock:
+            if self.state is not BrokerState.STOPPED and self.state is not BrokerState.KILLED:
+                raise CloudError(f"broker {self.name} is {self.state}: stop or restore it instead of starting")
+            binary = find_mosquitto()
+            fixed_port = self.port != 0
+            for attempt in range(5):
+                if not fixed_port:
+                    self.port = free_port(self.host)
+                try:
+                    self._launch(binary)
+                    return
+                except BrokerStartError as exc:
+                    if fixed_port or "Address already in use" not in exc.log or attempt == 4:
+                        raise
+                    log.debug("port %d was taken while %s started; trying another", self.port, self.name)
+
+    def _launch(self, binary: Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self._config())
+        argv = [str(binary), "-c", str(self.config_file)]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            argv = [setpriv, "--pdeathsig", "KILL", *argv]
+        self._log.clear()
+        proc = _Spawner.get().spawn(argv)
+        _running.add(self)
+        self._proc = proc
+        if proc.stdout is None:  # pragma: no cover - Popen was given stdout=PIPE
+            raise BrokerStartError(f"mosquitto for region {self.name} has no log pipe")
+        self._reader = threading.Thread(
+            target=self._read_log, args=(proc.stdout,), name=f"iotfleet-broker-log-{self.name}", daemon=True
+        )
+        self._reader.start()
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if proc.poll() is not None:
+                self._reader.join(timeout=2)
+                self._proc = None
+                _running.discard(self)
+                raise BrokerStartError(
+                    f"mosquitto for region {self.name} exited with code {proc.returncode} during start-up; "
+                    f"its log:\n{self.recent_log()}",
+                    log=self.recent_log(),
+                )
+            if self._handshake(timeout=0.5):
+                break
+            if time.monotonic() > deadline:
+                self._terminate()
+                raise BrokerStartError(
+                    f"mosquitto for region {self.name} did not accept a TLS connection on {self.host}:"
+                    f"{self.port} within {self._start_timeout:.0f}s; its log:\n{self.recent_log()}",
+                    log=self.recent_log(),
+                )
+            time.sleep(0.01)
+        self.state = BrokerState.RUNNING
+        self.started_count += 1
+        log.info("broker %s ready on %s:%d (pid %d)", self.name, self.host, self.port, proc.pid)
+
+    def _handshake(self, timeout: float) -> bool:
+        try:
+            with (
+                socket.create_connection((self.host, self.port), timeout=timeout) as raw,
+                self._service.client_context().wrap_socket(raw, server_hostname="localhost"),
+            ):
+                return True
+        except (OSError, ssl.SSLError):
+            return False
+
+    def _read_log(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._log.append(line)
+            if line == _RELOADED:
+                with self._reload_cond:
+                    self._reloads += 1
+                    self._reload_cond.notify_all()
+                continue
+            match = _CONNECTED.search(line)
+            if match and self._on_connect is not None:
+                try:
+                    self._on_connect(match.group("id"), match.group("user"))
+                except Exception:  # a guard failure must not stop the log from being drained
+                    log.exception("connection guard of %s failed on %r", self.name, line)
+
+    def reload(self, timeout: float = 5.0) -> None:
+        """Re-read the ACL file (SIGHUP) and wait until mosquitto has reloaded it.
+
+        mosquitto 2.0 blocks signals while it sits in ``epoll_wait`` (up to 100 ms), so a TCP connect
+        wakes it and the signal lands at once. The wait ends when the broker logs the reload and then
+        answers a TLS handshake; mosquitto is single-threaded, so that handshake is served after the
+        reload completed.
+        """
+        with self._state_lock:
+            proc = self._proc
+            if proc is None or self.state is not BrokerState.RUNNING:
+                return  # a stopped, killed or blackholed broker reads the ACL file when it runs again
+            deadline = time.monotonic() + timeout
+            with self._reload_cond:
+                target = self._reloads + 1
+                proc.send_signal(signal.SIGHUP)
+                while self._reloads < target:
+                    if time.monotonic() > deadline:
+                        raise CloudError(f"broker {self.name} did not reload its ACL within {timeout}s")
+                    self._wake()
+                    self._reload_cond.wait(timeout=0.05)
+            self._handshake(timeout=timeout)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # the broker died; the caller's deadline reports it
+            socket.create_connection((self.host, self.port), timeout=1).close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``), whatever state it is in."""
+        with self._state_lock:
+            self._terminate(timeout)
+            self.state = BrokerState.STOPPED
+
+    def _terminate(self, timeout: float = 5.0) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if self.state is BrokerState.BLACKHOLED:
+                proc.kill()
+            else:
+                proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._proc = None
+        _running.discard(self)
+
+    # ------------------------------------------------------------------ chaos
+
+    def kill(self) -> None:
+        """SIGKILL the broker: every peer sees its connection reset at once."""
+        with self._state_lock:
+            if self._proc is None:
+                raise CloudError(f"broker {self.name} is not running: start or restore it first")
+            self._proc.kill()
+            self._terminate()
+            self.state = BrokerState.KILLED
+
+    def blackhole(self) -> None:
+        """SIGSTOP the broker: connections hang like a network partition until :meth:`restore`."""
+        with self._state_lock:
+            if self._proc is None or self.state is not BrokerState.RUNNING:
+                raise CloudError(f"broker {self.name} is {self.state}: only a running broker can be blackholed")
+            self._proc.send_signal(signal.SIGSTOP)
+            self.state = BrokerState.BLACKHOLED
+
+    def restore(self) -> None:
+        """Undo :meth:`kill` (restart on the same port) or :meth:`blackhole` (SIGCONT)."""
+        with self._state_lock:
+            if self.state is BrokerState.BLACKHOLED and self._proc is not None:
+                self._proc.send_signal(signal.SIGCONT)
+                self.state = BrokerState.RUNNING
+                return
+            if self.state is BrokerState.KILLED:
+                self.start()
+                return
+            if self.state is BrokerState.RUNNING:
+                return
+            raise CloudError(f"broker {self.name} is {self.state}: start it instead of restoring it")
+
+
+class _RunningBrokers:
+    """Brokers still running, stopped at interpreter exit (pdeathsig covers harder deaths)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._brokers: set[Broker] = set()
+        self._hooked = False
+
+    def add(self, broker: Broker) -> None:
+        with self._lock:
+            if not self._hooked:  # registered on first use: importing iotfleet has no side effects
+                atexit.register(self.stop_all)
+                self._hooked = True
+            self._brokers.add(broker)
+
+    def discard(self, broker: Broker) -> None:
+        with self._lock:
+            self._brokers.discard(broker)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            brokers = list(self._brokers)
+        for broker in brokers:
+            broker.stop(timeout=2)
+
+
+_running = _RunningBrokers()

@@ -1,0 +1,464 @@
+"""LocalCloud: several regions on loopback, each a real mosquitto plus its registry.
+
+Every region's broker trusts the one local CA and maps a client certificate's CN to its username.
+What each identity may do comes from the registry: the ACL file is rendered from each thing's policy
+(:func:`iotfleet.policy.acl_lines`) and reloaded on every registration. The connection guard reads
+the broker's log and evicts any connection whose certificate is not an ACTIVE certificate attached to
+a thing in this region, or whose client id is not that thing's name (IoT Core's Connect policy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iotfleet import policy
+from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
+from iotfleet.cloud.ca import CertificateAuthority, Credentials
+from iotfleet.cloud.registry import (
+    CertificateRecord,
+    CertificateStatus,
+    Registration,
+    Registry,
+    Replicator,
+    Thing,
+)
+from iotfleet.config import Endpoint, Identity, validate_region
+from iotfleet.errors import CloudError, ConfigError, RegistryError
+from iotfleet.topics import ThingScope, TopicScheme
+
+__all__ = [
+    "CLAIM_IDENTITY",
+    "DEFAULT_REGIONS",
+    "DEFAULT_TEMPLATE",
+    "DEVICE_POLICY",
+    "SERVICE_IDENTITY",
+    "GuardEvent",
+    "LocalCloud",
+    "Region",
+    "ThingSpec",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGIONS: Final = ("eu-west-1", "us-east-1")
+SERVICE_IDENTITY: Final = "iotfleet-service"
+CLAIM_IDENTITY: Final = "iotfleet-claim"
+DEFAULT_TEMPLATE: Final = "iotfleet-default"
+DEVICE_POLICY: Final = "iotfleet-device"
+LOCAL_HOST: Final = "localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class ThingSpec:
+    """A thing to register: its name, tenant, site and any further attributes."""
+
+    name: str
+    tenant: str
+    site: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ThingScope(self.tenant, self.site, self.name)  # validates all three
+
+    @property
+    def all_attributes(self) -> dict[str, str]:
+        return {**self.attributes, "tenant": self.tenant, "site": self.site}
+
+
+@dataclass(frozen=True, slots=True)
+class GuardEvent:
+    """A connection the guard evicted, and why."""
+
+    region: str
+    client_id: str
+    identity: str | None
+    reason: str
+
+
+class Region:
+    """One region: a broker, a registry, the ACL rendered from it and the connection guard."""
+
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        *,
+        ca: CertificateAuthority,
+        server: tuple[Path, Path],
+        service: TlsFiles,
+        claim_policy: dict[str, Any],
+    ) -> None:
+        self.name = validate_region(name)
+        self.directory = directory
+        self.registry = Registry(directory / "registry.sqlite")
+        self._service = service
+        self._claim_policy = claim_policy
+        self._acl_lock = threading.Lock()
+        self._acl_cache: dict[tuple[str, str, str, str], list[str]] = {}
+        self.acl_file = directory / "acl"
+        self.evictions: list[GuardEvent] = []
+        self.eviction_counts: Counter[str] = Counter()
+        self._kicks: queue.Queue[str | None] = queue.Queue()
+        self._kicker: threading.Thread | None = None
+        self.broker = Broker(
+            name=name,
+            directory=directory,
+            ca_file=ca.cert_file,
+            cert_file=server[0],
+            key_file=server[1],
+            acl_file=self.acl_file,
+            service=service,
+            on_connect=self._guard,
+        )
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(region=self.name, host=LOCAL_HOST, port=self.broker.port)
+
+    @property
+    def state(self) -> BrokerState:
+        return self.broker.state
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        self.write_acl()
+        self._kicker = threading.Thread(target=self._kick_loop, name=f"iotfleet-guard-{self.name}", daemon=True)
+        self._kicker.start()
+        self.broker.start()
+
+    def stop(self) -> None:
+        self.broker.stop()
+        if self._kicker is not None:
+            self._kicks.put(None)
+            self._kicker.join(timeout=5)
+            self._kicker = None
+        self.registry.close()
+
+    def kill(self) -> None:
+        """SIGKILL this region's broker: its devices see a reset at once."""
+        self.broker.kill()
+
+    def blackhole(self) -> None:
+        """Freeze this region's broker (SIGSTOP): its devices notice only by keepalive timeout."""
+        self.broker.blackhole()
+
+    def restore(self) -> None:
+        """Bring the broker back after :meth:`kill` or :meth:`blackhole`, on the same port."""
+        self.broker.restore()
+
+    # ------------------------------------------------------------------ registry and ACL
+
+    def put(self, registrations: tuple[Registration, ...]) -> None:
+        """Record registrations and make them effective: rewrite the ACL and reload the broker once."""
+        self.registry.put(*registrations)
+        self.sync_acl()
+
+    def sync_acl(self) -> None:
+        with self._acl_lock:
+            self.write_acl()
+            self.broker.reload()
+
+    def write_acl(self) -> None:
+        """Render the ACL: the service may do anything, the claim only provisioning, a thing its policy."""
+        lines = [
+            "# generated by iotfleet from the region's registry; do not edit",
+            f"user {SERVICE_IDENTITY}",
+            "topic readwrite #",
+            "topic readwrite $aws/#",
+            "",
+            *policy.acl_lines(self._claim_policy, CLAIM_IDENTITY, policy.ThingVariables("claim", {})),
+            "",
+        ]
+        cache: dict[tuple[str, str, str, str], list[str]] = {}
+        for row in self.registry.acl_rows():
+            rendered = self._acl_cache.get(row)
+            if rendered is None:
+                identity, thing, attributes, document = row
+                variables = policy.ThingVariables(thing, json.loads(attributes))
+                rendered = policy.acl_lines(json.loads(document), identity, variables)
+            cache[row] = rendered
+            lines.extend(rendered)
+            lines.append("")
+        self._acl_cache = cache
+        tmp = self.acl_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines))
+        tmp.replace(self.acl_file)
+
+    # ------------------------------------------------------------------ connection guard
+
+    def _guard(self, client_id: str, identity: str | None) -> None:
+        """Decide on an accepted connection (called from the broker's log reader)."""
+        if identity in (SERVICE_IDENTITY, CLAIM_IDENTITY):
+            return
+        reason = self._refusal(client_id, identity)
+        if reason is None:
+            return
+        event = GuardEvent(self.name, client_id, identity, reason)
+        self.evictions.append(event)
+        self.eviction_counts[reason] += 1
+        log.warning("region %s evicts client %r (identity %r): %s", self.name, client_id, identity, reason)
+        self._kicks.put(client_id)
+
+    def _refusal(self, client_id: str, identity: str | None) -> str | None:
+        if identity is None:
+            return "no certificate identity"
+        cert = self.registry.certificate_by_identity(identity)
+        if cert is None or cert.thing is None:
+            return "certificate not registered in this region"
+        if cert.status is not CertificateStatus.ACTIVE:
+            return f"certificate is {cert.status}"
+        if client_id != cert.thing:
+            return f"client id must be the thing name {cert.thing!r}"
+        return None
+
+    def _kick_loop(self) -> None:
+        while (client_id := self._kicks.get()) is not None:
+            try:
+                self._take_over(client_id)
+            except Exception:  # the broker may be down; the guard runs again on the next connection
+                log.exception("region %s could not evict %r", self.name, client_id)
+
+    def _take_over(self, client_id: str, timeout: float = 5.0) -> None:
+        """Evict ``client_id`` by connecting with the same client id (MQTT5 session takeover, 0x8E)."""
+        if self.broker.state is not BrokerState.RUNNING:
+            return
+        done = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.tls_set_context(self._service.client_context())
+        client.on_connect = lambda *_args: done.set()
+        client.connect(LOCAL_HOST, self.broker.port, keepalive=30, clean_start=True)
+        while not done.is_set() and timeout > 0:
+            client.loop(timeout=0.05)
+            timeout -= 0.05
+        client.disconnect()
+        client.loop(timeout=0.05)
+
+
+class LocalCloud:
+    """Several regions on loopback with one CA, claim credentials and a replicated registry.
+
+    ``LocalCloud(regions=[...], workdir=...)`` is a context manager; without ``workdir`` it works in a
+    temporary directory that is removed on :meth:`stop`. With one, things and identities persist
+    across runs.
+    """
+
+    def __init__(
+        self,
+        regions: Iterable[str] = DEFAULT_REGIONS,
+        *,
+        workdir: Path | None = None,
+        scheme: TopicScheme | None = None,
+        replication_lag: float = 0.0,
+        template: str = DEFAULT_TEMPLATE,
+    ) -> None:
+        names = list(regions)
+        if not names:
+            raise ConfigError("a local cloud needs at least one region")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"region names must be unique, got {names}")
+        for name in names:
+            validate_region(name)
+        self._own_workdir = workdir is None
+        self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="iotfleet-cloud-"))).resolve()
+        self.scheme = scheme or TopicScheme()
+        self.template = template
+        self.device_policy = policy.render(self.scheme)
+        self._names = names
+        self._regions: dict[str, Region] = {}
+        self._register_lock = threading.Lock()
+        self.replicator = Replicator(self._apply_replica, lag=replication_lag)
+        self.ca = CertificateAuthority.open(self.workdir / "ca")
+        self.service = self._identity_files(SERVICE_IDENTITY)
+        self.claim = self._identity_files(CLAIM_IDENTITY)
+        self._started = False
+
+    # ------------------------------------------------------------------ files
+
+    def _identity_files(self, common_name: str) -> TlsFiles:
+        directory = self.workdir / "identities"
+        cert, key = directory / f"{common_name}.pem", directory / f"{common_name}.key"
+        if not (cert.exists() and key.exists()):
+            self.ca.issue(common_name).write(cert, key)
+        return TlsFiles(self.ca.cert_file, cert, key)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca.cert_file
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> LocalCloud:
+        if self._started:
+            return self
+        server = self.workdir / "identities"
+        if not (server / "server.pem").exists():
+            self.ca.issue_server().write(server / "server.pem", server / "server.key")
+        claim_policy = policy.render_claim(self.template)
+        try:
+            for name in self._names:
+                region = Region(
+                    name,
+                    self.workdir / "regions" / name,
+                    ca=self.ca,
+                    server=(server / "server.pem", server / "server.key"),
+                    service=self.service,
+                    claim_policy=claim_policy,
+                )
+                self._regions[name] = region
+                region.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        """Stop every broker and background thread; remove the workdir if it was temporary."""
+        self.replicator.close()
+        for region in self._regions.values():
+            try:
+                region.stop()
+            except Exception:  # keep stopping the others; nothing may outlive the cloud
+                log.exception("stopping region %s failed", region.name)
+        self._regions.clear()
+        self._started = False
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ regions
+
+    @property
+    def regions(self) -> list[Region]:
+        return list(self._regions.values())
+
+    def region(self, name: str) -> Region:
+        try:
+            return self._regions[name]
+        except KeyError:
+            raise ConfigError(
+                f"no region {name!r}; this cloud has {', '.join(self._regions) or 'none (not started)'}"
+            ) from None
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """Every region's endpoint, the first region first (the devices' preferred order)."""
+        return [r.endpoint for r in self._regions.values()]
+
+    def info(self) -> dict[str, Any]:
+        """What `iotfleet cloud up --json` prints: endpoints, CA, claim credentials and template."""
+        return {
+            "regions": [{"name": e.region, "host": e.host, "port": e.port} for e in self.endpoints],
+            "ca_file": str(self.ca_file),
+            "claim_cert": str(self.claim.cert_file),
+            "claim_key": str(self.claim.key_file),
+            "template": self.template,
+            "workdir": str(self.workdir),
+        }
+
+    # ------------------------------------------------------------------ things
+
+    def register_thing(
+        self,
+        name: str,
+        *,
+        tenant: str,
+        site: str,
+        attributes: dict[str, str] | None = None,
+        region: str | None = None,
+    ) -> Identity:
+        """Register one thing; see :meth:`register_things`."""
+        spec = ThingSpec(name, tenant, site, attributes or {})
+        return self.register_things([spec], region=region)[0]
+
+    def register_things(self, specs: Iterable[ThingSpec], *, region: str | None = None) -> list[Identity]:
+        """Register things in ``region`` (default: the first) with new certificates: the fast path.
+
+        Each thing gets the device policy rendered from the scheme; its certificate (CN = thing name)
+        and key are written under ``workdir/things/<name>/``. The whole batch is one registry
+        transaction and one ACL reload per region, and replicates to the other regions after the
+        replication lag. A thing already registered with the same attributes keeps its identity.
+        """
+        home = self.region(region or self._names[0])
+        identities: list[Identity] = []
+        fresh: list[tuple[Registration, Credentials, Path, Path]] = []
+        with self._register_lock:
+            for spec in specs:
+                thing_dir = self.workdir / "things" / spec.name
+                cert_file, key_file = thing_dir / "cert.pem", thing_dir / "key.pem"
+                record = self._existing(home, spec, cert_file, key_file)
+                if record is None:
+                    creds = self.ca.issue(spec.name)
+                    record = CertificateRecord(
+                        creds.certificate_id,
+                        spec.name,
+                        creds.certificate_pem.decode(),
+                        CertificateStatus.ACTIVE,
+                        spec.name,
+                    )
+                    thing = Thing(spec.name, spec.all_attributes, DEVICE_POLICY)
+                    fresh.append((Registration(thing, record, self.device_policy), creds, cert_file, key_file))
+                identities.append(
+                    Identity(
+                        thing_name=spec.name,
+                        cert_file=cert_file,
+                        key_file=key_file,
+                        ca_file=self.ca_file,
+                        certificate_id=record.certificate_id,
+                    )
+                )
+            if fresh:
+                for _, creds, cert_file, key_file in fresh:
+                    creds.write(cert_file, key_file)
+                registrations = tuple(r for r, *_ in fresh)
+                home.put(registrations)
+        if fresh:
+            self.replicate(registrations, source=home.name)
+        return identities
+
+    def _existing(self, home: Region, spec: ThingSpec, cert_file: Path, key_file: Path) -> CertificateRecord | None:
+        """The certificate of an already registered thing, if its files are still in the workdir."""
+        existing = home.registry.thing(spec.name)
+        if existing is None:
+            return None
+        if dict(existing.attributes) != spec.all_attributes:
+            raise RegistryError(
+                f"thing {spec.name!r} is already registered with attributes {dict(existing.attributes)}; "
+                "use another name or the same tenant, site and attributes"
+            )
+        record = home.registry.certificate_by_identity(spec.name)
+        if record is None or not (cert_file.exists() and key_file.exists()):
+            raise RegistryError(
+                f"thing {spec.name!r} is registered but its credentials are not in {cert_file.parent}: "
+                "delete the thing or use another name"
+            )
+        return record
+
+    def replicate(self, registrations: tuple[Registration, ...], *, source: str) -> None:
+        """Copy registrations from ``source`` to every other region, after the replication lag."""
+        self.replicator.replicate(registrations, [n for n in self._regions if n != source])
+
+    def _apply_replica(self, target: str, registrations: tuple[Registration, ...]) -> None:
+        region = self._regions.get(target)
+        if region is None:
+            raise CloudError(f"region {target} is gone")
+        region.put(registrations)

@@ -1,0 +1,164 @@
+"""Shared test helpers: a small synchronous MQTT5 probe over real TLS, and process checks."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from iotfleet.cloud.broker import TlsFiles
+from iotfleet.config import Endpoint, Identity
+
+
+def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    if cert_file is not None and key_file is not None:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+def identity_context(identity: Identity | TlsFiles) -> ssl.SSLContext:
+    return tls_context(identity.ca_file, identity.cert_file, identity.key_file)
+
+
+@dataclass
+class Probe:
+    """One paho MQTT5 client driven by explicit ``loop()`` calls: no background thread."""
+
+    endpoint: Endpoint
+    client_id: str
+    context: ssl.SSLContext
+    keepalive: int = 60
+    client: mqtt.Client = field(init=False)
+    connack: ReasonCode | None = None
+    disconnected: ReasonCode | None = None
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    pubacks: dict[int, int] = field(default_factory=dict)
+    subacks: dict[int, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        self.client.tls_set_context(self.context)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = lambda _c, _u, msg: self.messages.append((msg.topic, msg.payload))
+        self.client.on_publish = lambda _c, _u, mid, rc, _p: self.pubacks.__setitem__(mid, rc.value)
+        self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self.subacks.__setitem__(mid, [r.value for r in rcs])
+
+    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None) -> None:
+        self.connack = rc
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None) -> None:
+        self.disconnected = rc
+
+    def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Run the client's loop until ``until()`` holds or ``timeout`` passes; return whether it held."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            try:
+                self.client.loop(timeout=0.02)
+            except (OSError, ssl.SSLError):
+                self.disconnected = self.disconnected or ReasonCode(mqtt.PacketTypes.DISCONNECT, "Unspecified error")
+                return until()
+        return True
+
+    def connect(self, timeout: float = 5.0) -> bool:
+        """Connect; True once a successful CONNACK arrived and the broker did not drop us at once."""
+        try:
+            self.client.connect(self.endpoint.host, self.endpoint.port, keepalive=self.keepalive, clean_start=True)
+        except (OSError, ssl.SSLError):
+            return False
+        self.pump(lambda: self.connack is not None or self.disconnected is not None, timeout)
+        return self.connack is not None and not self.connack.is_failure and self.disconnected is None
+
+    def publish(self, topic: str, payload: bytes = b"x", timeout: float = 5.0) -> int | None:
+        """Publish QoS 1; return the PUBACK reason code, or None if none came."""
+        info = self.client.publish(topic, payload, qos=1)
+        self.pump(lambda: info.mid in self.pubacks or self.disconnected is not None, timeout)
+        return self.pubacks.get(info.mid)
+
+    def subscribe(self, topic_filter: str, timeout: float = 5.0) -> list[int] | None:
+        _, mid = self.client.subscribe(topic_filter, qos=1)
+        assert mid is not None
+        self.pump(lambda: mid in self.subacks or self.disconnected is not None, timeout)
+        return self.subacks.get(mid)
+
+    def close(self) -> None:
+        if self.connack is not None and self.disconnected is None:
+            self.client.disconnect()
+            self.pump(lambda: self.disconnected is not None, 1.0)
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+
+@pytest.fixture
+def probes() -> Iterator[Callable[..., Probe]]:
+    """Make :class:`Probe` clients; all are closed after the test."""
+    made: list[Probe] = []
+
+    def make(endpoint: Endpoint, client_id: str, context: ssl.SSLContext, *, keepalive: int = 60) -> Probe:
+        probe = Probe(endpoint, client_id, context, keepalive)
+        made.append(probe)
+        return probe
+
+    yield make
+    for probe in made:
+        probe.close()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_stray_brokers() -> Iterator[None]:
+    """After the whole suite, no broker this test process started may still run."""
+    yield
+    children = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _ppid(int(p.name)) == os.getpid() and _comm(int(p.name)) == "mosquitto"
+    ]
+    assert not [pid for pid in children if process_alive(pid)], f"stray mosquitto processes: {children}"
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -1,0 +1,113 @@
+"""The command line, run as a user runs it: a real process, real brokers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from iotfleet.cli import cli
+from tests.conftest import process_alive, tls_context
+
+IOTFLEET = [sys.executable, "-m", "iotfleet"]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [*IOTFLEET, "cloud", "up", "--json", "--workdir", str(tmp_path / "w")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            info = json.loads(proc.stdout.readline())
+            assert set(info) == {"regions", "ca_file", "claim_cert", "claim_key", "template", "workdir"}
+            assert [r["name"] for r in info["regions"]] == ["eu-west-1", "us-east-1"]
+            assert all(r["host"] == "localhost" for r in info["regions"])
+            assert all(
+                Path(info[k]).is_absolute() and Path(info[k]).exists() for k in ("ca_file", "claim_cert", "claim_key")
+            )
+            assert info["template"] == "iotfleet-default"
+            ctx = tls_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
+            for region in info["regions"]:
+                with socket.create_connection(("127.0.0.1", region["port"]), timeout=2) as raw:
+                    ctx.wrap_socket(raw, server_hostname="localhost").close()
+            brokers = children_of(proc.pid)
+            assert len(brokers) == 2
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == ""  # exactly one JSON line, nothing else on stdout
+    assert not [pid for pid in brokers if process_alive(pid)]
+
+
+def test_doctor_passes_on_a_prepared_machine() -> None:
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "ok    mosquitto" in result.output
+    assert "all checks passed" in result.output
+
+
+def test_doctor_names_a_missing_mosquitto_and_the_fix(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    python = bindir / "python"
+    python.symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bindir)}
+    # /usr/sbin is searched as a fallback, so hide it by running where it holds no mosquitto
+    if shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin"):
+        code = (
+            "import shutil, sys; from iotfleet.cli import cli; "
+            "shutil.which = lambda *a, **k: None; sys.exit(cli(['doctor'], standalone_mode=True))"
+        )
+    else:
+        code = "import sys; from iotfleet.cli import cli; sys.exit(cli(['doctor']))"
+    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "FAIL  mosquitto" in result.stdout
+    assert "apt-get install -y mosquitto" in result.stdout
+
+
+def test_bad_configuration_exits_2_with_one_clear_line() -> None:
+    result = CliRunner().invoke(cli, ["policy", "render", "--data", "dt/{thing}/{stream}"])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: ")
+    assert "lacks {site}, {tenant}" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cloud_up_rejects_a_bad_region_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["cloud", "up", "--regions", "EU_West", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "region name 'EU_West'" in result.output
+
+
+def test_policy_render_prints_the_device_policy() -> None:
+    result = CliRunner().invoke(cli, ["policy", "render", "--region", "eu-west-1", "--account", "123456789012"])
+    assert result.exit_code == 0
+    doc = json.loads(result.output)
+    assert (
+        doc["Statement"][0]["Resource"] == "arn:aws:iot:eu-west-1:123456789012:client/${iot:Connection.Thing.ThingName}"
+    )
