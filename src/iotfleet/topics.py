@@ -64,26 +64,20 @@ def _fail(rule: str, value: str, message: str) -> TopicError:
     return TopicError(message, rule=rule, value=value)
 
 
+def _match(pattern: re.Pattern[str], value: str, rule: str, what: str, allowed: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _fail(rule, str(value), f"invalid {what} {value!r}: use {allowed}")
+    return value
+
+
 def validate_thing_name(name: str) -> str:
     """Return ``name`` if it is a valid thing name, else raise :class:`TopicError` (rule ``thing-name``)."""
-    if not isinstance(name, str) or not _THING_NAME.fullmatch(name):
-        raise _fail(
-            "thing-name",
-            str(name),
-            f"invalid thing name {name!r}: use 1-128 characters from a-z A-Z 0-9 : _ -",
-        )
-    return name
+    return _match(_THING_NAME, name, "thing-name", "thing name", "1-128 characters from a-z A-Z 0-9 : _ -")
 
 
 def validate_shadow_name(name: str) -> str:
     """Return ``name`` if it is a valid named-shadow name (``[$a-zA-Z0-9:_-]{1,64}``)."""
-    if not isinstance(name, str) or not _SHADOW_NAME.fullmatch(name):
-        raise _fail(
-            "shadow-name",
-            str(name),
-            f"invalid shadow name {name!r}: use 1-64 characters from a-z A-Z 0-9 $ : _ -",
-        )
-    return name
+    return _match(_SHADOW_NAME, name, "shadow-name", "shadow name", "1-64 characters from a-z A-Z 0-9 $ : _ -")
 
 
 def validate_id(kind: str, value: str) -> str:
@@ -92,14 +86,8 @@ def validate_id(kind: str, value: str) -> str:
     Ids are 1-64 characters from ``A-Z a-z 0-9 _ . : -``, so they cannot add a level (``/``), widen a
     filter (``+``, ``#``), open a reserved topic (``$``) or inject a policy variable (``${...}``).
     """
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise _fail(
-            f"{kind}-id",
-            str(value),
-            f"invalid {kind} id {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . : - "
-            "(no '/', '+', '#', '$' or spaces)",
-        )
-    return value
+    allowed = "1-64 characters from A-Z a-z 0-9 _ . : - (no '/', '+', '#', '$' or spaces)"
+    return _match(_ID, value, f"{kind}-id", f"{kind} id", allowed)
 
 
 def slash_count(topic: str) -> int:
