@@ -3,17 +3,41 @@
 Nothing happens at import: no logging set-up, no threads, no event loops.
 """
 
-from iotfleet.cloud.local import LocalCloud, Region
-from iotfleet.config import Endpoint, Identity
+from iotfleet.cloud.local import LocalCloud, Region, ThingSpec
+from iotfleet.config import (
+    Durability,
+    Endpoint,
+    Identity,
+    OutboxPolicy,
+    OverflowPolicy,
+    PublishLimits,
+    ReconnectPolicy,
+)
+from iotfleet.device import (
+    BlockingDeviceClient,
+    Command,
+    DeviceClient,
+    DeviceEvent,
+    DeviceState,
+    EventKind,
+    PublishReceipt,
+)
 from iotfleet.errors import (
     BrokerNotInstalled,
     BrokerStartError,
     CertificateError,
+    ClientError,
+    ClientStateError,
     CloudError,
     ConfigError,
+    ConnectError,
+    ConnectionLost,
     IotFleetError,
+    OutboxFull,
     PolicyError,
+    PublishRejected,
     RegistryError,
+    RequestTimeout,
     TopicError,
 )
 from iotfleet.topics import ShadowTopics, ThingScope, TopicScheme
@@ -21,20 +45,40 @@ from iotfleet.topics import ShadowTopics, ThingScope, TopicScheme
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockingDeviceClient",
     "BrokerNotInstalled",
     "BrokerStartError",
     "CertificateError",
+    "ClientError",
+    "ClientStateError",
     "CloudError",
+    "Command",
     "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
+    "DeviceClient",
+    "DeviceEvent",
+    "DeviceState",
+    "Durability",
     "Endpoint",
+    "EventKind",
     "Identity",
     "IotFleetError",
     "LocalCloud",
+    "OutboxFull",
+    "OutboxPolicy",
+    "OverflowPolicy",
     "PolicyError",
+    "PublishLimits",
+    "PublishReceipt",
+    "PublishRejected",
+    "ReconnectPolicy",
     "Region",
     "RegistryError",
+    "RequestTimeout",
     "ShadowTopics",
     "ThingScope",
+    "ThingSpec",
     "TopicError",
     "TopicScheme",
 ]

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from iotfleet.errors import ConfigError
 from iotfleet.topics import validate_thing_name
 
-__all__ = ["Endpoint", "Identity", "validate_region"]
+__all__ = [
+    "Durability",
+    "Endpoint",
+    "Identity",
+    "OutboxPolicy",
+    "OverflowPolicy",
+    "PublishLimits",
+    "ReconnectPolicy",
+    "validate_region",
+]
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
@@ -72,3 +83,79 @@ class Identity(_Frozen):
     @classmethod
     def _check_thing(cls, value: str) -> str:
         return validate_thing_name(value)
+
+
+class ReconnectPolicy(_Frozen):
+    """How a device keeps a connection: liveness, backoff, failover and failback.
+
+    Per endpoint, reconnects back off exponentially with full jitter between ``min_backoff_s`` and
+    ``max_backoff_s``; the backoff resets once a connection has lasted ``stable_after_s``. The device
+    moves to the next endpoint after ``failover_after_failures`` consecutive failed attempts, or
+    ``failover_after_s`` without a connection, whichever comes first. Connected anywhere but the first
+    endpoint, it probes the first every ``failback_probe_s`` and moves back when a probe connects.
+    A session is declared dead when a PINGRESP or a PUBACK is ``ping_timeout_s`` late.
+    Defaults follow the AWS CRT (keepalive 1200 s, ping timeout 30 s, backoff 1-120 s); tests against
+    the local cloud use seconds.
+    """
+
+    keepalive_s: int = Field(default=1200, ge=1, le=65535)
+    ping_timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    min_backoff_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=120.0, gt=0)
+    stable_after_s: float = Field(default=30.0, ge=0)
+    failover_after_failures: int = Field(default=3, ge=1)
+    failover_after_s: float = Field(default=20.0, gt=0)
+    failback: bool = True
+    failback_probe_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Self:
+        if self.max_backoff_s < self.min_backoff_s:
+            raise ValueError("max_backoff_s must be >= min_backoff_s")
+        return self
+
+
+class OverflowPolicy(StrEnum):
+    """What a full outbox does with one more message."""
+
+    DROP_OLDEST = "drop-oldest"
+    DROP_NEWEST = "drop-newest"
+    REJECT = "reject"
+
+
+class Durability(StrEnum):
+    """How hard the SQLite outbox tries: survive a killed process, or a lost machine."""
+
+    PROCESS = "process"  # WAL, synchronous=NORMAL: survives kill -9, not power loss
+    POWER = "power"  # WAL, synchronous=FULL: every commit fsynced
+
+
+class OutboxPolicy(_Frozen):
+    """The store-and-forward outbox: where it lives, how big it may grow, what happens when full.
+
+    ``path=None`` keeps it in memory (the simulator); a path makes it a SQLite WAL file that survives a
+    kill -9 of the device process. ``envelope=True`` also writes the message id and sequence number
+    into JSON object payloads (key ``_iotfleet``), for consumers that cannot read MQTT5 user properties.
+    """
+
+    path: Path | None = None
+    max_messages: int = Field(default=100_000, ge=1)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    overflow: OverflowPolicy = OverflowPolicy.REJECT
+    durability: Durability = Durability.PROCESS
+    envelope: bool = False
+
+
+class PublishLimits(_Frozen):
+    """Client-side limits, IoT Core's per-connection quotas by default (IOT_CORE.md sections 3-4).
+
+    Excess publishes wait rather than being dropped by the broker. ``enabled=False`` lifts the rate
+    limits (local stress tests); the payload limit always holds.
+    """
+
+    enabled: bool = True
+    max_publishes_per_s: float = Field(default=100.0, gt=0)
+    max_bytes_per_s: float = Field(default=512 * 1024, gt=0)
+    max_payload_bytes: int = Field(default=128 * 1024, ge=1, le=128 * 1024)
+    max_inflight: int = Field(default=100, ge=1, le=65535)

@@ -7,6 +7,13 @@ Every failure a user can meet is an :class:`IotFleetError` whose message says wh
     ├── TopicError           a topic, filter or name breaks IoT Core's rules (``.rule`` names which)
     ├── PolicyError          a policy document cannot be rendered or evaluated
     ├── CertificateError     a certificate, key or CSR is malformed or not ours
+    ├── ClientError          the device client could not do what was asked
+    │   ├── ClientStateError     the client was used in the wrong state (not entered, closed, re-entered)
+    │   ├── ConnectError         no endpoint accepted a connection (``.endpoint``, ``.reason``)
+    │   ├── ConnectionLost       the session ended while an operation was in flight
+    │   ├── PublishRejected      the broker refused a publish (``.reason_code``, ``.topic``)
+    │   ├── OutboxFull           the outbox is full and its overflow policy is ``reject``
+    │   └── RequestTimeout       a request got no answer in time (``.operation``, ``.timeout``)
     └── CloudError           the local cloud cannot do what was asked
         ├── BrokerNotInstalled   mosquitto is missing (the message says how to install it)
         ├── BrokerStartError     mosquitto exited or never became ready (its log is attached)
@@ -21,11 +28,18 @@ __all__ = [
     "BrokerNotInstalled",
     "BrokerStartError",
     "CertificateError",
+    "ClientError",
+    "ClientStateError",
     "CloudError",
     "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
     "IotFleetError",
+    "OutboxFull",
     "PolicyError",
+    "PublishRejected",
     "RegistryError",
+    "RequestTimeout",
     "TopicError",
 ]
 
@@ -61,6 +75,53 @@ class PolicyError(IotFleetError):
 
 class CertificateError(IotFleetError):
     """A certificate, private key or CSR is malformed, or was not issued by the expected CA."""
+
+
+class ClientError(IotFleetError):
+    """The device client could not do what was asked."""
+
+
+class ClientStateError(ClientError):
+    """The client was used in the wrong state; the message says which state it needs."""
+
+
+class ConnectError(ClientError):
+    """A connection attempt failed. ``endpoint`` is ``region=host:port``; ``reason`` a short cause."""
+
+    def __init__(self, message: str, *, endpoint: str, reason: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+class ConnectionLost(ClientError):
+    """The session ended while an operation was in flight; queued publishes stay in the outbox."""
+
+
+class PublishRejected(ClientError):
+    """The broker answered a publish with a failure reason code (MQTT5 PUBACK, e.g. 0x87 Not authorized).
+
+    The message left the outbox: a rejection is final, it is not retried forever.
+    """
+
+    def __init__(self, message: str, *, reason_code: int, topic: str, message_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.topic = topic
+        self.message_id = message_id
+
+
+class OutboxFull(ClientError):
+    """The outbox reached its bound and its overflow policy is ``reject``."""
+
+
+class RequestTimeout(ClientError):
+    """A request got no answer within ``timeout`` seconds."""
+
+    def __init__(self, message: str, *, operation: str, timeout: float) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.timeout = timeout
 
 
 class CloudError(IotFleetError):

@@ -1,0 +1,30 @@
+"""The device SDK: DeviceClient, its blocking facade, the outbox and failover."""
+
+from iotfleet.device.blocking import BlockingDeviceClient
+from iotfleet.device.client import Command, DeviceClient, DeviceState, PublishReceipt
+from iotfleet.device.events import (
+    Connected,
+    ConnectFailed,
+    DeviceEvent,
+    Disconnected,
+    EventKind,
+    FailedOver,
+    PublishAcked,
+    PublishFailed,
+)
+
+__all__ = [
+    "BlockingDeviceClient",
+    "Command",
+    "ConnectFailed",
+    "Connected",
+    "DeviceClient",
+    "DeviceEvent",
+    "DeviceState",
+    "Disconnected",
+    "EventKind",
+    "FailedOver",
+    "PublishAcked",
+    "PublishFailed",
+    "PublishReceipt",
+]

@@ -1,0 +1,155 @@
+"""A blocking facade for plain scripts: the same DeviceClient on a private event-loop thread.
+
+::
+
+    with BlockingDeviceClient(identity=lamp, endpoints=endpoints, tenant="acme", site="hq") as device:
+        device.publish("power", {"watts": 12.5})
+        for command in device.commands(timeout=30):
+            ...
+
+Nothing here re-implements the client: each call runs the async method on the private loop and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+from iotfleet.device.client import Command, DeviceClient, Payload, PublishReceipt
+from iotfleet.errors import ClientStateError
+from iotfleet.transport.base import InboundMessage
+
+__all__ = ["BlockingDeviceClient"]
+
+T = TypeVar("T")
+
+
+class BlockingDeviceClient:
+    """Takes exactly the keyword arguments of :class:`DeviceClient`; use it as a ``with`` block."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._device: DeviceClient | None = None
+        self._pumps: set[concurrent.futures.Future[None]] = set()
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self._loop is None:
+            coro.close()
+            raise ClientStateError("use 'with BlockingDeviceClient(...) as device:' first")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def device(self) -> DeviceClient:
+        if self._device is None:
+            raise ClientStateError("use 'with BlockingDeviceClient(...) as device:' first")
+        return self._device
+
+    def __enter__(self) -> BlockingDeviceClient:
+        if self._loop is not None:
+            raise ClientStateError("a BlockingDeviceClient is entered once; create a new one")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="iotfleet-blocking-device", daemon=True)
+        self._thread.start()
+
+        async def start() -> DeviceClient:
+            device = DeviceClient(**self._kwargs)
+            return await device.__aenter__()
+
+        try:
+            self._device = self._run(start())
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for pump in list(self._pumps):
+            pump.cancel()
+        if self._device is not None:
+            device, self._device = self._device, None
+            self._run(device.close())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+
+        async def finish() -> None:  # let cancelled iterators unwind before the loop stops
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(finish(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._loop = self._thread = None
+
+    def publish(self, stream: str, payload: Payload, *, qos: int = 1, timeout: float | None = None) -> PublishReceipt:
+        """Publish to this thing's ``stream`` and wait for the PUBACK (see DeviceClient.publish)."""
+        return self._run(self.device.publish(stream, payload, qos=qos, timeout=timeout))
+
+    def publish_to(self, topic: str, payload: Payload, *, qos: int = 1, timeout: float | None = None) -> PublishReceipt:
+        return self._run(self.device.publish_to(topic, payload, qos=qos, timeout=timeout))
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        self._run(self.device.subscribe(topic_filter, qos))
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._run(self.device.flush(timeout))
+
+    def messages(self, topic_filter: str | None = None, *, timeout: float | None = None) -> Iterator[InboundMessage]:
+        """Inbound messages; stops after ``timeout`` seconds without one (None: never)."""
+        return self._iterate(lambda: self.device.messages(topic_filter), timeout)
+
+    def commands(self, *, timeout: float | None = None) -> Iterator[Command]:
+        """Commands for this thing; stops after ``timeout`` seconds without one (None: never)."""
+        return self._iterate(self.device.commands, timeout)
+
+    def _iterate(self, source: Any, timeout: float | None) -> Iterator[Any]:
+        """Start consuming ``source()`` on the loop now (so its subscription exists when this returns)."""
+        items: queue.Queue[Any] = queue.Queue()
+        ready = threading.Event()
+
+        async def pump() -> None:
+            iterator = source()
+            first = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.sleep(0)  # the iterator runs up to its SUBSCRIBE
+            while not first.done() and not self.device._subscriptions_settled():
+                await asyncio.sleep(0.005)
+            ready.set()
+            items.put(await first)
+            async for item in iterator:
+                items.put(item)
+
+        if self._loop is None:
+            raise ClientStateError("use 'with BlockingDeviceClient(...) as device:' first")
+        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+        ready.wait(timeout=10)
+
+        def generate() -> Iterator[Any]:
+            try:
+                while True:
+                    try:
+                        yield items.get(timeout=timeout)
+                    except queue.Empty:
+                        return
+            finally:
+                task.cancel()
+
+        return generate()

@@ -1,0 +1,759 @@
+"""DeviceClient: an MQTT5 device with a durable outbox and failover across regional endpoints.
+
+::
+
+    async with DeviceClient(identity=lamp, endpoints=cloud.endpoints, tenant="acme", site="hq") as device:
+        await device.publish("power", {"watts": 12.5})          # dt/acme/hq/lamp-1/power, PUBACK awaited
+        async for command in device.commands():                  # cmd/acme/hq/lamp-1/+
+            ...
+
+One connection manager task owns the session: it connects to the current endpoint, restores every
+subscription, runs the session hooks, replays the outbox in order, and on a lost session backs off,
+fails over or fails back (:mod:`iotfleet.device.failover`). One sender task moves the outbox onto the
+session, at most ``max_inflight`` unacknowledged at once and within the rate limits. A publish leaves
+the outbox only on a PUBACK: success, or a failure code such as 0x87, which is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
+from iotfleet.device.events import (
+    Connected,
+    ConnectFailed,
+    DeviceEvent,
+    Disconnected,
+    FailedOver,
+    Listener,
+    PublishAcked,
+    PublishFailed,
+)
+from iotfleet.device.failover import EndpointSelector
+from iotfleet.device.outbox import Outbox, OutboxEntry, open_outbox
+from iotfleet.errors import (
+    ClientError,
+    ClientStateError,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    PublishRejected,
+    RequestTimeout,
+)
+from iotfleet.topics import ThingScope, TopicScheme, filter_matches, validate_filter, validate_topic
+from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name
+
+__all__ = [
+    "MESSAGE_ID_PROPERTY",
+    "SEQUENCE_PROPERTY",
+    "Command",
+    "DeviceClient",
+    "DeviceCounters",
+    "DeviceState",
+    "PublishReceipt",
+    "resolve_transport",
+]
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ID_PROPERTY = "iotfleet-msg-id"
+SEQUENCE_PROPERTY = "iotfleet-seq"
+SENT_AT_PROPERTY = "iotfleet-sent-at"  # epoch milliseconds of the first send, for end-to-end latency
+ENVELOPE_KEY = "_iotfleet"
+MAX_FILTERS_PER_SUBSCRIBE = 8  # IoT Core's limit (IOT_CORE.md section 3)
+INBOUND_QUEUE = 10_000
+SILENT_REASONS = frozenset({"ack-timeout", "ping-timeout", "0x8d"})  # the endpoint stopped answering
+
+Payload = bytes | str | Mapping[str, Any]
+SessionHook = Callable[["DeviceClient", Endpoint], Awaitable[None]]
+
+
+class DeviceState(StrEnum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReceipt:
+    """A QoS 1 publish that the broker acknowledged."""
+
+    message_id: str
+    seq: int
+    topic: str
+    reason_code: int
+    latency_s: float
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A message on one of this thing's command topics."""
+
+    name: str
+    payload: bytes
+    topic: str
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+@dataclass(slots=True)
+class DeviceCounters:
+    """What happened to this client's messages, for its own diagnostics."""
+
+    enqueued: int = 0
+    acked: int = 0
+    sent: int = 0
+    resent: int = 0
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    connects: int = 0
+    connect_failures: int = 0
+    failovers: int = 0
+    inbound: int = 0
+    inbound_dropped: int = 0
+
+
+_default_transports: dict[str, Transport] = {}
+
+
+def resolve_transport(transport: Transport | str) -> Transport:
+    """``"crt"`` (the default) or ``"paho"`` name a process-wide shared transport; or pass your own."""
+    if not isinstance(transport, str):
+        return transport
+    if transport not in _default_transports:
+        if transport == "crt":
+            from iotfleet.transport.crt import CrtTransport  # noqa: PLC0415 - load awscrt only when used
+
+            _default_transports[transport] = CrtTransport()
+        elif transport == "paho":
+            from iotfleet.transport.paho import PahoTransport  # noqa: PLC0415
+
+            _default_transports[transport] = PahoTransport()
+        else:
+            raise ConfigError(f"unknown transport {transport!r}: use 'crt' (awscrt, the default) or 'paho'")
+    return _default_transports[transport]
+
+
+def encode_payload(payload: Payload) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    try:
+        return json.dumps(payload, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"payload is not JSON-serialisable ({exc}): pass bytes, str or a JSON-able mapping") from exc
+
+
+class _RateLimiter:
+    """Token buckets for publishes/s and bytes/s; ``wait`` says how long until ``nbytes`` may go."""
+
+    def __init__(self, limits: PublishLimits) -> None:
+        self._limits = limits
+        self._msgs = limits.max_publishes_per_s
+        self._bytes = limits.max_bytes_per_s
+        self._at = time.monotonic()
+
+    def wait(self, nbytes: int) -> float:
+        if not self._limits.enabled:
+            return 0.0
+        now = time.monotonic()
+        elapsed, self._at = now - self._at, now
+        rate_m, rate_b = self._limits.max_publishes_per_s, self._limits.max_bytes_per_s
+        self._msgs = min(rate_m, self._msgs + elapsed * rate_m)
+        self._bytes = min(rate_b, self._bytes + elapsed * rate_b)
+        need = max((1 - self._msgs) / rate_m, (min(nbytes, rate_b) - self._bytes) / rate_b, 0.0)
+        if need < 1e-9:  # float residue of refilling, not a real shortfall
+            need = 0.0
+            self._msgs -= 1
+            self._bytes -= nbytes
+        return need
+
+
+class _Delivery:
+    __slots__ = ("enqueued", "future", "sends")
+
+    def __init__(self, future: asyncio.Future[PublishReceipt] | None, enqueued: float, sends: int = 0) -> None:
+        self.future = future
+        self.enqueued = enqueued
+        self.sends = sends
+
+
+class DeviceClient:
+    """An MQTT5 device: ``async with`` it once; it is reusable only as a new instance.
+
+    ``identity`` names the thing (client id = thing name). ``endpoints`` are tried in order, the first
+    preferred. ``tenant`` and ``site`` scope the data and command topics of ``scheme``. ``transport`` is
+    ``"crt"`` (awscrt, default), ``"paho"``, or a :class:`~iotfleet.transport.base.Transport`.
+    ``connect_wait_s`` bounds how long entering waits for the first connection (0: start offline).
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        endpoints: Sequence[Endpoint],
+        tenant: str | None = None,
+        site: str | None = None,
+        scheme: TopicScheme | None = None,
+        transport: Transport | str = "crt",
+        reconnect: ReconnectPolicy | None = None,
+        outbox: OutboxPolicy | Outbox | None = None,
+        limits: PublishLimits | None = None,
+        listeners: Sequence[Listener] = (),
+        connect_wait_s: float = 30.0,
+        drain_on_close_s: float = 5.0,
+    ) -> None:
+        self.identity = identity
+        self.thing = identity.thing_name
+        self.scope = ThingScope(tenant, site, self.thing) if tenant is not None and site is not None else None
+        self.scheme = scheme or TopicScheme()
+        self.transport = resolve_transport(transport)
+        self.policy = reconnect or ReconnectPolicy()
+        self.limits = limits or PublishLimits()
+        self.selector = EndpointSelector(endpoints, self.policy)
+        self.outbox = outbox if isinstance(outbox, Outbox) else open_outbox(outbox or OutboxPolicy())
+        self.counters = DeviceCounters()
+        self.state = DeviceState.NEW
+        self.connect_wait_s = connect_wait_s
+        self.drain_on_close_s = drain_on_close_s
+        self._listeners: list[Listener] = list(listeners)
+        self._session_hooks: list[SessionHook] = []
+        self._subscriptions: dict[str, int] = {}
+        self._pending_subscribes = 0
+        self._inbound: list[tuple[str | None, asyncio.Queue[InboundMessage]]] = []
+        self._deliveries: dict[int, _Delivery] = {}
+        self._unsent: collections.deque[int] = collections.deque()
+        self._inflight: dict[int, float] = {}
+        self._limiter = _RateLimiter(self.limits)
+        self._session: Session | None = None
+        self._session_count = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._qos0_tasks: set[asyncio.Task[None]] = set()
+        # asyncio.Event binds to a loop on first use, not here (Python >= 3.10)
+        self._wake, self._slot_freed = asyncio.Event(), asyncio.Event()
+        self._connected, self._stop = asyncio.Event(), asyncio.Event()
+        self._last_error: ClientError | None = None
+        self._last_reason = ""
+        self._restored = self.outbox.stats.restored
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def __aenter__(self) -> DeviceClient:
+        if self.state is not DeviceState.NEW:
+            raise ClientStateError(
+                f"this DeviceClient for {self.thing} is {self.state}; a client is entered once: create a new one"
+            )
+        for entry in self.outbox.pending():  # restored from disk: resend in order
+            self._unsent.append(entry.seq)
+            self._deliveries[entry.seq] = _Delivery(None, time.monotonic(), sends=1)
+        self.state = DeviceState.CONNECTING
+        self._tasks = [
+            asyncio.create_task(self._manage(), name=f"iotfleet-{self.thing}-connection"),
+            asyncio.create_task(self._send(), name=f"iotfleet-{self.thing}-sender"),
+        ]
+        if self.connect_wait_s > 0:
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.connect_wait_s)
+            except TimeoutError:
+                await self.close(drain_s=0)
+                reason = self._last_error.message if self._last_error else "no attempt finished"
+                raise ConnectError(
+                    f"{self.thing} could not connect to any of {', '.join(map(str, self.selector.endpoints))} "
+                    f"within {self.connect_wait_s}s; last error: {reason}",
+                    endpoint=str(self.selector.current),
+                    reason=getattr(self._last_error, "reason", "timeout"),
+                ) from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self, drain_s: float | None = None) -> None:
+        """Wait up to ``drain_s`` (default ``drain_on_close_s``) for the outbox to empty, then disconnect.
+
+        What is still in a durable outbox stays on disk for the next run; what is still in a memory
+        outbox is reported as failed (``PublishFailed`` with reason ``closed``).
+        """
+        if self.state is DeviceState.CLOSED:
+            return
+        drain = self.drain_on_close_s if drain_s is None else drain_s
+        if drain > 0 and len(self.outbox) and self._tasks:
+            await self.flush(timeout=drain, raise_on_timeout=False)
+        self.state = DeviceState.CLOSED
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+        durable = self.outbox.policy.path is not None
+        for seq, delivery in list(self._deliveries.items()):
+            if delivery.future is not None and not delivery.future.done():
+                delivery.future.set_exception(
+                    ConnectionLost(
+                        f"{self.thing} closed with message {seq} unacknowledged"
+                        + (" (kept in the durable outbox)" if durable else "")
+                    )
+                )
+                delivery.future.exception()  # mark retrieved: the caller may never await it
+            if not durable:
+                entry = self.outbox.get(seq)
+                if entry is not None:
+                    self._emit(PublishFailed(self.thing, entry.message_id, seq, entry.topic, "closed"))
+        self._deliveries.clear()
+        self.outbox.close()
+
+    async def flush(self, timeout: float | None = None, *, raise_on_timeout: bool = True) -> None:
+        """Wait until every publish queued so far has left the outbox (acked or failed)."""
+        self._require_running()
+        targets = [d.future for d in self._deliveries.values() if d.future is not None and not d.future.done()]
+        waiting = {asyncio.ensure_future(_settled(f)) for f in targets}
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending and raise_on_timeout:
+            raise RequestTimeout(
+                f"{len(pending)} publishes of {self.thing} were still unacknowledged after {timeout}s",
+                operation="flush",
+                timeout=timeout or 0.0,
+            )
+
+    async def wait_connected(self, timeout: float | None = None) -> Endpoint:
+        """Wait for a live session; return its endpoint."""
+        self._require_running()
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"{self.thing} had no connection within {timeout}s", operation="connect", timeout=timeout or 0.0
+            ) from None
+        return self.selector.current
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The endpoint of the live session, or None while offline."""
+        return self._session.endpoint if self._session is not None else None
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(event)`` for every :mod:`~iotfleet.device.events` event, on the event loop."""
+        self._listeners.append(listener)
+
+    def add_session_hook(self, hook: SessionHook) -> None:
+        """Run ``await hook(device, endpoint)`` on every new session, after subscriptions are restored.
+
+        Shadow sync uses this to re-get and reconcile after a reconnect or a failover.
+        """
+        self._session_hooks.append(hook)
+
+    def _require_running(self) -> None:
+        if self.state is DeviceState.NEW:
+            raise ClientStateError(f"enter the client first: 'async with DeviceClient(...) as device' ({self.thing})")
+        if self.state is DeviceState.CLOSED:
+            raise ClientStateError(f"the client of {self.thing} is closed; create a new DeviceClient")
+
+    def _emit(self, event: DeviceEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # an observer's bug must not break the device
+                log.exception("listener %r failed on %s", listener, event.kind)
+
+    # ------------------------------------------------------------------ publishing
+
+    def data_topic(self, stream: str) -> str:
+        if self.scope is None:
+            raise ConfigError(
+                f"publishing a stream needs the thing's scope: DeviceClient(..., tenant=..., site=...) for {self.thing}"
+            )
+        return self.scheme.data_topic(self.scope, stream)
+
+    async def publish(
+        self, stream: str, payload: Payload, *, qos: int = 1, timeout: float | None = None
+    ) -> PublishReceipt:
+        """Publish to this thing's data topic for ``stream``; for QoS 1 wait for the PUBACK.
+
+        Raises :class:`PublishRejected` on a failure reason code, :class:`RequestTimeout` after
+        ``timeout`` (the message stays queued), :class:`OutboxFull` when the outbox rejects it.
+        """
+        return await self.publish_to(self.data_topic(stream), payload, qos=qos, timeout=timeout)
+
+    async def publish_to(
+        self, topic: str, payload: Payload, *, qos: int = 1, timeout: float | None = None
+    ) -> PublishReceipt:
+        """Publish to any topic this thing may use (validated with IoT Core's rules)."""
+        future = self.enqueue_to(topic, payload, qos=qos)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no PUBACK for {topic} within {timeout}s; the message stays in the outbox",
+                operation="publish",
+                timeout=timeout or 0.0,
+            ) from None
+
+    def enqueue(self, stream: str, payload: Payload, *, qos: int = 1) -> asyncio.Future[PublishReceipt]:
+        """Queue a publish without waiting; the returned future resolves on the PUBACK."""
+        return self.enqueue_to(self.data_topic(stream), payload, qos=qos)
+
+    def enqueue_to(self, topic: str, payload: Payload, *, qos: int = 1) -> asyncio.Future[PublishReceipt]:
+        """Queue a publish to ``topic``; durable once this returns (for QoS 1)."""
+        self._require_running()
+        if qos not in (0, 1):
+            raise ConfigError(f"QoS {qos} is not supported by IoT Core: use 0 or 1")
+        validate_topic(topic)
+        data = encode_payload(payload)
+        if len(data) > self.limits.max_payload_bytes:
+            raise ConfigError(
+                f"payload of {len(data)} bytes exceeds IoT Core's {self.limits.max_payload_bytes}-byte limit: "
+                "split it, compress it, or send a reference to object storage"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PublishReceipt] = loop.create_future()
+        if qos == 0:
+            task = loop.create_task(self._send_qos0(topic, data, future))
+            self._qos0_tasks.add(task)
+            task.add_done_callback(self._qos0_tasks.discard)
+            return future
+        admission = self.outbox.add(topic, data, 1)
+        for old in admission.evicted:
+            self._fail(old, "dropped-oldest")
+        if admission.entry is None:
+            self._emit(PublishFailed(self.thing, "", 0, topic, "dropped-newest"))
+            future.set_exception(ClientError(f"the outbox of {self.thing} is full; the new message was dropped"))
+            return future
+        entry = admission.entry
+        if self.outbox.policy.envelope and isinstance(payload, Mapping):
+            entry.payload = encode_payload({**payload, ENVELOPE_KEY: {"id": entry.message_id, "seq": entry.seq}})
+        self.counters.enqueued += 1
+        self._deliveries[entry.seq] = _Delivery(future, time.monotonic())
+        self._unsent.append(entry.seq)
+        self._wake.set()
+        return future
+
+    async def _send_qos0(self, topic: str, data: bytes, future: asyncio.Future[PublishReceipt]) -> None:
+        session = self._session
+        if session is None:
+            future.set_exception(ConnectionLost(f"{self.thing} is offline; QoS 0 messages are not queued"))
+            return
+        started = time.monotonic()
+        try:
+            await session.publish(topic, data, 0)
+        except ConnectionLost as exc:
+            future.set_exception(exc)
+            return
+        future.set_result(PublishReceipt("", 0, topic, 0, time.monotonic() - started, session.endpoint))
+
+    def _fail(self, entry: OutboxEntry, reason: str, code: int | None = None) -> None:
+        delivery = self._deliveries.pop(entry.seq, None)
+        self._emit(PublishFailed(self.thing, entry.message_id, entry.seq, entry.topic, reason, code))
+        if delivery is not None and delivery.future is not None and not delivery.future.done():
+            if code is not None:
+                exc: ClientError = PublishRejected(
+                    f"the broker refused {entry.topic}: PUBACK {reason_name(code)}; check the thing's policy",
+                    reason_code=code,
+                    topic=entry.topic,
+                    message_id=entry.message_id,
+                )
+            else:
+                exc = ClientError(f"message {entry.seq} to {entry.topic} was {reason} by the outbox's overflow policy")
+            delivery.future.set_exception(exc)
+            delivery.future.exception()  # counted and emitted above; not an unretrieved-exception warning
+
+    async def _send(self) -> None:
+        """Move outbox entries onto the live session, in order, within the in-flight and rate limits."""
+        while True:
+            session = self._session
+            if session is None or not self._unsent:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._inflight) >= self.limits.max_inflight:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            seq = self._unsent[0]
+            entry = self.outbox.get(seq)
+            if entry is None:
+                self._unsent.popleft()
+                continue
+            delay = self._limiter.wait(len(entry.payload))
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            self._unsent.popleft()
+            self._inflight[seq] = time.monotonic()
+            asyncio.get_running_loop().create_task(self._send_one(session, entry))
+
+    async def _send_one(self, session: Session, entry: OutboxEntry) -> None:
+        sent = self._inflight[entry.seq]
+        delivery = self._deliveries.get(entry.seq)
+        self.counters.sent += 1
+        if delivery is not None:
+            if delivery.sends:
+                self.counters.resent += 1
+            delivery.sends += 1
+        props = (
+            (MESSAGE_ID_PROPERTY, entry.message_id),
+            (SEQUENCE_PROPERTY, str(entry.seq)),
+            (SENT_AT_PROPERTY, str(int(entry.created * 1000))),
+        )
+        try:
+            code = await session.publish(entry.topic, entry.payload, entry.qos, props)
+        except ConnectionLost:
+            return  # still in the outbox: the next session replays it
+        finally:
+            if self._inflight.pop(entry.seq, None) is not None:
+                self._slot_freed.set()
+        self.outbox.remove(entry.seq)
+        if code >= 0x80:
+            self.counters.rejected[reason_name(code)] += 1
+            self._fail(entry, reason_name(code), code)
+            return
+        self.counters.acked += 1
+        now = time.monotonic()
+        delivery = self._deliveries.pop(entry.seq, None)
+        age = now - delivery.enqueued if delivery else now - sent
+        self._emit(
+            PublishAcked(self.thing, entry.message_id, entry.seq, entry.topic, code, now - sent, age, session.endpoint)
+        )
+        if delivery is not None and delivery.future is not None and not delivery.future.done():
+            delivery.future.set_result(
+                PublishReceipt(entry.message_id, entry.seq, entry.topic, code, now - sent, session.endpoint)
+            )
+
+    # ------------------------------------------------------------------ subscriptions and inbound
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and on every future session."""
+        self._require_running()
+        validate_filter(topic_filter)
+        self._subscriptions[topic_filter] = qos
+        session = self._session
+        if session is not None:
+            with contextlib.suppress(ConnectionLost):  # restored with the next session
+                await self._subscribe(session, [(topic_filter, qos)])
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        self._require_running()
+        self._subscriptions.pop(topic_filter, None)
+        if self._session is not None:
+            with contextlib.suppress(ConnectionLost):
+                await self._session.unsubscribe([topic_filter])
+
+    def _subscriptions_settled(self) -> bool:
+        """No SUBSCRIBE is waiting for its SUBACK."""
+        return self._pending_subscribes == 0
+
+    async def _subscribe(self, session: Session, filters: list[tuple[str, int]]) -> None:
+        self._pending_subscribes += 1
+        try:
+            await self._subscribe_chunks(session, filters)
+        finally:
+            self._pending_subscribes -= 1
+
+    async def _subscribe_chunks(self, session: Session, filters: list[tuple[str, int]]) -> None:
+        for i in range(0, len(filters), MAX_FILTERS_PER_SUBSCRIBE):
+            chunk = filters[i : i + MAX_FILTERS_PER_SUBSCRIBE]
+            codes = await session.subscribe(chunk)
+            refused = [(f, c) for (f, _), c in zip(chunk, codes, strict=False) if c >= 0x80]
+            if refused:
+                log.warning("%s: subscriptions refused: %s", self.thing, refused)
+
+    async def messages(self, topic_filter: str | None = None) -> AsyncIterator[InboundMessage]:
+        """Every inbound message (matching ``topic_filter``, if given) from now until the client closes."""
+        self._require_running()
+        queue: asyncio.Queue[InboundMessage] = asyncio.Queue(INBOUND_QUEUE)
+        key = (topic_filter, queue)
+        self._inbound.append(key)
+        try:
+            while self.state is not DeviceState.CLOSED:
+                yield await queue.get()
+        finally:
+            self._inbound.remove(key)
+
+    async def commands(self) -> AsyncIterator[Command]:
+        """Commands sent to this thing (``cmd/{tenant}/{site}/{thing}/{command}`` by default)."""
+        if self.scope is None:
+            raise ConfigError(f"receiving commands needs the thing's scope: pass tenant= and site= ({self.thing})")
+        command_filter = self.scheme.command_filter(self.scope)
+        await self.subscribe(command_filter)
+        async for message in self.messages(command_filter):
+            parsed = self.scheme.parse_command_topic(message.topic)
+            if parsed is not None:
+                yield Command(parsed[1], message.payload, message.topic)
+
+    def _dispatch(self, message: InboundMessage) -> None:
+        self.counters.inbound += 1
+        for topic_filter, queue in self._inbound:
+            if topic_filter is None or filter_matches(topic_filter, message.topic):
+                try:
+                    queue.put_nowait(message)
+                except asyncio.QueueFull:
+                    self.counters.inbound_dropped += 1
+
+    # ------------------------------------------------------------------ connection management
+
+    def _options(self) -> ConnectOptions:
+        return ConnectOptions(
+            client_id=self.thing,
+            identity=self.identity,
+            keepalive_s=self.policy.keepalive_s,
+            ping_timeout_s=self.policy.ping_timeout_s,
+            connect_timeout_s=self.policy.connect_timeout_s,
+            receive_maximum=self.limits.max_inflight,
+            on_message=self._dispatch,
+        )
+
+    async def _attempt(self, endpoint: Endpoint) -> Session | None:
+        started = time.monotonic()
+        try:
+            session = await self.transport.connect(endpoint, self._options())
+        except ConnectError as exc:
+            self.counters.connect_failures += 1
+            self._last_error = exc
+            self._emit(ConnectFailed(self.thing, endpoint, exc.reason))
+            return None
+        self.counters.connects += 1
+        self._session_count += 1
+        self._emit(Connected(self.thing, endpoint, time.monotonic() - started, self._session_count))
+        return session
+
+    async def _manage(self) -> None:
+        """Connect, serve, and reconnect / fail over / fail back until the client closes."""
+        delay = 0.0
+        while not self._stop.is_set():
+            if delay > 0 and await _wait_or(self._stop, delay):
+                return
+            endpoint = self.selector.current
+            session = await self._attempt(endpoint)
+            if session is None:
+                step = self.selector.failed()
+                if step.failover_from is not None:
+                    self.counters.failovers += 1
+                    self._emit(FailedOver(self.thing, step.failover_from, step.endpoint, failback=False))
+                delay = step.delay_s
+                continue
+            self.selector.connected()
+            while session is not None:
+                session = await self._serve(session)
+            step = self.selector.disconnected(silent=self._last_reason in SILENT_REASONS)
+            if step.failover_from is not None:
+                self.counters.failovers += 1
+                self._emit(FailedOver(self.thing, step.failover_from, step.endpoint, failback=False))
+            delay = step.delay_s
+
+    async def _serve(self, session: Session) -> Session | None:
+        """Run one session until it ends; return a replacement session if a failback probe connected."""
+        self._session = session
+        self.state = DeviceState.CONNECTED
+        self._inflight.clear()
+        self._unsent = collections.deque(e.seq for e in self.outbox.pending())
+        try:
+            if self._subscriptions:
+                await self._subscribe(session, list(self._subscriptions.items()))
+        except ConnectionLost:
+            pass  # the session died at once; closed is already set
+        for hook in self._session_hooks:
+            asyncio.get_running_loop().create_task(self._run_hook(hook, session.endpoint))
+        self._connected.set()
+        self._wake.set()
+        replacement: Session | None = None
+        ended = asyncio.ensure_future(_settled(session.closed))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not ended.done() and not stop.done():
+                tick = self._tick_s()
+                await asyncio.wait({ended, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+                if ended.done() or stop.done():
+                    break
+                if self._ack_overdue():
+                    await session.close()
+                    self._last_reason = "ack-timeout"
+                    self._emit(Disconnected(self.thing, session.endpoint, self._last_reason))
+                    self._went_offline()
+                    return None
+                if self.selector.failback_due():
+                    replacement = await self._probe_preferred()
+                    if replacement is not None:
+                        old = session
+                        self._went_offline()
+                        self._emit(FailedOver(self.thing, old.endpoint, replacement.endpoint, failback=True))
+                        self.counters.failovers += 1
+                        await old.close()
+                        return replacement
+        finally:
+            stop.cancel()
+            if not ended.done():
+                ended.cancel()
+        if session.closed.done():
+            self._last_reason = session.closed.result().reason
+            self._emit(Disconnected(self.thing, session.endpoint, self._last_reason))
+        self._went_offline()
+        return None
+
+    def _went_offline(self) -> None:
+        self._session = None
+        self._connected.clear()
+        if self.state is not DeviceState.CLOSED:
+            self.state = DeviceState.RECONNECTING
+
+    def _tick_s(self) -> float:
+        ticks = [self.policy.ping_timeout_s / 4]
+        if self.selector.failback_due() or self.selector.current != self.selector.preferred:
+            ticks.append(max(0.05, self.policy.failback_probe_s / 4))
+        return max(0.05, min(ticks))
+
+    def _ack_overdue(self) -> bool:
+        if not self._inflight:
+            return False
+        oldest = min(self._inflight.values())
+        return time.monotonic() - oldest > self.policy.ping_timeout_s
+
+    async def _probe_preferred(self) -> Session | None:
+        preferred = self.selector.preferred
+        session = await self._attempt(preferred)
+        if session is None:
+            self.selector.probe_failed()
+            return None
+        self.selector.failed_back()
+        return session
+
+    async def _run_hook(self, hook: SessionHook, endpoint: Endpoint) -> None:
+        try:
+            await hook(self, endpoint)
+        except Exception:  # a hook's failure is logged; the session goes on
+            log.exception("%s: session hook %r failed", self.thing, hook)
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` without raising its exception."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.shield(future)
+
+
+async def _wait_or(event: asyncio.Event, delay: float) -> bool:
+    """Sleep ``delay`` seconds unless ``event`` is set first; return whether it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), delay)
+    except TimeoutError:
+        return False
+    return True

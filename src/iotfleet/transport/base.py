@@ -1,0 +1,147 @@
+"""The transport protocol: one MQTT5 connection attempt to one endpoint at a time.
+
+A :class:`Transport` opens :class:`Session` objects; the device client owns reconnection, failover and
+the outbox, so a session never reconnects by itself. Everything here is used from one asyncio event
+loop; implementations hand callbacks from their own threads to that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol
+
+from iotfleet.config import Endpoint, Identity
+from iotfleet.errors import ConnectError
+
+__all__ = [
+    "ConnectOptions",
+    "DisconnectInfo",
+    "InboundMessage",
+    "PubackCode",
+    "Session",
+    "Transport",
+    "connect_failed",
+    "connect_timed_out",
+    "reason_name",
+]
+
+
+def connect_failed(endpoint: Endpoint, reason: str, detail: str = "") -> ConnectError:
+    """The error of a failed connection attempt; ``reason`` is short and stable (``refused``, ``tls``, ...)."""
+    return ConnectError(
+        f"could not connect to {endpoint}: {reason}{f' ({detail})' if detail else ''}",
+        endpoint=str(endpoint),
+        reason=reason,
+    )
+
+
+def connect_timed_out(endpoint: Endpoint, timeout_s: float) -> ConnectError:
+    """The error of an attempt that got no CONNACK within ``timeout_s``."""
+    return ConnectError(f"no CONNACK from {endpoint} within {timeout_s}s", endpoint=str(endpoint), reason="timeout")
+
+
+class PubackCode(IntEnum):
+    """MQTT5 PUBACK reason codes (IOT_CORE.md section 3 lists those AWS sends)."""
+
+    SUCCESS = 0x00
+    NO_MATCHING_SUBSCRIBERS = 0x10
+    UNSPECIFIED_ERROR = 0x80
+    IMPLEMENTATION_SPECIFIC_ERROR = 0x83
+    NOT_AUTHORIZED = 0x87
+    TOPIC_NAME_INVALID = 0x90
+    PACKET_IDENTIFIER_IN_USE = 0x91
+    QUOTA_EXCEEDED = 0x97
+    PAYLOAD_FORMAT_INVALID = 0x99
+
+    @property
+    def ok(self) -> bool:
+        return self.value < 0x80
+
+
+def reason_name(code: int) -> str:
+    """``0x87 not-authorized`` style name of a PUBACK reason code, for messages and counters."""
+    try:
+        name = PubackCode(code).name.lower().replace("_", "-")
+    except ValueError:
+        name = "unknown"
+    return f"0x{code:02x} {name}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A PUBLISH the broker delivered."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+    def property(self, name: str) -> str | None:
+        """The first user property called ``name``, or None."""
+        return next((v for k, v in self.user_properties if k == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectInfo:
+    """Why a session ended: ``reason`` is short and stable (``reset``, ``ping-timeout``, ``0x8e`` ...)."""
+
+    reason: str
+    detail: str = ""
+    by_client: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """What one connection attempt needs besides the endpoint."""
+
+    client_id: str
+    identity: Identity
+    keepalive_s: int = 1200
+    ping_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    receive_maximum: int = 100
+    on_message: Callable[[InboundMessage], None] = field(default=lambda _msg: None)
+
+
+class Session(Protocol):
+    """One live MQTT5 connection. It ends once: ``closed`` then holds the reason."""
+
+    endpoint: Endpoint
+    closed: asyncio.Future[DisconnectInfo]
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        """Send a PUBLISH; for QoS 1 return the PUBACK reason code, for QoS 0 return 0 once written.
+
+        Raises :class:`~iotfleet.errors.ConnectionLost` if the session ends first.
+        """
+        ...
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        """Subscribe; return the SUBACK reason code of each filter."""
+        ...
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None: ...
+
+    async def close(self) -> None:
+        """Send DISCONNECT (if still connected) and release the connection."""
+        ...
+
+
+class Transport(Protocol):
+    """Opens sessions. ``name`` is what the simulator and reports call it (``crt``, ``paho``)."""
+
+    name: str
+
+    async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> Session:
+        """Connect to ``endpoint``; return the session once CONNACK succeeded.
+
+        Raises :class:`~iotfleet.errors.ConnectError` when the attempt fails or takes longer than
+        ``options.connect_timeout_s``.
+        """
+        ...

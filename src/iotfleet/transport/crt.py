@@ -1,0 +1,328 @@
+"""The default transport: AWS's own MQTT5 client from awscrt, with mTLS.
+
+awscrt calls back on its native event-loop threads. Nothing blocks there: each callback is queued on
+a :class:`LoopBridge`, which wakes the asyncio loop once for however many callbacks arrived, so a
+burst of PUBACKs costs one wakeup rather than one self-pipe write each. The CRT client's own reconnect
+is never used: a session ends on its first disconnect and the device client decides where to go next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from awscrt import io, mqtt5
+from awscrt.exceptions import AwsCrtError
+
+from iotfleet.config import Endpoint, Identity
+from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.transport.base import (
+    ConnectOptions,
+    DisconnectInfo,
+    InboundMessage,
+    connect_failed,
+    connect_timed_out,
+)
+
+__all__ = ["CrtRuntime", "CrtSession", "CrtTransport", "LoopBridge"]
+
+ALPN_IOT_CORE = "x-amzn-mqtt-ca"
+_NEVER_MS = 24 * 3600 * 1000  # the CRT's own reconnect delay: a session is stopped long before
+
+
+class LoopBridge:
+    """Runs callables on an asyncio loop, called from any thread, coalescing the wakeups."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def call(self, fn: Callable[..., None], *args: Any) -> None:
+        self._items.append((fn, args))
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nothing is waiting for these any more
+            self._items.clear()
+
+    def _drain(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        items = self._items
+        while items:
+            fn, args = items.popleft()
+            fn(*args)
+
+
+@dataclass
+class CrtRuntime:
+    """The CRT event-loop threads and DNS resolver shared by every client of a process.
+
+    ``threads=None`` lets the CRT choose (one per core).
+    """
+
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.event_loop_group = io.EventLoopGroup(self.threads)
+        self.host_resolver = io.DefaultHostResolver(self.event_loop_group)
+        self.bootstrap = io.ClientBootstrap(self.event_loop_group, self.host_resolver)
+
+
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "closed"
+    name = getattr(exc, "name", type(exc).__name__)
+    for needle, reason in (
+        ("CONNECTION_REFUSED", "refused"),
+        ("PING", "ping-timeout"),
+        ("TIMEOUT", "timeout"),
+        ("TLS", "tls"),
+        ("CLOSED", "reset"),
+        ("RESET", "reset"),
+        ("USER_REQUESTED_STOP", "closed"),
+    ):
+        if needle in name:
+            return reason
+    return str(name).lower()
+
+
+class CrtSession:
+    """One awscrt MQTT5 client, connected once, stopped on its first disconnect."""
+
+    def __init__(
+        self, endpoint: Endpoint, options: ConnectOptions, loop: asyncio.AbstractEventLoop, bridge: LoopBridge
+    ) -> None:
+        self.endpoint = endpoint
+        self._options = options
+        self._bridge = bridge
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[DisconnectInfo] = loop.create_future()
+        self.client: mqtt5.Client | None = None
+        self._stopped = loop.create_future()
+
+    # ---- native-thread callbacks: queue on the bridge, nothing else
+
+    def on_success(self, _data: mqtt5.LifecycleConnectSuccessData) -> None:
+        self._bridge.call(self._connected)
+
+    def on_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
+        self._bridge.call(self._failed, data.exception, data.connack_packet)
+
+    def on_disconnect(self, data: mqtt5.LifecycleDisconnectData) -> None:
+        code = data.disconnect_packet.reason_code if data.disconnect_packet else None
+        self._bridge.call(self._ended, data.exception, code)
+
+    def on_stopped(self, _data: mqtt5.LifecycleStoppedData) -> None:
+        self._bridge.call(self._on_stopped)
+
+    def on_publish(self, data: mqtt5.PublishReceivedData) -> None:
+        p = data.publish_packet
+        props = tuple((u.name, u.value) for u in p.user_properties or ())
+        message = InboundMessage(p.topic, bytes(p.payload or b""), int(p.qos), bool(p.retain), props)
+        self._bridge.call(self._options.on_message, message)
+
+    # ---- loop-thread handlers
+
+    def _connected(self) -> None:
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def _failed(self, exc: BaseException | None, connack: mqtt5.ConnackPacket | None) -> None:
+        if not self.connected.done():
+            reason = f"connack 0x{int(connack.reason_code):02x}" if connack is not None else _reason(exc)
+            self.connected.set_exception(connect_failed(self.endpoint, reason))
+        self._stop()
+
+    def _ended(self, exc: BaseException | None, code: mqtt5.DisconnectReasonCode | None) -> None:
+        reason = f"0x{int(code):02x}" if code is not None else _reason(exc)
+        if not self.closed.done():
+            self.closed.set_result(DisconnectInfo(reason, str(exc or "")))
+        self._stop()
+
+    def _on_stopped(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(DisconnectInfo("closed", by_client=True))
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _stop(self, packet: mqtt5.DisconnectPacket | None = None) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            client.stop(packet)
+
+    # ---- Session protocol
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        client = self.client
+        if client is None or self.closed.done():
+            raise ConnectionLost(f"the session to {self.endpoint} has ended")
+        packet = mqtt5.PublishPacket(
+            topic=topic,
+            payload=payload,
+            qos=mqtt5.QoS(qos),
+            user_properties=[mqtt5.UserProperty(k, v) for k, v in user_properties] or None,
+        )
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        client.publish(packet).add_done_callback(lambda f: self._bridge.call(_complete_publish, done, f, self))
+        return await done
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        client = self._live()
+        packet = mqtt5.SubscribePacket([mqtt5.Subscription(f, mqtt5.QoS(q)) for f, q in filters])
+        suback = await self._await(client.subscribe(packet))
+        return [int(code) for code in suback.reason_codes]
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        await self._await(self._live().unsubscribe(mqtt5.UnsubscribePacket(list(filters))))
+
+    async def close(self) -> None:
+        if self.client is not None:
+            self._stop(mqtt5.DisconnectPacket())
+            if not self.closed.done():
+                self.closed.set_result(DisconnectInfo("closed", by_client=True))
+        with contextlib.suppress(TimeoutError):  # the CRT stops asynchronously; it is freed with its last reference
+            await asyncio.wait_for(asyncio.shield(self._stopped), timeout=5)
+
+    def _live(self) -> mqtt5.Client:
+        if self.client is None or self.closed.done():
+            raise ConnectionLost(f"the session to {self.endpoint} has ended")
+        return self.client
+
+    async def _await(self, future: Future[Any]) -> Any:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: self._bridge.call(_copy_result, done, f, self))
+        return await done
+
+
+def _lost(session: CrtSession, exc: BaseException) -> ConnectionLost:
+    lost = ConnectionLost(f"the session to {session.endpoint} ended before the broker answered ({_reason(exc)})")
+    lost.__cause__ = exc
+    return lost
+
+
+def _complete_publish(
+    done: asyncio.Future[int], result: Future[mqtt5.PublishCompletionData], session: CrtSession
+) -> None:
+    if done.done():
+        return
+    exc = result.exception()
+    if exc is not None:
+        done.set_exception(_lost(session, exc))
+        return
+    puback = result.result().puback
+    done.set_result(int(puback.reason_code) if puback is not None else 0)
+
+
+def _copy_result(done: asyncio.Future[Any], result: Future[Any], session: CrtSession) -> None:
+    if done.done():
+        return
+    exc = result.exception()
+    if exc is not None:
+        done.set_exception(_lost(session, exc))
+    else:
+        done.set_result(result.result())
+
+
+class CrtTransport:
+    """Sessions on awscrt's MQTT5 client; one instance serves any number of devices."""
+
+    name = "crt"
+
+    def __init__(self, runtime: CrtRuntime | None = None) -> None:
+        self._runtime = runtime
+        self._tls: dict[tuple[str, str, str, bool], io.ClientTlsContext] = {}
+        self._bridges: dict[asyncio.AbstractEventLoop, LoopBridge] = {}
+
+    @property
+    def runtime(self) -> CrtRuntime:
+        if self._runtime is None:
+            self._runtime = CrtRuntime()
+        return self._runtime
+
+    def _tls_context(self, identity: Identity, alpn: bool) -> io.ClientTlsContext:
+        key = (str(identity.cert_file), str(identity.key_file), str(identity.ca_file), alpn)
+        ctx = self._tls.get(key)
+        if ctx is None:
+            try:
+                opts = io.TlsContextOptions.create_client_with_mtls_from_path(
+                    str(identity.cert_file), str(identity.key_file)
+                )
+                opts.override_default_trust_store_from_path(None, str(identity.ca_file))
+            except AwsCrtError as exc:
+                raise ConnectError(
+                    f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
+                    f"{identity.ca_file}): {exc.name}; check the files exist and belong together",
+                    endpoint="",
+                    reason="identity",
+                ) from exc
+            if alpn:
+                opts.alpn_list = [ALPN_IOT_CORE]
+            ctx = self._tls[key] = io.ClientTlsContext(opts)
+        return ctx
+
+    def _bridge(self, loop: asyncio.AbstractEventLoop) -> LoopBridge:
+        bridge = self._bridges.get(loop)
+        if bridge is None:
+            self._bridges = {lp: b for lp, b in self._bridges.items() if not lp.is_closed()}
+            bridge = self._bridges[loop] = LoopBridge(loop)
+        return bridge
+
+    async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> CrtSession:
+        loop = asyncio.get_running_loop()
+        session = CrtSession(endpoint, options, loop, self._bridge(loop))
+        socket_options = io.SocketOptions()
+        socket_options.connect_timeout_ms = int(options.connect_timeout_s * 1000)
+        client = mqtt5.Client(
+            mqtt5.ClientOptions(
+                host_name=endpoint.host,
+                port=endpoint.port,
+                bootstrap=self.runtime.bootstrap,
+                socket_options=socket_options,
+                tls_ctx=self._tls_context(options.identity, alpn=endpoint.port == 443),
+                connect_options=mqtt5.ConnectPacket(
+                    client_id=options.client_id,
+                    keep_alive_interval_sec=options.keepalive_s,
+                    session_expiry_interval_sec=0,
+                    receive_maximum=options.receive_maximum,
+                ),
+                session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
+                extended_validation_and_flow_control_options=mqtt5.ExtendedValidationAndFlowControlOptions.NONE,
+                offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
+                min_reconnect_delay_ms=_NEVER_MS,
+                max_reconnect_delay_ms=_NEVER_MS,
+                ping_timeout_ms=int(options.ping_timeout_s * 1000),
+                connack_timeout_ms=int(options.connect_timeout_s * 1000),
+                on_publish_callback_fn=session.on_publish,
+                on_lifecycle_event_stopped_fn=session.on_stopped,
+                on_lifecycle_event_connection_success_fn=session.on_success,
+                on_lifecycle_event_connection_failure_fn=session.on_failure,
+                on_lifecycle_event_disconnection_fn=session.on_disconnect,
+                disable_metrics=True,
+            )
+        )
+        session.client = client
+        client.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(session.connected), options.connect_timeout_s)
+        except TimeoutError:
+            session.connected.cancel()  # a late failure callback finds it done and stays quiet
+            session._stop()
+            raise connect_timed_out(endpoint, options.connect_timeout_s) from None
+        except ConnectError:
+            session._stop()
+            raise
+        return session

@@ -1,0 +1,255 @@
+"""The pure-Python transport: paho-mqtt 2.x (MQTT5) driven by the asyncio event loop.
+
+The socket is watched with ``add_reader``/``add_writer``; paho's ``loop_start()`` thread is never used
+(it relies on select() and silently stops past ~340 clients, DESIGN.md decision 1). Only the blocking
+TCP connect and TLS handshake run in the default executor. A session is declared dead when nothing has
+been read for keepalive + ping timeout: paho sends a PINGREQ after ``keepalive`` idle seconds, so a
+live broker always answers within that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from iotfleet.config import Endpoint, Identity
+from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.transport.base import (
+    ConnectOptions,
+    DisconnectInfo,
+    InboundMessage,
+    connect_failed,
+    connect_timed_out,
+)
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
+
+__all__ = ["PahoSession", "PahoTransport"]
+
+
+def _tls_context(identity: Identity) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(identity.ca_file))
+    ctx.load_cert_chain(str(identity.cert_file), str(identity.key_file))
+    return ctx
+
+
+class PahoSession:
+    """One paho client on the event loop, connected once."""
+
+    def __init__(self, endpoint: Endpoint, options: ConnectOptions, loop: asyncio.AbstractEventLoop) -> None:
+        self.endpoint = endpoint
+        self._options = options
+        self._loop = loop
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[DisconnectInfo] = loop.create_future()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._sock: SocketLike | None = None
+        self._last_read = time.monotonic()
+        self._ticker: asyncio.TimerHandle | None = None
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id, protocol=mqtt.MQTTv5)
+        client.tls_set_context(_tls_context(options.identity))
+        client.max_inflight_messages_set(options.receive_maximum)
+        client.connect_timeout = options.connect_timeout_s  # bounds the TCP connect and the TLS handshake
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_ack
+        client.on_unsubscribe = self._on_ack
+        self.client = client
+
+    # ---- socket plumbing (the open/register callbacks may come from the executor thread)
+
+    def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: SocketLike) -> None:
+        self._loop.call_soon_threadsafe(self._watch, sock)
+
+    def _watch(self, sock: SocketLike) -> None:
+        self._sock = sock
+        self._loop.add_reader(sock, self._readable)
+        self._readable()  # TLS may already hold decrypted bytes that select() will never report
+
+    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: SocketLike) -> None:
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _on_register_write(self, _c: mqtt.Client, _u: Any, sock: SocketLike) -> None:
+        self._loop.call_soon_threadsafe(self._add_writer, sock)
+
+    def _add_writer(self, sock: SocketLike) -> None:
+        if sock.fileno() >= 0 and not self.closed.done():
+            self._loop.add_writer(sock, self.client.loop_write)
+
+    def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: SocketLike) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_writer(sock)
+
+    def _readable(self) -> None:
+        self._last_read = time.monotonic()
+        self.client.loop_read()
+        sock = self._sock
+        while isinstance(sock, ssl.SSLSocket) and sock.fileno() >= 0 and sock.pending():
+            self.client.loop_read()
+
+    def _tick(self) -> None:
+        """Keepalive bookkeeping once a quarter second, and the silence check."""
+        if self.closed.done():
+            return
+        self.client.loop_misc()
+        silent = time.monotonic() - self._last_read
+        if self.connected.done() and silent > self._options.keepalive_s + self._options.ping_timeout_s:
+            self._end(DisconnectInfo("ping-timeout", f"nothing read for {silent:.1f}s"))
+            self.client.disconnect()
+            self._close_socket()
+            return
+        self._ticker = self._loop.call_later(0.25, self._tick)
+
+    # ---- paho callbacks (loop thread once connected)
+
+    def _on_connect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
+        if self.connected.done():
+            return
+        if rc.is_failure:
+            reason = f"connack 0x{rc.value:02x}"
+            self.connected.set_exception(connect_failed(self.endpoint, reason))
+        else:
+            self.connected.set_result(None)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
+        by_client = rc.value == 0
+        reason = "closed" if by_client else ("reset" if rc.getName() == "Unspecified error" else f"0x{rc.value:02x}")
+        self._end(DisconnectInfo(reason, str(rc), by_client))
+
+    def _end(self, info: DisconnectInfo) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(connect_failed(self.endpoint, info.reason, "closed before CONNACK"))
+        if not self.closed.done():
+            self.closed.set_result(info)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost(f"the session to {self.endpoint} ended ({info.reason})"))
+        self._pending.clear()
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg.properties, "UserProperty", None) or []
+        message = InboundMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), tuple(props))
+        self._options.on_message(message)
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(rc.value)
+
+    def _on_ack(self, _c: mqtt.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Properties | None) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result([r.value for r in rcs])
+
+    def _close_socket(self) -> None:
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+            sock.close()
+
+    # ---- Session protocol
+
+    def _track(self, rc: MQTTErrorCode, mid: int | None) -> asyncio.Future[Any]:
+        if (
+            self.closed.done()
+            or rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+            or mid is None
+        ):
+            raise ConnectionLost(f"the session to {self.endpoint} has ended ({mqtt.error_string(rc)})")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[mid] = fut
+        return fut
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        props = None
+        if user_properties:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+            props.UserProperty = list(user_properties)
+        if self.closed.done():
+            raise ConnectionLost(f"the session to {self.endpoint} has ended")
+        info = self.client.publish(topic, payload, qos=qos, properties=props)
+        code: int = await self._track(info.rc, info.mid)
+        return code
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        rc, mid = self.client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters])
+        codes: list[int] = await self._track(rc, mid)
+        return codes
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        rc, mid = self.client.unsubscribe(list(filters))
+        await self._track(rc, mid)
+
+    async def close(self) -> None:
+        if not self.closed.done():
+            self.client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.closed), timeout=2)
+            self._end(DisconnectInfo("closed", by_client=True))
+        self._close_socket()
+
+
+class PahoTransport:
+    """Sessions on paho-mqtt, the pure-Python alternative to awscrt."""
+
+    name = "paho"
+
+    async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> PahoSession:
+        loop = asyncio.get_running_loop()
+        session = PahoSession(endpoint, options, loop)
+        client = session.client
+
+        def blocking_connect() -> None:
+            client.connect(endpoint.host, endpoint.port, keepalive=options.keepalive_s, clean_start=True)
+
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, blocking_connect), options.connect_timeout_s)
+            session._ticker = loop.call_later(0.25, session._tick)
+            await asyncio.wait_for(asyncio.shield(session.connected), options.connect_timeout_s)
+        except TimeoutError:
+            session.connected.cancel()
+            session._end(DisconnectInfo("timeout"))
+            session._close_socket()
+            raise connect_timed_out(endpoint, options.connect_timeout_s) from None
+        except (OSError, ssl.SSLError) as exc:
+            session._close_socket()
+            reason = (
+                "refused"
+                if isinstance(exc, ConnectionRefusedError)
+                else "tls"
+                if isinstance(exc, ssl.SSLError)
+                else "io"
+            )
+            raise connect_failed(endpoint, reason, str(exc)) from exc
+        except ConnectError:
+            session._close_socket()
+            raise
+        return session

@@ -1,0 +1,245 @@
+"""DeviceClient against real brokers, on both transports (the ``transport`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from iotfleet.cloud.local import LocalCloud
+from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, PublishLimits
+from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
+from iotfleet.device.client import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY, _RateLimiter
+from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
+from tests.device.conftest import FAST, UNLIMITED, Watcher
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def device(lamp: Identity, cloud: LocalCloud, transport: str, **kw: Any) -> DeviceClient:
+    options: dict[str, Any] = {
+        "tenant": "acme",
+        "site": "hq",
+        "transport": transport,
+        "reconnect": FAST,
+        "limits": UNLIMITED,
+    }
+    return DeviceClient(identity=lamp, endpoints=cloud.endpoints, **{**options, **kw})
+
+
+def test_publish_reaches_the_cloud_with_message_id_and_sequence(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    async def scenario() -> None:
+        watcher = await Watcher(local_cloud).start()
+        async with device(lamp, local_cloud, transport) as dev:
+            first = await dev.publish("power", {"watts": 12.5})
+            second = await dev.publish("power", b"raw")
+        await asyncio.sleep(0.1)
+        await watcher.close()
+        assert (first.topic, first.reason_code, first.endpoint.region) == ("dt/acme/hq/lamp-1/power", 0x00, "eu-west-1")
+        assert (first.seq, second.seq) == (1, 2)
+        region, message = watcher.messages[0]
+        assert region == "eu-west-1"
+        assert json.loads(message.payload) == {"watts": 12.5}
+        assert message.property(MESSAGE_ID_PROPERTY) == first.message_id
+        assert message.property(SEQUENCE_PROPERTY) == "1"
+        assert set(watcher.ids) == {first.message_id, second.message_id}
+
+    run(scenario())
+
+
+def test_commands_are_received_on_the_things_command_topics(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    async def scenario() -> None:
+        operator = await Watcher(local_cloud).start()
+        async with device(lamp, local_cloud, transport) as dev:
+            commands = dev.commands()
+            first = asyncio.ensure_future(commands.__anext__())
+            await asyncio.sleep(0.2)  # the subscription is in place
+            await operator.sessions["eu-west-1"].publish("cmd/acme/hq/lamp-1/dim", b'{"level": 40}', 1)
+            await operator.sessions["eu-west-1"].publish("cmd/acme/hq/lamp-2/dim", b'{"level": 99}', 1)
+            command = await asyncio.wait_for(first, 5)
+            assert (command.name, command.json()) == ("dim", {"level": 40})
+            await commands.aclose()
+        await operator.close()
+
+    run(scenario())
+
+
+def test_foreign_topic_raises_publish_rejected_and_leaves_the_outbox(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    events: list[Any] = []
+
+    async def scenario() -> None:
+        async with device(lamp, local_cloud, transport, listeners=[events.append]) as dev:
+            with pytest.raises(PublishRejected) as info:
+                await dev.publish_to("dt/acme/hq/lamp-2/power", b"forged")
+            assert info.value.reason_code == 0x87
+            assert "0x87 not-authorized" in info.value.message
+            assert len(dev.outbox) == 0
+            assert dev.counters.rejected == {"0x87 not-authorized": 1}
+            assert (await dev.publish("power", b"ok")).reason_code < 0x80  # the session survived
+
+    run(scenario())
+    failed = [e for e in events if e.kind is EventKind.PUBLISH_FAILED]
+    assert [(e.topic, e.reason_code) for e in failed] == [("dt/acme/hq/lamp-2/power", 0x87)]
+
+
+def test_misuse_raises_an_error_that_says_what_to_do(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
+    async def scenario() -> None:
+        dev = device(lamp, local_cloud, transport)
+        with pytest.raises(ClientStateError, match="enter the client first"):
+            await dev.publish("power", b"x")
+        async with dev:
+            assert dev.state is DeviceState.CONNECTED
+            with pytest.raises(ClientStateError, match="entered once"):
+                await dev.__aenter__()
+        assert dev.state is DeviceState.CLOSED
+        with pytest.raises(ClientStateError, match="closed; create a new DeviceClient"):
+            await dev.publish("power", b"x")
+
+    run(scenario())
+
+
+def test_bad_input_is_refused_before_sending(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
+    async def scenario() -> None:
+        async with device(lamp, local_cloud, transport) as dev:
+            with pytest.raises(ConfigError, match="exceeds IoT Core's 131072-byte limit"):
+                await dev.publish("power", b"x" * (128 * 1024 + 1))
+            with pytest.raises(ConfigError, match="QoS 2"):
+                await dev.publish("power", b"x", qos=2)
+            with pytest.raises(TopicError, match="stream id"):
+                await dev.publish("power/extra", b"x")
+            with pytest.raises(TopicError, match="reserved"):
+                await dev.publish_to("$aws/things/lamp-1/shadow/update/accepted", b"{}")
+            with pytest.raises(ConfigError, match="not JSON-serialisable"):
+                await dev.publish("power", {"when": object()})
+            assert dev.counters.enqueued == 0
+        async with DeviceClient(identity=lamp, endpoints=local_cloud.endpoints, transport=transport) as unscoped:
+            with pytest.raises(ConfigError, match=r"tenant=\.\.\., site="):
+                await unscoped.publish("power", b"x")
+
+    run(scenario())
+
+
+def test_reconnect_restores_subscriptions_and_delivers_what_was_queued_offline(tmp_path: Any, transport: str) -> None:
+    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud") as cloud:
+        lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
+        region = cloud.region("eu-west-1")
+
+        async def scenario() -> None:
+            async with device(lamp, cloud, transport) as dev:
+                await dev.subscribe("cmd/acme/hq/lamp-1/+")
+                region.kill()
+                await asyncio.sleep(0.3)
+                assert dev.endpoint is None
+                queued = [dev.enqueue("power", f"offline-{i}".encode()) for i in range(20)]
+                region.restore()
+                receipts = await asyncio.wait_for(asyncio.gather(*queued), 10)
+                assert [r.seq for r in receipts] == list(range(1, 21))
+                watcher = await Watcher(cloud, "dt/#").start()
+                inbox = dev.messages("cmd/#")
+                nxt = asyncio.ensure_future(inbox.__anext__())
+                await asyncio.sleep(0.1)
+                await watcher.sessions["eu-west-1"].publish("cmd/acme/hq/lamp-1/dim", b"1", 1)
+                assert (await asyncio.wait_for(nxt, 5)).topic == "cmd/acme/hq/lamp-1/dim"
+                await inbox.aclose()
+                await watcher.close()
+
+        run(scenario())
+
+
+def test_first_connect_failure_names_every_endpoint(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
+    for region in local_cloud.regions:
+        region.kill()
+
+    async def scenario() -> None:
+        with pytest.raises(ConnectError) as info:
+            async with device(lamp, local_cloud, transport, connect_wait_s=1.5):
+                pass
+        for endpoint in local_cloud.endpoints:
+            assert str(endpoint) in info.value.message
+        assert info.value.reason == "refused"
+
+    run(scenario())
+
+
+def test_overflow_drop_oldest_reports_every_evicted_message(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    events: list[Any] = []
+    down = [Endpoint(region="nowhere", host="127.0.0.1", port=1)]
+
+    async def scenario() -> None:
+        policy = OutboxPolicy(max_messages=3, overflow=OverflowPolicy.DROP_OLDEST)
+        dev = DeviceClient(
+            identity=lamp,
+            endpoints=down,
+            tenant="acme",
+            site="hq",
+            transport=transport,
+            reconnect=FAST,
+            outbox=policy,
+            listeners=[events.append],
+            connect_wait_s=0,
+            drain_on_close_s=0,
+        )
+        async with dev:
+            futures = [dev.enqueue("power", str(i).encode()) for i in range(5)]
+            assert [e.payload for e in dev.outbox.pending()] == [b"2", b"3", b"4"]
+            assert dev.outbox.stats.dropped_oldest == 2
+            for fut in futures[:2]:
+                with pytest.raises(Exception, match="dropped-oldest"):
+                    await fut
+
+    run(scenario())
+    reasons = [e.reason for e in events if isinstance(e, PublishFailed)]
+    assert reasons == ["dropped-oldest", "dropped-oldest", "closed", "closed", "closed"]
+
+
+def test_blocking_facade_publishes_and_receives(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
+    with BlockingDeviceClient(
+        identity=lamp, endpoints=local_cloud.endpoints, tenant="acme", site="hq", transport=transport, reconnect=FAST
+    ) as dev:
+        receipt = dev.publish("power", {"watts": 3})
+        assert receipt.reason_code < 0x80
+        commands = dev.commands(timeout=5)
+        operator = asyncio.run(_publish_once(local_cloud, "cmd/acme/hq/lamp-1/reboot"))
+        assert operator == 0x00
+        command = next(commands)
+        assert command.name == "reboot"
+    with pytest.raises(ClientStateError, match="first"):
+        dev.publish("power", b"x")
+
+
+async def _publish_once(cloud: LocalCloud, topic: str) -> int:
+    watcher = Watcher(cloud)
+    await watcher.watch(cloud.endpoints[0])
+    code = await watcher.sessions["eu-west-1"].publish(topic, b"{}", 1)
+    await watcher.close()
+    return code
+
+
+def test_rate_limiter_paces_publishes_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr("iotfleet.device.client.time.monotonic", lambda: now[0])
+    limiter = _RateLimiter(PublishLimits(max_publishes_per_s=10, max_bytes_per_s=1000))
+    assert [limiter.wait(10) for _ in range(10)] == [0.0] * 10  # a full bucket of 10 messages
+    assert limiter.wait(10) == pytest.approx(0.1)  # the 11th waits for one token
+    now[0] += 0.1
+    assert limiter.wait(10) == 0.0
+    now[0] += 10
+    assert limiter.wait(900) == 0.0
+    assert limiter.wait(200) == pytest.approx(0.1)  # bytes, not messages, are short now
+    assert _RateLimiter(PublishLimits(enabled=False)).wait(10**9) == 0.0
+
+
+Factory = Callable[..., Identity]

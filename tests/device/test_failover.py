@@ -1,0 +1,132 @@
+"""Endpoint selection: backoff with full jitter, failover after N failures or T seconds, failback."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iotfleet.config import Endpoint, ReconnectPolicy
+from iotfleet.device.failover import EndpointSelector
+from iotfleet.errors import ConfigError
+
+EPS = [Endpoint(region=f"r{i}", host="localhost", port=8000 + i) for i in range(3)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def selector(
+    policy: ReconnectPolicy, rng: float = 1.0, endpoints: list[Endpoint] = EPS
+) -> tuple[EndpointSelector, Clock]:
+    clock = Clock()
+    return EndpointSelector(endpoints, policy, rng=lambda: rng, clock=clock), clock
+
+
+@given(min_b=st.floats(0.01, 5), factor=st.floats(1, 100), failures=st.integers(1, 30), rng=st.floats(0, 0.999999))
+def test_backoff_is_full_jitter_below_a_capped_exponential(
+    min_b: float, factor: float, failures: int, rng: float
+) -> None:
+    policy = ReconnectPolicy(
+        min_backoff_s=min_b, max_backoff_s=min_b * factor, failover_after_failures=1000, failover_after_s=1e9
+    )
+    sel, _ = selector(policy, rng, EPS[:1])
+    for k in range(1, failures + 1):
+        step = sel.failed()
+        ceiling = min(policy.max_backoff_s, min_b * 2**k)
+        assert 0 <= step.delay_s <= ceiling
+        assert step.delay_s == pytest.approx(rng * ceiling)
+        assert step.failover_from is None
+
+
+def test_fails_over_after_n_consecutive_failures_in_order_and_wraps() -> None:
+    sel, _ = selector(ReconnectPolicy(failover_after_failures=3, failover_after_s=1e9))
+    assert [sel.failed().failover_from for _ in range(3)] == [None, None, EPS[0]]
+    assert sel.current == EPS[1]
+    for _ in range(3):
+        step = sel.failed()
+    assert (step.failover_from, sel.current) == (EPS[1], EPS[2])
+    for _ in range(3):
+        step = sel.failed()
+    assert sel.current == EPS[0]
+
+
+def test_fails_over_after_t_seconds_without_a_connection() -> None:
+    sel, clock = selector(ReconnectPolicy(failover_after_failures=100, failover_after_s=10))
+    sel.connected()
+    clock.now = 100
+    sel.disconnected()
+    clock.now = 105
+    assert sel.failed().failover_from is None
+    clock.now = 110
+    assert sel.failed().failover_from == EPS[0]
+
+
+def test_a_silent_session_counts_as_a_failure() -> None:
+    sel, _ = selector(ReconnectPolicy(failover_after_failures=2, failover_after_s=1e9))
+    sel.connected()
+    assert sel.disconnected(silent=True).failover_from is None
+    assert sel.failed().failover_from == EPS[0]
+
+
+def test_a_reset_session_does_not_count_as_a_failure() -> None:
+    sel, _ = selector(ReconnectPolicy(failover_after_failures=2, failover_after_s=1e9))
+    sel.connected()
+    sel.disconnected()
+    assert sel.failed().failover_from is None
+    assert sel.failed().failover_from == EPS[0]
+
+
+def test_backoff_resets_only_after_a_stable_connection() -> None:
+    policy = ReconnectPolicy(
+        min_backoff_s=1, max_backoff_s=100, stable_after_s=30, failover_after_failures=100, failover_after_s=1e9
+    )
+    sel, clock = selector(policy, endpoints=EPS[:1])
+    for _ in range(4):
+        sel.failed()
+    sel.connected()
+    clock.now += 5
+    assert sel.disconnected().delay_s == 16  # short-lived: the backoff level stays
+    sel.connected()
+    clock.now += 31
+    assert sel.disconnected().delay_s == 1  # stable: back to the first level
+
+
+def test_failback_is_probed_periodically_only_away_from_the_preferred_endpoint() -> None:
+    sel, clock = selector(ReconnectPolicy(failover_after_failures=1, failback_probe_s=30))
+    sel.connected()
+    clock.now = 1000
+    assert not sel.failback_due()
+    sel.failed()
+    sel.connected()
+    assert sel.current == EPS[1]
+    clock.now += 29
+    assert not sel.failback_due()
+    clock.now += 1
+    assert sel.failback_due()
+    sel.probe_failed()
+    assert not sel.failback_due()
+    clock.now += 30
+    assert sel.failed_back() == EPS[1]
+    assert sel.current == EPS[0]
+    assert not sel.failback_due()
+
+
+def test_failback_can_be_turned_off() -> None:
+    sel, clock = selector(ReconnectPolicy(failover_after_failures=1, failback=False))
+    sel.failed()
+    sel.connected()
+    clock.now += 1e6
+    assert not sel.failback_due()
+
+
+def test_needs_an_endpoint_and_sane_backoff() -> None:
+    with pytest.raises(ConfigError, match="at least one endpoint"):
+        EndpointSelector([], ReconnectPolicy())
+    with pytest.raises(ValueError, match="max_backoff_s"):
+        ReconnectPolicy(min_backoff_s=10, max_backoff_s=1)
