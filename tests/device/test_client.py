@@ -14,7 +14,7 @@ from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, Pu
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
 from iotfleet.device.client import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY, _RateLimiter
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
-from tests.device.conftest import FAST, UNLIMITED, Watcher
+from tests.conftest import FAST, UNLIMITED, Watcher
 
 
 def run(coro: Awaitable[Any]) -> Any:

@@ -143,6 +143,7 @@ class CrtSession:
         if not self.connected.done():
             reason = f"connack 0x{int(connack.reason_code):02x}" if connack is not None else _reason(exc)
             self.connected.set_exception(connect_failed(self.endpoint, reason))
+            self.connected.exception()  # an abandoned attempt must not log "never retrieved"; awaiters still get it
         self._stop()
 
     def _ended(self, exc: BaseException | None, code: mqtt5.DisconnectReasonCode | None) -> None:

@@ -10,6 +10,7 @@ live broker always answers within that window.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ssl
 import time
@@ -45,6 +46,31 @@ def _tls_context(identity: Identity) -> ssl.SSLContext:
     return ctx
 
 
+class _Client(mqtt.Client):
+    """paho's client, except that a failed TLS handshake closes its socket.
+
+    paho 2.2 leaves that socket to the garbage collector, which a blackholed endpoint turns into one leaked
+    file descriptor per connect attempt until GC runs. Only the wrap step is replaced, with our own
+    context, host name and timeout; if paho renames the hook, its own (leaky but correct) code runs.
+    """
+
+    def __init__(self, *args: Any, tls: ssl.SSLContext, host: str, timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._iotfleet_tls = (tls, host, timeout)
+        self.tls_set_context(tls)
+
+    def _ssl_wrap_socket(self, tcp_sock: Any) -> ssl.SSLSocket:
+        tls, host, timeout = self._iotfleet_tls
+        ssl_sock = tls.wrap_socket(tcp_sock, server_hostname=host, do_handshake_on_connect=False)
+        try:
+            ssl_sock.settimeout(timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
+
 class PahoSession:
     """One paho client on the event loop, connected once."""
 
@@ -58,8 +84,14 @@ class PahoSession:
         self._sock: SocketLike | None = None
         self._last_read = time.monotonic()
         self._ticker: asyncio.TimerHandle | None = None
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id, protocol=mqtt.MQTTv5)
-        client.tls_set_context(_tls_context(options.identity))
+        client = _Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=options.client_id,
+            protocol=mqtt.MQTTv5,
+            tls=_tls_context(options.identity),
+            host=endpoint.host,
+            timeout=options.connect_timeout_s,
+        )
         client.max_inflight_messages_set(options.receive_maximum)
         client.connect_timeout = options.connect_timeout_s  # bounds the TCP connect and the TLS handshake
         client.on_socket_open = self._on_socket_open
@@ -130,6 +162,7 @@ class PahoSession:
         if rc.is_failure:
             reason = f"connack 0x{rc.value:02x}"
             self.connected.set_exception(connect_failed(self.endpoint, reason))
+            self.connected.exception()  # an abandoned attempt must not log "never retrieved"; awaiters still get it
         else:
             self.connected.set_result(None)
 
@@ -141,6 +174,7 @@ class PahoSession:
     def _end(self, info: DisconnectInfo) -> None:
         if not self.connected.done():
             self.connected.set_exception(connect_failed(self.endpoint, info.reason, "closed before CONNACK"))
+            self.connected.exception()  # an abandoned attempt must not log "never retrieved"; awaiters still get it
         if not self.closed.done():
             self.closed.set_result(info)
         for fut in self._pending.values():
@@ -164,6 +198,12 @@ class PahoSession:
         fut = self._pending.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result([r.value for r in rcs])
+
+    def _abandon(self, connecting: asyncio.Future[None]) -> None:
+        """A connect that finished after its timeout: drop its socket, and its outcome, which nobody awaits."""
+        if not connecting.cancelled():
+            connecting.exception()
+        self._close_socket()
 
     def _close_socket(self) -> None:
         sock = self.client.socket()
@@ -218,27 +258,46 @@ class PahoSession:
 
 
 class PahoTransport:
-    """Sessions on paho-mqtt, the pure-Python alternative to awscrt."""
+    """Sessions on paho-mqtt, the pure-Python alternative to awscrt.
+
+    paho's connect (TCP + TLS handshake) blocks, so it runs on this transport's own thread pool:
+    a blackholed endpoint holds a thread for the whole connect timeout, and the default executor's
+    handful of threads would then delay every other device's connect.
+    """
 
     name = "paho"
+
+    def __init__(self, connect_threads: int = 256) -> None:
+        self._connect_threads = connect_threads
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> PahoSession:
         loop = asyncio.get_running_loop()
         session = PahoSession(endpoint, options, loop)
         client = session.client
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(self._connect_threads, "iotfleet-paho-connect")
 
         def blocking_connect() -> None:
             client.connect(endpoint.host, endpoint.port, keepalive=options.keepalive_s, clean_start=True)
 
+        connecting = loop.run_in_executor(self._executor, blocking_connect)
         try:
-            await asyncio.wait_for(loop.run_in_executor(None, blocking_connect), options.connect_timeout_s)
+            # paho bounds the TCP connect and the TLS handshake by connect_timeout inside the thread; the
+            # time spent queued for a thread is not the endpoint's fault and must not count against it
+            await asyncio.shield(connecting)
             session._ticker = loop.call_later(0.25, session._tick)
             await asyncio.wait_for(asyncio.shield(session.connected), options.connect_timeout_s)
-        except TimeoutError:
+        except TimeoutError:  # the TCP connect or the handshake (socket.timeout), or no CONNACK in time
             session.connected.cancel()
             session._end(DisconnectInfo("timeout"))
             session._close_socket()
             raise connect_timed_out(endpoint, options.connect_timeout_s) from None
+        except asyncio.CancelledError:
+            # the device is closing: the blocking connect may still finish later; close what it opens then
+            connecting.add_done_callback(session._abandon)
+            session._close_socket()
+            raise
         except (OSError, ssl.SSLError) as exc:
             session._close_socket()
             reason = (
