@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -18,3 +23,63 @@ def test_local_cloud_example_shows_own_topic_accepted_and_foreign_refused() -> N
     for region in ("eu-west-1", "us-east-1"):
         assert f"{region}: dt/acme/hq/lamp-1/power -> PUBACK 0x10" in lines  # nobody subscribed: 0x10
         assert f"{region}: dt/acme/hq/lamp-2/power -> PUBACK 0x87" in lines
+
+
+@pytest.fixture(scope="module")
+def cloud_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real 'iotfleet cloud up' with one thing, its JSON line saved to a file, as the examples expect."""
+    workdir = tmp_path_factory.mktemp("cloud")
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "iotfleet",
+            "cloud",
+            "up",
+            "--json",
+            "--workdir",
+            str(workdir / "w"),
+            "--thing",
+            "lamp-1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as cloud:
+        try:
+            assert cloud.stdout is not None
+            line = cloud.stdout.readline()
+            assert json.loads(line)["things"][0]["name"] == "lamp-1"
+            (workdir / "cloud.json").write_text(line)
+            yield workdir / "cloud.json"
+        finally:
+            cloud.send_signal(signal.SIGTERM)
+            cloud.communicate(timeout=30)
+    assert cloud.returncode == 0
+
+
+def run_example(name: str, cloud_json: Path) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), str(cloud_json)], capture_output=True, text=True, timeout=90, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("name", ["publish_async.py", "publish_blocking.py"])
+def test_publish_examples_are_acknowledged_in_the_preferred_region(name: str, cloud_json: Path) -> None:
+    lines = run_example(name, cloud_json)
+    assert len(lines) == 5
+    assert all(line.startswith("dt/demo/hq/lamp-1/telemetry seq=") for line in lines)
+    assert all("acked by eu-west-1" in line for line in lines)
+
+
+def test_failover_example_moves_to_the_next_region_and_back(cloud_json: Path) -> None:
+    lines = run_example("failover.py", cloud_json)
+    text = "\n".join(lines)
+    assert lines[0] == "publishing via ['eu-west-1']"
+    assert "killing eu-west-1: killed" in text
+    assert "  lamp-1 failed over: eu-west-1 -> us-east-1" in lines
+    assert "  lamp-1 failed back: us-east-1 -> eu-west-1" in lines
+    assert lines[-2] == "publishing via ['eu-west-1']"
+    acked, enqueued = lines[-1].split(",")[0].removeprefix("acked ").split(" of ")
+    assert acked == enqueued

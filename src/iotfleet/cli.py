@@ -203,14 +203,47 @@ def cloud() -> None:
     help="Seconds before a registration reaches the other regions.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with endpoints and credentials once ready.")
-def cloud_up(regions: str, workdir: Path | None, replication_lag: float, as_json: bool) -> None:
-    """Start the local cloud and run until SIGINT or SIGTERM."""
-    from iotfleet.cloud.local import LocalCloud  # noqa: PLC0415
+@click.option(
+    "--thing",
+    "things",
+    multiple=True,
+    metavar="NAME",
+    help="Register a thing with its own certificate (repeatable); listed under 'things'.",
+)
+@click.option("--tenant", default="demo", show_default=True, help="Tenant of the --thing things.")
+@click.option("--site", default="hq", show_default=True, help="Site of the --thing things.")
+def cloud_up(
+    regions: str,
+    workdir: Path | None,
+    replication_lag: float,
+    as_json: bool,
+    things: tuple[str, ...],
+    tenant: str,
+    site: str,
+) -> None:
+    """Start the local cloud and run until SIGINT or SIGTERM.
+
+    While it runs, 'iotfleet cloud chaos ACTION REGION --workdir DIR' injects faults into it.
+    """
+    from iotfleet.cloud.control import ControlServer  # noqa: PLC0415
+    from iotfleet.cloud.local import LocalCloud, ThingSpec  # noqa: PLC0415
 
     with _errors(), _until_signalled() as stop:
         local = LocalCloud(_regions(regions), workdir=workdir, replication_lag=replication_lag)
-        with local:
+        with local, ControlServer(local):
             info = local.info()
+            if things:
+                identities = local.register_things([ThingSpec(name, tenant, site) for name in things])
+                info["things"] = [
+                    {
+                        "name": i.thing_name,
+                        "tenant": tenant,
+                        "site": site,
+                        "cert": str(i.cert_file),
+                        "key": str(i.key_file),
+                    }
+                    for i in identities
+                ]
             if as_json:
                 click.echo(json.dumps(info))
             else:
@@ -220,11 +253,30 @@ def cloud_up(regions: str, workdir: Path | None, replication_lag: float, as_json
                 click.echo(f"claim       {info['claim_cert']} {info['claim_key']}")
                 click.echo(f"template    {info['template']}")
                 click.echo(f"workdir     {info['workdir']}")
+                for thing in info.get("things", []):
+                    click.echo(f"thing       {thing['name']} {thing['cert']} {thing['key']}")
                 click.echo("running; press Ctrl-C to stop")
             sys.stdout.flush()
             stop.wait()
         if not as_json:
             click.echo("stopped")
+
+
+@cloud.command("chaos")
+@click.argument("action", type=click.Choice(["kill", "blackhole", "restore", "status"]))
+@click.argument("region")
+@click.option(
+    "--workdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The --workdir of the running 'iotfleet cloud up'.",
+)
+def cloud_chaos(action: str, region: str, workdir: Path) -> None:
+    """Kill (SIGKILL), blackhole (SIGSTOP) or restore a region of a running local cloud."""
+    from iotfleet.cloud.control import send  # noqa: PLC0415
+
+    with _errors():
+        click.echo(f"{region}: {send(workdir, action, region)}")
 
 
 # --------------------------------------------------------------------------- policy

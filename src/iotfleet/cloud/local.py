@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict
 
 from iotfleet import policy
 from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
@@ -45,6 +46,8 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "DEVICE_POLICY",
     "SERVICE_IDENTITY",
+    "CloudInfo",
+    "CloudThing",
     "GuardEvent",
     "LocalCloud",
     "Region",
@@ -86,6 +89,62 @@ class GuardEvent:
     client_id: str
     identity: str | None
     reason: str
+
+
+class CloudThing(BaseModel):
+    """A thing registered by ``iotfleet cloud up --thing``, as listed in its JSON line."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    tenant: str
+    site: str
+    cert: Path
+    key: Path
+
+
+class CloudRegion(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    host: str
+    port: int
+
+
+class CloudInfo(BaseModel):
+    """The JSON line ``iotfleet cloud up --json`` prints: what a device needs to reach a running cloud."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    regions: list[CloudRegion]
+    ca_file: Path
+    claim_cert: Path
+    claim_key: Path
+    template: str
+    workdir: Path
+    things: list[CloudThing] = []
+
+    @classmethod
+    def load(cls, path: Path) -> CloudInfo:
+        """Read the JSON line saved from ``iotfleet cloud up --json > PATH``."""
+        try:
+            return cls.model_validate_json(path.read_text().strip().splitlines()[0])
+        except (OSError, IndexError, ValueError) as exc:
+            raise ConfigError(f"{path} does not hold the line of 'iotfleet cloud up --json' ({exc})") from exc
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(region=r.name, host=r.host, port=r.port) for r in self.regions]
+
+    def identity(self, name: str | None = None) -> tuple[Identity, CloudThing]:
+        """The identity of thing ``name`` (default: the first listed) and where it belongs."""
+        for thing in self.things:
+            if name is None or thing.name == name:
+                identity = Identity(
+                    thing_name=thing.name, cert_file=thing.cert, key_file=thing.key, ca_file=self.ca_file
+                )
+                return identity, thing
+        raise ConfigError(f"no thing {name or ''} in the cloud's JSON: start it with 'iotfleet cloud up --thing NAME'")
 
 
 class Region:

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
@@ -233,18 +234,23 @@ class DeviceClient:
         self._session_hooks: list[SessionHook] = []
         self._subscriptions: dict[str, int] = {}
         self._pending_subscribes = 0
+        self._stream_topics: dict[str, str] = {}
         self._inbound: list[tuple[str | None, asyncio.Queue[InboundMessage]]] = []
         self._deliveries: dict[int, _Delivery] = {}
         self._unsent: collections.deque[int] = collections.deque()
         self._inflight: dict[int, float] = {}
         self._limiter = _RateLimiter(self.limits)
+        self._rate_limited = self.limits.enabled
+        self._max_inflight = self.limits.max_inflight
+        self._pump_timer: asyncio.TimerHandle | None = None
+        self._pumping = False
         self._session: Session | None = None
         self._session_count = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._qos0_tasks: set[asyncio.Task[None]] = set()
         # asyncio.Event binds to a loop on first use, not here (Python >= 3.10)
-        self._wake, self._slot_freed = asyncio.Event(), asyncio.Event()
         self._connected, self._stop = asyncio.Event(), asyncio.Event()
+        self._left_outbox = asyncio.Event()  # set whenever a message leaves the outbox
         self._last_error: ClientError | None = None
         self._last_reason = ""
         self._restored = self.outbox.stats.restored
@@ -262,7 +268,6 @@ class DeviceClient:
         self.state = DeviceState.CONNECTING
         self._tasks = [
             asyncio.create_task(self._manage(), name=f"iotfleet-{self.thing}-connection"),
-            asyncio.create_task(self._send(), name=f"iotfleet-{self.thing}-sender"),
         ]
         if self.connect_wait_s > 0:
             try:
@@ -294,6 +299,9 @@ class DeviceClient:
             await self.flush(timeout=drain, raise_on_timeout=False)
         self.state = DeviceState.CLOSED
         self._stop.set()
+        if self._pump_timer is not None:
+            self._pump_timer.cancel()
+            self._pump_timer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -321,21 +329,24 @@ class DeviceClient:
         self.outbox.close()
 
     async def flush(self, timeout: float | None = None, *, raise_on_timeout: bool = True) -> None:
-        """Wait until every publish queued so far has left the outbox (acked or failed)."""
+        """Wait until every message in the outbox now (queued here or restored from disk) has left it."""
         self._require_running()
-        targets = [d.future for d in self._deliveries.values() if d.future is not None and not d.future.done()]
-        waiting = {asyncio.ensure_future(_settled(f)) for f in targets}
-        if not waiting:
-            return
-        _, pending = await asyncio.wait(waiting, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        if pending and raise_on_timeout:
-            raise RequestTimeout(
-                f"{len(pending)} publishes of {self.thing} were still unacknowledged after {timeout}s",
-                operation="flush",
-                timeout=timeout or 0.0,
-            )
+        last = self.outbox.newest_seq  # entries leave in any order; none at or below `last` may remain
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (oldest := self.outbox.oldest_seq()) is not None and oldest <= last:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                if raise_on_timeout:
+                    left = sum(1 for entry in self.outbox.pending() if entry.seq <= last)
+                    raise RequestTimeout(
+                        f"{left} publishes of {self.thing} were still unacknowledged after {timeout}s",
+                        operation="flush",
+                        timeout=timeout or 0.0,
+                    )
+                return
+            self._left_outbox.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._left_outbox.wait(), remaining)
 
     async def wait_connected(self, timeout: float | None = None) -> Endpoint:
         """Wait for a live session; return its endpoint."""
@@ -380,11 +391,16 @@ class DeviceClient:
     # ------------------------------------------------------------------ publishing
 
     def data_topic(self, stream: str) -> str:
-        if self.scope is None:
-            raise ConfigError(
-                f"publishing a stream needs the thing's scope: DeviceClient(..., tenant=..., site=...) for {self.thing}"
-            )
-        return self.scheme.data_topic(self.scope, stream)
+        """This thing's (validated) topic for ``stream``."""
+        topic = self._stream_topics.get(stream)
+        if topic is None:
+            if self.scope is None:
+                raise ConfigError(
+                    "publishing a stream needs the thing's scope: DeviceClient(..., tenant=..., site=...) "
+                    f"for {self.thing}"
+                )
+            topic = self._stream_topics[stream] = self.scheme.data_topic(self.scope, stream)
+        return topic
 
     async def publish(
         self, stream: str, payload: Payload, *, qos: int = 1, timeout: float | None = None
@@ -394,15 +410,22 @@ class DeviceClient:
         Raises :class:`PublishRejected` on a failure reason code, :class:`RequestTimeout` after
         ``timeout`` (the message stays queued), :class:`OutboxFull` when the outbox rejects it.
         """
-        return await self.publish_to(self.data_topic(stream), payload, qos=qos, timeout=timeout)
+        topic = self.data_topic(stream)
+        return await self._receipt(self._enqueue(topic, payload, qos), topic, timeout)
 
     async def publish_to(
         self, topic: str, payload: Payload, *, qos: int = 1, timeout: float | None = None
     ) -> PublishReceipt:
         """Publish to any topic this thing may use (validated with IoT Core's rules)."""
-        future = self.enqueue_to(topic, payload, qos=qos)
+        return await self._receipt(self.enqueue_to(topic, payload, qos=qos), topic, timeout)
+
+    async def _receipt(
+        self, future: asyncio.Future[PublishReceipt], topic: str, timeout: float | None
+    ) -> PublishReceipt:
+        if timeout is None:
+            return await future  # cancelling this wait cancels the receipt, never the queued message
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise RequestTimeout(
                 f"no PUBACK for {topic} within {timeout}s; the message stays in the outbox",
@@ -412,14 +435,16 @@ class DeviceClient:
 
     def enqueue(self, stream: str, payload: Payload, *, qos: int = 1) -> asyncio.Future[PublishReceipt]:
         """Queue a publish without waiting; the returned future resolves on the PUBACK."""
-        return self.enqueue_to(self.data_topic(stream), payload, qos=qos)
+        return self._enqueue(self.data_topic(stream), payload, qos)
 
     def enqueue_to(self, topic: str, payload: Payload, *, qos: int = 1) -> asyncio.Future[PublishReceipt]:
         """Queue a publish to ``topic``; durable once this returns (for QoS 1)."""
+        return self._enqueue(validate_topic(topic), payload, qos)
+
+    def _enqueue(self, topic: str, payload: Payload, qos: int) -> asyncio.Future[PublishReceipt]:
         self._require_running()
         if qos not in (0, 1):
             raise ConfigError(f"QoS {qos} is not supported by IoT Core: use 0 or 1")
-        validate_topic(topic)
         data = encode_payload(payload)
         if len(data) > self.limits.max_payload_bytes:
             raise ConfigError(
@@ -436,6 +461,8 @@ class DeviceClient:
         admission = self.outbox.add(topic, data, 1)
         for old in admission.evicted:
             self._fail(old, "dropped-oldest")
+        if admission.evicted:
+            self._left_outbox.set()
         if admission.entry is None:
             self._emit(PublishFailed(self.thing, "", 0, topic, "dropped-newest"))
             future.set_exception(ClientError(f"the outbox of {self.thing} is full; the new message was dropped"))
@@ -446,7 +473,7 @@ class DeviceClient:
         self.counters.enqueued += 1
         self._deliveries[entry.seq] = _Delivery(future, time.monotonic())
         self._unsent.append(entry.seq)
-        self._wake.set()
+        self._pump()
         return future
 
     async def _send_qos0(self, topic: str, data: bytes, future: asyncio.Future[PublishReceipt]) -> None:
@@ -478,52 +505,68 @@ class DeviceClient:
             delivery.future.set_exception(exc)
             delivery.future.exception()  # counted and emitted above; not an unretrieved-exception warning
 
-    async def _send(self) -> None:
-        """Move outbox entries onto the live session, in order, within the in-flight and rate limits."""
-        while True:
-            session = self._session
-            if session is None or not self._unsent:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if len(self._inflight) >= self.limits.max_inflight:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
-            seq = self._unsent[0]
-            entry = self.outbox.get(seq)
-            if entry is None:
-                self._unsent.popleft()
-                continue
-            delay = self._limiter.wait(len(entry.payload))
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue
-            self._unsent.popleft()
-            self._inflight[seq] = time.monotonic()
-            asyncio.get_running_loop().create_task(self._send_one(session, entry))
+    def _pump(self) -> None:
+        """Put queued entries on the live session, in order, while the in-flight window and the rate allow.
 
-    async def _send_one(self, session: Session, entry: OutboxEntry) -> None:
-        sent = self._inflight[entry.seq]
+        Runs synchronously from enqueue, from each PUBACK and at each session start, so a message costs no
+        task switch; only a rate-limit wait schedules a timer.
+        """
+        session = self._session
+        if session is None or self._pump_timer is not None or self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._unsent and len(self._inflight) < self._max_inflight:
+                entry = self.outbox.get(self._unsent[0])
+                if entry is None:
+                    self._unsent.popleft()
+                    continue
+                if self._rate_limited:
+                    delay = self._limiter.wait(len(entry.payload))
+                    if delay > 0:
+                        self._pump_timer = asyncio.get_running_loop().call_later(delay, self._pump_later)
+                        return
+                self._unsent.popleft()
+                self._transmit(session, entry)
+        finally:
+            self._pumping = False
+
+    def _pump_later(self) -> None:
+        self._pump_timer = None
+        self._pump()
+
+    def _transmit(self, session: Session, entry: OutboxEntry) -> None:
+        """Put one entry on the wire; :meth:`_on_puback` takes it from there (no task per message)."""
+        sent = time.monotonic()
+        self._inflight[entry.seq] = sent
         delivery = self._deliveries.get(entry.seq)
         self.counters.sent += 1
         if delivery is not None:
             if delivery.sends:
                 self.counters.resent += 1
             delivery.sends += 1
-        props = (
-            (MESSAGE_ID_PROPERTY, entry.message_id),
-            (SEQUENCE_PROPERTY, str(entry.seq)),
-            (SENT_AT_PROPERTY, str(int(entry.created * 1000))),
-        )
+        if not entry.properties:
+            entry.properties = (
+                (MESSAGE_ID_PROPERTY, entry.message_id),
+                (SEQUENCE_PROPERTY, str(entry.seq)),
+                (SENT_AT_PROPERTY, str(int(entry.created * 1000))),
+            )
         try:
-            code = await session.publish(entry.topic, entry.payload, entry.qos, props)
+            done = partial(self._on_puback, session, entry, sent)
+            session.send(entry.topic, entry.payload, entry.qos, entry.properties, done)
         except ConnectionLost:
-            return  # still in the outbox: the next session replays it
-        finally:
-            if self._inflight.pop(entry.seq, None) is not None:
-                self._slot_freed.set()
+            del self._inflight[entry.seq]  # stays in the outbox: the next session replays it
+
+    def _on_puback(
+        self, session: Session, entry: OutboxEntry, sent: float, code: int, error: ClientError | None
+    ) -> None:
+        if self._inflight.get(entry.seq) == sent:  # a late answer from an older session frees no slot
+            del self._inflight[entry.seq]
+            self._pump()
+        if error is not None or self.outbox.get(entry.seq) is None:
+            return  # session lost: still in the outbox, replayed next session; or already settled elsewhere
         self.outbox.remove(entry.seq)
+        self._left_outbox.set()
         if code >= 0x80:
             self.counters.rejected[reason_name(code)] += 1
             self._fail(entry, reason_name(code), code)
@@ -531,10 +574,12 @@ class DeviceClient:
         self.counters.acked += 1
         now = time.monotonic()
         delivery = self._deliveries.pop(entry.seq, None)
-        age = now - delivery.enqueued if delivery else now - sent
-        self._emit(
-            PublishAcked(self.thing, entry.message_id, entry.seq, entry.topic, code, now - sent, age, session.endpoint)
-        )
+        if self._listeners:
+            age = now - delivery.enqueued if delivery else now - sent
+            event = PublishAcked(
+                self.thing, entry.message_id, entry.seq, entry.topic, code, now - sent, age, session.endpoint
+            )
+            self._emit(event)
         if delivery is not None and delivery.future is not None and not delivery.future.done():
             delivery.future.set_result(
                 PublishReceipt(entry.message_id, entry.seq, entry.topic, code, now - sent, session.endpoint)
@@ -675,7 +720,7 @@ class DeviceClient:
         for hook in self._session_hooks:
             asyncio.get_running_loop().create_task(self._run_hook(hook, session.endpoint))
         self._connected.set()
-        self._wake.set()
+        self._pump()
         replacement: Session | None = None
         ended = asyncio.ensure_future(_settled(session.closed))
         stop = asyncio.ensure_future(self._stop.wait())

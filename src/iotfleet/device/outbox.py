@@ -38,6 +38,7 @@ class OutboxEntry:
     payload: bytes
     qos: int
     created: float  # epoch seconds when it entered the outbox
+    properties: tuple[tuple[str, str], ...] = ()  # MQTT5 user properties, built once by the device client
 
 
 @dataclass(slots=True)
@@ -67,6 +68,8 @@ class Outbox:
         self._entries: collections.OrderedDict[int, OutboxEntry] = collections.OrderedDict()
         self._bytes = 0
         self._next_seq = 1
+        # message ids are this outbox's random token and the sequence number: unique without a uuid each
+        self._id_prefix = uuid.uuid4().hex[:16]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,7 +102,8 @@ class Outbox:
             evicted.append(oldest)
         if evicted:
             self._forget([e.seq for e in evicted])
-        entry = OutboxEntry(self._take_seq(), uuid.uuid4().hex, topic, payload, qos, time.time())
+        seq = self._take_seq()
+        entry = OutboxEntry(seq, f"{self._id_prefix}-{seq}", topic, payload, qos, time.time())
         self._store(entry)
         self._entries[entry.seq] = entry
         self._bytes += size
@@ -118,6 +122,15 @@ class Outbox:
 
     def get(self, seq: int) -> OutboxEntry | None:
         return self._entries.get(seq)
+
+    def oldest_seq(self) -> int | None:
+        """The sequence number of the oldest entry, or None when empty (O(1))."""
+        return next(iter(self._entries), None)
+
+    @property
+    def newest_seq(self) -> int:
+        """The last sequence number handed out (0 before the first)."""
+        return self._next_seq - 1
 
     def close(self) -> None:
         """Release resources; a durable outbox keeps its file."""

@@ -14,17 +14,19 @@ from enum import IntEnum
 from typing import Protocol
 
 from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import ConnectError
+from iotfleet.errors import ClientError, ConnectError
 
 __all__ = [
     "ConnectOptions",
     "DisconnectInfo",
     "InboundMessage",
     "PubackCode",
+    "PublishCallback",
     "Session",
     "Transport",
     "connect_failed",
     "connect_timed_out",
+    "publish_via_send",
     "reason_name",
 ]
 
@@ -107,19 +109,31 @@ class ConnectOptions:
     on_message: Callable[[InboundMessage], None] = field(default=lambda _msg: None)
 
 
+PublishCallback = Callable[[int, ClientError | None], None]
+"""Called on the event loop once a publish completes: ``(reason code, None)``, or ``(0, error)`` when the
+session ended first (:class:`~iotfleet.errors.ConnectionLost`)."""
+
+
 class Session(Protocol):
     """One live MQTT5 connection. It ends once: ``closed`` then holds the reason."""
 
     endpoint: Endpoint
     closed: asyncio.Future[DisconnectInfo]
 
+    def send(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
+    ) -> None:
+        """Send a PUBLISH now and call ``done`` when its PUBACK (QoS 1) or its write (QoS 0) completes.
+
+        This is the device client's hot path: no task and no future per message. Raises
+        :class:`~iotfleet.errors.ConnectionLost` at once if the session has already ended.
+        """
+        ...
+
     async def publish(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
     ) -> int:
-        """Send a PUBLISH; for QoS 1 return the PUBACK reason code, for QoS 0 return 0 once written.
-
-        Raises :class:`~iotfleet.errors.ConnectionLost` if the session ends first.
-        """
+        """:meth:`send` as an awaitable: the PUBACK reason code (0 for QoS 0 once written)."""
         ...
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
@@ -131,6 +145,24 @@ class Session(Protocol):
     async def close(self) -> None:
         """Send DISCONNECT (if still connected) and release the connection."""
         ...
+
+
+async def publish_via_send(
+    session: Session, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]]
+) -> int:
+    """The awaitable form of :meth:`Session.send`, shared by the implementations."""
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def done(code: int, error: ClientError | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(code)
+
+    session.send(topic, payload, qos, user_properties, done)
+    return await future
 
 
 class Transport(Protocol):

@@ -26,14 +26,17 @@ from iotfleet.transport.base import (
     ConnectOptions,
     DisconnectInfo,
     InboundMessage,
+    PublishCallback,
     connect_failed,
     connect_timed_out,
+    publish_via_send,
 )
 
 __all__ = ["CrtRuntime", "CrtSession", "CrtTransport", "LoopBridge"]
 
 ALPN_IOT_CORE = "x-amzn-mqtt-ca"
 _NEVER_MS = 24 * 3600 * 1000  # the CRT's own reconnect delay: a session is stopped long before
+_QOS = (mqtt5.QoS.AT_MOST_ONCE, mqtt5.QoS.AT_LEAST_ONCE)
 
 
 class LoopBridge:
@@ -165,21 +168,25 @@ class CrtSession:
 
     # ---- Session protocol
 
-    async def publish(
-        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
-    ) -> int:
+    def send(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
+    ) -> None:
         client = self.client
         if client is None or self.closed.done():
             raise ConnectionLost(f"the session to {self.endpoint} has ended")
         packet = mqtt5.PublishPacket(
             topic=topic,
             payload=payload,
-            qos=mqtt5.QoS(qos),
+            qos=_QOS[qos],
             user_properties=[mqtt5.UserProperty(k, v) for k, v in user_properties] or None,
         )
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        client.publish(packet).add_done_callback(lambda f: self._bridge.call(_complete_publish, done, f, self))
-        return await done
+        bridge = self._bridge
+        client.publish(packet).add_done_callback(lambda f: bridge.call(_complete_publish, f, done, self))
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        return await publish_via_send(self, topic, payload, qos, user_properties)
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         client = self._live()
@@ -215,17 +222,13 @@ def _lost(session: CrtSession, exc: BaseException) -> ConnectionLost:
     return lost
 
 
-def _complete_publish(
-    done: asyncio.Future[int], result: Future[mqtt5.PublishCompletionData], session: CrtSession
-) -> None:
-    if done.done():
-        return
+def _complete_publish(result: Future[mqtt5.PublishCompletionData], done: PublishCallback, session: CrtSession) -> None:
     exc = result.exception()
     if exc is not None:
-        done.set_exception(_lost(session, exc))
+        done(0, _lost(session, exc))
         return
     puback = result.result().puback
-    done.set_result(int(puback.reason_code) if puback is not None else 0)
+    done(int(puback.reason_code) if puback is not None else 0, None)
 
 
 def _copy_result(done: asyncio.Future[Any], result: Future[Any], session: CrtSession) -> None:

@@ -30,8 +30,10 @@ from iotfleet.transport.base import (
     ConnectOptions,
     DisconnectInfo,
     InboundMessage,
+    PublishCallback,
     connect_failed,
     connect_timed_out,
+    publish_via_send,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +82,8 @@ class PahoSession:
         self._loop = loop
         self.connected: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[DisconnectInfo] = loop.create_future()
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}  # SUBSCRIBE / UNSUBSCRIBE by packet id
+        self._sends: dict[int, PublishCallback] = {}  # PUBLISH by packet id
         self._sock: SocketLike | None = None
         self._last_read = time.monotonic()
         self._ticker: asyncio.TimerHandle | None = None
@@ -181,6 +184,9 @@ class PahoSession:
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"the session to {self.endpoint} ended ({info.reason})"))
         self._pending.clear()
+        sends, self._sends = self._sends, {}
+        for done in sends.values():
+            done(0, ConnectionLost(f"the session to {self.endpoint} ended ({info.reason}) before the PUBACK"))
         if self._ticker is not None:
             self._ticker.cancel()
 
@@ -190,9 +196,9 @@ class PahoSession:
         self._options.on_message(message)
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(rc.value)
+        done = self._sends.pop(mid, None)
+        if done is not None:
+            done(rc.value, None)
 
     def _on_ack(self, _c: mqtt.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Properties | None) -> None:
         fut = self._pending.pop(mid, None)
@@ -226,9 +232,9 @@ class PahoSession:
         self._pending[mid] = fut
         return fut
 
-    async def publish(
-        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
-    ) -> int:
+    def send(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
+    ) -> None:
         props = None
         if user_properties:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
@@ -236,8 +242,14 @@ class PahoSession:
         if self.closed.done():
             raise ConnectionLost(f"the session to {self.endpoint} has ended")
         info = self.client.publish(topic, payload, qos=qos, properties=props)
-        code: int = await self._track(info.rc, info.mid)
-        return code
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise ConnectionLost(f"the session to {self.endpoint} has ended ({mqtt.error_string(info.rc)})")
+        self._sends[info.mid] = done
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        return await publish_via_send(self, topic, payload, qos, user_properties)
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
         rc, mid = self.client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters])
