@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from iotfleet._files import write_private
 from iotfleet.errors import ConfigError
 from iotfleet.topics import validate_thing_name
 
@@ -83,6 +85,37 @@ class Identity(_Frozen):
     @classmethod
     def _check_thing(cls, value: str) -> str:
         return validate_thing_name(value)
+
+    @classmethod
+    def from_pem(
+        cls,
+        thing_name: str,
+        *,
+        certificate: bytes | str,
+        private_key: bytes | str,
+        ca: bytes | str,
+        directory: Path | None = None,
+    ) -> Identity:
+        """An identity from PEM bytes (e.g. from a secure element or a secrets store).
+
+        Both transports load credentials from files, so the PEMs are written to ``directory`` (default: a
+        new private temporary directory), the key and the directory readable by the owner only.
+        """
+        validate_thing_name(thing_name)
+        directory = directory or Path(tempfile.mkdtemp(prefix=f"iotfleet-{thing_name}-"))
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files = {"cert.pem": certificate, "key.pem": private_key, "ca.pem": ca}
+        for name, data in files.items():
+            raw = data.encode() if isinstance(data, str) else data
+            if b"-----BEGIN" not in raw:
+                raise ConfigError(f"{name.split('.')[0]} for {thing_name} is not PEM (no -----BEGIN line)")
+            write_private(directory / name, raw)
+        return cls(
+            thing_name=thing_name,
+            cert_file=directory / "cert.pem",
+            key_file=directory / "key.pem",
+            ca_file=directory / "ca.pem",
+        )
 
 
 class ReconnectPolicy(_Frozen):

@@ -243,3 +243,40 @@ def test_rate_limiter_paces_publishes_and_bytes(monkeypatch: pytest.MonkeyPatch)
 
 
 Factory = Callable[..., Identity]
+
+
+def test_identity_from_pem_bytes_connects(local_cloud: LocalCloud, lamp: Identity, tmp_path: Any) -> None:
+    from_bytes = Identity.from_pem(
+        "lamp-1",
+        certificate=lamp.cert_file.read_bytes(),
+        private_key=lamp.key_file.read_text(),
+        ca=lamp.ca_file.read_bytes(),
+        directory=tmp_path / "secrets",
+    )
+    assert oct(from_bytes.key_file.stat().st_mode & 0o777) == "0o600"
+
+    async def scenario() -> None:
+        async with device(from_bytes, local_cloud, "crt") as dev:
+            assert (await dev.publish("power", b"1")).reason_code < 0x80
+
+    run(scenario())
+    with pytest.raises(ConfigError, match="key for lamp-1 is not PEM"):
+        Identity.from_pem("lamp-1", certificate=lamp.cert_file.read_bytes(), private_key=b"oops", ca=b"-----BEGIN x")
+
+
+def test_envelope_carries_id_and_sequence_in_json_payloads(local_cloud: LocalCloud, lamp: Identity) -> None:
+    async def scenario() -> None:
+        watcher = await Watcher(local_cloud).start()
+        async with device(lamp, local_cloud, "crt", outbox=OutboxPolicy(envelope=True)) as dev:
+            receipt = await dev.publish("power", {"watts": 3})
+            await dev.publish("power", b"raw bytes stay as they are")
+        for _ in range(50):
+            if len(watcher.messages) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await watcher.close()
+        enveloped = json.loads(watcher.messages[0][1].payload)
+        assert enveloped == {"watts": 3, "_iotfleet": {"id": receipt.message_id, "seq": 1}}
+        assert watcher.messages[1][1].payload == b"raw bytes stay as they are"
+
+    run(scenario())
