@@ -12,6 +12,7 @@ Every failure a user can meet is an :class:`IotFleetError` whose message says wh
     │   ├── ConnectError         no endpoint accepted a connection (``.endpoint``, ``.reason``)
     │   ├── ConnectionLost       the session ended while an operation was in flight
     │   ├── PublishRejected      the broker refused a publish (``.reason_code``, ``.topic``)
+    │   ├── ShadowRejected       a shadow request was rejected (``.code``, ``.error``, ``.client_token``)
     │   ├── OutboxFull           the outbox is full and its overflow policy is ``reject``
     │   └── RequestTimeout       a request got no answer in time (``.operation``, ``.timeout``)
     └── CloudError           the local cloud cannot do what was asked
@@ -40,6 +41,7 @@ __all__ = [
     "PublishRejected",
     "RegistryError",
     "RequestTimeout",
+    "ShadowRejected",
     "TopicError",
 ]
 
@@ -109,6 +111,20 @@ class PublishRejected(ClientError):
         self.reason_code = reason_code
         self.topic = topic
         self.message_id = message_id
+
+
+class ShadowRejected(ClientError):
+    """A Device Shadow request was rejected, with AWS's HTTP-style ``code`` and message text ``error``.
+
+    The same exception describes a rejection on both sides: the local shadow service raises it while
+    applying a request and sends it as the ``/rejected`` payload; the device client raises it on receipt.
+    """
+
+    def __init__(self, code: int, error: str, *, client_token: str | None = None) -> None:
+        super().__init__(f"shadow request rejected: {code} {error}")
+        self.code = code
+        self.error = error
+        self.client_token = client_token
 
 
 class OutboxFull(ClientError):
