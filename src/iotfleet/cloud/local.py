@@ -36,6 +36,8 @@ from iotfleet.cloud.registry import (
     Replicator,
     Thing,
 )
+from iotfleet.cloud.services.base import ServiceHost
+from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, ShadowStore
 from iotfleet.config import Endpoint, Identity, validate_region
 from iotfleet.errors import CloudError, ConfigError, RegistryError
 from iotfleet.topics import ThingScope, TopicScheme
@@ -169,6 +171,8 @@ class Region:
         self._acl_cache: dict[tuple[str, str, str, str], list[str]] = {}
         self.acl_file = directory / "acl"
         self.evictions: list[GuardEvent] = []
+        self.shadow_service: ShadowService | None = None
+        self._shadows: ShadowOperator | None = None
         self.eviction_counts: Counter[str] = Counter()
         self._kicks: queue.Queue[str | None] = queue.Queue()
         self._kicker: threading.Thread | None = None
@@ -191,6 +195,28 @@ class Region:
     def state(self) -> BrokerState:
         return self.broker.state
 
+    @property
+    def shadows(self) -> ShadowOperator:
+        """Operator access to this region's shadows: ``update(thing, desired=...)``, ``get(thing)``."""
+        if self._shadows is None:
+            raise CloudError(f"region {self.name} has no shadow service: start the cloud first")
+        return self._shadows
+
+    def start_services(self, host: ServiceHost, identity: Identity) -> None:
+        """Start this region's services on ``host`` (MQTT clients of this region's broker)."""
+        service = ShadowService(
+            region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
+        )
+        connection = service.attach(self.endpoint, identity, host)
+
+        async def start() -> None:
+            connection.start()
+            await connection.wait_ready()
+
+        host.call(start())
+        self.shadow_service = service
+        self._shadows = ShadowOperator(service, host)
+
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
@@ -201,6 +227,8 @@ class Region:
 
     def stop(self) -> None:
         self.broker.stop()
+        if self.shadow_service is not None:
+            self.shadow_service.store.close()
         if self._kicker is not None:
             self._kicks.put(None)
             self._kicker.join(timeout=5)
@@ -340,6 +368,7 @@ class LocalCloud:
         self._regions: dict[str, Region] = {}
         self._register_lock = threading.Lock()
         self.replicator = Replicator(self._apply_replica, lag=replication_lag)
+        self._services: ServiceHost | None = None
         self.ca = CertificateAuthority.open(self.workdir / "ca")
         self.service = self._identity_files(SERVICE_IDENTITY)
         self.claim = self._identity_files(CLAIM_IDENTITY)
@@ -367,6 +396,13 @@ class LocalCloud:
         if not (server / "server.pem").exists():
             self.ca.issue_server().write(server / "server.pem", server / "server.key")
         claim_policy = policy.render_claim(self.template)
+        self._services = ServiceHost()
+        service_identity = Identity(
+            thing_name=SERVICE_IDENTITY,
+            cert_file=self.service.cert_file,
+            key_file=self.service.key_file,
+            ca_file=self.ca_file,
+        )
         try:
             for name in self._names:
                 region = Region(
@@ -379,6 +415,7 @@ class LocalCloud:
                 )
                 self._regions[name] = region
                 region.start()
+                region.start_services(self._services, service_identity)
         except BaseException:
             self.stop()
             raise
@@ -388,6 +425,9 @@ class LocalCloud:
     def stop(self) -> None:
         """Stop every broker and background thread; remove the workdir if it was temporary."""
         self.replicator.close()
+        if self._services is not None:
+            self._services.stop()
+            self._services = None
         for region in self._regions.values():
             try:
                 region.stop()

@@ -63,21 +63,20 @@ class StoredShadow:
     exists: bool = False
     deleted_at: float | None = None
 
-    def state(self) -> Json:
+    def _present(self, desired: Json | None, reported: Json | None) -> Json:
+        """``desired`` and ``reported`` keyed by section name, for the sections this shadow has."""
         out: Json = {}
         if self.desired is not None:
-            out["desired"] = self.desired
+            out["desired"] = desired
         if self.reported is not None:
-            out["reported"] = self.reported
+            out["reported"] = reported
         return out
 
+    def state(self) -> Json:
+        return self._present(self.desired, self.reported)
+
     def metadata(self) -> Json:
-        out: Json = {}
-        if self.desired is not None:
-            out["desired"] = self.meta_desired
-        if self.reported is not None:
-            out["reported"] = self.meta_reported
-        return out
+        return self._present(self.meta_desired, self.meta_reported)
 
     def to_json(self) -> str:
         return json.dumps(

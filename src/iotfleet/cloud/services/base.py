@@ -1,0 +1,134 @@
+"""What every local-cloud service is: an MQTT client of its region's broker, with the service identity.
+
+Nothing in the device path is short-circuited in-process (DESIGN.md decision 5): a device's request
+reaches a service through mosquitto, and the answer goes back the same way. :class:`ServiceHost` runs
+every service of a cloud on one event-loop thread; :class:`ServiceConnection` keeps one service
+connected to its region, reconnecting after the broker is killed and restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from iotfleet.config import Endpoint, Identity
+from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport
+from iotfleet.transport.crt import CrtTransport
+
+__all__ = ["ServiceConnection", "ServiceHost"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ServiceHost:
+    """One event loop on a private thread for all of a cloud's services; sync callers use :meth:`call`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="iotfleet-services", daemon=True)
+        self.transport: Transport = CrtTransport()
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run ``coro`` on the services' loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        async def finish() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.loop.is_closed():
+            return
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self.call(finish(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class ServiceConnection:
+    """A service's connection to one region: subscribe, hand every message to ``handler``, reconnect.
+
+    ``publish`` answers at QoS 1 on the live session; while the region is down answers are dropped,
+    as the requests that asked for them were lost with the broker.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        endpoint: Endpoint,
+        identity: Identity,
+        filters: Sequence[str],
+        handler: Callable[[InboundMessage], None],
+        transport: Transport,
+    ) -> None:
+        self.client_id = client_id
+        self.endpoint = endpoint
+        self._identity = identity
+        self._filters = list(filters)
+        self._handler = handler
+        self._transport = transport
+        self._session: Session | None = None
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0  # answers that could not be sent because the region was down
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"iotfleet-{self.client_id}")
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _run(self) -> None:
+        options = ConnectOptions(
+            client_id=self.client_id,
+            identity=self._identity,
+            keepalive_s=30,
+            ping_timeout_s=5,
+            connect_timeout_s=5,
+            receive_maximum=65535,
+            on_message=self._handler,
+        )
+        while True:
+            try:
+                session = await self._transport.connect(self.endpoint, options)
+                await session.subscribe([(f, 1) for f in self._filters])
+            except (ConnectError, ConnectionLost) as exc:
+                log.debug("%s: %s; retrying", self.client_id, exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._session = session
+            self._ready.set()
+            try:
+                await asyncio.shield(session.closed)
+            except asyncio.CancelledError:
+                await session.close()
+                raise
+            finally:
+                self._session = None
+                self._ready.clear()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        session = self._session
+        if session is None:
+            self.dropped += 1
+            return
+        try:
+            session.send(topic, payload, 1, (), _ignore)
+        except ConnectionLost:
+            self.dropped += 1
+
+
+def _ignore(_code: int, _error: object) -> None:
+    """Service answers are fire-and-forget: a lost answer is a lost request, as on AWS."""

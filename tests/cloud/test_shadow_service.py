@@ -1,0 +1,161 @@
+"""The local shadow service over real MQTT, and AWS's own IotShadowClientV2 against it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from awscrt import mqtt5, mqtt_request_response
+from awsiot import V2ServiceException, iotshadow, mqtt5_client_builder
+
+from iotfleet.cloud.local import LocalCloud
+from iotfleet.config import Identity
+from iotfleet.errors import ShadowRejected
+from tests.conftest import Probe, identity_context
+
+Probes = Callable[..., Probe]
+
+
+@pytest.fixture
+def lamp(local_cloud: LocalCloud) -> Identity:
+    return local_cloud.register_thing("lamp-1", tenant="acme", site="hq")
+
+
+@pytest.fixture
+def device(local_cloud: LocalCloud, lamp: Identity, probes: Probes) -> Probe:
+    probe = probes(local_cloud.region("eu-west-1").endpoint, "lamp-1", identity_context(lamp))
+    assert probe.connect()
+    assert probe.subscribe("$aws/things/lamp-1/shadow/#") == [1]
+    return probe
+
+
+def received(probe: Probe, suffix: str, count: int = 1) -> list[dict[str, Any]]:
+    probe.pump(lambda: sum(t.endswith(suffix) for t, _ in probe.messages) >= count)
+    return [json.loads(p) for t, p in probe.messages if t.endswith(suffix)]
+
+
+def test_update_publishes_accepted_documents_and_delta(device: Probe) -> None:
+    body = {"state": {"desired": {"dim": 40}, "reported": {"dim": 10}}, "clientToken": "c-1"}
+    assert device.publish("$aws/things/lamp-1/shadow/update", json.dumps(body).encode()) == 0x00
+    [accepted] = received(device, "/update/accepted")
+    assert (accepted["version"], accepted["clientToken"], accepted["state"]) == (1, "c-1", body["state"])
+    [documents] = received(device, "/update/documents")
+    assert "previous" not in documents
+    assert documents["current"]["state"] == {"desired": {"dim": 40}, "reported": {"dim": 10}}
+    [delta] = received(device, "/update/delta")
+    assert (delta["state"], delta["clientToken"]) == ({"dim": 40}, "c-1")
+
+
+def test_rejections_echo_the_client_token(device: Probe) -> None:
+    device.publish("$aws/things/lamp-1/shadow/get", json.dumps({"clientToken": "g-1"}).encode())
+    [rejected] = received(device, "/get/rejected")
+    assert (rejected["code"], rejected["message"], rejected["clientToken"]) == (
+        404,
+        "No shadow exists with name: 'lamp-1'",
+        "g-1",
+    )
+    device.publish("$aws/things/lamp-1/shadow/update", b'{"state": {"delta": {}}, "clientToken": "u-1"}')
+    [bad] = received(device, "/update/rejected")
+    assert (bad["code"], bad["message"], bad["clientToken"]) == (400, "State contains an invalid node", "u-1")
+
+
+def test_named_shadows_are_separate_documents(device: Probe) -> None:
+    device.publish("$aws/things/lamp-1/shadow/name/config/update", b'{"state": {"reported": {"fw": "2.1"}}}')
+    [accepted] = received(device, "/name/config/update/accepted")
+    assert accepted["version"] == 1
+    device.publish("$aws/things/lamp-1/shadow/get", b"")
+    [missing] = received(device, "/shadow/get/rejected")
+    assert missing["code"] == 404
+
+
+def test_regions_hold_separate_shadows_and_an_unknown_thing_is_404(local_cloud: LocalCloud, lamp: Identity) -> None:
+    local_cloud.region("eu-west-1").shadows.update("lamp-1", desired={"dim": 1})
+    with pytest.raises(ShadowRejected) as info:
+        local_cloud.region("us-east-1").shadows.get("lamp-1")
+    assert info.value.code == 404
+    with pytest.raises(ShadowRejected) as unknown:
+        local_cloud.region("eu-west-1").shadows.get("no-such-thing")
+    assert (unknown.value.code, unknown.value.error) == (404, "Thing not found")
+
+
+def test_a_thing_cannot_touch_another_things_shadow(local_cloud: LocalCloud, device: Probe) -> None:
+    local_cloud.register_thing("lamp-2", tenant="acme", site="hq")
+    assert device.publish("$aws/things/lamp-2/shadow/update", b'{"state": {"desired": {"dim": 99}}}') == 0x87
+    with pytest.raises(ShadowRejected):
+        local_cloud.region("eu-west-1").shadows.get("lamp-2")
+
+
+def test_operator_changes_reach_the_device_as_a_delta(local_cloud: LocalCloud, device: Probe) -> None:
+    local_cloud.region("eu-west-1").shadows.update("lamp-1", desired={"dim": 70})
+    [delta] = received(device, "/update/delta")
+    assert delta["state"] == {"dim": 70}
+
+
+# --------------------------------------------------------------------------- AWS's own client
+
+
+@pytest.fixture
+def aws_client(local_cloud: LocalCloud, lamp: Identity) -> Iterator[iotshadow.IotShadowClientV2]:
+    endpoint = local_cloud.region("eu-west-1").endpoint
+    connected = threading.Event()
+    client: mqtt5.Client = mqtt5_client_builder.mtls_from_path(
+        cert_filepath=str(lamp.cert_file),
+        pri_key_filepath=str(lamp.key_file),
+        ca_filepath=str(lamp.ca_file),
+        endpoint=endpoint.host,
+        port=endpoint.port,
+        client_id="lamp-1",
+        on_lifecycle_connection_success=lambda _data: connected.set(),
+    )
+    client.start()
+    assert connected.wait(10), "AWS's MQTT5 client did not connect to the local cloud"
+    options = mqtt_request_response.ClientOptions(
+        max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10
+    )
+    yield iotshadow.IotShadowClientV2(client, options)
+    client.stop()
+
+
+def test_aws_shadow_client_v2_get_update_and_delta_stream(
+    local_cloud: LocalCloud, aws_client: iotshadow.IotShadowClientV2
+) -> None:
+    with pytest.raises(V2ServiceException) as missing:
+        aws_client.get_shadow(iotshadow.GetShadowRequest(thing_name="lamp-1")).result(10)
+    assert missing.value.modeled_error.code == 404
+
+    deltas: list[iotshadow.ShadowDeltaUpdatedEvent] = []
+    got_delta = threading.Event()
+
+    def on_delta(event: iotshadow.ShadowDeltaUpdatedEvent) -> None:
+        deltas.append(event)
+        got_delta.set()
+
+    stream = aws_client.create_shadow_delta_updated_stream(
+        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name="lamp-1"), awsiot_stream_options(on_delta)
+    )
+    stream.open()
+
+    request = iotshadow.UpdateShadowRequest(
+        thing_name="lamp-1", state=iotshadow.ShadowState(reported={"dim": 10}, desired={"dim": 10})
+    )
+    updated = aws_client.update_shadow(request).result(10)
+    assert updated.version == 1
+    assert updated.state.reported == {"dim": 10}
+
+    got = aws_client.get_shadow(iotshadow.GetShadowRequest(thing_name="lamp-1")).result(10)
+    assert (got.version, got.state.desired, got.state.reported, got.state.delta) == (1, {"dim": 10}, {"dim": 10}, None)
+
+    for _ in range(50):  # the stream's subscription settles asynchronously
+        local_cloud.region("eu-west-1").shadows.update("lamp-1", desired={"dim": 80})
+        if got_delta.wait(0.2):
+            break
+    assert deltas[0].state == {"dim": 80}
+
+
+def awsiot_stream_options(callback: Callable[[Any], None]) -> Any:
+    import awsiot  # noqa: PLC0415 - ServiceStreamOptions lives on the package root
+
+    return awsiot.ServiceStreamOptions(callback)
