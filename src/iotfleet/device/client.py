@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
 from iotfleet.device.events import (
@@ -52,6 +52,9 @@ from iotfleet.errors import (
 )
 from iotfleet.topics import ThingScope, TopicScheme, filter_matches, validate_filter, validate_topic
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name
+
+if TYPE_CHECKING:
+    from iotfleet.shadow.client import Shadow
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
@@ -235,7 +238,9 @@ class DeviceClient:
         self._subscriptions: dict[str, int] = {}
         self._pending_subscribes = 0
         self._stream_topics: dict[str, str] = {}
+        self._shadows: dict[str | None, Shadow] = {}
         self._inbound: list[tuple[str | None, asyncio.Queue[InboundMessage]]] = []
+        self._handlers: list[tuple[str, Callable[[InboundMessage], None]]] = []
         self._deliveries: dict[int, _Delivery] = {}
         self._unsent: collections.deque[int] = collections.deque()
         self._inflight: dict[int, float] = {}
@@ -367,6 +372,15 @@ class DeviceClient:
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every :mod:`~iotfleet.device.events` event, on the event loop."""
         self._listeners.append(listener)
+
+    def shadow(self, name: str | None = None) -> Shadow:
+        """This thing's classic shadow, or its named shadow ``name`` (one object per name)."""
+        from iotfleet.shadow.client import Shadow  # noqa: PLC0415 - shadow builds on this module
+
+        shadow = self._shadows.get(name)
+        if shadow is None:
+            shadow = self._shadows[name] = Shadow(self, name)
+        return shadow
 
     def add_session_hook(self, hook: SessionHook) -> None:
         """Run ``await hook(device, endpoint)`` on every new session, after subscriptions are restored.
@@ -646,8 +660,21 @@ class DeviceClient:
             if parsed is not None:
                 yield Command(parsed[1], message.payload, message.topic)
 
+    def add_message_handler(self, topic_filter: str, handler: Callable[[InboundMessage], None]) -> None:
+        """Call ``handler(message)`` on the event loop for every inbound message matching ``topic_filter``.
+
+        For components built on the client (the shadow client); it does not subscribe by itself.
+        """
+        self._handlers.append((topic_filter, handler))
+
     def _dispatch(self, message: InboundMessage) -> None:
         self.counters.inbound += 1
+        for handled, handler in self._handlers:
+            if filter_matches(handled, message.topic):
+                try:
+                    handler(message)
+                except Exception:  # one component's bug must not stop delivery to the others
+                    log.exception("%s: message handler for %s failed", self.thing, handled)
         for topic_filter, queue in self._inbound:
             if topic_filter is None or filter_matches(topic_filter, message.topic):
                 try:

@@ -1,0 +1,299 @@
+"""The device side of Device Shadows: requests correlated by clientToken, deltas, and a sync engine.
+
+::
+
+    shadow = device.shadow()                       # classic; device.shadow("config") for a named one
+    doc = await shadow.get()                       # ShadowDocument, or ShadowRejected(404)
+    await shadow.update(reported={"dim": 40})
+    async for delta in shadow.deltas(): ...
+
+    sync = ShadowSync(shadow, handlers={"dim": luminaire.set_dim}, state_file=Path("lamp-1.shadow.json"))
+    await sync.start()     # resyncs now and on every new session, including after a regional failover
+
+Each request is one awaitable with a timeout: publish (QoS 1) and wait for ``/accepted`` or ``/rejected``
+carrying our clientToken. The exact topics are subscribed (AWS advises against ``shadow/#``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from iotfleet._files import write_private
+from iotfleet.config import Endpoint
+from iotfleet.errors import ClientError, RequestTimeout, ShadowRejected
+from iotfleet.shadow.document import merge
+from iotfleet.topics import ShadowOp, ShadowTopics
+from iotfleet.transport.base import InboundMessage
+
+if TYPE_CHECKING:
+    from iotfleet.device.client import DeviceClient
+
+__all__ = ["Shadow", "ShadowDelta", "ShadowDocument", "ShadowState", "ShadowSync"]
+
+log = logging.getLogger(__name__)
+_UNSET: Final = object()
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class ShadowState(_Wire):
+    desired: dict[str, Any] | None = None
+    reported: dict[str, Any] | None = None
+    delta: dict[str, Any] | None = None
+
+
+class ShadowDocument(_Wire):
+    """``/get/accepted`` or ``/update/accepted``."""
+
+    state: ShadowState = ShadowState()
+    metadata: dict[str, Any] = {}
+    version: int
+    timestamp: int | None = None
+    client_token: str | None = Field(default=None, alias="clientToken")
+
+
+class ShadowDelta(_Wire):
+    """``/update/delta``: the desired values that differ from reported."""
+
+    state: dict[str, Any]
+    metadata: dict[str, Any] = {}
+    version: int
+    timestamp: int | None = None
+    client_token: str | None = Field(default=None, alias="clientToken")
+
+
+class Shadow:
+    """One shadow of the device's thing. Get it with ``device.shadow(name=None)``."""
+
+    def __init__(self, device: DeviceClient, name: str | None = None, *, timeout: float = 10.0) -> None:
+        self.device = device
+        self.name = name
+        self.topics = ShadowTopics(device.thing, name)
+        self.timeout = timeout
+        self._pending: dict[str, asyncio.Future[InboundMessage]] = {}
+        self._delta_queues: list[asyncio.Queue[ShadowDelta]] = []
+        self._subscribed = False
+        self.malformed = 0  # answers that could not be parsed: counted, logged, never silently dropped
+        for op in ShadowOp:
+            device.add_message_handler(self.topics.accepted(op), self._on_answer)
+            device.add_message_handler(self.topics.rejected(op), self._on_answer)
+        device.add_message_handler(self.topics.delta, self._on_delta)
+
+    async def _subscribe(self) -> None:
+        if not self._subscribed:
+            self._subscribed = True
+            for topic in [
+                *(t for op in ShadowOp for t in (self.topics.accepted(op), self.topics.rejected(op))),
+                self.topics.delta,
+            ]:
+                await self.device.subscribe(topic)
+
+    def _on_answer(self, message: InboundMessage) -> None:
+        try:
+            token = json.loads(message.payload).get("clientToken")
+        except (ValueError, AttributeError):
+            self.malformed += 1
+            log.warning("%s: unreadable shadow answer on %s", self.device.thing, message.topic)
+            return
+        future = self._pending.get(token) if isinstance(token, str) else None
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _on_delta(self, message: InboundMessage) -> None:
+        try:
+            delta = ShadowDelta.model_validate_json(message.payload)
+        except ValueError:
+            self.malformed += 1
+            log.warning("%s: unreadable shadow delta on %s", self.device.thing, message.topic)
+            return
+        for queue in self._delta_queues:
+            queue.put_nowait(delta)
+
+    async def _request(self, op: ShadowOp, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        await self._subscribe()
+        wait = self.timeout if timeout is None else timeout
+        token = uuid.uuid4().hex
+        answer: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()
+        self._pending[token] = answer
+        try:
+            await self.device.publish_to(self.topics.request(op), {**body, "clientToken": token}, timeout=wait)
+            message = await asyncio.wait_for(answer, wait)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer to shadow {op} of {self.device.thing} within {wait}s",
+                operation=f"shadow-{op}",
+                timeout=wait,
+            ) from None
+        finally:
+            self._pending.pop(token, None)
+        payload: dict[str, Any] = json.loads(message.payload)
+        if message.topic.endswith("/rejected"):
+            raise ShadowRejected(int(payload.get("code", 0)), str(payload.get("message", "")), client_token=token)
+        return payload
+
+    async def get(self, *, timeout: float | None = None) -> ShadowDocument:
+        """The whole document (desired, reported, delta, metadata, version); 404 raises ShadowRejected."""
+        return ShadowDocument.model_validate(await self._request(ShadowOp.GET, {}, timeout))
+
+    async def update(
+        self, *, desired: Any = _UNSET, reported: Any = _UNSET, version: int | None = None, timeout: float | None = None
+    ) -> ShadowDocument:
+        """Partial update: omitted sections stay, ``None`` values delete (``desired=None`` drops the section)."""
+        state: dict[str, Any] = {}
+        if desired is not _UNSET:
+            state["desired"] = desired
+        if reported is not _UNSET:
+            state["reported"] = reported
+        body: dict[str, Any] = {"state": state}
+        if version is not None:
+            body["version"] = version
+        return ShadowDocument.model_validate(await self._request(ShadowOp.UPDATE, body, timeout))
+
+    async def delete(self, *, timeout: float | None = None) -> int:
+        """Delete the shadow; return its version, which a recreation within 48 hours continues."""
+        return int((await self._request(ShadowOp.DELETE, {}, timeout))["version"])
+
+    async def deltas(self) -> AsyncIterator[ShadowDelta]:
+        """Every ``/update/delta`` from now on."""
+        await self._subscribe()
+        queue: asyncio.Queue[ShadowDelta] = asyncio.Queue()
+        self._delta_queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._delta_queues.remove(queue)
+
+
+Handler = Callable[[Any], Any]
+
+
+class ShadowSync:
+    """Keeps a device's reported state and its shadow in step.
+
+    On every delta (newer than the last version seen; older ones are dropped and counted) each key's
+    handler applies the desired value and returns the value to report (``None``: the desired value).
+    Keys without a handler go to ``default`` if given, else are reported as desired. The reported state
+    is kept in ``state_file`` (0600) so a restarted device republishes it. On every new session, and so
+    after a failover, it re-gets the shadow, resets version tracking (the other region's shadow is a
+    different document), applies any delta and republishes the whole reported state. A 409 on a report
+    re-gets the version and retries.
+    """
+
+    def __init__(
+        self,
+        shadow: Shadow,
+        *,
+        handlers: Mapping[str, Handler] | None = None,
+        default: Handler | None = None,
+        state_file: Path | None = None,
+    ) -> None:
+        self.shadow = shadow
+        self.handlers = dict(handlers or {})
+        self.default = default
+        self.state_file = state_file
+        self.reported: dict[str, Any] = self._load()
+        self.version: int | None = None
+        self.applied = 0
+        self.stale_dropped = 0
+        self.resyncs = 0
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def _load(self) -> dict[str, Any]:
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        try:
+            data = json.loads(self.state_file.read_text())
+        except ValueError as exc:
+            raise ClientError(f"the shadow state file {self.state_file} is unreadable ({exc}); move it aside") from exc
+        return dict(data.get("reported", {}))
+
+    def _save(self) -> None:
+        if self.state_file is not None:
+            write_private(self.state_file, json.dumps({"reported": self.reported}).encode())
+
+    async def start(self) -> None:
+        """Resync now, then follow deltas and resync on every new session."""
+        self.shadow.device.add_session_hook(self._on_session)
+        deltas = self.shadow.deltas()
+        first = asyncio.ensure_future(deltas.__anext__())
+        await asyncio.sleep(0)
+        self._task = asyncio.get_running_loop().create_task(self._follow(deltas, first))
+        await self.resync()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _on_session(self, _device: DeviceClient, _endpoint: Endpoint) -> None:
+        if self.version is not None:  # the first session is covered by start()
+            await self.resync()
+
+    async def resync(self) -> None:
+        async with self._lock:
+            self.resyncs += 1
+            try:
+                doc: ShadowDocument | None = await self.shadow.get()
+            except ShadowRejected as exc:
+                if exc.code != 404:
+                    raise
+                doc = None
+            self.version = doc.version if doc is not None else 0
+            if doc is not None and doc.state.delta:
+                self._apply(doc.state.delta)
+            if self.reported:
+                await self._report(self.reported)
+
+    async def _follow(self, deltas: AsyncIterator[ShadowDelta], first: asyncio.Future[ShadowDelta]) -> None:
+        delta = await first
+        while True:
+            await self._on_delta(delta)
+            delta = await deltas.__anext__()
+
+    async def _on_delta(self, delta: ShadowDelta) -> None:
+        async with self._lock:
+            if self.version is not None and delta.version <= self.version:
+                self.stale_dropped += 1
+                return
+            self.version = delta.version
+            changes = self._apply(delta.state)
+            if changes:
+                await self._report(changes)
+
+    def _apply(self, delta: Mapping[str, Any]) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        for key, value in delta.items():
+            handler = self.handlers.get(key, self.default)
+            result = handler(value) if handler is not None else None
+            changes[key] = value if result is None else result
+            self.applied += 1
+        self.reported = merge(self.reported, changes)
+        self._save()
+        return changes
+
+    async def _report(self, values: Mapping[str, Any]) -> None:
+        for _ in range(3):
+            try:
+                accepted = await self.shadow.update(reported=dict(values), version=self.version)
+            except ShadowRejected as exc:
+                if exc.code != 409:
+                    raise
+                self.version = (await self.shadow.get()).version  # someone else updated: catch up and retry
+                continue
+            self.version = accepted.version
+            return
+        raise ClientError(f"{self.shadow.device.thing}: the shadow kept changing; reported state not published")

@@ -1,0 +1,186 @@
+"""The device's shadow client and sync engine against the local shadow service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iotfleet.cloud.local import LocalCloud
+from iotfleet.config import Identity
+from iotfleet.device import DeviceClient
+from iotfleet.errors import PublishRejected, ShadowRejected
+from iotfleet.shadow.client import ShadowSync
+from tests.conftest import FAST, UNLIMITED, Watcher
+
+
+@pytest.fixture
+def lamp(local_cloud: LocalCloud) -> Identity:
+    return local_cloud.register_thing("lamp-1", tenant="acme", site="hq")
+
+
+def connect(cloud: LocalCloud, lamp: Identity, transport: str = "crt") -> DeviceClient:
+    return DeviceClient(
+        identity=lamp,
+        endpoints=cloud.endpoints,
+        tenant="acme",
+        site="hq",
+        transport=transport,
+        reconnect=FAST,
+        limits=UNLIMITED,
+    )
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_get_update_delete_and_rejections(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp, transport) as device:
+            shadow = device.shadow()
+            with pytest.raises(ShadowRejected) as missing:
+                await shadow.get()
+            assert (missing.value.code, missing.value.error) == (404, "No shadow exists with name: 'lamp-1'")
+            accepted = await shadow.update(desired={"dim": 40}, reported={"dim": 10})
+            assert accepted.version == 1
+            doc = await shadow.get()
+            assert (doc.state.desired, doc.state.reported, doc.state.delta) == ({"dim": 40}, {"dim": 10}, {"dim": 40})
+            with pytest.raises(ShadowRejected) as conflict:
+                await shadow.update(reported={"dim": 40}, version=7)
+            assert conflict.value.code == 409
+            assert conflict.value.client_token is not None
+            with pytest.raises(PublishRejected) as refused:  # the default device policy leaves out delete
+                await shadow.delete()
+            assert refused.value.reason_code == 0x87
+            deleted = await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.delete, "lamp-1")
+            assert deleted["version"] == 1
+            assert isinstance(deleted["timestamp"], int)
+            named = await device.shadow("config").update(reported={"fw": "2.1"})
+            assert named.version == 1
+
+    run(scenario())
+
+
+def test_deltas_stream_operator_changes(local_cloud: LocalCloud, lamp: Identity) -> None:
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            deltas = device.shadow().deltas()
+            first = asyncio.ensure_future(deltas.__anext__())
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.update, "lamp-1", desired={"dim": 55})
+            delta = await asyncio.wait_for(first, 5)
+            assert (delta.state, delta.version) == ({"dim": 55}, 1)
+            await deltas.aclose()
+
+    run(scenario())
+
+
+def test_sync_applies_desired_values_and_reports_them(local_cloud: LocalCloud, lamp: Identity, tmp_path: Path) -> None:
+    applied: list[int] = []
+    operator = local_cloud.region("eu-west-1").shadows
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append}, state_file=tmp_path / "lamp.json")
+            await sync.start()
+            await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": 30})
+            assert await until(lambda: operator.get("lamp-1")["state"].get("reported") == {"dim": 30})
+            assert "delta" not in operator.get("lamp-1")["state"]
+            await sync.stop()
+        assert applied == [30]
+        assert json.loads((tmp_path / "lamp.json").read_text()) == {"reported": {"dim": 30}}
+
+    run(scenario())
+
+
+def test_sync_drops_stale_deltas(local_cloud: LocalCloud, lamp: Identity) -> None:
+    applied: list[int] = []
+
+    async def scenario() -> None:
+        watcher = Watcher(local_cloud)
+        await watcher.watch(local_cloud.endpoints[0])
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            await sync.start()
+            await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.update, "lamp-1", desired={"dim": 60})
+            assert await until(lambda: applied == [60])
+            stale = json.dumps({"state": {"dim": 1}, "version": 1, "timestamp": 0}).encode()  # older than seen
+            await watcher.sessions["eu-west-1"].publish("$aws/things/lamp-1/shadow/update/delta", stale, 1)
+            assert await until(lambda: sync.stale_dropped == 1)
+            await sync.stop()
+        await watcher.close()
+        assert applied == [60]
+
+    run(scenario())
+
+
+def test_reported_state_survives_a_restart_and_is_republished(
+    local_cloud: LocalCloud, lamp: Identity, tmp_path: Path
+) -> None:
+    state = tmp_path / "lamp.json"
+    state.write_text(json.dumps({"reported": {"dim": 25, "firmware": "3.0"}}))
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), state_file=state)
+            await sync.start()
+            await sync.stop()
+
+    run(scenario())
+    assert local_cloud.region("eu-west-1").shadows.get("lamp-1")["state"]["reported"] == {"dim": 25, "firmware": "3.0"}
+
+
+def test_desired_change_made_while_offline_is_applied_on_reconnect(
+    local_cloud: LocalCloud, lamp: Identity, tmp_path: Path
+) -> None:
+    applied: list[int] = []
+    operator = local_cloud.region("eu-west-1").shadows
+
+    async def session(start: bool) -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append}, state_file=tmp_path / "s.json")
+            await sync.start()
+            await sync.stop()
+
+    run(session(True))
+    operator.update("lamp-1", desired={"dim": 90})  # the device is offline
+    run(session(False))
+    assert applied == [90]
+    assert operator.get("lamp-1")["state"]["reported"] == {"dim": 90}
+
+
+def test_after_failover_the_device_reconciles_with_the_second_regions_shadow(
+    local_cloud: LocalCloud, lamp: Identity
+) -> None:
+    applied: list[int] = []
+    eu, us = local_cloud.region("eu-west-1"), local_cloud.region("us-east-1")
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            await sync.start()
+            await asyncio.to_thread(eu.shadows.update, "lamp-1", desired={"dim": 10})
+            assert await until(lambda: applied == [10])
+            await asyncio.to_thread(us.shadows.update, "lamp-1", desired={"dim": 77})  # a different document
+            eu.kill()
+            assert await until(lambda: device.endpoint is not None and device.endpoint.region == "us-east-1", 10)
+            assert await until(lambda: applied == [10, 77], 10)
+            assert await until(lambda: us.shadows.get("lamp-1")["state"].get("reported") == {"dim": 77}, 10)
+            assert sync.resyncs >= 2
+            await sync.stop()
+        eu.restore()
+
+    run(scenario())
