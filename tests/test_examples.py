@@ -83,3 +83,11 @@ def test_failover_example_moves_to_the_next_region_and_back(cloud_json: Path) ->
     assert lines[-2] == "publishing via ['eu-west-1']"
     acked, enqueued = lines[-1].split(",")[0].removeprefix("acked ").split(" of ")
     assert acked == enqueued
+
+
+def test_luminaire_example_applies_desired_levels_and_reports_the_clamped_one(cloud_json: Path) -> None:
+    lines = run_example("luminaire_shadow.py", cloud_json)
+    assert "shadow: desired {'dim': 40} reported {'dim': 40} delta None" in lines
+    assert "shadow: desired {'dim': 75} reported {'dim': 75} delta None" in lines
+    assert "shadow: desired {'dim': 120} reported {'dim': 100} delta {'dim': 120}" in lines
+    assert lines[-1] == "saved state: {'reported': {'dim': 100}}"

@@ -14,6 +14,7 @@ from awsiot import V2ServiceException, iotshadow, mqtt5_client_builder
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.errors import ShadowRejected
+from iotfleet.topics import ShadowOp
 from tests.conftest import Probe, identity_context
 
 Probes = Callable[..., Probe]
@@ -159,3 +160,27 @@ def awsiot_stream_options(callback: Callable[[Any], None]) -> Any:
     import awsiot  # noqa: PLC0415 - ServiceStreamOptions lives on the package root
 
     return awsiot.ServiceStreamOptions(callback)
+
+
+def test_classic_shadows_replicate_only_when_asked(tmp_path: Any) -> None:
+    with LocalCloud(workdir=tmp_path / "c", replicate_shadows=True) as cloud:
+        cloud.register_thing("lamp-1", tenant="acme", site="hq")
+        eu, us = cloud.region("eu-west-1").shadows, cloud.region("us-east-1").shadows
+        eu.update("lamp-1", desired={"dim": 33})
+        eu.update("lamp-1", reported={"fw": "1"}, name="config")
+        assert us.get("lamp-1")["state"]["desired"] == {"dim": 33}
+        with pytest.raises(ShadowRejected):
+            us.get("lamp-1", name="config")  # named shadows stay regional
+
+
+def test_more_than_twenty_requests_a_second_per_thing_get_429(local_cloud: LocalCloud, lamp: Identity) -> None:
+    service = local_cloud.region("eu-west-1").shadow_service
+    assert service is not None
+    codes = [
+        service.handle("lamp-1", None, ShadowOp.GET, b'{"clientToken": "t"}', now=1000.0)[0].body["code"]
+        for _ in range(21)
+    ]
+    assert codes[:20] == [404] * 20  # no shadow yet, but each was served
+    assert codes[20] == 429
+    later = service.handle("lamp-1", None, ShadowOp.GET, b"", now=1001.5)[0].body
+    assert later["code"] == 404  # a second later the window has moved on

@@ -340,7 +340,9 @@ class LocalCloud:
 
     ``LocalCloud(regions=[...], workdir=...)`` is a context manager; without ``workdir`` it works in a
     temporary directory that is removed on :meth:`stop`. With one, things and identities persist
-    across runs.
+    across runs. Each region holds its own shadows, as on AWS; ``replicate_shadows=True`` copies classic
+    shadows to every other region at once (the shape of the AWS DR solution's global table; named shadows
+    stay regional, and the copy publishes no delta).
     """
 
     def __init__(
@@ -351,6 +353,7 @@ class LocalCloud:
         scheme: TopicScheme | None = None,
         replication_lag: float = 0.0,
         template: str = DEFAULT_TEMPLATE,
+        replicate_shadows: bool = False,
     ) -> None:
         names = list(regions)
         if not names:
@@ -369,6 +372,7 @@ class LocalCloud:
         self._register_lock = threading.Lock()
         self.replicator = Replicator(self._apply_replica, lag=replication_lag)
         self._services: ServiceHost | None = None
+        self.replicate_shadows = replicate_shadows
         self.ca = CertificateAuthority.open(self.workdir / "ca")
         self.service = self._identity_files(SERVICE_IDENTITY)
         self.claim = self._identity_files(CLAIM_IDENTITY)
@@ -416,6 +420,10 @@ class LocalCloud:
                 self._regions[name] = region
                 region.start()
                 region.start_services(self._services, service_identity)
+            if self.replicate_shadows:
+                services = [r.shadow_service for r in self._regions.values() if r.shadow_service is not None]
+                for service in services:
+                    service.replicas = [other.store for other in services if other is not service]
         except BaseException:
             self.stop()
             raise

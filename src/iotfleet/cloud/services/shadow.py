@@ -85,6 +85,7 @@ class ShadowService:
         self.store = store
         self.limits = limits or ShadowLimits()
         self.connection: ServiceConnection | None = None
+        self.replicas: list[ShadowStore] = []  # other regions' stores, when classic shadows replicate
         self.requests = 0
         self.rejected: dict[int, int] = defaultdict(int)
         self._recent: dict[str, deque[float]] = defaultdict(deque)
@@ -110,6 +111,13 @@ class ShadowService:
         self.requests += 1
         for answer in self.handle(thing, name, op, message.payload, now=time.time()):
             self._send(answer)
+
+    def _keep(self, thing: str, name: str | None, shadow: StoredShadow) -> None:
+        """Persist a shadow; a classic one is also copied to the replica regions (as the AWS DR solution does)."""
+        self.store.put(thing, name, shadow)
+        if name is None:
+            for replica in self.replicas:
+                replica.put(thing, None, shadow)
 
     def _send(self, answer: _Answer) -> None:
         if self.connection is not None:
@@ -143,10 +151,10 @@ class ShadowService:
                 ]
             if op is ShadowOp.DELETE:
                 gone, accepted = document.delete(stored, payload, seconds, thing=thing, name=name, limits=self.limits)
-                self.store.put(thing, name, gone)
+                self._keep(thing, name, gone)
                 return [_Answer(topics.accepted(op), accepted)]
             outcome = document.update(stored, payload, seconds, self.limits)
-            self.store.put(thing, name, outcome.shadow)
+            self._keep(thing, name, outcome.shadow)
             answers = [_Answer(topics.accepted(op), outcome.accepted), _Answer(topics.documents, outcome.documents)]
             if outcome.delta is not None:
                 answers.append(_Answer(topics.delta, outcome.delta))
