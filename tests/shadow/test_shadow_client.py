@@ -184,3 +184,23 @@ def test_after_failover_the_device_reconciles_with_the_second_regions_shadow(
         eu.restore()
 
     run(scenario())
+
+
+def test_report_recovers_from_a_version_conflict(local_cloud: LocalCloud, lamp: Identity) -> None:
+    operator = local_cloud.region("eu-west-1").shadows
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow())
+            await sync.start()
+            for level in (1, 2, 3):  # someone else moves the shadow on: our version is now stale
+                await asyncio.to_thread(operator.update, "lamp-1", reported={"lux": level})
+            stale = sync.version
+            await sync.report({"dim": 5})
+            assert sync.version is not None
+            assert stale is not None
+            assert sync.version > stale + 3  # re-got the version after the 409, then updated
+            await sync.stop()
+
+    run(scenario())
+    assert operator.get("lamp-1")["state"]["reported"] == {"lux": 3, "dim": 5}

@@ -285,6 +285,13 @@ class ShadowSync:
         self._save()
         return changes
 
+    async def report(self, values: Mapping[str, Any]) -> None:
+        """Report the device's own state changes (a sensor reading, a local button press): kept and published."""
+        async with self._lock:
+            self.reported = merge(self.reported, dict(values))
+            self._save()
+            await self._report(values)
+
     async def _report(self, values: Mapping[str, Any]) -> None:
         for _ in range(3):
             try:
