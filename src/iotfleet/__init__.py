@@ -38,8 +38,10 @@ from iotfleet.errors import (
     PublishRejected,
     RegistryError,
     RequestTimeout,
+    ShadowRejected,
     TopicError,
 )
+from iotfleet.shadow import Shadow, ShadowSync
 from iotfleet.topics import ShadowTopics, ThingScope, TopicScheme
 
 __version__ = "0.1.0"
@@ -76,6 +78,9 @@ __all__ = [
     "Region",
     "RegistryError",
     "RequestTimeout",
+    "Shadow",
+    "ShadowRejected",
+    "ShadowSync",
     "ShadowTopics",
     "ThingScope",
     "ThingSpec",
