@@ -70,9 +70,11 @@ class LoopBridge:
 
 @dataclass
 class CrtRuntime:
-    """The CRT event-loop threads and DNS resolver shared by every client of a process.
+    """CRT event-loop threads and a DNS resolver for clients to share.
 
-    ``threads=None`` lets the CRT choose (one per core).
+    ``threads=None`` lets the CRT choose (one per core). Most code wants :meth:`shared`: creating and
+    dropping event-loop groups while clients are still winding down crashed the process natively in this
+    project's tests (a SIGSEGV on a CRT thread), so the process keeps one for its whole life.
     """
 
     threads: int | None = None
@@ -81,6 +83,20 @@ class CrtRuntime:
         self.event_loop_group = io.EventLoopGroup(self.threads)
         self.host_resolver = io.DefaultHostResolver(self.event_loop_group)
         self.bootstrap = io.ClientBootstrap(self.event_loop_group, self.host_resolver)
+
+    @classmethod
+    def shared(cls) -> CrtRuntime:
+        """The process-wide runtime, created on first use and never torn down before exit."""
+        with _SHARED_LOCK:
+            global _SHARED_RUNTIME  # noqa: PLW0603 - one per process on purpose, see the class docstring
+            if _SHARED_RUNTIME is None:
+                _SHARED_RUNTIME = cls()
+            return _SHARED_RUNTIME
+
+
+_STOPPING: set[mqtt5.Client] = set()  # clients between stop() and their "stopped" callback
+_SHARED_LOCK = threading.Lock()
+_SHARED_RUNTIME: CrtRuntime | None = None
 
 
 def _reason(exc: BaseException | None) -> str:
@@ -113,6 +129,7 @@ class CrtSession:
         self.connected: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[DisconnectInfo] = loop.create_future()
         self.client: mqtt5.Client | None = None
+        self._stopping: mqtt5.Client | None = None
         self._stopped = loop.create_future()
 
     # ---- native-thread callbacks: queue on the bridge, nothing else
@@ -160,10 +177,17 @@ class CrtSession:
             self.closed.set_result(DisconnectInfo("closed", by_client=True))
         if not self._stopped.done():
             self._stopped.set_result(None)
+        if self._stopping is not None:
+            _STOPPING.discard(self._stopping)
+            self._stopping = None
 
     def _stop(self, packet: mqtt5.DisconnectPacket | None = None) -> None:
         if self.client is not None:
             client, self.client = self.client, None
+            # An awscrt client freed while it is still stopping crashes the process on a CRT thread
+            # (seen here as a SIGSEGV with no Python frame). Keep it referenced until it reports "stopped".
+            self._stopping = client
+            _STOPPING.add(client)
             client.stop(packet)
 
     # ---- Session protocol
@@ -254,7 +278,7 @@ class CrtTransport:
     @property
     def runtime(self) -> CrtRuntime:
         if self._runtime is None:
-            self._runtime = CrtRuntime()
+            self._runtime = CrtRuntime.shared()
         return self._runtime
 
     def _tls_context(self, identity: Identity, alpn: bool) -> io.ClientTlsContext:
