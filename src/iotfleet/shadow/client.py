@@ -83,7 +83,7 @@ class Shadow:
         self.timeout = timeout
         self._pending: dict[str, asyncio.Future[InboundMessage]] = {}
         self._delta_queues: list[asyncio.Queue[ShadowDelta]] = []
-        self._subscribed = False
+        self._subscribing: asyncio.Task[None] | None = None
         self.malformed = 0  # answers that could not be parsed: counted, logged, never silently dropped
         for op in ShadowOp:
             device.add_message_handler(self.topics.accepted(op), self._on_answer)
@@ -91,13 +91,15 @@ class Shadow:
         device.add_message_handler(self.topics.delta, self._on_delta)
 
     async def _subscribe(self) -> None:
-        if not self._subscribed:
-            self._subscribed = True
-            for topic in [
-                *(t for op in ShadowOp for t in (self.topics.accepted(op), self.topics.rejected(op))),
-                self.topics.delta,
-            ]:
-                await self.device.subscribe(topic)
+        """Subscribe once; every caller waits until all the SUBACKs are in (no answer may slip past)."""
+        if self._subscribing is None:
+            self._subscribing = asyncio.get_running_loop().create_task(self._subscribe_all())
+        await asyncio.shield(self._subscribing)
+
+    async def _subscribe_all(self) -> None:
+        answers = [t for op in ShadowOp for t in (self.topics.accepted(op), self.topics.rejected(op))]
+        for topic in [*answers, self.topics.delta]:
+            await self.device.subscribe(topic)
 
     def _on_answer(self, message: InboundMessage) -> None:
         try:
@@ -166,10 +168,10 @@ class Shadow:
 
     async def deltas(self) -> AsyncIterator[ShadowDelta]:
         """Every ``/update/delta`` from now on."""
-        await self._subscribe()
         queue: asyncio.Queue[ShadowDelta] = asyncio.Queue()
-        self._delta_queues.append(queue)
+        self._delta_queues.append(queue)  # before subscribing: nothing between SUBACK and here is lost
         try:
+            await self._subscribe()
             while True:
                 yield await queue.get()
         finally:
