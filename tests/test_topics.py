@@ -47,7 +47,7 @@ def test_scoped_data_topic_round_trips(tenant: str, site: str, thing: str, strea
     assert filter_matches(scheme.data_filter(), topic)
 
 
-@given(bad=st.text(min_size=1, max_size=10).filter(lambda s: any(c in s for c in "/+#$ ")))
+@given(bad=st.builds(lambda a, c, b: a + c + b, st.text(max_size=5), st.sampled_from("/+#$ "), st.text(max_size=5)))
 def test_ids_cannot_smuggle_levels_wildcards_or_reserved_prefix(bad: str) -> None:
     assert rule_of(lambda: ThingScope(bad, "site", "thing")) == "tenant-id"
     assert rule_of(lambda: ThingScope("tenant", bad, "thing")) == "site-id"

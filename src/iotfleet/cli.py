@@ -127,6 +127,16 @@ def _check_open_files() -> Check:
     return Check("open files", True, f"{detail} (iotfleet raises the soft limit to the hard one when it needs to)")
 
 
+def _check_plugin() -> Check:
+    from iotfleet.cloud.plugin import BUILD_HINT, plugin_path  # noqa: PLC0415
+
+    try:
+        path = plugin_path()
+    except IotFleetError as exc:
+        return Check("plugin", False, exc.message.splitlines()[0], BUILD_HINT)
+    return Check("plugin", True, f"mosquitto routing plugin at {path}")
+
+
 def _check_cloud() -> Check:
     from iotfleet.cloud.local import LocalCloud  # noqa: PLC0415
 
@@ -143,7 +153,9 @@ def doctor() -> None:
     """Check that this machine can run iotfleet; print what is wrong and how to fix it."""
     checks = [_check_mosquitto(), _check_setpriv(), _check_awscrt(), _check_open_files()]
     if checks[0].ok:
-        checks.append(_check_cloud())
+        checks.append(_check_plugin())
+        if checks[-1].ok:
+            checks.append(_check_cloud())
     for check in checks:
         click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<12} {check.detail}")
         if not check.ok:

@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Final
 
+from iotfleet.cloud.plugin import plugin_path
 from iotfleet.errors import BrokerNotInstalled, BrokerStartError, CloudError
 
 __all__ = ["Broker", "BrokerState", "TlsFiles", "find_mosquitto", "free_port"]
@@ -206,6 +207,7 @@ class Broker:
                 "log_type information",
                 "connection_messages true",
                 "log_timestamp false",
+                f"plugin {plugin_path()}",
                 f"acl_file {self._acl_file}",
                 "max_keepalive 1200",
                 "max_inflight_messages 100",
