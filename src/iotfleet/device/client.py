@@ -258,7 +258,6 @@ class DeviceClient:
         self._left_outbox = asyncio.Event()  # set whenever a message leaves the outbox
         self._last_error: ClientError | None = None
         self._last_reason = ""
-        self._restored = self.outbox.stats.restored
 
     # ------------------------------------------------------------------ life cycle
 
