@@ -280,3 +280,20 @@ def test_envelope_carries_id_and_sequence_in_json_payloads(local_cloud: LocalClo
         assert watcher.messages[1][1].payload == b"raw bytes stay as they are"
 
     run(scenario())
+
+
+def test_qos0_publish_is_sent_and_not_queued(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
+    async def scenario() -> None:
+        watcher = await Watcher(local_cloud).start()
+        async with device(lamp, local_cloud, transport) as dev:
+            receipt = await dev.publish("power", b"fire-and-forget", qos=0)
+            assert (receipt.reason_code, receipt.seq) == (0, 0)
+            assert len(dev.outbox) == 0
+        for _ in range(50):
+            if watcher.messages:
+                break
+            await asyncio.sleep(0.05)
+        await watcher.close()
+        assert [m.payload for _, m in watcher.messages] == [b"fire-and-forget"]
+
+    run(scenario())

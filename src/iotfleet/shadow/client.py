@@ -11,7 +11,8 @@
     await sync.start()     # resyncs now and on every new session, including after a regional failover
 
 Each request is one awaitable with a timeout: publish (QoS 1) and wait for ``/accepted`` or ``/rejected``
-carrying our clientToken. The exact topics are subscribed (AWS advises against ``shadow/#``).
+carrying our clientToken; when the session drops first, the request fails at once with ConnectionLost.
+The exact topics are subscribed (AWS advises against ``shadow/#``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from iotfleet._files import write_private
 from iotfleet.config import Endpoint
-from iotfleet.errors import ClientError, RequestTimeout, ShadowRejected
+from iotfleet.device.events import DeviceEvent, EventKind
+from iotfleet.errors import ClientError, ConnectionLost, RequestTimeout, ShadowRejected
 from iotfleet.shadow.document import merge
 from iotfleet.topics import ShadowOp, ShadowTopics
 from iotfleet.transport.base import InboundMessage
@@ -89,6 +91,16 @@ class Shadow:
             device.add_message_handler(self.topics.accepted(op), self._on_answer)
             device.add_message_handler(self.topics.rejected(op), self._on_answer)
         device.add_message_handler(self.topics.delta, self._on_delta)
+        device.add_listener(self._on_event)
+
+    def _on_event(self, event: DeviceEvent) -> None:
+        """Answers are per session: when it ends, waiting requests fail now instead of timing out."""
+        if event.kind is EventKind.DISCONNECTED:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(
+                        ConnectionLost(f"{self.device.thing}'s session ended before the shadow answered")
+                    )
 
     async def _subscribe(self) -> None:
         """Subscribe once; every caller waits until all the SUBACKs are in (no answer may slip past)."""
@@ -190,7 +202,8 @@ class ShadowSync:
     is kept in ``state_file`` (0600) so a restarted device republishes it. On every new session, and so
     after a failover, it re-gets the shadow, resets version tracking (the other region's shadow is a
     different document), applies any delta and republishes the whole reported state. A 409 on a report
-    re-gets the version and retries.
+    re-gets the version and retries; a report that fails (session lost, timeout) is logged, counted in
+    ``report_failures`` and left to the next resync.
     """
 
     def __init__(
@@ -209,6 +222,7 @@ class ShadowSync:
         self.version: int | None = None
         self.applied = 0
         self.stale_dropped = 0
+        self.report_failures = 0
         self.resyncs = 0
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -263,7 +277,11 @@ class ShadowSync:
     async def _follow(self, deltas: AsyncIterator[ShadowDelta], first: asyncio.Future[ShadowDelta]) -> None:
         delta = await first
         while True:
-            await self._on_delta(delta)
+            try:
+                await self._on_delta(delta)
+            except ClientError as exc:  # the next session's resync republishes the reported state
+                self.report_failures += 1
+                log.warning("%s: shadow delta %d not reported: %s", self.shadow.device.thing, delta.version, exc)
             delta = await deltas.__anext__()
 
     async def _on_delta(self, delta: ShadowDelta) -> None:

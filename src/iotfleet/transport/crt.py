@@ -251,8 +251,8 @@ def _complete_publish(result: Future[mqtt5.PublishCompletionData], done: Publish
     if exc is not None:
         done(0, _lost(session, exc))
         return
-    puback = result.result().puback
-    done(int(puback.reason_code) if puback is not None else 0, None)
+    puback = result.result().puback  # for QoS 0 awscrt gives a PUBACK with no reason code
+    done(int(puback.reason_code) if puback is not None and puback.reason_code is not None else 0, None)
 
 
 def _copy_result(done: asyncio.Future[Any], result: Future[Any], session: CrtSession) -> None:

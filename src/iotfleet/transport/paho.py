@@ -244,6 +244,9 @@ class PahoSession:
         info = self.client.publish(topic, payload, qos=qos, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise ConnectionLost(f"the session to {self.endpoint} has ended ({mqtt.error_string(info.rc)})")
+        if qos == 0:  # nothing comes back; paho may even have reported the write already, inside publish()
+            done(0, None)
+            return
         self._sends[info.mid] = done
 
     async def publish(
