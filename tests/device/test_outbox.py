@@ -100,3 +100,17 @@ def test_unreadable_outbox_file_is_named(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ConfigError, match="move it aside"):
         SqliteOutbox(OutboxPolicy(path=path), path)
+
+
+def test_wrapped_payload_is_what_is_stored_and_replayed(tmp_path: Path) -> None:
+    """The JSON envelope is built before storing, so a restarted device resends it enveloped."""
+    path = tmp_path / "o.sqlite"
+    box = SqliteOutbox(OutboxPolicy(path=path), path)
+    entry = box.add(
+        "t", b"{}", 1, wrap=lambda message_id, seq: f'{{"id": "{message_id}", "seq": {seq}}}'.encode()
+    ).entry
+    assert entry is not None
+    box.close()
+    [restored] = SqliteOutbox(OutboxPolicy(path=path), path).pending()
+    assert restored.payload == f'{{"id": "{entry.message_id}", "seq": 1}}'.encode()
+    assert restored.payload == entry.payload

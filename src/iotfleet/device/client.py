@@ -471,7 +471,14 @@ class DeviceClient:
             self._qos0_tasks.add(task)
             task.add_done_callback(self._qos0_tasks.discard)
             return future
-        admission = self.outbox.add(topic, data, 1)
+        wrap = None
+        if self.outbox.policy.envelope and isinstance(payload, Mapping):
+            body = dict(payload)
+
+            def wrap(message_id: str, seq: int) -> bytes:
+                return encode_payload({**body, ENVELOPE_KEY: {"id": message_id, "seq": seq}})
+
+        admission = self.outbox.add(topic, data, 1, wrap=wrap)
         for old in admission.evicted:
             self._fail(old, "dropped-oldest")
         if admission.evicted:
@@ -481,8 +488,6 @@ class DeviceClient:
             future.set_exception(ClientError(f"the outbox of {self.thing} is full; the new message was dropped"))
             return future
         entry = admission.entry
-        if self.outbox.policy.envelope and isinstance(payload, Mapping):
-            entry.payload = encode_payload({**payload, ENVELOPE_KEY: {"id": entry.message_id, "seq": entry.seq}})
         self.counters.enqueued += 1
         self._deliveries[entry.seq] = _Delivery(future, time.monotonic())
         self._unsent.append(entry.seq)

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +79,14 @@ class Outbox:
         """Payload and topic bytes held."""
         return self._bytes
 
-    def add(self, topic: str, payload: bytes, qos: int) -> Admission:
-        """Queue a message, applying the bound and the overflow policy; raise :class:`OutboxFull` on reject."""
+    def add(
+        self, topic: str, payload: bytes, qos: int, *, wrap: Callable[[str, int], bytes] | None = None
+    ) -> Admission:
+        """Queue a message, applying the bound and the overflow policy; raise :class:`OutboxFull` on reject.
+
+        ``wrap(message_id, seq)``, if given, builds the payload to store and send once the message's id and
+        sequence number are known (the JSON envelope); ``payload`` is then only used to apply the bound.
+        """
         size = len(payload) + len(topic)
         evicted: list[OutboxEntry] = []
         while self._entries and (
@@ -103,10 +109,13 @@ class Outbox:
         if evicted:
             self._forget([e.seq for e in evicted])
         seq = self._take_seq()
-        entry = OutboxEntry(seq, f"{self._id_prefix}-{seq}", topic, payload, qos, time.time())
+        message_id = f"{self._id_prefix}-{seq}"
+        if wrap is not None:  # before storing, so a durable outbox keeps (and replays) what is sent
+            payload = wrap(message_id, seq)
+        entry = OutboxEntry(seq, message_id, topic, payload, qos, time.time())
         self._store(entry)
         self._entries[entry.seq] = entry
-        self._bytes += size
+        self._bytes += len(payload) + len(topic)
         return Admission(entry, evicted)
 
     def remove(self, seq: int) -> None:
