@@ -252,7 +252,6 @@ class DeviceClient:
         self._session: Session | None = None
         self._session_count = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._qos0_tasks: set[asyncio.Task[None]] = set()
         # asyncio.Event binds to a loop on first use, not here (Python >= 3.10)
         self._connected, self._stop = asyncio.Event(), asyncio.Event()
         self._left_outbox = asyncio.Event()  # set whenever a message leaves the outbox
@@ -467,9 +466,7 @@ class DeviceClient:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PublishReceipt] = loop.create_future()
         if qos == 0:
-            task = loop.create_task(self._send_qos0(topic, data, future))
-            self._qos0_tasks.add(task)
-            task.add_done_callback(self._qos0_tasks.discard)
+            self._send_qos0(topic, data, future)
             return future
         wrap = None
         if self.outbox.policy.envelope and isinstance(payload, Mapping):
@@ -494,18 +491,26 @@ class DeviceClient:
         self._pump()
         return future
 
-    async def _send_qos0(self, topic: str, data: bytes, future: asyncio.Future[PublishReceipt]) -> None:
+    def _send_qos0(self, topic: str, data: bytes, future: asyncio.Future[PublishReceipt]) -> None:
+        """Send now on the live session, through the same callback path as QoS 1; never queued."""
         session = self._session
         if session is None:
             future.set_exception(ConnectionLost(f"{self.thing} is offline; QoS 0 messages are not queued"))
             return
         started = time.monotonic()
+
+        def done(code: int, error: ClientError | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(PublishReceipt("", 0, topic, code, time.monotonic() - started, session.endpoint))
+
         try:
-            await session.publish(topic, data, 0)
+            session.send(topic, data, 0, (), done)
         except ConnectionLost as exc:
             future.set_exception(exc)
-            return
-        future.set_result(PublishReceipt("", 0, topic, 0, time.monotonic() - started, session.endpoint))
 
     def _fail(self, entry: OutboxEntry, reason: str, code: int | None = None) -> None:
         delivery = self._deliveries.pop(entry.seq, None)
