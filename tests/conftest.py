@@ -7,11 +7,14 @@ import os
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from awscrt import mqtt5, mqtt_request_response
+from awsiot import mqtt5_client_builder
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -237,3 +240,33 @@ class Watcher:
 @pytest.fixture
 def lamp(local_cloud: LocalCloud) -> Identity:
     return local_cloud.register_thing("lamp-1", tenant="acme", site="hq")
+
+
+@contextmanager
+def aws_sdk_client(
+    endpoint: Endpoint, files: Identity | TlsFiles, client_id: str
+) -> Iterator[tuple[mqtt5.Client, mqtt_request_response.ClientOptions]]:
+    """AWS's own MQTT5 client (awsiot's builder, as a device would build it) connected to ``endpoint``."""
+    import threading  # noqa: PLC0415
+
+    connected = threading.Event()
+    client: mqtt5.Client = mqtt5_client_builder.mtls_from_path(
+        cert_filepath=str(files.cert_file),
+        pri_key_filepath=str(files.key_file),
+        ca_filepath=str(files.ca_file),
+        endpoint=endpoint.host,
+        port=endpoint.port,
+        client_id=client_id,
+        on_lifecycle_connection_success=lambda _data: connected.set(),
+    )
+    client.start()
+    try:
+        assert connected.wait(10), "AWS's MQTT5 client did not connect to the local cloud"
+        yield (
+            client,
+            mqtt_request_response.ClientOptions(
+                max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10
+            ),
+        )
+    finally:
+        client.stop()

@@ -14,6 +14,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from iotfleet.cli import cli
+from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from tests.conftest import process_alive, tls_context
 
 IOTFLEET = [sys.executable, "-m", "iotfleet"]
@@ -73,9 +74,7 @@ def test_doctor_passes_on_a_prepared_machine() -> None:
 def test_doctor_names_a_missing_mosquitto_and_the_fix(tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    python = bindir / "python"
-    python.symlink_to(sys.executable)
-    env = {**os.environ, "PATH": str(bindir)}
+    env = {**os.environ, "PATH": str(bindir)}  # an empty PATH: no mosquitto (the venv's python runs by path)
     # /usr/sbin is searched as a fallback, so hide it by running where it holds no mosquitto
     if shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin"):
         code = (
@@ -84,7 +83,9 @@ def test_doctor_names_a_missing_mosquitto_and_the_fix(tmp_path: Path) -> None:
         )
     else:
         code = "import sys; from iotfleet.cli import cli; sys.exit(cli(['doctor']))"
-    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert result.returncode == 1
     assert "FAIL  mosquitto" in result.stdout
     assert "apt-get install -y mosquitto" in result.stdout
@@ -111,3 +112,41 @@ def test_policy_render_prints_the_device_policy() -> None:
     assert (
         doc["Statement"][0]["Resource"] == "arn:aws:iot:eu-west-1:123456789012:client/${iot:Connection.Thing.ThingName}"
     )
+
+
+def provision_args(cloud: LocalCloud, out: Path, *params: str) -> list[str]:
+    args = ["provision", "--claim-cert", str(cloud.claim.cert_file), "--claim-key", str(cloud.claim.key_file)]
+    args += ["--ca", str(cloud.ca_file), "--template", DEFAULT_TEMPLATE, "--out", str(out), "--timeout", "5"]
+    for endpoint in cloud.endpoints:
+        args += ["--endpoint", f"{endpoint.region}={endpoint.host}:{endpoint.port}"]
+    for param in params:
+        args += ["--param", param]
+    return args
+
+
+def test_provision_saves_the_identity_and_prints_it(local_cloud: LocalCloud, tmp_path: Path) -> None:
+    args = provision_args(local_cloud, tmp_path / "id", "Tenant=acme", "Site=hq", "SerialNumber=lamp-9")
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    printed = json.loads(first.output)
+    assert (printed["thing_name"], printed["already_provisioned"]) == ("lamp-9", False)
+    assert Path(printed["key"]).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    record = local_cloud.region("eu-west-1").registry.certificate(printed["certificate_id"])
+    assert record is not None
+    assert record.thing == "lamp-9"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0
+    assert json.loads(again.output)["already_provisioned"] is True
+
+
+def test_provision_rejection_exits_1_naming_the_step(local_cloud: LocalCloud, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, provision_args(local_cloud, tmp_path / "id", "Tenant=acme", "SerialNumber=x"))
+    assert result.exit_code == 1
+    assert "Error: RegisterThing rejected: 400 InvalidParameters: Parameter Site is required" in result.output
+    assert not (tmp_path / "id").exists()
+
+
+def test_provision_bad_param_syntax_exits_2(local_cloud: LocalCloud, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, provision_args(local_cloud, tmp_path / "id", "SerialNumber"))
+    assert result.exit_code == 2
+    assert "is not Key=Value" in result.output

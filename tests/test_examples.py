@@ -91,3 +91,16 @@ def test_luminaire_example_applies_desired_levels_and_reports_the_clamped_one(cl
     assert "shadow: desired {'dim': 75} reported {'dim': 75} delta None" in lines
     assert "shadow: desired {'dim': 120} reported {'dim': 100} delta {'dim': 120}" in lines
     assert lines[-1] == "saved state: {'reported': {'dim': 100}}"
+
+
+def test_provision_example_provisions_once_then_reuses_the_identity(cloud_json: Path, tmp_path: Path) -> None:
+    command = [sys.executable, str(EXAMPLES / "provision_by_claim.py"), str(cloud_json), "lamp-0042", str(tmp_path)]
+    runs = [subprocess.run(command, capture_output=True, text=True, timeout=90, check=False) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+    first, second = (r.stdout.splitlines() for r in runs)
+    assert first[0] == "provisioning lamp-0042 by claim"
+    assert second[0] == "identity already on disk"
+    assert first[1] == second[1]  # the same thing and certificate
+    assert first[1].startswith("thing lamp-0042 certificate ")
+    assert first[2] == second[2] == "dt/acme/hq/lamp-0042/telemetry acked by eu-west-1"

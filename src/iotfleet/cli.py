@@ -291,6 +291,113 @@ def cloud_chaos(action: str, region: str, workdir: Path) -> None:
         click.echo(f"{region}: {send(workdir, action, region)}")
 
 
+# --------------------------------------------------------------------------- provision
+
+
+def _key_values(values: tuple[str, ...]) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not Key=Value (e.g. SerialNumber=lamp-0001)", param_hint="--param")
+        parameters[key] = value
+    return parameters
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@cli.command("provision")
+@click.option("--claim-cert", required=True, type=_FILE, help="The shared claim certificate (PEM).")
+@click.option("--claim-key", required=True, type=_FILE, help="The claim certificate's private key (PEM).")
+@click.option("--ca", "ca_file", required=True, type=_FILE, help="The CA that signed the endpoints' certificates.")
+@click.option(
+    "--endpoint",
+    "endpoints",
+    required=True,
+    multiple=True,
+    metavar="[REGION=]HOST:PORT",
+    help="Endpoint to provision through and to save for the device (repeatable, preferred first).",
+)
+@click.option("--template", required=True, help="Provisioning template name.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Template parameter (repeatable).")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory for the identity."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["csr", "keys"]),
+    default="csr",
+    show_default=True,
+    help="csr: CreateCertificateFromCsr (the key stays here); keys: CreateKeysAndCertificate.",
+)
+@click.option("--key-type", type=click.Choice(["ec-p256", "rsa-2048"]), default="ec-p256", show_default=True)
+@click.option("--client-id", help="Client id of the claim connection (default: provision-<SerialNumber>).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds per step.")
+@click.option("--transport", type=click.Choice(["crt", "paho"]), default="crt", show_default=True)
+def provision(
+    claim_cert: Path,
+    claim_key: Path,
+    ca_file: Path,
+    endpoints: tuple[str, ...],
+    template: str,
+    params: tuple[str, ...],
+    out: Path,
+    method: str,
+    key_type: str,
+    client_id: str | None,
+    timeout: float,
+    transport: str,
+) -> None:
+    """Provision this device by claim and save its identity in --out (skipped if one is there).
+
+    Prints one JSON line: thing name, certificate id, where the files are, the device configuration.
+    A rejected step exits 1 with the step and AWS's statusCode, errorCode and errorMessage.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from iotfleet.config import Endpoint, Identity  # noqa: PLC0415
+    from iotfleet.errors import ProvisioningRejected  # noqa: PLC0415
+    from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method  # noqa: PLC0415
+
+    with _errors():
+        parsed = [
+            Endpoint.parse(e, region=f"region-{n + 1}" if "=" not in e else None) for n, e in enumerate(endpoints)
+        ]
+        claim = Identity(thing_name="claim", cert_file=claim_cert, key_file=claim_key, ca_file=ca_file)
+        store = IdentityStore(out)
+        already = store.exists()
+        provisioner = FleetProvisioner(
+            endpoints=parsed,
+            claim=claim,
+            template=template,
+            parameters=_key_values(params),
+            method=Method(method),
+            key_type=KeyType(key_type),
+            client_id=client_id,
+            timeout=timeout,
+            transport=transport,
+        )
+        try:
+            stored = asyncio.run(provisioner.provision_into(store))
+        except ProvisioningRejected as exc:
+            _fail(exc.message, EXIT_BREACHED)
+        identity = stored.identity
+        click.echo(
+            json.dumps(
+                {
+                    "thing_name": identity.thing_name,
+                    "certificate_id": identity.certificate_id,
+                    "cert": str(identity.cert_file),
+                    "key": str(identity.key_file),
+                    "ca": str(identity.ca_file),
+                    "device_configuration": dict(stored.device_configuration),
+                    "already_provisioned": already,
+                }
+            )
+        )
+
+
 # --------------------------------------------------------------------------- policy
 
 

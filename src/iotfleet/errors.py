@@ -13,6 +13,7 @@ Every failure a user can meet is an :class:`IotFleetError` whose message says wh
     │   ├── ConnectionLost       the session ended while an operation was in flight
     │   ├── PublishRejected      the broker refused a publish (``.reason_code``, ``.topic``)
     │   ├── ShadowRejected       a shadow request was rejected (``.code``, ``.error``, ``.client_token``)
+    │   ├── ProvisioningRejected a fleet-provisioning step was rejected (``.step``, AWS's three fields)
     │   ├── OutboxFull           the outbox is full and its overflow policy is ``reject``
     │   └── RequestTimeout       a request got no answer in time (``.operation``, ``.timeout``)
     └── CloudError           the local cloud cannot do what was asked
@@ -38,6 +39,7 @@ __all__ = [
     "IotFleetError",
     "OutboxFull",
     "PolicyError",
+    "ProvisioningRejected",
     "PublishRejected",
     "RegistryError",
     "RequestTimeout",
@@ -125,6 +127,32 @@ class ShadowRejected(ClientError):
         self.code = code
         self.error = error
         self.client_token = client_token
+
+
+class ProvisioningRejected(ClientError):
+    """A fleet-provisioning step was rejected, with AWS's ``statusCode``, ``errorCode`` and ``errorMessage``.
+
+    ``step`` is ``CreateCertificateFromCsr``, ``CreateKeysAndCertificate`` or ``RegisterThing``. Like
+    :class:`ShadowRejected` it serves both sides: the local service raises it and sends its fields as the
+    ``/rejected`` payload; the device's provisioner raises it on receipt. ``retryable`` says whether
+    asking again can succeed (throttling and server errors), so a provisioner never retries a request
+    that cannot work.
+    """
+
+    def __init__(self, step: str, status_code: int, error_code: str, error_message: str) -> None:
+        super().__init__(f"{step} rejected: {status_code} {error_code}: {error_message}")
+        self.step = step
+        self.status_code = status_code
+        self.error_code = error_code
+        self.error_message = error_message
+
+    @property
+    def retryable(self) -> bool:
+        return self.status_code == 429 or self.status_code >= 500
+
+    def payload(self) -> dict[str, object]:
+        """The ``/rejected`` message body, exactly AWS's three fields."""
+        return {"statusCode": self.status_code, "errorCode": self.error_code, "errorMessage": self.error_message}
 
 
 class OutboxFull(ClientError):

@@ -12,7 +12,7 @@ Policy grammar: shared/IOT_CORE.md section 5.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -108,15 +108,16 @@ def render(
 
 
 def render_claim(
-    template: str,
+    template: str | Sequence[str],
     *,
     region: str = "*",
     account: str = "*",
     csr: bool = True,
     create_keys: bool = True,
 ) -> Policy:
-    """The claim-certificate policy: fleet-provisioning topics for ``template`` only (DG example)."""
-    topics = [f"{register_thing_topic(template).rsplit('/', 1)[0]}/*"]
+    """The claim-certificate policy: fleet-provisioning topics for ``template`` (one or several) only (DG example)."""
+    names = [template] if isinstance(template, str) else list(template)
+    topics = [f"{register_thing_topic(name).rsplit('/', 1)[0]}/*" for name in names]
     if csr:
         topics.append(f"{create_certificate_from_csr_topic().rsplit('/', 1)[0]}/*")
     if create_keys:

@@ -8,14 +8,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from awscrt import mqtt5, mqtt_request_response
-from awsiot import V2ServiceException, iotshadow, mqtt5_client_builder
+from awsiot import V2ServiceException, iotshadow
 
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.errors import ShadowRejected
 from iotfleet.topics import ShadowOp
-from tests.conftest import Probe, identity_context
+from tests.conftest import Probe, aws_sdk_client, identity_context
 
 Probes = Callable[..., Probe]
 
@@ -100,24 +99,8 @@ def test_operator_changes_reach_the_device_as_a_delta(local_cloud: LocalCloud, d
 
 @pytest.fixture
 def aws_client(local_cloud: LocalCloud, lamp: Identity) -> Iterator[iotshadow.IotShadowClientV2]:
-    endpoint = local_cloud.region("eu-west-1").endpoint
-    connected = threading.Event()
-    client: mqtt5.Client = mqtt5_client_builder.mtls_from_path(
-        cert_filepath=str(lamp.cert_file),
-        pri_key_filepath=str(lamp.key_file),
-        ca_filepath=str(lamp.ca_file),
-        endpoint=endpoint.host,
-        port=endpoint.port,
-        client_id="lamp-1",
-        on_lifecycle_connection_success=lambda _data: connected.set(),
-    )
-    client.start()
-    assert connected.wait(10), "AWS's MQTT5 client did not connect to the local cloud"
-    options = mqtt_request_response.ClientOptions(
-        max_request_response_subscriptions=4, max_streaming_subscriptions=2, operation_timeout_in_seconds=10
-    )
-    yield iotshadow.IotShadowClientV2(client, options)
-    client.stop()
+    with aws_sdk_client(local_cloud.region("eu-west-1").endpoint, lamp, "lamp-1") as (client, options):
+        yield iotshadow.IotShadowClientV2(client, options)
 
 
 def test_aws_shadow_client_v2_get_update_and_delta_stream(

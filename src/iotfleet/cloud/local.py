@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from iotfleet import policy
 from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
-from iotfleet.cloud.ca import CertificateAuthority, Credentials
+from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
@@ -37,7 +37,9 @@ from iotfleet.cloud.registry import (
     Thing,
 )
 from iotfleet.cloud.services.base import ServiceHost
+from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
 from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, ShadowStore
+from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
 from iotfleet.config import Endpoint, Identity, validate_region
 from iotfleet.errors import CloudError, ConfigError, RegistryError
 from iotfleet.topics import ThingScope, TopicScheme
@@ -172,6 +174,7 @@ class Region:
         self.acl_file = directory / "acl"
         self.evictions: list[GuardEvent] = []
         self.shadow_service: ShadowService | None = None
+        self.provisioning: ProvisioningService | None = None
         self._shadows: ShadowOperator | None = None
         self.eviction_counts: Counter[str] = Counter()
         self._kicks: queue.Queue[str | None] = queue.Queue()
@@ -202,16 +205,25 @@ class Region:
             raise CloudError(f"region {self.name} has no shadow service: start the cloud first")
         return self._shadows
 
-    def start_services(self, host: ServiceHost, identity: Identity) -> None:
+    def start_services(
+        self, host: ServiceHost, identity: Identity, provisioning: Callable[[Region], ProvisioningService]
+    ) -> None:
         """Start this region's services on ``host`` (MQTT clients of this region's broker)."""
         service = ShadowService(
             region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
         )
-        connection = service.attach(self.endpoint, identity, host)
+        provisioner = self.provisioning = provisioning(self)
+        connections = [
+            service.attach(self.endpoint, identity, host),
+            provisioner.attach(self.endpoint, identity, host),
+        ]
 
         async def start() -> None:
-            connection.start()
-            await connection.wait_ready()
+            provisioner.start()
+            for connection in connections:
+                connection.start()
+            for connection in connections:
+                await connection.wait_ready()
 
         host.call(start())
         self.shadow_service = service
@@ -353,6 +365,9 @@ class LocalCloud:
         scheme: TopicScheme | None = None,
         replication_lag: float = 0.0,
         template: str = DEFAULT_TEMPLATE,
+        templates: Iterable[ProvisioningTemplate] = (),
+        token_ttl: float = TOKEN_TTL,
+        provisioning_rate_limit: float | None = None,
         replicate_shadows: bool = False,
     ) -> None:
         names = list(regions)
@@ -367,6 +382,10 @@ class LocalCloud:
         self.scheme = scheme or TopicScheme()
         self.template = template
         self.device_policy = policy.render(self.scheme)
+        self.templates = {t.name: t for t in templates}
+        self.templates.setdefault(template, ProvisioningTemplate(template, default_template_body(DEVICE_POLICY)))
+        self.token_ttl = token_ttl
+        self.provisioning_rate_limit = provisioning_rate_limit
         self._names = names
         self._regions: dict[str, Region] = {}
         self._register_lock = threading.Lock()
@@ -399,7 +418,7 @@ class LocalCloud:
         server = self.workdir / "identities"
         if not (server / "server.pem").exists():
             self.ca.issue_server().write(server / "server.pem", server / "server.key")
-        claim_policy = policy.render_claim(self.template)
+        claim_policy = policy.render_claim(sorted(self.templates))
         self._services = ServiceHost()
         service_identity = Identity(
             thing_name=SERVICE_IDENTITY,
@@ -419,7 +438,7 @@ class LocalCloud:
                 )
                 self._regions[name] = region
                 region.start()
-                region.start_services(self._services, service_identity)
+                region.start_services(self._services, service_identity, self._provisioning_service)
             if self.replicate_shadows:
                 services = [r.shadow_service for r in self._regions.values() if r.shadow_service is not None]
                 for service in services:
@@ -429,6 +448,24 @@ class LocalCloud:
             raise
         self._started = True
         return self
+
+    def _provisioning_service(self, region: Region) -> ProvisioningService:
+        def commit(registrations: tuple[Registration, ...]) -> None:
+            with self._register_lock:
+                region.put(registrations)
+            self.replicate(registrations, source=region.name)
+
+        return ProvisioningService(
+            region=region.name,
+            registry=region.registry,
+            ca=self.ca,
+            templates=self.templates,
+            policies={DEVICE_POLICY: self.device_policy},
+            commit=commit,
+            claim_certificate_id=certificate_id(self.claim.cert_file.read_bytes()),
+            token_ttl=self.token_ttl,
+            rate_limit=self.provisioning_rate_limit,
+        )
 
     def stop(self) -> None:
         """Stop every broker and background thread; remove the workdir if it was temporary."""

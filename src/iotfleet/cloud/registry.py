@@ -135,6 +135,27 @@ class Registry:
             for registration in registrations:
                 _put_one(db, registration)
 
+    def add_certificate(self, record: CertificateRecord) -> None:
+        """Record a certificate attached to no thing (fleet provisioning's ``PENDING_ACTIVATION`` ones)."""
+        with self._tx() as db:
+            try:
+                db.execute(
+                    "INSERT INTO certificates(id, common_name, pem, status, thing, created) "
+                    "VALUES (?, ?, ?, ?, NULL, ?)",
+                    (record.certificate_id, record.common_name, record.pem, record.status, time.time()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise RegistryError(f"certificate {record.certificate_id[:12]}... is already registered") from exc
+
+    def delete_unused_certificate(self, certificate_id: str) -> bool:
+        """Delete a certificate that is still ``PENDING_ACTIVATION`` and attached to nothing; True if it was."""
+        with self._tx() as db:
+            deleted = db.execute(
+                "DELETE FROM certificates WHERE id = ? AND thing IS NULL AND status = ?",
+                (certificate_id, CertificateStatus.PENDING_ACTIVATION.value),
+            ).rowcount
+        return deleted > 0
+
     def delete_thing(self, name: str) -> None:
         """Remove a thing; its certificates stay, detached (they can no longer connect)."""
         with self._tx() as db:

@@ -21,7 +21,7 @@ from iotfleet.errors import ConnectError, ConnectionLost
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport
 from iotfleet.transport.crt import CrtTransport
 
-__all__ = ["ServiceConnection", "ServiceHost"]
+__all__ = ["RegionService", "ServiceConnection", "ServiceHost"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,15 +119,39 @@ class ServiceConnection:
                 self._session = None
                 self._ready.clear()
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> None:
         session = self._session
         if session is None:
             self.dropped += 1
             return
         try:
-            session.send(topic, payload, 1, (), _ignore)
+            session.send(topic, payload, 1, user_properties, _ignore)
         except ConnectionLost:
             self.dropped += 1
+
+
+class RegionService:
+    """A service of one region: ``kind`` names its client id, ``filters`` what it serves."""
+
+    kind: str
+    filters: Sequence[str]
+    region: str
+    connection: ServiceConnection | None
+
+    def on_message(self, message: InboundMessage) -> None:
+        raise NotImplementedError
+
+    def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
+        """Create this service's connection to its region (started by the caller on ``host``'s loop)."""
+        self.connection = ServiceConnection(
+            client_id=f"iotfleet-{self.kind}-{self.region}",
+            endpoint=endpoint,
+            identity=identity,
+            filters=self.filters,
+            handler=self.on_message,
+            transport=host.transport,
+        )
+        return self.connection
 
 
 def _ignore(_code: int, _error: object) -> None:

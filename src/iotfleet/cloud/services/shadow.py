@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from iotfleet.cloud.registry import Registry
-from iotfleet.cloud.services.base import ServiceConnection, ServiceHost
-from iotfleet.config import Endpoint, Identity
+from iotfleet.cloud.services.base import RegionService, ServiceConnection, ServiceHost
 from iotfleet.errors import ShadowRejected
 from iotfleet.shadow import document
 from iotfleet.shadow.document import ShadowLimits, StoredShadow
@@ -74,8 +73,11 @@ class _Answer:
     body: dict[str, Any]
 
 
-class ShadowService:
+class ShadowService(RegionService):
     """Serves one region's shadow topics; one instance per region."""
+
+    kind = "shadow"
+    filters = REQUEST_FILTERS
 
     def __init__(
         self, *, region: str, registry: Registry, store: ShadowStore, limits: ShadowLimits | None = None
@@ -89,17 +91,6 @@ class ShadowService:
         self.requests = 0
         self.rejected: dict[int, int] = defaultdict(int)
         self._recent: dict[str, deque[float]] = defaultdict(deque)
-
-    def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
-        self.connection = ServiceConnection(
-            client_id=f"iotfleet-shadow-{self.region}",
-            endpoint=endpoint,
-            identity=identity,
-            filters=REQUEST_FILTERS,
-            handler=self.on_message,
-            transport=host.transport,
-        )
-        return self.connection
 
     # ---- the MQTT path
 

@@ -1,0 +1,167 @@
+"""FleetProvisioner and IdentityStore end to end against the local cloud, on both transports."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
+from iotfleet.config import Identity
+from iotfleet.device.client import DeviceClient
+from iotfleet.errors import ConfigError, ProvisioningRejected, RequestTimeout
+from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method, ProvisionedDevice
+from iotfleet.topics import PayloadFormat
+from tests.conftest import FAST, Watcher
+
+T = TypeVar("T")
+PARAMS = {"Tenant": "acme", "Site": "hq", "SerialNumber": "lamp-7"}
+
+
+def claim_of(cloud: LocalCloud) -> Identity:
+    return Identity(
+        thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=cloud.ca_file
+    )
+
+
+def provisioner(cloud: LocalCloud, transport: str = "crt", **kwargs: object) -> FleetProvisioner:
+    options: dict[str, object] = {"parameters": PARAMS, "timeout": 5.0, "transport": transport, **kwargs}
+    return FleetProvisioner(
+        endpoints=cloud.endpoints,
+        claim=claim_of(cloud),
+        template=DEFAULT_TEMPLATE,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_claim_to_identity_to_publishing_in_both_regions(
+    local_cloud: LocalCloud, tmp_path: Path, transport: str
+) -> None:
+    """claim -> CSR -> RegisterThing -> reconnect with the new identity -> publish; then in region 2."""
+
+    async def scenario() -> Watcher:
+        watcher = await Watcher(local_cloud).start()
+        store = IdentityStore(tmp_path / "lamp-7")
+        stored = await provisioner(local_cloud, transport).provision_into(store)
+        assert stored.identity.thing_name == "lamp-7"
+        for endpoints in (local_cloud.endpoints, local_cloud.endpoints[1:]):  # home region, then the replica
+            async with DeviceClient(
+                identity=stored.identity,
+                endpoints=endpoints,
+                tenant="acme",
+                site="hq",
+                transport=transport,
+                reconnect=FAST,
+            ) as lamp:
+                receipt = await lamp.publish("telemetry", {"power_w": 9.5}, timeout=10)
+                assert receipt.endpoint == endpoints[0]
+        await asyncio.sleep(0.2)
+        await watcher.close()
+        return watcher
+
+    watcher = run(scenario())
+    regions = sorted(region for region, message in watcher.messages if message.topic == "dt/acme/hq/lamp-7/telemetry")
+    assert regions == ["eu-west-1", "us-east-1"]
+    key = tmp_path / "lamp-7" / "key.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "lamp-7").stat().st_mode) == 0o700
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize(
+    ("method", "key_type", "fmt"),
+    [
+        (Method.KEYS, KeyType.EC_P256, PayloadFormat.JSON),
+        (Method.CSR, KeyType.RSA_2048, PayloadFormat.CBOR),
+    ],
+)
+def test_other_methods_key_types_and_cbor(
+    local_cloud: LocalCloud, method: Method, key_type: KeyType, fmt: PayloadFormat
+) -> None:
+    device = run(provisioner(local_cloud, method=method, key_type=key_type, payload_format=fmt).provision())
+    record = local_cloud.region("eu-west-1").registry.certificate(device.certificate_id)
+    assert record is not None
+    assert record.thing == "lamp-7"
+    assert device.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_a_device_with_an_identity_skips_provisioning(local_cloud: LocalCloud, tmp_path: Path) -> None:
+    store = IdentityStore(tmp_path / "id")
+    first = run(provisioner(local_cloud).provision_into(store))
+    service = local_cloud.region("eu-west-1").provisioning
+    assert service is not None
+    asked = sum(service.requests.values())
+    again = run(provisioner(local_cloud).provision_into(store))
+    assert again == first
+    assert sum(service.requests.values()) == asked  # nothing was sent the second time
+
+
+def test_a_final_rejection_is_raised_at_once_with_aws_fields(local_cloud: LocalCloud) -> None:
+    with pytest.raises(ProvisioningRejected) as rejected:
+        run(provisioner(local_cloud, parameters={"Tenant": "acme", "SerialNumber": "lamp-7"}).provision())
+    error = rejected.value
+    assert (error.step, error.status_code, error.error_code) == ("RegisterThing", 400, "InvalidParameters")
+    assert "Parameter Site is required" in error.error_message
+    service = local_cloud.region("eu-west-1").provisioning
+    assert service is not None
+    assert service.requests["RegisterThing"] == 1  # not retried
+
+
+def test_throttling_is_retried_with_backoff(tmp_path: Path) -> None:
+    """Three devices at once against a region allowing 3 requests/s: some are throttled, all get through."""
+
+    async def storm(cloud: LocalCloud) -> list[ProvisionedDevice]:
+        devices = [
+            provisioner(cloud, attempts=20, parameters={**PARAMS, "SerialNumber": f"lamp-{n}"}) for n in range(3)
+        ]
+        return list(await asyncio.gather(*(d.provision() for d in devices)))
+
+    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", provisioning_rate_limit=3) as cloud:
+        devices = run(storm(cloud))
+        service = cloud.region("eu-west-1").provisioning
+        assert service is not None
+        throttled = service.rejected["Throttled"]
+    assert sorted(d.thing_name for d in devices) == ["lamp-0", "lamp-1", "lamp-2"]
+    assert throttled >= 1
+    assert sum(d.attempts for d in devices) == throttled + 3
+
+
+def test_a_dead_region_fails_over_to_the_next(local_cloud: LocalCloud) -> None:
+    local_cloud.region("eu-west-1").kill()
+    device = run(provisioner(local_cloud).provision())
+    assert device.endpoint.region == "us-east-1"
+    assert local_cloud.region("us-east-1").registry.thing("lamp-7") is not None
+
+
+def test_no_answer_is_a_timeout_naming_the_step(local_cloud: LocalCloud) -> None:
+    service = local_cloud.region("eu-west-1").provisioning
+    assert service is not None
+    service.connection = None  # the service now drops its answers, like a lost response
+    with pytest.raises(RequestTimeout, match="CreateCertificateFromCsr: no answer"):
+        run(provisioner(local_cloud, timeout=0.3, attempts=2).provision())
+
+
+def test_bad_configuration_is_named(local_cloud: LocalCloud) -> None:
+    with pytest.raises(ConfigError, match="at least one endpoint"):
+        FleetProvisioner(endpoints=[], claim=claim_of(local_cloud), template=DEFAULT_TEMPLATE)
+    with pytest.raises(ConfigError, match="must be strings"):
+        FleetProvisioner(
+            endpoints=local_cloud.endpoints,
+            claim=claim_of(local_cloud),
+            template="t",
+            parameters={"n": 1},  # type: ignore[dict-item]
+        )
+
+
+def test_a_damaged_store_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "id").mkdir()
+    (tmp_path / "id" / "identity.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"damaged .* provision the device again"):
+        IdentityStore(tmp_path / "id").load()
