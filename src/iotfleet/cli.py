@@ -25,6 +25,7 @@ import click
 from pydantic import ValidationError
 
 from iotfleet import policy
+from iotfleet.config import PublishLimits
 from iotfleet.errors import ConfigError, IotFleetError
 from iotfleet.topics import TopicScheme
 
@@ -396,6 +397,217 @@ def provision(
                 }
             )
         )
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _summary(report: dict[str, Any], breaches: list[str]) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from iotfleet.sim.report import summary_lines  # noqa: PLC0415
+
+    table = Table(title="iotfleet simulate", show_header=False)
+    for label, value in summary_lines(report):
+        table.add_row(label, value)
+    table.add_row("thresholds", "held" if not breaches else "BREACHED: " + "; ".join(breaches))
+    Console(stderr=False).print(table)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    index, sep, count = value.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit():
+        raise click.BadParameter(f"{value!r} is not i/n (e.g. 0/4)")
+    return int(index), int(count)
+
+
+@cli.command("simulate")
+@click.option("--sites", type=click.IntRange(min=1), help="Sites in the fleet (40 devices each by default).")
+@click.option("--tenants", type=click.IntRange(min=1), help="Tenants the sites are spread over [4].")
+@click.option("--buildings", type=click.IntRange(min=1), help="Buildings per site [2].")
+@click.option("--rooms", type=click.IntRange(min=1), help="Rooms per building [5].")
+@click.option("--assets", type=click.IntRange(min=1), help="Luminaires per room [4].")
+@click.option("--seed", type=int, help="Seed of the fleet and its workload [1].")
+@click.option(
+    "--config", "config_file", type=_FILE, help="TOML fleet file: [fleet], [workload], [target], [thresholds]."
+)
+@click.option("--duration", help="How long to run: seconds or 20s, 5m, 1h (default: until Ctrl-C).")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Simulated time runs this many times faster (rates scale).",
+)
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [one per core].")
+@click.option("--transport", type=click.Choice(["crt", "paho"]), default="crt", show_default=True)
+@click.option(
+    "--provision",
+    type=click.Choice(["direct", "claim"]),
+    default="direct",
+    show_default=True,
+    help="direct: the local cloud issues identities; claim: fleet provisioning for every device.",
+)
+@click.option(
+    "--ramp",
+    "ramp_per_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=500.0,
+    show_default=True,
+    help="Devices started per second.",
+)
+@click.option("--no-limits", is_flag=True, help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s).")
+@click.option("--regions", default="eu-west-1,us-east-1", show_default=True, help="Local cloud regions.")
+@click.option(
+    "--chaos",
+    "chaos",
+    multiple=True,
+    metavar="ACTION:REGION@TIME",
+    help="kill|blackhole|restore a region at a time into the run (repeatable), e.g. kill:eu-west-1@30s.",
+)
+@click.option("--shard", type=_shard, default="0/1", show_default=True, help="Run slice i of n (whole sites).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the cloud and identities here; later runs reuse them (default: temporary).",
+)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@click.option("--max-lost", type=click.IntRange(min=0), default=0, show_default=True, help="Threshold: lost messages.")
+@click.option("--max-error-rate", type=click.FloatRange(min=0), help="Threshold: errors per message sent.")
+def simulate(**options: Any) -> None:
+    """Run a smart-lighting fleet against the local cloud (or --config's target) and report what arrived.
+
+    Exit code: 0 when the thresholds hold, 1 when breached, 2 for bad usage or configuration.
+    """
+    import multiprocessing  # noqa: PLC0415
+
+    from iotfleet.sim.fleet import FleetShape, load_fleet_file  # noqa: PLC0415
+    from iotfleet.sim.live import LiveView  # noqa: PLC0415
+    from iotfleet.sim.report import thresholds_hold  # noqa: PLC0415
+    from iotfleet.sim.simulate import SimConfig, Target, parse_chaos, parse_duration  # noqa: PLC0415
+
+    with _errors():
+        file: dict[str, Any] = {}
+        if options["config_file"] is not None:
+            file = load_fleet_file(options["config_file"])
+        shape_fields = {k: options[k] for k in ("sites", "tenants", "buildings", "rooms", "assets", "seed")}
+        shape = FleetShape(**{**file.get("fleet", {}), **{k: v for k, v in shape_fields.items() if v is not None}})
+        workload = file.get("workload", {})
+        duration = options["duration"] or workload.get("duration")
+        thresholds = file.get("thresholds", {})
+        target = None
+        if "target" in file:
+            target = Target.from_toml(file["target"], options["config_file"].parent)
+        config = SimConfig(
+            shape=shape,
+            duration_s=parse_duration(str(duration)) if duration is not None else None,
+            speed=float(workload.get("speed", options["speed"])),
+            transport=options["transport"],
+            provision="claim" if target is not None else options["provision"],
+            ramp_per_s=options["ramp_per_s"],
+            regions=_regions(options["regions"]),
+            workdir=options["workdir"],
+            shard=options["shard"],
+            chaos=[parse_chaos(c) for c in options["chaos"]],
+            target=target,
+        )
+        if options["workers"]:
+            config.workers = options["workers"]
+        if options["no_limits"]:
+            config.limits = PublishLimits(enabled=False)
+        stop = multiprocessing.get_context("spawn").Event()
+        from iotfleet.sim.simulate import run_simulation  # noqa: PLC0415
+
+        with _until_signalled() as signalled, LiveView(shape.devices) as live:
+
+            def progress(p: Any) -> None:
+                if signalled.is_set():
+                    stop.set()  # Ctrl-C: workers drain, then the report is written as usual
+                live(p)
+
+            report = run_simulation(config, on_progress=progress, stop=stop)
+        breaches = thresholds_hold(
+            report,
+            max_lost=int(thresholds.get("max_lost", options["max_lost"])),
+            max_error_rate=thresholds.get("max_error_rate", options["max_error_rate"]),
+        )
+        report["thresholds"] = {"held": not breaches, "breaches": breaches}
+        if options["report_path"] is not None:
+            options["report_path"].write_text(json.dumps(report, indent=1))
+        _summary(report, breaches)
+    sys.exit(EXIT_BREACHED if breaches else EXIT_OK)
+
+
+@cli.group("report")
+def report_group() -> None:
+    """Simulator reports."""
+
+
+@report_group.command("merge")
+@click.argument("reports", nargs=-1, required=True, type=_FILE)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the merged JSON here.")
+def report_merge(reports: tuple[Path, ...], out: Path | None) -> None:
+    """Merge shard reports (--shard i/n runs) into the report one run would have written."""
+    from iotfleet.sim.report import load_report, merge_reports  # noqa: PLC0415
+
+    with _errors():
+        merged = merge_reports(load_report(p) for p in reports)
+    text = json.dumps(merged, indent=1)
+    if out is not None:
+        out.write_text(text)
+    else:
+        click.echo(text)
+
+
+@cli.group("drill")
+def drill() -> None:
+    """Scripted outage drills against the local cloud."""
+
+
+@drill.command("failover")
+@click.option("--devices", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Messages per second per device.",
+)
+@click.option("--mode", type=click.Choice(["kill", "blackhole"]), default="kill", show_default=True)
+@click.option(
+    "--warmup", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds before the fault."
+)
+@click.option("--observe", type=click.FloatRange(min=1), default=15.0, show_default=True, help="Seconds after it.")
+@click.option("--transport", type=click.Choice(["crt", "paho"]), default="crt", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def drill_failover(
+    devices: int, rate: float, mode: str, warmup: float, observe: float, transport: str, as_json: bool
+) -> None:
+    """Run a fleet on region 1, fail it, and report RTO (to first publish on region 2), loss, duplicates.
+
+    Exit code 1 when anything was lost or a device never failed over.
+    """
+    from iotfleet.sim.simulate import run_drill  # noqa: PLC0415
+
+    with _errors():
+        result = run_drill(
+            devices=devices, rate=rate, mode=mode, warmup_s=warmup, observe_s=observe, transport=transport
+        )
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        rto = result["rto_s"]
+        click.echo(
+            f"{mode} {result['devices']} devices: {result['failed_over']} failed over; "
+            f"RTO p50 {rto['p50']} s, p95 {rto['p95']} s, max {rto['max']} s"
+        )
+        click.echo(
+            f"sent {result['sent']}, acked {result['acked']}, ingested {result['ingested']}, "
+            f"lost {result['lost']}, duplicates {result['duplicates']}; detection by {result['detection']}"
+        )
+    ok = result["lost"] == 0 and result["failed_over"] == result["devices"]
+    sys.exit(EXIT_OK if ok else EXIT_BREACHED)
 
 
 # --------------------------------------------------------------------------- policy

@@ -37,11 +37,13 @@ from iotfleet.cloud.registry import (
     Thing,
 )
 from iotfleet.cloud.services.base import ServiceHost
+from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
 from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, ShadowStore
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
 from iotfleet.config import Endpoint, Identity, validate_region
 from iotfleet.errors import CloudError, ConfigError, RegistryError
+from iotfleet.sim.metrics import Histogram, SeqSet
 from iotfleet.topics import ThingScope, TopicScheme
 
 __all__ = [
@@ -175,6 +177,7 @@ class Region:
         self.evictions: list[GuardEvent] = []
         self.shadow_service: ShadowService | None = None
         self.provisioning: ProvisioningService | None = None
+        self.ingest: IngestService | None = None
         self._shadows: ShadowOperator | None = None
         self.eviction_counts: Counter[str] = Counter()
         self._kicks: queue.Queue[str | None] = queue.Queue()
@@ -206,9 +209,17 @@ class Region:
         return self._shadows
 
     def start_services(
-        self, host: ServiceHost, identity: Identity, provisioning: Callable[[Region], ProvisioningService]
+        self,
+        host: ServiceHost,
+        identity: Identity,
+        provisioning: Callable[[Region], ProvisioningService],
+        *,
+        ingest: TopicScheme | None = None,
     ) -> None:
-        """Start this region's services on ``host`` (MQTT clients of this region's broker)."""
+        """Start this region's services on ``host`` (MQTT clients of this region's broker).
+
+        With ``ingest`` (the topic scheme of device data) the region also runs an ingestion pipeline.
+        """
         service = ShadowService(
             region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
         )
@@ -217,9 +228,15 @@ class Region:
             service.attach(self.endpoint, identity, host),
             provisioner.attach(self.endpoint, identity, host),
         ]
+        if ingest is not None:
+            self.ingest = IngestService(region=self.name, path=self.directory / "ingest.sqlite", scheme=ingest)
+            connections.append(self.ingest.attach(self.endpoint, identity, host))
+        pipeline = self.ingest
 
         async def start() -> None:
             provisioner.start()
+            if pipeline is not None:
+                pipeline.start()
             for connection in connections:
                 connection.start()
             for connection in connections:
@@ -241,6 +258,8 @@ class Region:
         self.broker.stop()
         if self.shadow_service is not None:
             self.shadow_service.store.close()
+        if self.ingest is not None:
+            self.ingest.close()
         if self._kicker is not None:
             self._kicks.put(None)
             self._kicker.join(timeout=5)
@@ -369,6 +388,7 @@ class LocalCloud:
         token_ttl: float = TOKEN_TTL,
         provisioning_rate_limit: float | None = None,
         replicate_shadows: bool = False,
+        ingest: bool = False,
     ) -> None:
         names = list(regions)
         if not names:
@@ -392,6 +412,7 @@ class LocalCloud:
         self.replicator = Replicator(self._apply_replica, lag=replication_lag)
         self._services: ServiceHost | None = None
         self.replicate_shadows = replicate_shadows
+        self.ingest = ingest
         self.ca = CertificateAuthority.open(self.workdir / "ca")
         self.service = self._identity_files(SERVICE_IDENTITY)
         self.claim = self._identity_files(CLAIM_IDENTITY)
@@ -438,7 +459,12 @@ class LocalCloud:
                 )
                 self._regions[name] = region
                 region.start()
-                region.start_services(self._services, service_identity, self._provisioning_service)
+                region.start_services(
+                    self._services,
+                    service_identity,
+                    self._provisioning_service,
+                    ingest=self.scheme if self.ingest else None,
+                )
             if self.replicate_shadows:
                 services = [r.shadow_service for r in self._regions.values() if r.shadow_service is not None]
                 for service in services:
@@ -448,6 +474,26 @@ class LocalCloud:
             raise
         self._started = True
         return self
+
+    def ingest_stats(self) -> list[dict[str, Any]]:
+        """Each region's ingest figures (see :meth:`IngestService.stats`), taken on the services' loop."""
+        if self._services is None:
+            raise CloudError("the cloud is not running")
+        pipelines = [r.ingest for r in self._regions.values() if r.ingest is not None]
+        if not pipelines:
+            raise CloudError("this cloud has no ingestion pipeline: start it with LocalCloud(ingest=True)")
+
+        async def snapshot() -> list[dict[str, Any]]:
+            result = []
+            for pipeline in pipelines:
+                pipeline.flush()
+                stats = pipeline.stats()
+                stats["e2e"] = Histogram.from_dict(stats["e2e"].to_dict())
+                stats["by_device"] = {k: SeqSet.from_dict(v.to_dict()) for k, v in stats["by_device"].items()}
+                result.append(stats)
+            return result
+
+        return self._services.call(snapshot())
 
     def _provisioning_service(self, region: Region) -> ProvisioningService:
         def commit(registrations: tuple[Registration, ...]) -> None:

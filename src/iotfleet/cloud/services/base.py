@@ -141,6 +141,16 @@ class RegionService:
     def on_message(self, message: InboundMessage) -> None:
         raise NotImplementedError
 
+    _tasks: set[asyncio.Task[None]]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on the running loop, keeping a reference until it ends."""
+        if not hasattr(self, "_tasks"):
+            self._tasks = set()
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
         """Create this service's connection to its region (started by the caller on ``host``'s loop)."""
         self.connection = ServiceConnection(

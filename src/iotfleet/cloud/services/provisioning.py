@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -124,7 +124,6 @@ class ProvisioningService(RegionService):
         self._tokens: dict[str, _Token] = {}
         self._registering: set[str] = set()  # thing names in a batch not yet committed
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._recent: deque[float] = deque()
         self.requests: Counter[str] = Counter()  # by step
         self.rejected: Counter[str] = Counter()  # by errorCode
@@ -135,11 +134,6 @@ class ProvisioningService(RegionService):
         """Start the batch committer and the expiry sweep (on the services' loop)."""
         self._spawn(self._commit_loop(self._queue))
         self._spawn(self._sweep_loop())
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------- the MQTT path
 

@@ -1,0 +1,1 @@
+"""The fleet simulator: fleet model, workload, runner, metrics and report (``iotfleet simulate``)."""

@@ -1,0 +1,183 @@
+"""Mergeable measurements: log-bucketed latency histograms and per-device sequence sets.
+
+Both serialise to plain JSON and merge exactly, so worker processes, shards on other machines and the
+ingest side can each measure alone and the parent adds them up (DESIGN.md decision 11).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["Histogram", "SeqSet"]
+
+
+class Histogram:
+    """Latencies in milliseconds in log buckets: ``precision`` buckets per doubling (~3% wide at 24).
+
+    Quantiles are reported as the bucket's upper edge (never optimistic); ``max`` and ``count`` are exact.
+    Values below 1 µs share the first bucket.
+    """
+
+    __slots__ = ("buckets", "count", "max", "precision", "total")
+
+    def __init__(self, precision: int = 24) -> None:
+        self.precision = precision
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def _index(self, value: float) -> int:
+        return (
+            max(-20 * self.precision, math.ceil(math.log2(value) * self.precision))
+            if value > 0
+            else -20 * self.precision
+        )
+
+    def add(self, value_ms: float, n: int = 1) -> None:
+        index = self._index(value_ms)
+        self.buckets[index] = self.buckets.get(index, 0) + n
+        self.count += n
+        self.total += value_ms * n
+        self.max = max(self.max, value_ms)
+
+    def merge(self, other: Histogram) -> Histogram:
+        if other.precision != self.precision:
+            raise ValueError("histograms of different precision cannot be merged")
+        for index, n in other.buckets.items():
+            self.buckets[index] = self.buckets.get(index, 0) + n
+        self.count += other.count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+        return self
+
+    def quantile(self, q: float) -> float:
+        """The value at or below which a fraction ``q`` of samples lie (0 when empty)."""
+        if self.count == 0:
+            return 0.0
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return min(2 ** (index / self.precision), self.max)
+        return self.max
+
+    def summary(self) -> dict[str, float | int]:
+        """``count``, ``p50``, ``p95``, ``p99``, ``p999``, ``max`` and ``mean`` in ms, rounded to µs."""
+        values = {
+            f"p{label}": self.quantile(q) for label, q in (("50", 0.5), ("95", 0.95), ("99", 0.99), ("999", 0.999))
+        }
+        values["max"] = self.max
+        values["mean"] = self.total / self.count if self.count else 0.0
+        return {"count": self.count, **{k: round(v, 3) for k, v in values.items()}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "count": self.count,
+            "total": self.total,
+            "max": self.max,
+            "buckets": {str(k): v for k, v in self.buckets.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Histogram:
+        histogram = cls(int(data["precision"]))
+        histogram.buckets = {int(k): int(v) for k, v in data["buckets"].items()}
+        histogram.count = int(data["count"])
+        histogram.total = float(data["total"])
+        histogram.max = float(data["max"])
+        return histogram
+
+
+class SeqSet:
+    """A set of positive integers kept as sorted, disjoint, non-adjacent ``[start, end]`` ranges.
+
+    A device's sequence numbers mostly arrive in order, so a day of acknowledgements is a few ranges.
+    ``added_before`` counts additions that were already present (duplicates), ``out_of_order`` those
+    smaller than the largest seen so far.
+    """
+
+    __slots__ = ("_ends", "_starts", "duplicates", "highest", "out_of_order")
+
+    def __init__(self, values: Iterable[int] = ()) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.highest = 0
+        for value in values:
+            self.add(value)
+
+    def __len__(self) -> int:
+        return sum(e - s + 1 for s, e in zip(self._starts, self._ends, strict=True))
+
+    def __contains__(self, value: int) -> bool:
+        i = bisect.bisect_right(self._starts, value) - 1
+        return i >= 0 and self._ends[i] >= value
+
+    def ranges(self) -> list[list[int]]:
+        return [[s, e] for s, e in zip(self._starts, self._ends, strict=True)]
+
+    def add(self, value: int) -> bool:
+        """Add ``value``; False (and a duplicate counted) when it was already there."""
+        if value < self.highest:
+            self.out_of_order += 1
+        self.highest = max(self.highest, value)
+        i = bisect.bisect_right(self._starts, value) - 1
+        if i >= 0 and self._ends[i] >= value:
+            self.duplicates += 1
+            return False
+        joins_left = i >= 0 and self._ends[i] == value - 1
+        joins_right = i + 1 < len(self._starts) and self._starts[i + 1] == value + 1
+        if joins_left and joins_right:
+            self._ends[i] = self._ends[i + 1]
+            del self._starts[i + 1], self._ends[i + 1]
+        elif joins_left:
+            self._ends[i] = value
+        elif joins_right:
+            self._starts[i + 1] = value
+        else:
+            self._starts.insert(i + 1, value)
+            self._ends.insert(i + 1, value)
+        return True
+
+    def count_between(self, low: int, high: int) -> int:
+        """How many members lie in ``[low, high]``."""
+        i = max(0, bisect.bisect_right(self._starts, low) - 1)
+        total = 0
+        while i < len(self._starts) and self._starts[i] <= high:
+            total += max(0, min(high, self._ends[i]) - max(low, self._starts[i]) + 1)
+            i += 1
+        return total
+
+    def missing_from(self, other: SeqSet) -> int:
+        """How many members of ``self`` are not in ``other`` (e.g. acked but never ingested)."""
+        return len(self) - sum(other.count_between(s, e) for s, e in zip(self._starts, self._ends, strict=True))
+
+    def update(self, other: SeqSet) -> SeqSet:
+        """Union in place (merging shards or regions); duplicates across the two are counted."""
+        for s, e in other.ranges():
+            for value in range(s, e + 1):
+                self.add(value)
+        self.out_of_order += other.out_of_order
+        self.duplicates += other.duplicates
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ranges": self.ranges(), "duplicates": self.duplicates, "out_of_order": self.out_of_order}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SeqSet:
+        seqs = cls()
+        for s, e in data["ranges"]:
+            seqs._starts.append(int(s))
+            seqs._ends.append(int(e))
+        seqs.highest = seqs._ends[-1] if seqs._ends else 0
+        seqs.duplicates = int(data.get("duplicates", 0))
+        seqs.out_of_order = int(data.get("out_of_order", 0))
+        return seqs

@@ -1,0 +1,235 @@
+"""The simulator's report: one JSON document, mergeable across shards, and a human summary.
+
+Required keys (the issue's contract): ``devices``, ``duration_s``, ``sent``, ``acked``, ``ingested``,
+``lost``, ``duplicates``, ``throughput_msgs_per_s``, ``latency_ms`` (``connect``, ``ack``, ``e2e``, each
+with ``p50``, ``p95``, ``p99``, ``max``), ``errors`` and ``regions``. ``raw`` keeps what merging needs
+(histograms and per-device sequence sets), so ``iotfleet report merge`` gives the totals one run would.
+
+Definitions: ``acked`` counts distinct (device, sequence) pairs acknowledged; ``ingested`` distinct pairs
+stored by any region's ingest; ``lost`` pairs acknowledged but never ingested (the at-least-once
+contract broken); ``unacked`` pairs sent but still unacknowledged at the end (left in the outbox);
+``duplicates`` deliveries ingested more than once (within a region, and the same pair in two regions).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from iotfleet.errors import ConfigError
+from iotfleet.sim.metrics import Histogram, SeqSet
+from iotfleet.sim.runner import WorkerMetrics
+
+__all__ = ["build_report", "load_report", "merge_reports", "summary_lines", "thresholds_hold"]
+
+REQUIRED = ("devices", "duration_s", "sent", "acked", "ingested", "lost", "duplicates", "throughput_msgs_per_s")
+
+
+def _seqs(data: Mapping[str, Any]) -> dict[str, SeqSet]:
+    return {thing: SeqSet.from_dict(d) for thing, d in data.items()}
+
+
+def _union(target: dict[str, SeqSet], source: Mapping[str, SeqSet]) -> None:
+    for thing, seqs in source.items():
+        if thing in target:
+            target[thing].update(seqs)
+        else:
+            target[thing] = SeqSet.from_dict(seqs.to_dict())
+
+
+def build_report(
+    *,
+    workers: Sequence[WorkerMetrics],
+    ingest: Sequence[Mapping[str, Any]] | None,
+    duration_s: float,
+    config: Mapping[str, Any],
+    chaos: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Merge the workers' and ingest regions' figures into the raw form, then compute the report."""
+    acked: dict[str, SeqSet] = {}
+    sent: Counter[str] = Counter()
+    hist = {"connect": Histogram(), "ack": Histogram(), "e2e": Histogram(), "provision": Histogram()}
+    errors: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    regions: dict[str, Counter[str]] = {}
+    failovers: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    first_ack: dict[str, dict[str, float]] = {}
+    for w in workers:
+        _union(acked, w.acked_seqs)
+        sent.update(w.sent_by_device)
+        hist["connect"].merge(w.connect_ms)
+        hist["ack"].merge(w.ack_ms)
+        hist["provision"].merge(w.provision_ms)
+        errors.update(w.errors)
+        failed.update(w.failed)
+        failovers.update(w.failovers)
+        totals.update(
+            {"devices": w.devices, "connects": w.connects, "failbacks": w.failbacks, "unacked": w.outbox_depth}
+        )
+        for region, counters in w.by_region.items():
+            regions.setdefault(region, Counter()).update({"acked": counters["acked"], "connects": counters["connects"]})
+        first_ack.update(w.first_ack_at)
+    ingested: dict[str, SeqSet] | None = None
+    rejects: Counter[str] = Counter()
+    ingest_duplicates = 0
+    if ingest is not None:
+        ingested = {}
+        for stats in ingest:
+            hist["e2e"].merge(stats["e2e"])
+            rejects.update(stats["rejected"])
+            ingest_duplicates += stats["duplicates"]
+            counts = regions.setdefault(stats["region"], Counter())
+            counts.update({"ingested": stats["ingested"], "rejected": sum(stats["rejected"].values())})
+            _union(ingested, stats["by_device"])
+    raw = {
+        "acked": {k: v.to_dict() for k, v in acked.items()},
+        "ingested": None if ingested is None else {k: v.to_dict() for k, v in ingested.items()},
+        "sent": dict(sent),
+        "histograms": {k: v.to_dict() for k, v in hist.items()},
+        "errors": dict(errors),
+        "failed": dict(failed),
+        "rejects": dict(rejects),
+        "regions": {k: dict(v) for k, v in regions.items()},
+        "failovers": dict(failovers),
+        "totals": dict(totals),
+        "ingest_duplicates": ingest_duplicates,
+        "first_ack_at": first_ack,
+    }
+    return finish({"duration_s": round(duration_s, 3), "config": dict(config), "chaos": list(chaos), "raw": raw})
+
+
+def finish(report: dict[str, Any]) -> dict[str, Any]:
+    """Compute every headline figure of ``report`` from its ``raw`` section (also after a merge)."""
+    raw = report["raw"]
+    acked = _seqs(raw["acked"])
+    ingested = None if raw["ingested"] is None else _seqs(raw["ingested"])
+    hist = {k: Histogram.from_dict(v) for k, v in raw["histograms"].items()}
+    sent = sum(raw["sent"].values())
+    acked_n = sum(len(s) for s in acked.values())
+    totals = raw["totals"]
+    report.update(
+        {
+            "devices": totals.get("devices", 0),
+            "sent": sent,
+            "acked": acked_n,
+            "unacked": max(0, sent - acked_n - sum(raw["failed"].values())),
+            "failed": sum(raw["failed"].values()),
+            "throughput_msgs_per_s": round(acked_n / report["duration_s"], 1) if report["duration_s"] else 0.0,
+            "latency_ms": {k: v.summary() for k, v in hist.items()},
+            "errors": {"total": sum(raw["errors"].values()), **raw["errors"]},
+            "failovers": sum(raw["failovers"].values()),
+            "failovers_by_route": raw["failovers"],
+            "failbacks": totals.get("failbacks", 0),
+            "reconnects": max(0, totals.get("connects", 0) - totals.get("devices", 0)),
+            "regions": raw["regions"],
+            "rejects": raw["rejects"],
+        }
+    )
+    if ingested is None:
+        report.update({"ingested": None, "lost": None, "duplicates": None, "out_of_order": None})
+    else:
+        report["ingested"] = sum(len(s) for s in ingested.values())
+        report["lost"] = sum(seqs.missing_from(ingested.get(thing, SeqSet())) for thing, seqs in acked.items())
+        report["duplicates"] = raw["ingest_duplicates"] + sum(s.duplicates for s in ingested.values())
+        report["out_of_order"] = sum(s.out_of_order for s in ingested.values())
+    return report
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    try:
+        report: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read report {path}: {exc}") from exc
+    if not isinstance(report, dict) or "raw" not in report:
+        raise ConfigError(f"{path} is not an iotfleet simulate report (no 'raw' section): write it with --report")
+    return report
+
+
+def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """One report from shard reports: sums, unions of sequence sets, merged histograms."""
+    items = list(reports)
+    if not items:
+        raise ConfigError("name at least one report to merge")
+    raws = [r["raw"] for r in items]
+    acked: dict[str, SeqSet] = {}
+    ingested: dict[str, SeqSet] | None = {} if all(r["ingested"] is not None for r in raws) else None
+    hist: dict[str, Histogram] = {}
+    merged: dict[str, Counter[str]] = {
+        k: Counter() for k in ("sent", "errors", "failed", "rejects", "failovers", "totals")
+    }
+    regions: dict[str, Counter[str]] = {}
+    first_ack: dict[str, dict[str, float]] = {}
+    for raw in raws:
+        _union(acked, _seqs(raw["acked"]))
+        if ingested is not None:
+            _union(ingested, _seqs(raw["ingested"]))
+        for name, data in raw["histograms"].items():
+            hist.setdefault(name, Histogram(int(data["precision"]))).merge(Histogram.from_dict(data))
+        for key, counter in merged.items():
+            counter.update(raw[key])
+        for region, counts in raw["regions"].items():
+            regions.setdefault(region, Counter()).update(counts)
+        first_ack.update(raw.get("first_ack_at", {}))
+    raw_out = {
+        "acked": {k: v.to_dict() for k, v in acked.items()},
+        "ingested": None if ingested is None else {k: v.to_dict() for k, v in ingested.items()},
+        "histograms": {k: v.to_dict() for k, v in hist.items()},
+        "regions": {k: dict(v) for k, v in regions.items()},
+        "ingest_duplicates": sum(r["ingest_duplicates"] for r in raws),
+        "first_ack_at": first_ack,
+        **{k: dict(v) for k, v in merged.items()},
+    }
+    duration = max(float(r["duration_s"]) for r in items)
+    shards = [r.get("config", {}).get("shard") for r in items]
+    return finish(
+        {"duration_s": duration, "config": {"merged_from": len(items), "shards": shards}, "chaos": [], "raw": raw_out}
+    )
+
+
+def thresholds_hold(report: Mapping[str, Any], *, max_lost: int = 0, max_error_rate: float | None = None) -> list[str]:
+    """The thresholds the run breached (empty when all hold)."""
+    breaches = []
+    lost = report.get("lost")
+    if lost is not None and lost > max_lost:
+        breaches.append(f"lost {lost} > {max_lost}")
+    if max_error_rate is not None and report["sent"]:
+        rate = report["errors"]["total"] / report["sent"]
+        if rate > max_error_rate:
+            breaches.append(f"error rate {rate:.4f} > {max_error_rate}")
+    return breaches
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) rows of the human summary table."""
+
+    def lat(name: str) -> str:
+        s = report["latency_ms"][name]
+        if not s["count"]:
+            return "-"
+        return f"p50 {s['p50']:.1f}  p95 {s['p95']:.1f}  p99 {s['p99']:.1f}  max {s['max']:.1f}"
+
+    none = "n/a (no ingest: not the local cloud)"
+    rows = [
+        ("devices", f"{report['devices']:,}"),
+        ("duration", f"{report['duration_s']:.1f} s"),
+        ("sent / acked", f"{report['sent']:,} / {report['acked']:,}"),
+        ("ingested", none if report["ingested"] is None else f"{report['ingested']:,}"),
+        ("lost", none if report["lost"] is None else f"{report['lost']:,}"),
+        ("duplicates", none if report["duplicates"] is None else f"{report['duplicates']:,}"),
+        ("unacked at end", f"{report['unacked']:,}"),
+        ("throughput", f"{report['throughput_msgs_per_s']:,.1f} msg/s"),
+        ("connect ms", lat("connect")),
+        ("ack ms", lat("ack")),
+        ("end-to-end ms", lat("e2e")),
+        ("errors", f"{report['errors']['total']:,}"),
+        ("failovers / failbacks", f"{report['failovers']} / {report['failbacks']}"),
+    ]
+    if report.get("rejects"):
+        rows.append(("ingest rejects", ", ".join(f"{k}: {v}" for k, v in report["rejects"].items())))
+    for region, counts in sorted(report["regions"].items()):
+        rows.append((f"region {region}", ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))))
+    return rows

@@ -1,0 +1,360 @@
+"""The simulator's runner: worker processes, one DeviceClient (one connection, one identity) per device.
+
+The parent splits the fleet by site over ``workers`` processes (spawned, never forked; DESIGN.md
+decision 10). Each worker runs one event loop: it ramps its devices up at ``ramp_per_s``, runs each
+device's tasks (:mod:`iotfleet.sim.workload`) in simulated time, and every second sends a snapshot of
+its counters to the parent, which draws the live view and runs the chaos schedule. On stop, each worker
+drains its devices' outboxes (``drain_s``), closes them and sends its final :class:`WorkerMetrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import random
+import resource
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
+from iotfleet.device.client import DeviceClient
+from iotfleet.device.events import (
+    Connected,
+    ConnectFailed,
+    DeviceEvent,
+    Disconnected,
+    FailedOver,
+    PublishAcked,
+    PublishFailed,
+)
+from iotfleet.errors import ClientError, IotFleetError
+from iotfleet.provisioning import FleetProvisioner, IdentityStore
+from iotfleet.sim.fleet import SimDevice
+from iotfleet.sim.metrics import Histogram, SeqSet
+from iotfleet.sim.workload import DEVICE_TYPES
+
+__all__ = ["ClaimSettings", "WorkerMetrics", "WorkerSpec", "run_workers"]
+
+log = logging.getLogger(__name__)
+SNAPSHOT_EVERY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSettings:
+    """What ``--provision claim`` needs: the claim identity and the template."""
+
+    claim: Identity
+    template: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything one worker process needs (picklable)."""
+
+    index: int
+    devices: Sequence[SimDevice]
+    endpoints: Sequence[Endpoint]
+    identity_dir: Path
+    ca_file: Path
+    speed: float
+    duration_s: float | None
+    ramp_per_s: float
+    reconnect: ReconnectPolicy
+    limits: PublishLimits
+    transport: str = "crt"
+    drain_s: float = 10.0
+    claim: ClaimSettings | None = None
+    start_at: float = 0.0  # wall clock (epoch) when simulated time starts for every worker
+
+
+@dataclass
+class WorkerMetrics:
+    """What one worker measured; merged by the parent. Latencies in ms."""
+
+    devices: int = 0
+    connected: int = 0
+    sent: int = 0
+    acked: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    connects: int = 0
+    disconnects: Counter[str] = field(default_factory=Counter)
+    failovers: Counter[str] = field(default_factory=Counter)  # "from->to"
+    failbacks: int = 0
+    by_region: dict[str, Counter[str]] = field(default_factory=dict)  # region -> acked, connected, connects
+    connect_ms: Histogram = field(default_factory=Histogram)
+    ack_ms: Histogram = field(default_factory=Histogram)
+    provision_ms: Histogram = field(default_factory=Histogram)
+    acked_seqs: dict[str, SeqSet] = field(default_factory=dict)
+    sent_by_device: dict[str, int] = field(default_factory=dict)
+    first_ack_at: dict[str, dict[str, float]] = field(default_factory=dict)  # thing -> region -> epoch s
+    outbox_depth: int = 0
+    provisioned: int = 0
+    started: int = 0
+
+    def region(self, name: str) -> Counter[str]:
+        counters = self.by_region.get(name)
+        if counters is None:
+            counters = self.by_region[name] = Counter()
+        return counters
+
+    def on_event(self, event: DeviceEvent) -> None:
+        if isinstance(event, PublishAcked):
+            self.acked += 1
+            self.ack_ms.add(event.latency_s * 1000)
+            region = event.endpoint.region
+            self.region(region)["acked"] += 1
+            seqs = self.acked_seqs.get(event.thing)
+            if seqs is None:
+                seqs = self.acked_seqs[event.thing] = SeqSet()
+            seqs.add(event.seq)
+            firsts = self.first_ack_at.setdefault(event.thing, {})
+            if region not in firsts:
+                firsts[region] = time.time()
+        elif isinstance(event, Connected):
+            self.connects += 1
+            self.connected += 1
+            self.connect_ms.add(event.connect_s * 1000)
+            self.region(event.endpoint.region)["connected"] += 1
+            self.region(event.endpoint.region)["connects"] += 1
+        elif isinstance(event, Disconnected):
+            self.connected -= 1
+            self.region(event.endpoint.region)["connected"] -= 1
+            self.disconnects[event.reason] += 1
+        elif isinstance(event, ConnectFailed):
+            self.errors[f"connect: {event.reason}"] += 1
+        elif isinstance(event, FailedOver):
+            if event.failback:
+                self.failbacks += 1
+            else:
+                self.failovers[f"{event.from_endpoint.region}->{event.to_endpoint.region}"] += 1
+        elif isinstance(event, PublishFailed):
+            self.failed[event.reason] += 1
+            self.errors[f"publish: {event.reason}"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The small live figures sent every second (no per-device data)."""
+        return {
+            "devices": self.devices,
+            "started": self.started,
+            "provisioned": self.provisioned,
+            "connected": self.connected,
+            "sent": self.sent,
+            "acked": self.acked,
+            "errors": sum(self.errors.values()),
+            "outbox": self.outbox_depth,
+            "p99_ack_ms": self.ack_ms.quantile(0.99),
+            "by_region": {r: c["connected"] for r, c in self.by_region.items()},
+        }
+
+
+# --------------------------------------------------------------------------- the worker process
+
+
+def _worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
+    from iotfleet.transport.crt import skip_system_trust_store  # noqa: PLC0415 - in the child only
+
+    skip_system_trust_store()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    del soft
+    try:
+        metrics = asyncio.run(_worker(spec, results, stop))
+    except BaseException as exc:  # reported to the parent, which fails the run with it
+        results.put(("error", spec.index, f"{type(exc).__name__}: {exc}"))
+        raise
+    results.put(("final", spec.index, metrics))
+
+
+async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics) -> Identity:
+    if spec.claim is None:
+        directory = spec.identity_dir / device.thing
+        return Identity(
+            thing_name=device.thing,
+            cert_file=directory / "cert.pem",
+            key_file=directory / "key.pem",
+            ca_file=spec.ca_file,
+        )
+    store = IdentityStore(spec.identity_dir / device.thing)
+    if store.exists():
+        return store.load().identity
+    started = time.perf_counter()
+    provisioner = FleetProvisioner(
+        endpoints=spec.endpoints,
+        claim=spec.claim.claim,
+        template=spec.claim.template,
+        parameters={"Tenant": device.tenant, "Site": device.site, "SerialNumber": device.thing},
+        transport=spec.transport,
+        timeout=30,
+        attempts=8,
+    )
+    stored = await provisioner.provision_into(store, verify=False)
+    metrics.provision_ms.add((time.perf_counter() - started) * 1000)
+    metrics.provisioned += 1
+    return stored.identity
+
+
+async def _run_device(
+    device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics, stopping: asyncio.Event, clients: list[DeviceClient]
+) -> None:
+    try:
+        identity = await _identity(device, spec, metrics)
+    except IotFleetError as exc:
+        metrics.errors[f"provision: {type(exc).__name__}"] += 1
+        log.warning("%s: provisioning failed: %s", device.thing, exc)
+        return
+    rng = random.Random(device.seed)
+    kind = DEVICE_TYPES[device.device_type]
+    state = kind.new_state(device, rng)
+    client = DeviceClient(
+        identity=identity,
+        endpoints=spec.endpoints,
+        tenant=device.tenant,
+        site=device.site,
+        transport=spec.transport,
+        reconnect=spec.reconnect,
+        limits=spec.limits,
+        listeners=[metrics.on_event],
+        connect_wait_s=0,
+        drain_on_close_s=spec.drain_s,
+    )
+    clients.append(client)
+    metrics.started += 1
+    async with client:
+        loop = asyncio.get_running_loop()
+        origin_real = loop.time()
+        sim_origin = spec.start_at
+        due = [task.next_gap(rng) * rng.random() for task in kind.tasks]  # random phase per device
+        while not stopping.is_set():
+            index = min(range(len(due)), key=due.__getitem__)
+            wait = origin_real + due[index] / spec.speed - loop.time()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), wait)
+                if stopping.is_set():
+                    break
+            task = kind.tasks[index]
+            now = sim_origin + due[index]
+            due[index] += task.next_gap(rng)
+            payload = task.build(state, rng, now)
+            if payload is None:
+                continue
+            try:
+                client.enqueue(task.stream, payload).add_done_callback(_consume)
+            except ClientError as exc:
+                metrics.errors[f"enqueue: {type(exc).__name__}"] += 1
+                continue
+            metrics.sent += 1
+            metrics.sent_by_device[device.thing] = metrics.sent_by_device.get(device.thing, 0) + 1
+        await client.close(spec.drain_s)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Receipts are counted by the PublishAcked/PublishFailed events; retrieve the outcome so none is logged."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> WorkerMetrics:
+    metrics = WorkerMetrics(devices=len(spec.devices))
+    stopping = asyncio.Event()
+    clients: list[DeviceClient] = []
+    loop = asyncio.get_running_loop()
+    deadline = None if spec.duration_s is None else loop.time() + spec.duration_s
+
+    async def watch() -> None:
+        while not stopping.is_set():
+            await asyncio.sleep(SNAPSHOT_EVERY_S)
+            metrics.outbox_depth = sum(len(c.outbox) for c in clients)
+            results.put(("snapshot", spec.index, metrics.snapshot()))
+            if stop.is_set() or (deadline is not None and loop.time() >= deadline):
+                stopping.set()
+
+    watcher = loop.create_task(watch())
+    runs = []
+    gap = 1.0 / spec.ramp_per_s if spec.ramp_per_s > 0 else 0.0
+    for device in spec.devices:
+        if stopping.is_set():
+            break
+        runs.append(loop.create_task(_run_device(device, spec, metrics, stopping, clients)))
+        if gap:
+            await asyncio.sleep(gap)
+    await asyncio.gather(*runs, return_exceptions=False)
+    stopping.set()
+    await watcher
+    metrics.outbox_depth = sum(len(c.outbox) for c in clients)
+    return metrics
+
+
+# --------------------------------------------------------------------------- the parent side
+
+
+def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is one message kind
+    specs: Sequence[WorkerSpec],
+    stop: MpEvent,
+    on_snapshot: Any,
+    on_tick: Any,
+    timeout_s: float | None,
+) -> list[WorkerMetrics]:
+    """Start one spawned process per spec, feed snapshots to ``on_snapshot(index, dict)``, call
+    ``on_tick()`` about every 0.2 s (chaos, live view), and return every worker's final metrics."""
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[Any] = context.Queue()
+    processes = [
+        context.Process(target=_worker_entry, args=(spec, results, stop), name=f"iotfleet-worker-{spec.index}")
+        for spec in specs
+    ]
+    for process in processes:
+        process.start()
+    finals: dict[int, WorkerMetrics] = {}
+    failures: list[str] = []
+    started = time.monotonic()
+    try:
+        while len(finals) + len(failures) < len(processes):
+            on_tick()
+            try:
+                kind, index, body = results.get(timeout=0.2)
+            except queue.Empty:
+                if all(not p.is_alive() for p in processes):
+                    try:  # a last message may still be in the pipe
+                        kind, index, body = results.get(timeout=1.0)
+                    except queue.Empty:
+                        failures.append("a worker process exited without reporting")
+                        break
+                elif timeout_s is not None and time.monotonic() - started > timeout_s:
+                    stop.set()
+                    failures.append(f"workers did not finish within {timeout_s:.0f}s")
+                    break
+                else:
+                    continue
+            if kind == "snapshot":
+                on_snapshot(index, body)
+            elif kind == "final":
+                finals[index] = body
+            else:
+                failures.append(f"worker {index}: {body}")
+    finally:
+        stop.set()
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()  # by its own PID; never by name
+                process.join(timeout=5)
+        results.close()
+    if failures:
+        raise IotFleetError("; ".join(failures))
+    return [finals[i] for i in sorted(finals)]
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,347 @@
+"""``iotfleet simulate`` and ``iotfleet drill failover``: set up the target, run the workers, report.
+
+The default target is an embedded two-region local cloud with its ingestion pipeline, started and
+stopped by the run. ``--config fleet.toml`` with a ``[target]`` section names real endpoints instead
+(the CA, claim credentials and template to provision with); ingest figures are then unavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
+from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
+from iotfleet.errors import ConfigError
+from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
+from iotfleet.sim.metrics import SeqSet
+from iotfleet.sim.report import build_report
+from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
+
+__all__ = ["ChaosEvent", "SimConfig", "Target", "parse_chaos", "parse_duration", "run_drill", "run_simulation"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Local-cloud timings: a dead or frozen region is noticed within seconds, not IoT Core's minutes.
+LOCAL_RECONNECT = ReconnectPolicy(
+    keepalive_s=5,
+    ping_timeout_s=2.0,
+    connect_timeout_s=2.0,
+    min_backoff_s=0.1,
+    max_backoff_s=2.0,
+    failover_after_failures=2,
+    failover_after_s=3.0,
+    failback_probe_s=5.0,
+    stable_after_s=10.0,
+)
+
+
+def parse_duration(text: str) -> float:
+    """``20s``, ``5m``, ``1h``, ``1.5h`` or plain seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"duration {text!r} is not a positive number of seconds or a unit (20s, 5m, 1h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosEvent:
+    """``kill:eu-west-1@30s``: at 30 s into the run, kill region eu-west-1."""
+
+    action: str
+    region: str
+    at_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "region": self.region, "at_s": self.at_s}
+
+
+def parse_chaos(text: str) -> ChaosEvent:
+    action, sep, rest = text.partition(":")
+    region, at, when = rest.partition("@")
+    if not sep or not at or action not in ("kill", "blackhole", "restore") or not region:
+        raise ConfigError(
+            f"chaos event {text!r} is not ACTION:REGION@TIME with ACTION kill, blackhole or restore "
+            "(e.g. kill:eu-west-1@30s)"
+        )
+    return ChaosEvent(action, region, parse_duration(when) if when.strip() not in ("0", "0s") else 0.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Real endpoints to drive instead of the local cloud."""
+
+    endpoints: Sequence[Endpoint]
+    ca_file: Path
+    claim: Identity
+    template: str
+
+    @classmethod
+    def from_toml(cls, section: dict[str, Any], base: Path) -> Target:
+        try:
+            endpoints = [Endpoint.parse(e) for e in section["endpoints"]]
+            ca = base / section["ca"]
+            claim = Identity(
+                thing_name="claim",
+                cert_file=base / section["claim_cert"],
+                key_file=base / section["claim_key"],
+                ca_file=ca,
+            )
+            return cls(endpoints, ca, claim, section.get("template", "iotfleet-default"))
+        except KeyError as exc:
+            raise ConfigError(f"[target] needs endpoints, ca, claim_cert and claim_key (missing {exc})") from None
+
+
+@dataclass
+class SimConfig:
+    """Everything ``iotfleet simulate`` takes."""
+
+    shape: FleetShape = field(default_factory=FleetShape)
+    duration_s: float | None = None
+    speed: float = 1.0
+    workers: int = field(default_factory=default_workers)
+    transport: str = "crt"
+    provision: str = "direct"
+    ramp_per_s: float = 500.0
+    limits: PublishLimits = field(default_factory=PublishLimits)
+    reconnect: ReconnectPolicy | None = None
+    regions: Sequence[str] = DEFAULT_REGIONS
+    workdir: Path | None = None
+    shard: tuple[int, int] = (0, 1)
+    chaos: Sequence[ChaosEvent] = ()
+    target: Target | None = None
+    drain_s: float = 10.0
+    settle_s: float = 10.0
+
+    def check(self) -> None:
+        if self.speed <= 0:
+            raise ConfigError("--speed must be greater than 0")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.provision not in ("direct", "claim"):
+            raise ConfigError("--provision is direct or claim")
+        if self.target is not None and self.provision == "direct":
+            raise ConfigError(
+                "a real target needs --provision claim: only the local cloud can issue identities directly"
+            )
+        if self.target is not None and self.chaos:
+            raise ConfigError("--chaos works against the local cloud only")
+        for event in self.chaos:
+            if event.region not in self.regions:
+                raise ConfigError(f"chaos event names region {event.region!r}; the regions are {list(self.regions)}")
+
+
+@dataclass
+class Progress:
+    """The live figures the parent holds: each worker's last snapshot, and chaos events done."""
+
+    snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)
+    chaos_done: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def total(self, key: str) -> float:
+        return float(sum(s.get(key, 0) for s in self.snapshots.values()))
+
+    def by_region(self) -> dict[str, int]:
+        regions: dict[str, int] = {}
+        for snapshot in self.snapshots.values():
+            for region, n in snapshot.get("by_region", {}).items():
+                regions[region] = regions.get(region, 0) + n
+        return regions
+
+
+def _split(devices: Sequence[SimDevice], workers: int) -> list[list[SimDevice]]:
+    """Whole sites per worker, balanced by device count."""
+    by_site: dict[int, list[SimDevice]] = {}
+    for device in devices:
+        by_site.setdefault(device.site_index, []).append(device)
+    buckets: list[list[SimDevice]] = [[] for _ in range(min(workers, max(1, len(by_site))))]
+    for site in sorted(by_site.values(), key=len, reverse=True):
+        min(buckets, key=len).extend(site)
+    return [b for b in buckets if b]
+
+
+@contextlib.contextmanager
+def _local_cloud(config: SimConfig, workdir: Path) -> Iterator[LocalCloud]:
+    cloud = LocalCloud(config.regions, workdir=workdir / "cloud", ingest=True)
+    with cloud:
+        yield cloud
+
+
+def run_simulation(
+    config: SimConfig,
+    *,
+    on_progress: Callable[[Progress], None] = lambda _p: None,
+    stop: Any = None,
+) -> dict[str, Any]:
+    """Run the fleet and return the report. ``stop`` (a multiprocessing Event) ends it early (Ctrl-C)."""
+    config.check()
+    devices = shard_of(build_fleet(config.shape), *config.shard)
+    if not devices:
+        raise ConfigError(f"shard {config.shard[0]}/{config.shard[1]} holds no site of this fleet")
+    stop = stop or multiprocessing.get_context("spawn").Event()
+    with contextlib.ExitStack() as stack:
+        workdir = config.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="iotfleet-sim-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        cloud = None if config.target is not None else stack.enter_context(_local_cloud(config, workdir))
+        if cloud is not None:
+            endpoints: Sequence[Endpoint] = cloud.endpoints
+            ca_file = cloud.ca_file
+            claim = ClaimSettings(
+                Identity(
+                    thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=ca_file
+                ),
+                cloud.template,
+            )
+            identity_dir = cloud.workdir / "things"
+            if config.provision == "direct":
+                cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in devices])
+        elif config.target is not None:
+            endpoints, ca_file = config.target.endpoints, config.target.ca_file
+            claim = ClaimSettings(config.target.claim, config.target.template)
+            identity_dir = workdir / "identities"
+        else:
+            raise ConfigError("no target: the local cloud did not start and no [target] was given")
+        if config.provision == "claim":
+            identity_dir = workdir / "identities"
+        start_at = time.time()
+        specs = [
+            WorkerSpec(
+                index=i,
+                devices=chunk,
+                endpoints=list(endpoints),
+                identity_dir=identity_dir,
+                ca_file=ca_file,
+                speed=config.speed,
+                duration_s=config.duration_s,
+                ramp_per_s=config.ramp_per_s / config.workers,
+                reconnect=config.reconnect or (LOCAL_RECONNECT if cloud is not None else ReconnectPolicy()),
+                limits=config.limits,
+                transport=config.transport,
+                drain_s=config.drain_s,
+                claim=claim if config.provision == "claim" else None,
+                start_at=start_at,
+            )
+            for i, chunk in enumerate(_split(devices, config.workers))
+        ]
+        progress = Progress()
+        pending = sorted(config.chaos, key=lambda e: e.at_s)
+
+        def tick() -> None:
+            elapsed = time.monotonic() - progress.started
+            while pending and pending[0].at_s <= elapsed and cloud is not None:
+                event = pending.pop(0)
+                getattr(cloud.region(event.region), event.action)()
+                progress.chaos_done.append({**event.to_dict(), "done_at_s": round(elapsed, 3), "epoch": time.time()})
+            on_progress(progress)
+
+        def snapshot(index: int, body: dict[str, Any]) -> None:
+            progress.snapshots[index] = body
+
+        timeout = None if config.duration_s is None else config.duration_s + config.drain_s + 300 + len(devices) / 50
+        started = time.monotonic()
+        metrics = run_workers(specs, stop, snapshot, tick, timeout)
+        duration = time.monotonic() - started
+        ingest = _settle(cloud, metrics, config.settle_s) if cloud is not None else None
+        report_config = {
+            "shape": config.shape.model_dump(),
+            "speed": config.speed,
+            "workers": len(specs),
+            "transport": config.transport,
+            "provision": config.provision,
+            "shard": f"{config.shard[0]}/{config.shard[1]}",
+            "target": "local-cloud" if cloud is not None else [str(e) for e in endpoints],
+        }
+        return build_report(
+            workers=metrics, ingest=ingest, duration_s=duration, config=report_config, chaos=progress.chaos_done
+        )
+
+
+def _settle(cloud: LocalCloud, metrics: Sequence[WorkerMetrics], settle_s: float) -> list[dict[str, Any]]:
+    """Wait until the ingest has everything that was acknowledged (or ``settle_s`` passes)."""
+    acked = sum(sum(len(s) for s in m.acked_seqs.values()) for m in metrics)
+    deadline = time.monotonic() + settle_s
+    while True:
+        stats = cloud.ingest_stats()
+        distinct: dict[str, SeqSet] = {}
+        for region in stats:
+            for thing, seqs in region["by_device"].items():
+                distinct.setdefault(thing, SeqSet()).update(seqs)
+        if sum(len(v) for v in distinct.values()) >= acked or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- the failover drill
+
+
+def run_drill(
+    *,
+    devices: int,
+    rate: float,
+    mode: str,
+    warmup_s: float = 5.0,
+    observe_s: float = 15.0,
+    transport: str = "crt",
+    workers: int | None = None,
+    reconnect: ReconnectPolicy | None = None,
+) -> dict[str, Any]:
+    """Fleet on region 1; fail it (``kill`` or ``blackhole``) after ``warmup_s``; report RTO, loss, duplicates.
+
+    RTO of a device: from the fault to its first publish acknowledged by region 2.
+    """
+    if mode not in ("kill", "blackhole"):
+        raise ConfigError("--mode is kill or blackhole")
+    if devices < 1 or rate <= 0:
+        raise ConfigError("--devices must be >= 1 and --rate > 0")
+    assets = min(devices, 40)
+    sites = math.ceil(devices / assets)
+    shape = FleetShape(sites=sites, tenants=1, buildings=1, rooms=1, assets=assets)
+    regions = list(DEFAULT_REGIONS)
+    config = SimConfig(
+        shape=shape,
+        duration_s=warmup_s + observe_s,
+        speed=10.0 / rate,  # telemetry every 10 simulated s -> `rate` messages per real second per device
+        workers=workers or default_workers(),
+        transport=transport,
+        chaos=[ChaosEvent(mode, regions[0], warmup_s)],
+        regions=regions,
+        reconnect=reconnect or LOCAL_RECONNECT,
+        limits=PublishLimits(enabled=False),
+    )
+    report = run_simulation(config)
+    fault = next(e for e in report["chaos"] if e["action"] == mode)
+    rtos = sorted(
+        firsts[regions[1]] - fault["epoch"]
+        for firsts in report["raw"]["first_ack_at"].values()
+        if regions[1] in firsts and firsts[regions[1]] >= fault["epoch"]
+    )
+    failed_over = len(rtos)
+
+    def pick(q: float) -> float:
+        return round(rtos[min(len(rtos) - 1, max(0, math.ceil(q * len(rtos)) - 1))], 3) if rtos else 0.0
+
+    return {
+        "mode": mode,
+        "devices": report["devices"],
+        "sent": report["sent"],
+        "acked": report["acked"],
+        "ingested": report["ingested"],
+        "lost": report["lost"],
+        "duplicates": report["duplicates"],
+        "failed_over": failed_over,
+        "rto_s": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(rtos[-1], 3) if rtos else 0.0},
+        "detection": f"{mode}: {'connection reset' if mode == 'kill' else 'ping timeout'} "
+        f"(keepalive {config.reconnect.keepalive_s if config.reconnect else '-'} s, "
+        f"ping timeout {config.reconnect.ping_timeout_s if config.reconnect else '-'} s)",
+        "shadow": None,
+        "report": {k: v for k, v in report.items() if k != "raw"},
+    }

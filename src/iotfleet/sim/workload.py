@@ -1,0 +1,197 @@
+"""What a simulated device does, declared as paced tasks, and the payload schemas the ingest checks.
+
+A :class:`DeviceType` is a list of :class:`Task` s: each runs every ``every_s`` simulated seconds on
+average (exponential gaps when ``poisson``, else fixed with ±10% jitter) and builds one payload from the
+device's state and its own random stream, or None to skip that turn. A user adds a device type in a few
+lines::
+
+    SENSOR = DeviceType("co2-sensor", tasks=(Task("telemetry", 60, lambda d, rng, now: {"co2": 400 + rng.random()}),))
+
+``--speed X`` divides every interval by X. The luminaire's telemetry is sized so that one 40-device site
+sends about 100 MB a day: 40 x 8,640 messages of ~290 bytes (see :func:`bytes_per_site_day`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from iotfleet.sim.fleet import SimDevice
+
+__all__ = [
+    "DEVICE_TYPES",
+    "LUMINAIRE",
+    "SCHEMAS",
+    "DeviceType",
+    "LuminaireState",
+    "Task",
+    "bytes_per_site_day",
+    "validate",
+]
+
+Builder = Callable[[Any, random.Random, float], Mapping[str, Any] | None]
+DAY_S: Final = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """Publish to ``stream`` every ``every_s`` simulated seconds; ``build`` makes the payload (or None)."""
+
+    stream: str
+    every_s: float
+    build: Builder
+    poisson: bool = False
+
+    def next_gap(self, rng: random.Random) -> float:
+        if self.poisson:
+            return rng.expovariate(1.0 / self.every_s)
+        return self.every_s * (0.9 + 0.2 * rng.random())
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceType:
+    """A kind of device: its tasks, and how to make one device's mutable state."""
+
+    name: str
+    tasks: tuple[Task, ...]
+    new_state: Callable[[SimDevice, random.Random], Any] = field(default=lambda _d, _rng: None)
+
+
+# --------------------------------------------------------------------------- the luminaire
+
+
+@dataclass(slots=True)
+class LuminaireState:
+    """One luminaire: its dim level (set through the shadow), health and energy counter."""
+
+    device: SimDevice
+    dim: int
+    rated_w: float
+    energy_wh: float = 0.0
+    last_usage_at: float = 0.0
+    faulty: bool = False
+    firmware: str = "2.4.1"
+
+
+def _new_luminaire(device: SimDevice, rng: random.Random) -> LuminaireState:
+    return LuminaireState(device, dim=rng.choice([40, 60, 80, 100]), rated_w=rng.choice([18.0, 24.0, 36.0]))
+
+
+def _power(state: LuminaireState, rng: random.Random) -> float:
+    return 0.0 if state.faulty else round(state.rated_w * state.dim / 100 * (0.97 + 0.06 * rng.random()), 2)
+
+
+def _telemetry(state: LuminaireState, rng: random.Random, now: float) -> dict[str, Any]:
+    power = _power(state, rng)
+    state.energy_wh += power * 10 / 3600
+    occupied = rng.random() < 0.4
+    return {
+        "ts": round(now, 3),
+        "power_w": power,
+        "dim": state.dim,
+        "lux": round(state.dim * 5.2 * (0.9 + 0.2 * rng.random()), 1),
+        "occupancy": occupied,
+        "temperature_c": round(21 + 4 * rng.random(), 2),
+        "voltage_v": round(229 + 3 * rng.random(), 1),
+        "current_a": round(power / 230, 4),
+        "power_factor": round(0.92 + 0.06 * rng.random(), 3),
+        "driver_temp_c": round(38 + 10 * rng.random(), 1),
+        "building": state.device.building,
+        "room": state.device.room,
+        "asset": state.device.asset,
+        "firmware": state.firmware,
+        "rssi_dbm": -rng.randint(45, 85),
+        "uptime_s": int(now) % 1_000_000,
+    }
+
+
+def _usage(state: LuminaireState, _rng: random.Random, now: float) -> dict[str, Any]:
+    report = {
+        "ts": round(now, 3),
+        "period_s": round(now - state.last_usage_at, 1),
+        "energy_wh": round(state.energy_wh, 3),
+    }
+    state.energy_wh, state.last_usage_at = 0.0, now
+    return report
+
+
+def _fault(state: LuminaireState, rng: random.Random, now: float) -> dict[str, Any]:
+    if state.faulty:  # a failed lamp is repaired before it fails again
+        state.faulty = False
+        return {"ts": round(now, 3), "code": "repaired", "severity": "info"}
+    state.faulty = rng.random() < 0.5
+    code = "lamp-failure" if state.faulty else "driver-overheat"
+    return {"ts": round(now, 3), "code": code, "severity": "critical" if state.faulty else "warning"}
+
+
+def _spike(state: LuminaireState, rng: random.Random, now: float) -> dict[str, Any]:
+    baseline = _power(state, rng)
+    return {"ts": round(now, 3), "power_w": round(baseline * (2 + 3 * rng.random()), 2), "baseline_w": baseline}
+
+
+LUMINAIRE: Final = DeviceType(
+    "luminaire",
+    tasks=(
+        Task("telemetry", 10.0, _telemetry),
+        Task("usage", 3600.0, _usage),
+        Task("fault", 6 * 3600.0, _fault, poisson=True),
+        Task("spike", 2 * 3600.0, _spike, poisson=True),
+    ),
+    new_state=_new_luminaire,
+)
+DEVICE_TYPES: Final[dict[str, DeviceType]] = {"luminaire": LUMINAIRE}
+
+
+def bytes_per_site_day(devices_per_site: int = 40, samples: int = 200) -> float:
+    """Estimated payload bytes a site sends per simulated day (mean payload size x rate, per task)."""
+    rng = random.Random(7)
+    device = SimDevice("site-0001-b1-r01-a01", "tenant-01", "site-0001", 0, 1, 1, 1, 7)
+    state = _new_luminaire(device, rng)
+    total = 0.0
+    for task in LUMINAIRE.tasks:
+        sizes = [len(json.dumps(task.build(state, rng, 1.7e9 + i))) for i in range(samples)]
+        total += sum(sizes) / len(sizes) * DAY_S / task.every_s
+    return total * devices_per_site
+
+
+# --------------------------------------------------------------------------- schemas the ingest checks
+
+_NUMBER = (int, float)
+SCHEMAS: Final[dict[str, dict[str, tuple[type, ...]]]] = {
+    "telemetry": {
+        "ts": _NUMBER,
+        "power_w": _NUMBER,
+        "dim": (int,),
+        "lux": _NUMBER,
+        "occupancy": (bool,),
+        "temperature_c": _NUMBER,
+    },
+    "usage": {"ts": _NUMBER, "period_s": _NUMBER, "energy_wh": _NUMBER},
+    "fault": {"ts": _NUMBER, "code": (str,), "severity": (str,)},
+    "spike": {"ts": _NUMBER, "power_w": _NUMBER, "baseline_w": _NUMBER},
+}
+METRICS: Final = {"telemetry": ("power_w", "dim", "lux", "temperature_c"), "usage": ("energy_wh",)}
+EVENTS: Final = frozenset({"fault", "spike"})
+
+
+def validate(stream: str, body: Any) -> str | None:  # noqa: PLR0911 - one return per rule
+    """None when ``body`` fits the stream's schema, else the reason (kept with the reject)."""
+    schema = SCHEMAS.get(stream)
+    if schema is None:
+        return f"unknown stream {stream!r}"
+    if not isinstance(body, dict):
+        return "payload is not a JSON object"
+    for key, types in schema.items():
+        value = body.get(key)
+        if value is None:
+            return f"missing field {key!r}"
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            return f"field {key!r} has type {type(value).__name__}"
+    if stream == "telemetry" and not 0 <= body["dim"] <= 100:
+        return f"dim {body['dim']} is outside 0-100"
+    if stream == "telemetry" and body["power_w"] < 0:
+        return "power_w is negative"
+    return None

@@ -1,0 +1,112 @@
+"""`iotfleet simulate`, `report merge` and `drill failover` as a user runs them: real processes, real brokers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from iotfleet.cli import cli
+from iotfleet.sim.fleet import FleetShape, build_fleet
+
+pytestmark = pytest.mark.integration
+IOTFLEET = [sys.executable, "-m", "iotfleet"]
+DRILL_TIMES = ("--warmup", "3", "--observe", "12", "--json")
+REQUIRED = ("devices", "duration_s", "sent", "acked", "ingested", "lost", "duplicates", "throughput_msgs_per_s")
+
+
+def simulate(tmp_path: Path, name: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    report = tmp_path / f"{name}.json"
+    result = subprocess.run(
+        [*IOTFLEET, "simulate", "--report", str(report), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert report.exists(), result.stderr
+    return result.returncode, json.loads(report.read_text()), result.stdout
+
+
+def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Path) -> None:
+    code, report, summary = simulate(tmp_path, "run", "--sites", "2", "--duration", "20s", "--speed", "10")
+    assert code == 0, summary
+    for key in (*REQUIRED, "latency_ms", "errors", "regions"):
+        assert key in report
+    for kind in ("ack", "e2e"):
+        assert {"p50", "p95", "p99", "max"} <= set(report["latency_ms"][kind])
+    assert report["devices"] == 80
+    assert report["sent"] > 1000  # 80 devices, telemetry every 10 simulated s at 10x, for 20 s
+    assert report["lost"] == 0
+    assert report["ingested"] == report["acked"] == report["sent"]
+    assert report["latency_ms"]["e2e"]["count"] == report["ingested"]
+    assert "lost" in summary
+    assert "thresholds" in summary
+
+
+def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> None:
+    code, report, summary = simulate(
+        tmp_path,
+        "chaos",
+        *("--sites", "1", "--duration", "12s", "--speed", "20", "--chaos", "kill:eu-west-1@4s"),
+        *("--max-error-rate", "0"),  # connection errors during the failover breach this on purpose: exit 1
+    )
+    assert report["lost"] == 0
+    assert report["ingested"] == report["acked"]
+    assert report["failovers_by_route"] == {"eu-west-1->us-east-1": 40}
+    assert report["regions"]["us-east-1"]["acked"] > 0
+    assert [e["action"] for e in report["chaos"]] == ["kill"]
+    assert code == 1
+    assert report["thresholds"]["breaches"][0].startswith("error rate")
+    assert "BREACHED" in summary
+
+
+def test_a_blackhole_drill_detects_the_outage_and_fails_every_device_over() -> None:
+    result = subprocess.run(
+        [*IOTFLEET, "drill", "failover", *("--devices", "40", "--rate", "2", "--mode", "blackhole"), *DRILL_TIMES],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    drill = json.loads(result.stdout)
+    assert {"devices", "sent", "ingested", "lost", "duplicates", "rto_s"} <= set(drill)
+    assert (drill["devices"], drill["failed_over"], drill["lost"]) == (40, 40, 0)
+    assert 0 < drill["rto_s"]["p50"] <= drill["rto_s"]["p95"] <= drill["rto_s"]["max"]
+    assert "ping timeout" in drill["detection"]
+
+
+def test_shard_reports_merge_to_the_totals_of_one_run(tmp_path: Path) -> None:
+    common = ("--sites", "2", "--duration", "8s", "--speed", "10")
+    shards = [simulate(tmp_path, f"shard{i}", *common, "--shard", f"{i}/2")[1] for i in range(2)]
+    whole = simulate(tmp_path, "whole", *common)[1]
+    merged_file = tmp_path / "merged.json"
+    result = CliRunner().invoke(
+        cli,
+        ["report", "merge", str(tmp_path / "shard0.json"), str(tmp_path / "shard1.json"), "--out", str(merged_file)],
+    )
+    assert result.exit_code == 0, result.output
+    merged = json.loads(merged_file.read_text())
+    for key in ("devices", "sent", "acked", "ingested", "lost", "duplicates"):
+        assert merged[key] == sum(s[key] for s in shards), key
+    assert merged["latency_ms"]["ack"]["count"] == sum(s["latency_ms"]["ack"]["count"] for s in shards)
+    everyone = sorted(d.thing for d in build_fleet(FleetShape(sites=2)))
+    assert sorted(merged["raw"]["acked"]) == sorted(whole["raw"]["acked"]) == everyone
+    assert merged["devices"] == whole["devices"] == 80
+    assert abs(merged["sent"] - whole["sent"]) <= 0.1 * whole["sent"]  # same fleet, rate and duration
+    assert merged["lost"] == whole["lost"] == 0
+
+
+def test_bad_usage_exits_2_naming_the_problem() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--duration", "soon"])
+    assert result.exit_code == 2
+    assert "duration 'soon' is not a positive number" in result.output
+    result = CliRunner().invoke(cli, ["simulate", "--chaos", "kill:mars-1@3s", "--duration", "1s"])
+    assert result.exit_code == 2
+    assert "chaos event names region 'mars-1'" in result.output

@@ -1,0 +1,80 @@
+"""The fleet model and workload without a broker: determinism, sharding, sizing, schemas."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from iotfleet.errors import ConfigError
+from iotfleet.sim.fleet import FleetShape, build_fleet, load_fleet_file, shard_of
+from iotfleet.sim.simulate import parse_chaos, parse_duration
+from iotfleet.sim.workload import LUMINAIRE, bytes_per_site_day, validate
+from iotfleet.topics import ThingScope
+
+
+def test_fifty_sites_is_two_thousand_devices_over_four_tenants_and_the_same_every_time() -> None:
+    fleet = build_fleet(FleetShape(sites=50))
+    assert len(fleet) == 2000
+    assert len({d.thing for d in fleet}) == 2000
+    assert {d.tenant for d in fleet} == {"tenant-01", "tenant-02", "tenant-03", "tenant-04"}
+    assert fleet == build_fleet(FleetShape(sites=50))
+    assert fleet != build_fleet(FleetShape(sites=50, seed=2))
+    for device in fleet[:50]:
+        ThingScope(device.tenant, device.site, device.thing)  # valid names and topic levels
+
+
+def test_shards_partition_the_fleet_by_whole_sites() -> None:
+    fleet = build_fleet(FleetShape(sites=7))
+    shards = [shard_of(fleet, i, 3) for i in range(3)]
+    assert sorted(d.thing for s in shards for d in s) == sorted(d.thing for d in fleet)
+    for shard in shards:
+        sites = {d.site for d in shard}
+        assert all(d.site in sites for d in shard)
+        assert len(shard) == 40 * len(sites)
+    with pytest.raises(ConfigError, match="shard 3/3 is not valid"):
+        shard_of(fleet, 3, 3)
+
+
+def test_a_site_sends_about_100_mb_a_day() -> None:
+    assert 90e6 <= bytes_per_site_day() <= 110e6
+
+
+def test_every_task_payload_passes_its_schema_and_broken_ones_say_why() -> None:
+    rng = random.Random(1)  # noqa: S311 - the workload's own kind of random stream
+    device = build_fleet(FleetShape())[0]
+    state = LUMINAIRE.new_state(device, rng)
+    for task in LUMINAIRE.tasks:
+        for i in range(20):
+            body = task.build(state, rng, 1.7e9 + i)
+            assert validate(task.stream, body) is None
+    assert validate("telemetry", {"ts": 1}) == "missing field 'power_w'"
+    good = LUMINAIRE.tasks[0].build(state, rng, 1.7e9)
+    assert good is not None
+    assert validate("telemetry", {**good, "dim": 140}) == "dim 140 is outside 0-100"
+    assert validate("telemetry", {**good, "occupancy": "yes"}) == "field 'occupancy' has type str"
+    assert validate("telemetry", [1]) == "payload is not a JSON object"
+    assert validate("weather", {}) == "unknown stream 'weather'"
+
+
+def test_durations_and_chaos_events_parse_or_say_how() -> None:
+    assert [parse_duration(t) for t in ("20s", "5m", "1h", "1.5", "250ms")] == [20, 300, 3600, 1.5, 0.25]
+    with pytest.raises(ConfigError, match="20s, 5m, 1h"):
+        parse_duration("soon")
+    event = parse_chaos("kill:eu-west-1@30s")
+    assert (event.action, event.region, event.at_s) == ("kill", "eu-west-1", 30)
+    with pytest.raises(ConfigError, match="ACTION:REGION@TIME"):
+        parse_chaos("explode:eu-west-1@3s")
+
+
+def test_fleet_file_sections_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text("[fleet]\nsites = 3\nrooms = 2\n[workload]\nspeed = 5\n")
+    assert load_fleet_file(path)["fleet"] == {"sites": 3, "rooms": 2}
+    path.write_text("[fleet]\nsites = 0\n")
+    with pytest.raises(ConfigError, match=r"\[fleet\]"):
+        load_fleet_file(path)
+    path.write_text("[fleets]\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_fleet_file(path)
