@@ -104,3 +104,16 @@ def test_provision_example_provisions_once_then_reuses_the_identity(cloud_json: 
     assert first[1] == second[1]  # the same thing and certificate
     assert first[1].startswith("thing lamp-0042 certificate ")
     assert first[2] == second[2] == "dt/acme/hq/lamp-0042/telemetry acked by eu-west-1"
+
+
+def test_the_users_failover_test_example_passes_with_the_plugin_fixtures(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_regional_failover.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,  # outside this repository's tests/: only the installed plugin provides fixtures
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout

@@ -17,12 +17,22 @@ Fixtures:
 ``thing_factory``
     ``thing_factory(name=None, *, tenant="acme", site="site-1", region=None)`` registers a thing with
     a fresh certificate and returns its :class:`~iotfleet.Identity`.
+``provisioned_device``
+    ``await provisioned_device(serial=None, *, tenant="acme", site="site-1")`` provisions a device the
+    way it would be in the field: claim certificate, CSR, RegisterThing; returns the new identity.
+``region_faults``
+    ``region_faults.kill(region)``, ``.blackhole(region)``, ``.restore(region)``, and
+    ``with region_faults.outage(region, mode="kill"):`` which restores on exit; every region is
+    restored when the test ends.
+
+See ``examples/test_regional_failover.py`` for a whole regional-failover test written with them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +42,7 @@ if TYPE_CHECKING:
     from iotfleet.cloud.local import LocalCloud
     from iotfleet.config import Identity
 
-__all__ = ["iotfleet_regions", "local_cloud", "thing_factory"]
+__all__ = ["RegionFaults", "iotfleet_regions", "local_cloud", "provisioned_device", "region_faults", "thing_factory"]
 
 
 @pytest.fixture
@@ -62,3 +72,79 @@ def thing_factory(local_cloud: LocalCloud) -> Callable[..., Identity]:
         return local_cloud.register_thing(name or f"thing-{next(counter)}", tenant=tenant, site=site, region=region)
 
     return make
+
+
+@pytest.fixture
+def provisioned_device(local_cloud: LocalCloud, tmp_path: Path) -> Callable[..., Awaitable[Identity]]:
+    """Provision devices by claim against ``local_cloud`` (an async factory: ``await provisioned_device()``)."""
+    from iotfleet.config import Identity  # noqa: PLC0415
+    from iotfleet.provisioning import FleetProvisioner, IdentityStore  # noqa: PLC0415
+
+    counter = itertools.count(1)
+    claim = Identity(
+        thing_name="claim",
+        cert_file=local_cloud.claim.cert_file,
+        key_file=local_cloud.claim.key_file,
+        ca_file=local_cloud.ca_file,
+    )
+
+    async def make(
+        serial: str | None = None, *, tenant: str = "acme", site: str = "site-1", transport: str = "crt"
+    ) -> Identity:
+        serial = serial or f"device-{next(counter)}"
+        provisioner = FleetProvisioner(
+            endpoints=local_cloud.endpoints,
+            claim=claim,
+            template=local_cloud.template,
+            parameters={"Tenant": tenant, "Site": site, "SerialNumber": serial},
+            transport=transport,
+        )
+        stored = await provisioner.provision_into(IdentityStore(tmp_path / "identities" / serial))
+        return stored.identity
+
+    return make
+
+
+class RegionFaults:
+    """Fault injection on ``local_cloud``'s regions; :meth:`restore_all` runs when the test ends."""
+
+    def __init__(self, cloud: LocalCloud) -> None:
+        self.cloud = cloud
+        self.failed: set[str] = set()
+
+    def kill(self, region: str) -> None:
+        """SIGKILL the region's broker: devices see a connection reset at once."""
+        self.cloud.region(region).kill()
+        self.failed.add(region)
+
+    def blackhole(self, region: str) -> None:
+        """Freeze the region's broker: devices notice only by keepalive (ping) timeout."""
+        self.cloud.region(region).blackhole()
+        self.failed.add(region)
+
+    def restore(self, region: str) -> None:
+        self.cloud.region(region).restore()
+        self.failed.discard(region)
+
+    @contextlib.contextmanager
+    def outage(self, region: str, mode: str = "kill") -> Iterator[None]:
+        """The region is down (``kill`` or ``blackhole``) inside the block and restored after it."""
+        if mode not in ("kill", "blackhole"):
+            raise ValueError("mode is 'kill' or 'blackhole'")
+        getattr(self, mode)(region)
+        try:
+            yield
+        finally:
+            self.restore(region)
+
+    def restore_all(self) -> None:
+        for region in sorted(self.failed):
+            self.restore(region)
+
+
+@pytest.fixture
+def region_faults(local_cloud: LocalCloud) -> Iterator[RegionFaults]:
+    """Kill, blackhole and restore regions of ``local_cloud``; everything is restored afterwards."""
+    faults = RegionFaults(local_cloud)
+    yield faults
+    faults.restore_all()
