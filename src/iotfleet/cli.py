@@ -25,7 +25,7 @@ import click
 from pydantic import ValidationError
 
 from iotfleet import policy
-from iotfleet.config import PublishLimits
+from iotfleet.config import PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError, IotFleetError
 from iotfleet.topics import TopicScheme
 
@@ -468,6 +468,12 @@ def _shard(value: str) -> tuple[int, int]:
 )
 @click.option("--shard", type=_shard, default="0/1", show_default=True, help="Run slice i of n (whole sites).")
 @click.option(
+    "--keepalive",
+    type=click.IntRange(min=1, max=1200),
+    help="MQTT keepalive seconds; a frozen region is noticed after it plus half of it "
+    "[local cloud: 5, other targets: 1200 like the CRT]. Each ping costs CPU: raise it for quiet fleets.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the cloud and identities here; later runs reuse them (default: temporary).",
@@ -485,7 +491,13 @@ def simulate(**options: Any) -> None:
     from iotfleet.sim.fleet import FleetShape, load_fleet_file  # noqa: PLC0415
     from iotfleet.sim.live import LiveView  # noqa: PLC0415
     from iotfleet.sim.report import thresholds_hold  # noqa: PLC0415
-    from iotfleet.sim.simulate import SimConfig, Target, parse_chaos, parse_duration  # noqa: PLC0415
+    from iotfleet.sim.simulate import (  # noqa: PLC0415
+        LOCAL_RECONNECT,
+        SimConfig,
+        Target,
+        parse_chaos,
+        parse_duration,
+    )
 
     with _errors():
         file: dict[str, Any] = {}
@@ -516,6 +528,10 @@ def simulate(**options: Any) -> None:
             config.workers = options["workers"]
         if options["no_limits"]:
             config.limits = PublishLimits(enabled=False)
+        if options["keepalive"]:
+            keepalive = options["keepalive"]
+            base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
+            config.reconnect = base.model_copy(update={"keepalive_s": keepalive, "ping_timeout_s": keepalive / 2})
         stop = multiprocessing.get_context("spawn").Event()
         from iotfleet.sim.simulate import run_simulation  # noqa: PLC0415
 

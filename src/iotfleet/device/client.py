@@ -798,7 +798,13 @@ class DeviceClient:
             self.state = DeviceState.RECONNECTING
 
     def _tick_s(self) -> float:
-        ticks = [self.policy.ping_timeout_s / 4]
+        """When the session loop must look again: at the oldest in-flight publish's ack deadline, else
+        after ``ping_timeout_s`` (a publish sent meanwhile is then checked at its own deadline), sooner
+        while a failback probe may be due. Idle devices wake rarely: a fleet of them costs little CPU."""
+        if self._inflight:
+            ticks = [min(self._inflight.values()) + self.policy.ping_timeout_s - time.monotonic() + 0.01]
+        else:
+            ticks = [self.policy.ping_timeout_s]
         if self.selector.failback_due() or self.selector.current != self.selector.preferred:
             ticks.append(max(0.05, self.policy.failback_probe_s / 4))
         return max(0.05, min(ticks))

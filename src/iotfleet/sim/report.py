@@ -56,7 +56,7 @@ def build_report(
     failed: Counter[str] = Counter()
     regions: dict[str, Counter[str]] = {}
     failovers: Counter[str] = Counter()
-    totals: Counter[str] = Counter()
+    totals: dict[str, float] = {"steady_wall_s": 0.0}
     first_ack: dict[str, dict[str, float]] = {}
     for w in workers:
         _union(acked, w.acked_seqs)
@@ -67,9 +67,19 @@ def build_report(
         errors.update(w.errors)
         failed.update(w.failed)
         failovers.update(w.failovers)
-        totals.update(
-            {"devices": w.devices, "connects": w.connects, "failbacks": w.failbacks, "unacked": w.outbox_depth}
-        )
+        for key, value in (
+            {
+                "devices": w.devices,
+                "connects": w.connects,
+                "failbacks": w.failbacks,
+                "unacked": w.outbox_depth,
+                "worker_cpu_s": w.cpu_s,
+                "steady_cpu_s": w.steady_cpu_s,
+                "worker_rss_kb": w.max_rss_kb,
+            }
+        ).items():
+            totals[key] = totals.get(key, 0) + value
+        totals["steady_wall_s"] = max(totals["steady_wall_s"], w.steady_wall_s)
         for region, counters in w.by_region.items():
             regions.setdefault(region, Counter()).update({"acked": counters["acked"], "connects": counters["connects"]})
         first_ack.update(w.first_ack_at)
@@ -127,6 +137,14 @@ def finish(report: dict[str, Any]) -> dict[str, Any]:
             "reconnects": max(0, totals.get("connects", 0) - totals.get("devices", 0)),
             "regions": raw["regions"],
             "rejects": raw["rejects"],
+            "resources": {
+                "worker_cpu_s": round(totals.get("worker_cpu_s", 0), 3),
+                "steady_cpu_core_fraction": round(totals["steady_cpu_s"] / totals["steady_wall_s"], 4)
+                if totals.get("steady_wall_s")
+                else None,
+                "worker_rss_kb": totals.get("worker_rss_kb", 0),
+                "rss_kb_per_device": round(totals.get("worker_rss_kb", 0) / max(1, totals.get("devices", 0)), 1),
+            },
         }
     )
     if ingested is None:
@@ -183,6 +201,7 @@ def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "first_ack_at": first_ack,
         **{k: dict(v) for k, v in merged.items()},
     }
+    raw_out["totals"]["steady_wall_s"] = max(float(r["totals"].get("steady_wall_s", 0)) for r in raws)
     duration = max(float(r["duration_s"]) for r in items)
     shards = [r.get("config", {}).get("shard") for r in items]
     return finish(

@@ -100,6 +100,10 @@ class WorkerMetrics:
     outbox_depth: int = 0
     provisioned: int = 0
     started: int = 0
+    cpu_s: float = 0.0  # the worker process's CPU time, all of it
+    steady_cpu_s: float = 0.0  # CPU from every device running (plus 2 s) to the stop
+    steady_wall_s: float = 0.0
+    max_rss_kb: int = 0
 
     def region(self, name: str) -> Counter[str]:
         counters = self.by_region.get(name)
@@ -173,6 +177,9 @@ def _worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
     except BaseException as exc:  # reported to the parent, which fails the run with it
         results.put(("error", spec.index, f"{type(exc).__name__}: {exc}"))
         raise
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    metrics.cpu_s = usage.ru_utime + usage.ru_stime
+    metrics.max_rss_kb = usage.ru_maxrss
     results.put(("final", spec.index, metrics))
 
 
@@ -272,14 +279,20 @@ async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
     loop = asyncio.get_running_loop()
     deadline = None if spec.duration_s is None else loop.time() + spec.duration_s
 
+    steady: list[float] = []  # (cpu, wall) when the whole fleet of this worker runs
+
     async def watch() -> None:
         while not stopping.is_set():
             await asyncio.sleep(SNAPSHOT_EVERY_S)
+            if not steady and ramped.is_set() and loop.time() >= ramped_at[0] + 2.0:
+                steady.extend((time.process_time(), loop.time()))
             metrics.outbox_depth = sum(len(c.outbox) for c in clients)
             results.put(("snapshot", spec.index, metrics.snapshot()))
             if stop.is_set() or (deadline is not None and loop.time() >= deadline):
                 stopping.set()
 
+    ramped = asyncio.Event()
+    ramped_at = [0.0]
     watcher = loop.create_task(watch())
     runs = []
     gap = 1.0 / spec.ramp_per_s if spec.ramp_per_s > 0 else 0.0
@@ -289,8 +302,13 @@ async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
         runs.append(loop.create_task(_run_device(device, spec, metrics, stopping, clients)))
         if gap:
             await asyncio.sleep(gap)
+    ramped_at[0] = loop.time()
+    ramped.set()
+    await stopping.wait()
+    if steady:
+        metrics.steady_cpu_s = time.process_time() - steady[0]
+        metrics.steady_wall_s = loop.time() - steady[1]
     await asyncio.gather(*runs, return_exceptions=False)
-    stopping.set()
     await watcher
     metrics.outbox_depth = sum(len(c.outbox) for c in clients)
     return metrics
