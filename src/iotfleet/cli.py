@@ -497,6 +497,7 @@ def simulate(**options: Any) -> None:
         Target,
         parse_chaos,
         parse_duration,
+        run_simulation,
     )
 
     with _errors():
@@ -533,8 +534,6 @@ def simulate(**options: Any) -> None:
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
             config.reconnect = base.model_copy(update={"keepalive_s": keepalive, "ping_timeout_s": keepalive / 2})
         stop = multiprocessing.get_context("spawn").Event()
-        from iotfleet.sim.simulate import run_simulation  # noqa: PLC0415
-
         with _until_signalled() as signalled, LiveView(shape.devices) as live:
 
             def progress(p: Any) -> None:

@@ -168,10 +168,9 @@ def _worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
     from iotfleet.transport.crt import skip_system_trust_store  # noqa: PLC0415 - in the child only
 
     skip_system_trust_store()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # one socket per device
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    del soft
     try:
         metrics = asyncio.run(_worker(spec, results, stop))
     except BaseException as exc:  # reported to the parent, which fails the run with it
