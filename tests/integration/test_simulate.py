@@ -110,3 +110,26 @@ def test_bad_usage_exits_2_naming_the_problem() -> None:
     result = CliRunner().invoke(cli, ["simulate", "--chaos", "kill:mars-1@3s", "--duration", "1s"])
     assert result.exit_code == 2
     assert "chaos event names region 'mars-1'" in result.output
+
+
+def test_provisioning_every_device_by_claim_then_reusing_the_identities(tmp_path: Path) -> None:
+    args = (
+        "--sites",
+        "1",
+        "--duration",
+        "6s",
+        "--speed",
+        "10",
+        "--provision",
+        "claim",
+        "--workdir",
+        str(tmp_path / "w"),
+    )
+    code, first, summary = simulate(tmp_path, "claim1", *args)
+    assert code == 0, summary
+    assert first["latency_ms"]["provision"]["count"] == 40  # a provisioning storm: every device
+    assert first["lost"] == 0
+    assert first["ingested"] == first["acked"] > 0
+    _, second, _ = simulate(tmp_path, "claim2", *args)
+    assert second["latency_ms"]["provision"]["count"] == 0  # identities cached in the workdir are reused
+    assert second["lost"] == 0
