@@ -249,7 +249,7 @@ def aws_sdk_client(
     """AWS's own MQTT5 client (awsiot's builder, as a device would build it) connected to ``endpoint``."""
     import threading  # noqa: PLC0415
 
-    connected = threading.Event()
+    connected, stopped = threading.Event(), threading.Event()
     client: mqtt5.Client = mqtt5_client_builder.mtls_from_path(
         cert_filepath=str(files.cert_file),
         pri_key_filepath=str(files.key_file),
@@ -258,6 +258,7 @@ def aws_sdk_client(
         port=endpoint.port,
         client_id=client_id,
         on_lifecycle_connection_success=lambda _data: connected.set(),
+        on_lifecycle_stopped=lambda _data: stopped.set(),
     )
     client.start()
     try:
@@ -270,3 +271,6 @@ def aws_sdk_client(
         )
     finally:
         client.stop()
+        # an awscrt client freed while it is still stopping crashes the process on a CRT thread (a SIGSEGV
+        # with no Python frame): keep it referenced until it reports that it has stopped
+        stopped.wait(10)

@@ -365,7 +365,7 @@ class CrtTransport:
             session.connected.cancel()  # a late failure callback finds it done and stays quiet
             session._stop()
             raise connect_timed_out(endpoint, options.connect_timeout_s) from None
-        except ConnectError:
-            session._stop()
+        except BaseException:  # a failed or *cancelled* attempt: a running client dropped here would be
+            session._stop()  # freed while still connecting, which crashes the process on a CRT thread
             raise
         return session
