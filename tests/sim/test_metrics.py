@@ -66,3 +66,11 @@ def test_in_order_sequences_are_one_range_and_late_ones_are_counted() -> None:
     seqs.add(10_002)
     seqs.add(10_001)
     assert (seqs.duplicates, seqs.out_of_order, seqs.ranges()) == (1, 2, [[1, 10_002]])
+
+
+def test_a_union_counts_the_overlap_and_invents_no_disorder() -> None:
+    """Region 1 stored 1-50 and 120-150, region 2 stored 51-119 and 140: one message twice, nothing late."""
+    region_1 = SeqSet([*range(1, 51), *range(120, 151)])
+    region_2 = SeqSet([*range(51, 120), 140])
+    union = SeqSet.from_dict(region_1.to_dict()).update(region_2)
+    assert (union.ranges(), union.duplicates, union.out_of_order) == ([[1, 150]], 1, 0)

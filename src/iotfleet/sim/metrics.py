@@ -160,10 +160,21 @@ class SeqSet:
         return len(self) - sum(other.count_between(s, e) for s, e in zip(self._starts, self._ends, strict=True))
 
     def update(self, other: SeqSet) -> SeqSet:
-        """Union in place (merging shards or regions); duplicates across the two are counted."""
-        for s, e in other.ranges():
-            for value in range(s, e + 1):
-                self.add(value)
+        """Union in place (merging shards or regions), range by range.
+
+        Members in both count as duplicates (the same message stored twice). Order is only meaningful
+        within one stream of arrivals, so the union adds ``other``'s out-of-order count and none of its own.
+        """
+        for low, high in zip(other._starts, other._ends, strict=True):
+            self.duplicates += self.count_between(low, high)
+            first = bisect.bisect_left(self._ends, low - 1)  # the first range touching [low - 1, ...]
+            last = bisect.bisect_right(self._starts, high + 1)  # past the last range touching [..., high + 1]
+            start, end = low, high
+            if first < last:
+                start, end = min(low, self._starts[first]), max(high, self._ends[last - 1])
+            self._starts[first:last] = [start]
+            self._ends[first:last] = [end]
+        self.highest = max(self.highest, other.highest)
         self.out_of_order += other.out_of_order
         self.duplicates += other.duplicates
         return self
