@@ -186,7 +186,6 @@ class ProvisioningService(RegionService):
 
     def create_certificate(self, step: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """CreateKeysAndCertificate or CreateCertificateFromCsr: a PENDING_ACTIVATION certificate and its token."""
-        self.sweep(time.time())
         common_name = f"iotfleet-{secrets.token_hex(12)}"  # the broker identity; unique per certificate
         private_key: str | None = None
         if step == "CreateCertificateFromCsr":
@@ -213,13 +212,16 @@ class ProvisioningService(RegionService):
         return answer
 
     def sweep(self, now: float) -> int:
-        """Forget expired ownership tokens and delete their never-registered certificates."""
+        """Forget expired ownership tokens and delete their never-registered certificates (runs periodically;
+        a presented token is checked on its own, so requests never scan the others)."""
         expired = [token for token, entry in self._tokens.items() if entry.expires <= now]
         for token in expired:
-            entry = self._tokens.pop(token)
-            if self.registry.delete_unused_certificate(entry.certificate_id):
-                self.expired += 1
+            self._expire(self._tokens.pop(token))
         return len(expired)
+
+    def _expire(self, entry: _Token) -> None:
+        if self.registry.delete_unused_certificate(entry.certificate_id):
+            self.expired += 1
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -234,8 +236,10 @@ class ProvisioningService(RegionService):
             raise ProvisioningRejected(
                 REGISTER_STEP, 400, "InvalidCertificateOwnershipToken", "Certificate ownership token cannot be empty."
             )
-        self.sweep(time.time())
         entry = self._tokens.pop(token, None)
+        if entry is not None and entry.expires <= time.time():
+            self._expire(entry)
+            entry = None
         if entry is None:
             raise ProvisioningRejected(
                 REGISTER_STEP,
