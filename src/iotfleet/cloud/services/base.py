@@ -135,18 +135,17 @@ class RegionService:
 
     kind: str
     filters: Sequence[str]
-    region: str
-    connection: ServiceConnection | None
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.connection: ServiceConnection | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, message: InboundMessage) -> None:
         raise NotImplementedError
 
-    _tasks: set[asyncio.Task[None]]
-
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` on the running loop, keeping a reference until it ends."""
-        if not hasattr(self, "_tasks"):
-            self._tasks = set()
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -70,10 +70,9 @@ class IngestService(RegionService):
     kind = "ingest"
 
     def __init__(self, *, region: str, path: Path, scheme: TopicScheme | None = None) -> None:
-        self.region = region
+        super().__init__(region)
         self.scheme = scheme or TopicScheme()
         self.filters = (f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",)
-        self.connection = None
         self._topic = _topic_pattern(self.scheme)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

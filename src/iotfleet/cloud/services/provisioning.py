@@ -30,7 +30,7 @@ import cbor2
 
 from iotfleet.cloud.ca import CertificateAuthority, certificate_id
 from iotfleet.cloud.registry import CertificateRecord, CertificateStatus, Registration, Registry, Thing
-from iotfleet.cloud.services.base import RegionService, ServiceConnection
+from iotfleet.cloud.services.base import RegionService
 from iotfleet.cloud.templates import STEP as REGISTER_STEP
 from iotfleet.cloud.templates import Override, PreProvisioningHook, ProvisioningPlan, ProvisioningTemplate
 from iotfleet.errors import CertificateError, ConfigError, IotFleetError, ProvisioningRejected, TopicError
@@ -111,7 +111,7 @@ class ProvisioningService(RegionService):
         token_ttl: float = TOKEN_TTL,
         rate_limit: float | None = None,
     ) -> None:
-        self.region = region
+        super().__init__(region)
         self.registry = registry
         self.ca = ca
         self.templates = templates
@@ -120,7 +120,6 @@ class ProvisioningService(RegionService):
         self.claim_certificate_id = claim_certificate_id
         self.token_ttl = token_ttl
         self.rate_limit = rate_limit
-        self.connection: ServiceConnection | None = None
         self._tokens: dict[str, _Token] = {}
         self._registering: set[str] = set()  # thing names in a batch not yet committed
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from iotfleet.cloud.registry import Registry
-from iotfleet.cloud.services.base import RegionService, ServiceConnection, ServiceHost
+from iotfleet.cloud.services.base import RegionService, ServiceHost
 from iotfleet.errors import ShadowRejected
 from iotfleet.shadow import document
 from iotfleet.shadow.document import ShadowLimits, StoredShadow
@@ -82,11 +82,10 @@ class ShadowService(RegionService):
     def __init__(
         self, *, region: str, registry: Registry, store: ShadowStore, limits: ShadowLimits | None = None
     ) -> None:
-        self.region = region
+        super().__init__(region)
         self.registry = registry
         self.store = store
         self.limits = limits or ShadowLimits()
-        self.connection: ServiceConnection | None = None
         self.replicas: list[ShadowStore] = []  # other regions' stores, when classic shadows replicate
         self.requests = 0
         self.rejected: dict[int, int] = defaultdict(int)
