@@ -362,9 +362,7 @@ def provision(
     from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method  # noqa: PLC0415
 
     with _errors():
-        parsed = [
-            Endpoint.parse(e, region=f"region-{n + 1}" if "=" not in e else None) for n, e in enumerate(endpoints)
-        ]
+        parsed = [Endpoint.parse(e, region=f"region-{n + 1}") for n, e in enumerate(endpoints)]
         claim = Identity(thing_name="claim", cert_file=claim_cert, key_file=claim_key, ca_file=ca_file)
         store = IdentityStore(out)
         already = store.exists()

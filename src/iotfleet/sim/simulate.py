@@ -306,6 +306,7 @@ def run_drill(
     sites = math.ceil(devices / assets)
     shape = FleetShape(sites=sites, tenants=1, buildings=1, rooms=1, assets=assets)
     regions = list(DEFAULT_REGIONS)
+    policy = reconnect or LOCAL_RECONNECT
     config = SimConfig(
         shape=shape,
         duration_s=warmup_s + observe_s,
@@ -314,7 +315,7 @@ def run_drill(
         transport=transport,
         chaos=[ChaosEvent(mode, regions[0], warmup_s)],
         regions=regions,
-        reconnect=reconnect or LOCAL_RECONNECT,
+        reconnect=policy,
         limits=PublishLimits(enabled=False),
     )
     report = run_simulation(config)
@@ -340,8 +341,7 @@ def run_drill(
         "failed_over": failed_over,
         "rto_s": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(rtos[-1], 3) if rtos else 0.0},
         "detection": f"{mode}: {'connection reset' if mode == 'kill' else 'ping timeout'} "
-        f"(keepalive {config.reconnect.keepalive_s if config.reconnect else '-'} s, "
-        f"ping timeout {config.reconnect.ping_timeout_s if config.reconnect else '-'} s)",
+        f"(keepalive {policy.keepalive_s} s, ping timeout {policy.ping_timeout_s} s)",
         "shadow": None,
         "report": {k: v for k, v in report.items() if k != "raw"},
     }

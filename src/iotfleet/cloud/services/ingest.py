@@ -148,7 +148,7 @@ class IngestService(RegionService):
                 cell[3] += value
 
     def _reject(self, message: InboundMessage, message_id: str | None, reason: str, now: float) -> None:
-        self.rejected[reason.split(" ", 2)[0] if reason.startswith("field") else reason] += 1
+        self.rejected[reason] += 1
         self._rejects.append((message.topic, message_id, reason, message.payload, now))
 
     # ---------------------------------------------------------------- storage
