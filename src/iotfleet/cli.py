@@ -465,6 +465,13 @@ def _shard(value: str) -> tuple[int, int]:
     help="kill|blackhole|restore a region at a time into the run (repeatable), e.g. kill:eu-west-1@30s.",
 )
 @click.option("--shard", type=_shard, default="0/1", show_default=True, help="Run slice i of n (whole sites).")
+@click.option("--no-shadow", is_flag=True, help="Devices do not sync their shadow (and no operator changes it).")
+@click.option(
+    "--operator-fraction",
+    type=click.FloatRange(min=0, max=1),
+    help="Fraction of the devices whose desired state the operator changes each round [0.05].",
+)
+@click.option("--operator-every", help="Simulated time between the operator's rounds [5m].")
 @click.option(
     "--keepalive",
     type=click.IntRange(min=1, max=1200),
@@ -522,7 +529,16 @@ def simulate(**options: Any) -> None:
             shard=options["shard"],
             chaos=[parse_chaos(c) for c in options["chaos"]],
             target=target,
+            shadow=not options["no_shadow"],
         )
+        fraction = options["operator_fraction"]
+        if fraction is None:
+            fraction = workload.get("operator_fraction")
+        if fraction is not None:
+            config.operator_fraction = float(fraction)
+        every = options["operator_every"] or workload.get("operator_every")
+        if every is not None:
+            config.operator_every_s = parse_duration(str(every))
         if options["workers"]:
             config.workers = options["workers"]
         if options["no_limits"]:
@@ -619,6 +635,12 @@ def drill_failover(
             f"sent {result['sent']}, acked {result['acked']}, ingested {result['ingested']}, "
             f"lost {result['lost']}, duplicates {result['duplicates']}; detection by {result['detection']}"
         )
+        if result["shadow"] is not None:
+            shadow = result["shadow"]
+            click.echo(
+                f"shadow: desired changed for {shadow['changed']} devices during the fault; "
+                f"{shadow['reconciled']} reconciled, {shadow['pending']} pending; sync {shadow['sync_s']}"
+            )
     ok = result["lost"] == 0 and result["failed_over"] == result["devices"]
     sys.exit(EXIT_OK if ok else EXIT_BREACHED)
 

@@ -34,7 +34,12 @@ def simulate(tmp_path: Path, name: str, *args: str) -> tuple[int, dict[str, Any]
 
 
 def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Path) -> None:
-    code, report, summary = simulate(tmp_path, "run", "--sites", "2", "--duration", "20s", "--speed", "10")
+    code, report, summary = simulate(
+        tmp_path,
+        "run",
+        *("--sites", "2", "--duration", "20s", "--speed", "10"),
+        *("--operator-every", "60s", "--operator-fraction", "0.25"),  # rounds at 6 s and 12 s of the run
+    )
     assert code == 0, summary
     for key in (*REQUIRED, "latency_ms", "errors", "regions"):
         assert key in report
@@ -47,6 +52,15 @@ def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Pa
     assert report["latency_ms"]["e2e"]["count"] == report["ingested"]
     assert "lost" in summary
     assert "thresholds" in summary
+    # shadow traffic: every device synced on start; the operator's changes were all applied and reported
+    device, operator = report["shadow"]["device"], report["shadow"]["operator"]
+    assert device["get"] >= 80
+    assert device["update"] >= 80
+    assert operator["changes"] == 40  # 2 rounds x 25% of 80 devices
+    assert operator["reconciled"] == operator["devices_changed"] > 0
+    assert operator["pending"] == 0
+    assert report["latency_ms"]["shadow_sync"]["count"] == operator["reconciled"]
+    assert "shadow (operator)" in summary
 
 
 def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> None:
@@ -80,6 +94,10 @@ def test_a_blackhole_drill_detects_the_outage_and_fails_every_device_over() -> N
     assert (drill["devices"], drill["failed_over"], drill["lost"]) == (40, 40, 0)
     assert 0 < drill["rto_s"]["p50"] <= drill["rto_s"]["p95"] <= drill["rto_s"]["max"]
     assert "ping timeout" in drill["detection"]
+    # every device's desired state was changed in region 2 during the outage, and each applied it there
+    shadow = drill["shadow"]
+    assert (shadow["changed"], shadow["reconciled"], shadow["pending"]) == (40, 40, 0)
+    assert shadow["resyncs"] >= 80  # one on start, one after the failover
 
 
 def test_shard_reports_merge_to_the_totals_of_one_run(tmp_path: Path) -> None:
@@ -96,6 +114,8 @@ def test_shard_reports_merge_to_the_totals_of_one_run(tmp_path: Path) -> None:
     for key in ("devices", "sent", "acked", "ingested", "lost", "duplicates"):
         assert merged[key] == sum(s[key] for s in shards), key
     assert merged["latency_ms"]["ack"]["count"] == sum(s["latency_ms"]["ack"]["count"] for s in shards)
+    for key in ("get", "update", "resyncs"):
+        assert merged["shadow"]["device"][key] == sum(s["shadow"]["device"][key] for s in shards), key
     everyone = sorted(d.thing for d in build_fleet(FleetShape(sites=2)))
     assert sorted(merged["raw"]["acked"]) == sorted(whole["raw"]["acked"]) == everyone
     assert merged["devices"] == whole["devices"] == 80

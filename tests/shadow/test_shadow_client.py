@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from iotfleet.cloud.local import LocalCloud
+from iotfleet.cloud.services import shadow as shadow_service
 from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import PublishRejected, ShadowRejected
@@ -180,6 +181,32 @@ def test_after_failover_the_device_reconciles_with_the_second_regions_shadow(
             assert await until(lambda: applied == [10, 77], 10)
             assert await until(lambda: us.shadows.get("lamp-1")["state"].get("reported") == {"dim": 77}, 10)
             assert sync.resyncs >= 2
+            await sync.stop()
+        eu.restore()
+
+    run(scenario())
+
+
+def test_a_first_resync_that_fails_is_retried_on_the_next_session(
+    local_cloud: LocalCloud, lamp: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied: list[int] = []
+    eu = local_cloud.region("eu-west-1")
+    for region in local_cloud.regions:
+        region.shadows.update("lamp-1", desired={"dim": 30})
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            monkeypatch.setattr(shadow_service, "RATE_PER_THING", 0)  # the service throttles every request
+            with pytest.raises(ShadowRejected) as throttled:
+                await sync.start()
+            assert throttled.value.code == 429
+            assert applied == []
+            monkeypatch.setattr(shadow_service, "RATE_PER_THING", 20)
+            eu.kill()  # a new session (in the other region) must resync
+            assert await until(lambda: applied == [30], 10)
+            assert sync.resyncs == 2
             await sync.stop()
         eu.restore()
 

@@ -45,7 +45,7 @@ def test_every_task_payload_passes_its_schema_and_broken_ones_say_why() -> None:
     rng = random.Random(1)  # noqa: S311 - the workload's own kind of random stream
     device = build_fleet(FleetShape())[0]
     state = LUMINAIRE.new_state(device, rng)
-    for task in LUMINAIRE.tasks:
+    for task in (t for t in LUMINAIRE.tasks if not t.to_shadow):
         for i in range(20):
             body = task.build(state, rng, 1.7e9 + i)
             assert validate(task.stream, body) is None
@@ -56,6 +56,21 @@ def test_every_task_payload_passes_its_schema_and_broken_ones_say_why() -> None:
     assert validate("telemetry", {**good, "occupancy": "yes"}) == "field 'occupancy' has type str"
     assert validate("telemetry", [1]) == "payload is not a JSON object"
     assert validate("weather", {}) == "unknown stream 'weather'"
+
+
+def test_the_luminaire_applies_desired_dim_levels_and_keeps_its_own_on_nonsense() -> None:
+    rng = random.Random(2)  # noqa: S311 - the workload's own kind of random stream
+    state = LUMINAIRE.new_state(build_fleet(FleetShape())[0], rng)
+    spec = LUMINAIRE.shadow
+    assert spec is not None
+    assert spec.apply["dim"](state, 30) == 30
+    assert spec.reported(state) == {"dim": 30, "faulty": False, "firmware": "2.4.1"}
+    for nonsense in (140, -1, "bright", True, None):
+        assert spec.apply["dim"](state, nonsense) == 30  # reported back as it is, so the delta stays visible
+    assert all(0 <= spec.desired(rng)["dim"] <= 100 for _ in range(50))
+    status = next(t for t in LUMINAIRE.tasks if t.to_shadow)
+    state.faulty = True
+    assert status.build(state, rng, 0.0) == {"faulty": True, "firmware": "2.4.1"}
 
 
 def test_durations_and_chaos_events_parse_or_say_how() -> None:
@@ -77,4 +92,7 @@ def test_fleet_file_sections_are_checked(tmp_path: Path) -> None:
         load_fleet_file(path)
     path.write_text("[fleets]\n")
     with pytest.raises(ConfigError, match="unknown section"):
+        load_fleet_file(path)
+    path.write_text("[workload]\nspeeed = 5\n")
+    with pytest.raises(ConfigError, match=r"\[workload\]: unknown key\(s\) \['speeed'\]"):
         load_fleet_file(path)

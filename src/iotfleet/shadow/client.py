@@ -201,7 +201,8 @@ class ShadowSync:
     Keys without a handler go to ``default`` if given, else are reported as desired. The reported state
     is kept in ``state_file`` (0600) so a restarted device republishes it. On every new session, and so
     after a failover, it re-gets the shadow, resets version tracking (the other region's shadow is a
-    different document), applies any delta and republishes the whole reported state. A 409 on a report
+    different document), applies any delta and republishes the whole reported state; a resync that
+    fails (throttled, timed out, session lost) is tried again on the next session. A 409 on a report
     re-gets the version and retries; a report that fails (session lost, timeout) is logged, counted in
     ``report_failures`` and left to the next resync.
     """
@@ -224,6 +225,7 @@ class ShadowSync:
         self.stale_dropped = 0
         self.report_failures = 0
         self.resyncs = 0
+        self._resync_failed = False
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -256,12 +258,14 @@ class ShadowSync:
                 await self._task
 
     async def _on_session(self, _device: DeviceClient, _endpoint: Endpoint) -> None:
-        if self.version is not None:  # the first session is covered by start()
+        # the first session is covered by start(); a resync that failed is tried again on the next one
+        if self.version is not None or self._resync_failed:
             await self.resync()
 
     async def resync(self) -> None:
         async with self._lock:
             self.resyncs += 1
+            self._resync_failed = True
             try:
                 doc: ShadowDocument | None = await self.shadow.get()
             except ShadowRejected as exc:
@@ -273,6 +277,7 @@ class ShadowSync:
                 self._apply(doc.state.delta)
             if self.reported:
                 await self._report(self.reported)
+            self._resync_failed = False
 
     async def _follow(self, deltas: AsyncIterator[ShadowDelta], first: asyncio.Future[ShadowDelta]) -> None:
         delta = await first

@@ -82,6 +82,12 @@ def shard_of(devices: list[SimDevice], index: int, count: int) -> list[SimDevice
     return [d for d in devices if d.site_index % count == index]
 
 
+KNOWN_KEYS = {
+    "workload": {"speed", "duration", "operator_fraction", "operator_every"},
+    "thresholds": {"max_lost", "max_error_rate"},
+}
+
+
 def load_fleet_file(path: Path) -> dict[str, Any]:
     """Read a TOML fleet file: ``[fleet]`` (the shape), ``[workload]``, ``[target]``; see the README."""
     try:
@@ -93,6 +99,10 @@ def load_fleet_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: unknown section(s) {sorted(unknown)}; use [fleet], [workload], [target], [thresholds]"
         )
+    for section, known in KNOWN_KEYS.items():
+        extra = set(data.get(section, {})) - known
+        if extra:
+            raise ConfigError(f"{path} [{section}]: unknown key(s) {sorted(extra)}; known: {sorted(known)}")
     try:
         FleetShape(**data.get("fleet", {}))
     except ValidationError as exc:

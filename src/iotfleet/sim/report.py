@@ -9,6 +9,11 @@ Definitions: ``acked`` counts distinct (device, sequence) pairs acknowledged; ``
 stored by any region's ingest; ``lost`` pairs acknowledged but never ingested (the at-least-once
 contract broken); ``unacked`` pairs sent but still unacknowledged at the end (left in the outbox);
 ``duplicates`` deliveries ingested more than once (within a region, and the same pair in two regions).
+
+``shadow`` counts the devices' shadow traffic (acknowledged requests by operation, deltas applied,
+resyncs) and, against the local cloud, the operator's desired changes: how many devices reported them
+back (``reconciled``) and which did not (``pending``). ``latency_ms.shadow_sync`` runs from a desired
+change to the device's report, from shadow metadata timestamps (1 s resolution).
 """
 
 from __future__ import annotations
@@ -40,10 +45,25 @@ def _union(target: dict[str, SeqSet], source: Mapping[str, SeqSet]) -> None:
             target[thing] = SeqSet.from_dict(seqs.to_dict())
 
 
+def _add_shadow(total: dict[str, Any], part: Mapping[str, Any]) -> None:
+    """Add one run's (or shard's) raw shadow figures to ``total``."""
+    total["device"] = dict(Counter(total.get("device", {})) + Counter(part.get("device", {})))
+    operator = part.get("operator")
+    if operator is None:
+        return
+    mine = total.get("operator") or {"changes": 0, "devices_changed": 0, "reconciled": 0, "pending": 0}
+    for key in ("changes", "devices_changed", "reconciled", "pending"):
+        mine[key] = mine.get(key, 0) + operator[key]
+    mine["pending_devices"] = [*mine.get("pending_devices", []), *operator.get("pending_devices", [])][:20]
+    mine["errors"] = dict(Counter(mine.get("errors", {})) + Counter(operator.get("errors", {})))
+    total["operator"] = mine
+
+
 def build_report(
     *,
     workers: Sequence[WorkerMetrics],
     ingest: Sequence[Mapping[str, Any]] | None,
+    operator: Mapping[str, Any] | None = None,
     duration_s: float,
     config: Mapping[str, Any],
     chaos: Sequence[Mapping[str, Any]] = (),
@@ -51,7 +71,16 @@ def build_report(
     """Merge the workers' and ingest regions' figures into the raw form, then compute the report."""
     acked: dict[str, SeqSet] = {}
     sent: Counter[str] = Counter()
-    hist = {"connect": Histogram(), "ack": Histogram(), "e2e": Histogram(), "provision": Histogram()}
+    hist = {
+        "connect": Histogram(),
+        "ack": Histogram(),
+        "e2e": Histogram(),
+        "provision": Histogram(),
+        "shadow_sync": operator["lag"] if operator is not None else Histogram(),
+    }
+    shadow: dict[str, Any] = {"device": {}, "operator": None}
+    if operator is not None:
+        _add_shadow(shadow, {"operator": {k: v for k, v in operator.items() if k != "lag"}})
     errors: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     regions: dict[str, Counter[str]] = {}
@@ -67,6 +96,7 @@ def build_report(
         errors.update(w.errors)
         failed.update(w.failed)
         failovers.update(w.failovers)
+        _add_shadow(shadow, {"device": w.shadow})
         for key, value in (
             {
                 "devices": w.devices,
@@ -108,6 +138,7 @@ def build_report(
         "totals": dict(totals),
         "ingest_duplicates": ingest_duplicates,
         "first_ack_at": first_ack,
+        "shadow": shadow,
     }
     return finish({"duration_s": round(duration_s, 3), "config": dict(config), "chaos": list(chaos), "raw": raw})
 
@@ -137,6 +168,7 @@ def finish(report: dict[str, Any]) -> dict[str, Any]:
             "reconnects": max(0, totals.get("connects", 0) - totals.get("devices", 0)),
             "regions": raw["regions"],
             "rejects": raw["rejects"],
+            "shadow": raw.get("shadow", {"device": {}, "operator": None}),
             "resources": {
                 "worker_cpu_s": round(totals.get("worker_cpu_s", 0), 3),
                 "steady_cpu_core_fraction": round(totals["steady_cpu_s"] / totals["steady_wall_s"], 4)
@@ -181,7 +213,9 @@ def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
     regions: dict[str, Counter[str]] = {}
     first_ack: dict[str, dict[str, float]] = {}
+    shadow: dict[str, Any] = {"device": {}, "operator": None}
     for raw in raws:
+        _add_shadow(shadow, raw.get("shadow", {}))
         _union(acked, _seqs(raw["acked"]))
         if ingested is not None:
             _union(ingested, _seqs(raw["ingested"]))
@@ -199,6 +233,7 @@ def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "regions": {k: dict(v) for k, v in regions.items()},
         "ingest_duplicates": sum(r["ingest_duplicates"] for r in raws),
         "first_ack_at": first_ack,
+        "shadow": shadow,
         **{k: dict(v) for k, v in merged.items()},
     }
     raw_out["totals"]["steady_wall_s"] = max(float(r["totals"].get("steady_wall_s", 0)) for r in raws)
@@ -247,6 +282,25 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("errors", f"{report['errors']['total']:,}"),
         ("failovers / failbacks", f"{report['failovers']} / {report['failbacks']}"),
     ]
+    shadow = report.get("shadow") or {}
+    device = shadow.get("device", {})
+    if device:
+        rows.append(
+            (
+                "shadow (devices)",
+                f"{device.get('update', 0):,} updates, {device.get('get', 0):,} gets, "
+                f"{device.get('applied', 0):,} desired values applied, {device.get('resyncs', 0):,} resyncs",
+            )
+        )
+    operator = shadow.get("operator")
+    if operator:
+        rows.append(
+            (
+                "shadow (operator)",
+                f"{operator['changes']:,} desired changes to {operator['devices_changed']:,} devices: "
+                f"{operator['reconciled']:,} reconciled, {operator['pending']:,} pending; sync {lat('shadow_sync')}",
+            )
+        )
     if report.get("rejects"):
         rows.append(("ingest rejects", ", ".join(f"{k}: {v}" for k, v in report["rejects"].items())))
     for region, counts in sorted(report["regions"].items()):

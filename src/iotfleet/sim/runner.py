@@ -5,12 +5,18 @@ decision 10). Each worker runs one event loop: it ramps its devices up at ``ramp
 device's tasks (:mod:`iotfleet.sim.workload`) in simulated time, and every second sends a snapshot of
 its counters to the parent, which draws the live view and runs the chaos schedule. On stop, each worker
 drains its devices' outboxes (``drain_s``), closes them and sends its final :class:`WorkerMetrics`.
+
+A device type with a shadow (:class:`~iotfleet.sim.workload.ShadowSpec`) also runs a
+:class:`~iotfleet.shadow.client.ShadowSync`: it reports its state when connected, applies the operator's
+desired values from deltas, and resyncs after every new session (so after a failover). Shadow requests
+go through the same outbox but are counted apart (``shadow``), never as data messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -19,7 +25,7 @@ import random
 import resource
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -38,14 +44,16 @@ from iotfleet.device.events import (
 )
 from iotfleet.errors import ClientError, IotFleetError
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
+from iotfleet.shadow.client import ShadowSync
 from iotfleet.sim.fleet import SimDevice
 from iotfleet.sim.metrics import Histogram, SeqSet
-from iotfleet.sim.workload import DEVICE_TYPES
+from iotfleet.sim.workload import DEVICE_TYPES, ShadowSpec
 
 __all__ = ["ClaimSettings", "WorkerMetrics", "WorkerSpec", "run_workers"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_S = 1.0
+SHADOW_PREFIX = "$aws/things/"  # shadow requests; never a data topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,7 @@ class WorkerSpec:
     drain_s: float = 10.0
     claim: ClaimSettings | None = None
     start_at: float = 0.0  # wall clock (epoch) when simulated time starts for every worker
+    shadow: bool = True  # run each device type's shadow sync (when it has one)
 
 
 @dataclass
@@ -104,6 +113,8 @@ class WorkerMetrics:
     steady_cpu_s: float = 0.0  # CPU from every device running (plus 2 s) to the stop
     steady_wall_s: float = 0.0
     max_rss_kb: int = 0
+    # shadow traffic: acknowledged requests by operation ("get", "update"), deltas applied, resyncs, ...
+    shadow: Counter[str] = field(default_factory=Counter)
 
     def region(self, name: str) -> Counter[str]:
         counters = self.by_region.get(name)
@@ -111,8 +122,14 @@ class WorkerMetrics:
             counters = self.by_region[name] = Counter()
         return counters
 
-    def on_event(self, event: DeviceEvent) -> None:
-        if isinstance(event, PublishAcked):
+    def on_event(self, event: DeviceEvent) -> None:  # noqa: PLR0912 - one branch per event kind
+        if isinstance(event, PublishAcked | PublishFailed) and event.topic.startswith(SHADOW_PREFIX):
+            op = event.topic.rsplit("/", 1)[-1]
+            if isinstance(event, PublishAcked):
+                self.shadow[op] += 1
+            else:
+                self.errors[f"shadow {op}: {event.reason}"] += 1
+        elif isinstance(event, PublishAcked):
             self.acked += 1
             self.ack_ms.add(event.latency_s * 1000)
             region = event.endpoint.region
@@ -210,6 +227,44 @@ async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics)
     return stored.identity
 
 
+class _DeviceShadow:
+    """One simulated device's shadow: synced once connected, reports in the background, stopped before close."""
+
+    def __init__(self, client: DeviceClient, spec: ShadowSpec, state: Any, metrics: WorkerMetrics) -> None:
+        handlers = {key: functools.partial(apply, state) for key, apply in spec.apply.items()}
+        self.sync = ShadowSync(client.shadow(), handlers=handlers)
+        self.sync.reported = spec.reported(state)
+        self.client = client
+        self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn(self._start())
+
+    async def _start(self) -> None:
+        await self.client.wait_connected()
+        await self.sync.start()
+
+    def report(self, values: Mapping[str, Any]) -> None:
+        self._spawn(self.sync.report(values))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.metrics.errors[f"shadow: {type(exc).__name__}"] += 1
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sync.stop()
+        for key in ("applied", "stale_dropped", "report_failures", "resyncs"):
+            self.metrics.shadow[key] += getattr(self.sync, key)
+
+
 async def _run_device(
     device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics, stopping: asyncio.Event, clients: list[DeviceClient]
 ) -> None:
@@ -237,6 +292,7 @@ async def _run_device(
     clients.append(client)
     metrics.started += 1
     async with client:
+        shadow = _DeviceShadow(client, kind.shadow, state, metrics) if spec.shadow and kind.shadow else None
         loop = asyncio.get_running_loop()
         origin_real = loop.time()
         sim_origin = spec.start_at
@@ -255,6 +311,10 @@ async def _run_device(
             payload = task.build(state, rng, now)
             if payload is None:
                 continue
+            if task.to_shadow:
+                if shadow is not None:
+                    shadow.report(payload)
+                continue
             try:
                 client.enqueue(task.stream, payload).add_done_callback(_consume)
             except ClientError as exc:
@@ -262,6 +322,8 @@ async def _run_device(
                 continue
             metrics.sent += 1
             metrics.sent_by_device[device.thing] = metrics.sent_by_device.get(device.thing, 0) + 1
+        if shadow is not None:
+            await shadow.stop()
         await client.close(spec.drain_s)
 
 

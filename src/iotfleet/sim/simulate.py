@@ -23,6 +23,7 @@ from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
 from iotfleet.sim.metrics import SeqSet
+from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import build_report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
 
@@ -42,6 +43,7 @@ LOCAL_RECONNECT = ReconnectPolicy(
     failback_probe_s=5.0,
     stable_after_s=10.0,
 )
+OPERATOR_QUIET_S = 3.0
 
 
 def parse_duration(text: str) -> float:
@@ -120,6 +122,10 @@ class SimConfig:
     target: Target | None = None
     drain_s: float = 10.0
     settle_s: float = 10.0
+    shadow: bool = True  # devices sync their classic shadow
+    operator_fraction: float = 0.05  # of the devices get a new desired state every `operator_every_s`
+    operator_every_s: float = 300.0  # simulated seconds
+    operator_on_fault: float = 0.0  # fraction of the devices given a new desired state right after each fault
 
     def check(self) -> None:
         if self.speed <= 0:
@@ -134,6 +140,10 @@ class SimConfig:
             )
         if self.target is not None and self.chaos:
             raise ConfigError("--chaos works against the local cloud only")
+        if not 0 <= self.operator_fraction <= 1:
+            raise ConfigError("--operator-fraction is a fraction of the devices, from 0 to 1")
+        if self.operator_every_s <= 0:
+            raise ConfigError("--operator-every must be a positive duration")
         for event in self.chaos:
             if event.region not in self.regions:
                 raise ConfigError(f"chaos event names region {event.region!r}; the regions are {list(self.regions)}")
@@ -145,6 +155,7 @@ class Progress:
 
     snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)
     chaos_done: list[dict[str, Any]] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)  # regions killed or blackholed and not yet restored
     started: float = field(default_factory=time.monotonic)
 
     def total(self, key: str) -> float:
@@ -171,9 +182,49 @@ def _split(devices: Sequence[SimDevice], workers: int) -> list[list[SimDevice]]:
 
 @contextlib.contextmanager
 def _local_cloud(config: SimConfig, workdir: Path) -> Iterator[LocalCloud]:
-    cloud = LocalCloud(config.regions, workdir=workdir / "cloud", ingest=True)
+    cloud = LocalCloud(config.regions, workdir=workdir / "cloud", ingest=True, replicate_shadows=True)
     with cloud:
         yield cloud
+
+
+class _Director:
+    """What the parent does while the workers run: the chaos schedule and the operator's rounds."""
+
+    def __init__(
+        self, config: SimConfig, cloud: LocalCloud | None, devices: Sequence[SimDevice], progress: Progress
+    ) -> None:
+        self.config = config
+        self.cloud = cloud
+        self.progress = progress
+        self.pending = sorted(config.chaos, key=lambda e: e.at_s)
+        self.operator = None
+        if cloud is not None and config.shadow:
+            self.operator = Operator(
+                cloud,
+                devices,
+                fraction=config.operator_fraction,
+                every_s=config.operator_every_s,
+                speed=config.speed,
+                seed=config.shape.seed,
+            )
+        # no desired change in the last seconds of a timed run: devices need a moment to apply it
+        self.operator_until = None if config.duration_s is None else config.duration_s - OPERATOR_QUIET_S
+
+    def tick(self) -> None:
+        progress, operator = self.progress, self.operator
+        elapsed = time.monotonic() - progress.started
+        while self.pending and self.pending[0].at_s <= elapsed and self.cloud is not None:
+            event = self.pending.pop(0)
+            getattr(self.cloud.region(event.region), event.action)()
+            if event.action == "restore":
+                progress.failed.discard(event.region)
+            else:
+                progress.failed.add(event.region)
+            progress.chaos_done.append({**event.to_dict(), "done_at_s": round(elapsed, 3), "epoch": time.time()})
+            if operator is not None and event.action != "restore" and self.config.operator_on_fault > 0:
+                operator.change(self.config.operator_on_fault, progress.failed)
+        if operator is not None:
+            operator.tick(elapsed, progress.failed, until_s=self.operator_until)
 
 
 def run_simulation(
@@ -229,18 +280,15 @@ def run_simulation(
                 drain_s=config.drain_s,
                 claim=claim if config.provision == "claim" else None,
                 start_at=start_at,
+                shadow=config.shadow,
             )
             for i, chunk in enumerate(_split(devices, config.workers))
         ]
         progress = Progress()
-        pending = sorted(config.chaos, key=lambda e: e.at_s)
+        director = _Director(config, cloud, devices, progress)
 
         def tick() -> None:
-            elapsed = time.monotonic() - progress.started
-            while pending and pending[0].at_s <= elapsed and cloud is not None:
-                event = pending.pop(0)
-                getattr(cloud.region(event.region), event.action)()
-                progress.chaos_done.append({**event.to_dict(), "done_at_s": round(elapsed, 3), "epoch": time.time()})
+            director.tick()
             on_progress(progress)
 
         def snapshot(index: int, body: dict[str, Any]) -> None:
@@ -251,6 +299,7 @@ def run_simulation(
         metrics = run_workers(specs, stop, snapshot, tick, timeout)
         duration = time.monotonic() - started
         ingest = _settle(cloud, metrics, config.settle_s) if cloud is not None else None
+        shadow = None if director.operator is None else director.operator.reconcile(progress.failed)
         report_config = {
             "shape": config.shape.model_dump(),
             "speed": config.speed,
@@ -259,9 +308,16 @@ def run_simulation(
             "provision": config.provision,
             "shard": f"{config.shard[0]}/{config.shard[1]}",
             "target": "local-cloud" if cloud is not None else [str(e) for e in endpoints],
+            "shadow": config.shadow,
+            "operator": {"fraction": config.operator_fraction, "every_s": config.operator_every_s},
         }
         return build_report(
-            workers=metrics, ingest=ingest, duration_s=duration, config=report_config, chaos=progress.chaos_done
+            workers=metrics,
+            ingest=ingest,
+            operator=shadow,
+            duration_s=duration,
+            config=report_config,
+            chaos=progress.chaos_done,
         )
 
 
@@ -317,6 +373,8 @@ def run_drill(
         regions=regions,
         reconnect=policy,
         limits=PublishLimits(enabled=False),
+        operator_fraction=0.0,
+        operator_on_fault=1.0,  # every device gets a new desired dim level while its region is down
     )
     report = run_simulation(config)
     fault = next(e for e in report["chaos"] if e["action"] == mode)
@@ -342,6 +400,21 @@ def run_drill(
         "rto_s": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(rtos[-1], 3) if rtos else 0.0},
         "detection": f"{mode}: {'connection reset' if mode == 'kill' else 'ping timeout'} "
         f"(keepalive {policy.keepalive_s} s, ping timeout {policy.ping_timeout_s} s)",
-        "shadow": None,
+        "shadow": _drill_shadow(report),
         "report": {k: v for k, v in report.items() if k != "raw"},
+    }
+
+
+def _drill_shadow(report: dict[str, Any]) -> dict[str, Any] | None:
+    """Shadow reconciliation in the drill: desired changes made during the fault, applied after failover."""
+    operator = report["shadow"]["operator"]
+    if operator is None:
+        return None
+    lag = report["latency_ms"]["shadow_sync"]
+    return {
+        "changed": operator["devices_changed"],
+        "reconciled": operator["reconciled"],
+        "pending": operator["pending"],
+        "sync_s": {k: round(lag[k] / 1000, 1) for k in ("p50", "p95", "max")} if lag["count"] else None,
+        "resyncs": report["shadow"]["device"].get("resyncs", 0),
     }

@@ -7,6 +7,10 @@ lines::
 
     SENSOR = DeviceType("co2-sensor", tasks=(Task("telemetry", 60, lambda d, rng, now: {"co2": 400 + rng.random()}),))
 
+A device type may also use its classic shadow (:class:`ShadowSpec`): the state it reports when a
+session starts, how it applies each desired key, and what an operator would set; tasks marked
+``to_shadow`` report their payload to the shadow instead of publishing it to a data stream.
+
 ``--speed X`` divides every interval by X. The luminaire's telemetry is sized so that one 40-device site
 sends about 100 MB a day: 40 x 8,640 messages of ~290 bytes (see :func:`bytes_per_site_day`).
 """
@@ -27,6 +31,7 @@ __all__ = [
     "SCHEMAS",
     "DeviceType",
     "LuminaireState",
+    "ShadowSpec",
     "Task",
     "bytes_per_site_day",
     "validate",
@@ -38,12 +43,16 @@ DAY_S: Final = 86_400.0
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """Publish to ``stream`` every ``every_s`` simulated seconds; ``build`` makes the payload (or None)."""
+    """Publish to ``stream`` every ``every_s`` simulated seconds; ``build`` makes the payload (or None).
+
+    With ``to_shadow`` the payload is reported to the device's classic shadow instead.
+    """
 
     stream: str
     every_s: float
     build: Builder
     poisson: bool = False
+    to_shadow: bool = False
 
     def next_gap(self, rng: random.Random) -> float:
         if self.poisson:
@@ -52,12 +61,27 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    """How a device type keeps its classic shadow.
+
+    ``reported(state)`` is published when the device starts (and again after every new session);
+    ``apply[key](state, value)`` applies a desired value and returns the value to report (None: as
+    desired); ``desired(rng)`` is what the simulator's operator sets for a device of this type.
+    """
+
+    reported: Callable[[Any], dict[str, Any]]
+    apply: Mapping[str, Callable[[Any, Any], Any]]
+    desired: Callable[[random.Random], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceType:
-    """A kind of device: its tasks, and how to make one device's mutable state."""
+    """A kind of device: its tasks, how to make one device's mutable state, and its shadow (if any)."""
 
     name: str
     tasks: tuple[Task, ...]
     new_state: Callable[[SimDevice, random.Random], Any] = field(default=lambda _d, _rng: None)
+    shadow: ShadowSpec | None = None
 
 
 # --------------------------------------------------------------------------- the luminaire
@@ -132,6 +156,25 @@ def _spike(state: LuminaireState, rng: random.Random, now: float) -> dict[str, A
     return {"ts": round(now, 3), "power_w": round(baseline * (2 + 3 * rng.random()), 2), "baseline_w": baseline}
 
 
+def _health(state: LuminaireState) -> dict[str, Any]:
+    return {"faulty": state.faulty, "firmware": state.firmware}
+
+
+def _status(state: LuminaireState, _rng: random.Random, _now: float) -> dict[str, Any]:
+    return _health(state)
+
+
+def _shadow_state(state: LuminaireState) -> dict[str, Any]:
+    return {"dim": state.dim, **_health(state)}
+
+
+def _set_dim(state: LuminaireState, value: Any) -> int:
+    """Apply a desired dim level; a value that is not a number 0-100 leaves the lamp as it is (and says so)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        state.dim = int(value)
+    return state.dim
+
+
 LUMINAIRE: Final = DeviceType(
     "luminaire",
     tasks=(
@@ -139,8 +182,14 @@ LUMINAIRE: Final = DeviceType(
         Task("usage", 3600.0, _usage),
         Task("fault", 6 * 3600.0, _fault, poisson=True),
         Task("spike", 2 * 3600.0, _spike, poisson=True),
+        Task("status", 3600.0, _status, poisson=True, to_shadow=True),
     ),
     new_state=_new_luminaire,
+    shadow=ShadowSpec(
+        reported=_shadow_state,
+        apply={"dim": _set_dim},
+        desired=lambda rng: {"dim": rng.randrange(0, 101, 10)},
+    ),
 )
 DEVICE_TYPES: Final[dict[str, DeviceType]] = {"luminaire": LUMINAIRE}
 
@@ -151,7 +200,7 @@ def bytes_per_site_day(devices_per_site: int = 40, samples: int = 200) -> float:
     device = SimDevice("site-0001-b1-r01-a01", "tenant-01", "site-0001", 0, 1, 1, 1, 7)
     state = _new_luminaire(device, rng)
     total = 0.0
-    for task in LUMINAIRE.tasks:
+    for task in (t for t in LUMINAIRE.tasks if not t.to_shadow):
         sizes = [len(json.dumps(task.build(state, rng, 1.7e9 + i))) for i in range(samples)]
         total += sum(sizes) / len(sizes) * DAY_S / task.every_s
     return total * devices_per_site
