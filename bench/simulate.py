@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ramp", type=float, default=1000.0, help="devices started per second")
     parser.add_argument("--keepalive", type=int, default=5, help="MQTT keepalive seconds (ping timeout: half)")
+    parser.add_argument("--no-shadow", action="store_true", help="devices do not sync their shadow")
     args = parser.parse_args()
     shape = FleetShape(sites=args.sites)
     print(f"machine: {platform.machine()} cores={os.cpu_count()} python={platform.python_version()}")
@@ -50,6 +51,7 @@ def main() -> None:
             ramp_per_s=args.ramp,
             limits=PublishLimits(enabled=False),
             settle_s=30.0,
+            shadow=not args.no_shadow,
             reconnect=LOCAL_RECONNECT.model_copy(
                 update={"keepalive_s": args.keepalive, "ping_timeout_s": args.keepalive / 2}
             ),

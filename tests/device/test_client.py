@@ -297,3 +297,27 @@ def test_qos0_publish_is_sent_and_not_queued(local_cloud: LocalCloud, lamp: Iden
         assert [m.payload for _, m in watcher.messages] == [b"fire-and-forget"]
 
     run(scenario())
+
+
+def test_an_unanswered_publish_ends_the_session_long_before_keepalive_would(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    """Only the per-device ack timer can notice here: keepalive is 60 s, the PUBACK deadline 1 s."""
+    policy = FAST.model_copy(update={"keepalive_s": 60, "ping_timeout_s": 1.0})
+    eu = local_cloud.region("eu-west-1")
+    reasons: list[str] = []
+
+    async def scenario() -> None:
+        async with device(lamp, local_cloud, transport, reconnect=policy) as dev:
+            dev.add_listener(lambda e: reasons.append(e.reason) if e.kind is EventKind.DISCONNECTED else None)
+            await asyncio.sleep(1.5)  # idle on the preferred endpoint: nothing to wake for
+            assert reasons == []
+            eu.blackhole()
+            try:
+                receipt = await asyncio.wait_for(dev.publish("power", b"1"), 15)
+            finally:
+                eu.restore()
+            assert reasons[0] == "ack-timeout"
+            assert receipt.endpoint.region == "us-east-1"  # replayed after the failover
+
+    run(scenario())

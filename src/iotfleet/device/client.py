@@ -244,6 +244,8 @@ class DeviceClient:
         self._deliveries: dict[int, _Delivery] = {}
         self._unsent: collections.deque[int] = collections.deque()
         self._inflight: dict[int, float] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None  # fires at the oldest in-flight ack deadline
+        self._look: asyncio.Future[None] | None = None  # wakes the session loop (an ack is overdue)
         self._limiter = _RateLimiter(self.limits)
         self._rate_limited = self.limits.enabled
         self._max_inflight = self.limits.max_inflight
@@ -562,6 +564,8 @@ class DeviceClient:
         """Put one entry on the wire; :meth:`_on_puback` takes it from there (no task per message)."""
         sent = time.monotonic()
         self._inflight[entry.seq] = sent
+        if self._ack_timer is None:
+            self._arm_ack_timer(sent)
         delivery = self._deliveries.get(entry.seq)
         self.counters.sent += 1
         if delivery is not None:
@@ -760,10 +764,13 @@ class DeviceClient:
         replacement: Session | None = None
         ended = asyncio.ensure_future(_settled(session.closed))
         stop = asyncio.ensure_future(self._stop.wait())
+        loop = asyncio.get_running_loop()
         try:
             while not ended.done() and not stop.done():
-                tick = self._tick_s()
-                await asyncio.wait({ended, stop}, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+                look: asyncio.Future[Any] = loop.create_future()
+                self._look = look
+                waits: set[asyncio.Future[Any]] = {ended, stop, look}
+                await asyncio.wait(waits, timeout=self._probe_tick_s(), return_when=asyncio.FIRST_COMPLETED)
                 if ended.done() or stop.done():
                     break
                 if self._ack_overdue():
@@ -785,6 +792,7 @@ class DeviceClient:
             stop.cancel()
             if not ended.done():
                 ended.cancel()
+            self._stop_watching_acks()
         if session.closed.done():
             self._last_reason = session.closed.result().reason
             self._emit(Disconnected(self.thing, session.endpoint, self._last_reason))
@@ -797,17 +805,36 @@ class DeviceClient:
         if self.state is not DeviceState.CLOSED:
             self.state = DeviceState.RECONNECTING
 
-    def _tick_s(self) -> float:
-        """When the session loop must look again: at the oldest in-flight publish's ack deadline, else
-        after ``ping_timeout_s`` (a publish sent meanwhile is then checked at its own deadline), sooner
-        while a failback probe may be due. Idle devices wake rarely: a fleet of them costs little CPU."""
-        if self._inflight:
-            ticks = [min(self._inflight.values()) + self.policy.ping_timeout_s - time.monotonic() + 0.01]
-        else:
-            ticks = [self.policy.ping_timeout_s]
+    def _probe_tick_s(self) -> float | None:
+        """How long the session loop may sleep: for ever on the preferred endpoint (the ack timer wakes
+        it), else until the next failback probe may be due. Idle devices never wake: a large fleet of
+        them costs no CPU."""
         if self.selector.failback_due() or self.selector.current != self.selector.preferred:
-            ticks.append(max(0.05, self.policy.failback_probe_s / 4))
-        return max(0.05, min(ticks))
+            return max(0.05, self.policy.failback_probe_s / 4)
+        return None
+
+    def _arm_ack_timer(self, oldest: float) -> None:
+        """One timer per device at the oldest in-flight publish's ack deadline (no task, no wakeup
+        of the session loop unless the deadline passes unanswered)."""
+        delay = oldest + self.policy.ping_timeout_s - time.monotonic() + 0.01
+        self._ack_timer = asyncio.get_running_loop().call_later(max(0.0, delay), self._check_acks)
+
+    def _stop_watching_acks(self) -> None:
+        self._look = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+
+    def _check_acks(self) -> None:
+        self._ack_timer = None
+        if not self._inflight:
+            return
+        if self._ack_overdue():  # wake the session loop; look again soon in case it is busy (probing)
+            if self._look is not None and not self._look.done():
+                self._look.set_result(None)
+            self._ack_timer = asyncio.get_running_loop().call_later(0.05, self._check_acks)
+            return
+        self._arm_ack_timer(min(self._inflight.values()))
 
     def _ack_overdue(self) -> bool:
         if not self._inflight:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import multiprocessing
 import os
@@ -265,18 +267,126 @@ class _DeviceShadow:
             self.metrics.shadow[key] += getattr(self.sync, key)
 
 
-async def _run_device(
-    device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics, stopping: asyncio.Event, clients: list[DeviceClient]
-) -> None:
+class _DevicePlan:
+    """One device's tasks in simulated time: which is due next, and what it sends."""
+
+    def __init__(
+        self,
+        device: SimDevice,
+        client: DeviceClient,
+        spec: WorkerSpec,
+        metrics: WorkerMetrics,
+        *,
+        origin: float,
+    ) -> None:
+        self.device = device
+        self.client = client
+        self.spec = spec
+        self.metrics = metrics
+        self.shadow: _DeviceShadow | None = None
+        self.rng = random.Random(device.seed)
+        self.kind = DEVICE_TYPES[device.device_type]
+        self.state = self.kind.new_state(device, self.rng)
+        self.origin = origin  # loop time when this device's simulated clock started
+        self.due = [task.next_gap(self.rng) * self.rng.random() for task in self.kind.tasks]  # random phase
+        self.active = True
+
+    def next_at(self) -> float:
+        """Loop time of the next task."""
+        return self.origin + min(self.due) / self.spec.speed
+
+    def fire(self) -> None:
+        """Run the task that is due: build its payload and queue it (or report it to the shadow)."""
+        index = min(range(len(self.due)), key=self.due.__getitem__)
+        task = self.kind.tasks[index]
+        now = self.spec.start_at + self.due[index]
+        self.due[index] += task.next_gap(self.rng)
+        payload = task.build(self.state, self.rng, now)
+        if payload is None:
+            return
+        if task.to_shadow:
+            if self.shadow is not None:
+                self.shadow.report(payload)
+            return
+        metrics = self.metrics
+        try:
+            self.client.enqueue(task.stream, payload).add_done_callback(_consume)
+        except ClientError as exc:
+            metrics.errors[f"enqueue: {type(exc).__name__}"] += 1
+            return
+        metrics.sent += 1
+        thing = self.device.thing
+        metrics.sent_by_device[thing] = metrics.sent_by_device.get(thing, 0) + 1
+
+
+class _Pacer:
+    """One timer for all of a worker's devices: a heap of their next tasks, fired when due.
+
+    One sleeping coroutine instead of one timer and one wait task per device per message (what a
+    per-device loop costs), so a large, mostly idle fleet costs little CPU.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _DevicePlan]] = []
+        self._order = itertools.count()
+        self._wake: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    def add(self, plan: _DevicePlan) -> None:
+        at = plan.next_at()
+        heapq.heappush(self._heap, (at, next(self._order), plan))
+        if self._heap[0][2] is plan:
+            self._poke()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
+            now = loop.time()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, plan = heapq.heappop(self._heap)
+                if plan.active:
+                    try:
+                        plan.fire()
+                    except Exception as exc:  # a device type's bug: counted and logged, the fleet goes on
+                        plan.metrics.errors[f"task: {type(exc).__name__}"] += 1
+                        log.exception("%s: a task failed", plan.device.thing)
+                    heapq.heappush(self._heap, (plan.next_at(), next(self._order), plan))
+            self._wake = loop.create_future()
+            timer = loop.call_at(self._heap[0][0], self._poke) if self._heap else None
+            try:
+                await self._wake
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+
+@dataclass
+class _Worker:
+    """What every device of one worker shares."""
+
+    spec: WorkerSpec
+    metrics: WorkerMetrics
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    clients: list[DeviceClient] = field(default_factory=list)
+    pacer: _Pacer = field(default_factory=_Pacer)
+
+
+async def _run_device(device: SimDevice, worker: _Worker) -> None:
+    spec, metrics = worker.spec, worker.metrics
     try:
         identity = await _identity(device, spec, metrics)
     except IotFleetError as exc:
         metrics.errors[f"provision: {type(exc).__name__}"] += 1
         log.warning("%s: provisioning failed: %s", device.thing, exc)
         return
-    rng = random.Random(device.seed)
-    kind = DEVICE_TYPES[device.device_type]
-    state = kind.new_state(device, rng)
     client = DeviceClient(
         identity=identity,
         endpoints=spec.endpoints,
@@ -289,41 +399,18 @@ async def _run_device(
         connect_wait_s=0,
         drain_on_close_s=spec.drain_s,
     )
-    clients.append(client)
+    worker.clients.append(client)
     metrics.started += 1
     async with client:
-        shadow = _DeviceShadow(client, kind.shadow, state, metrics) if spec.shadow and kind.shadow else None
-        loop = asyncio.get_running_loop()
-        origin_real = loop.time()
-        sim_origin = spec.start_at
-        due = [task.next_gap(rng) * rng.random() for task in kind.tasks]  # random phase per device
-        while not stopping.is_set():
-            index = min(range(len(due)), key=due.__getitem__)
-            wait = origin_real + due[index] / spec.speed - loop.time()
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), wait)
-                if stopping.is_set():
-                    break
-            task = kind.tasks[index]
-            now = sim_origin + due[index]
-            due[index] += task.next_gap(rng)
-            payload = task.build(state, rng, now)
-            if payload is None:
-                continue
-            if task.to_shadow:
-                if shadow is not None:
-                    shadow.report(payload)
-                continue
-            try:
-                client.enqueue(task.stream, payload).add_done_callback(_consume)
-            except ClientError as exc:
-                metrics.errors[f"enqueue: {type(exc).__name__}"] += 1
-                continue
-            metrics.sent += 1
-            metrics.sent_by_device[device.thing] = metrics.sent_by_device.get(device.thing, 0) + 1
-        if shadow is not None:
-            await shadow.stop()
+        kind = DEVICE_TYPES[device.device_type]
+        plan = _DevicePlan(device, client, spec, metrics, origin=asyncio.get_running_loop().time())
+        if spec.shadow and kind.shadow is not None:
+            plan.shadow = _DeviceShadow(client, kind.shadow, plan.state, metrics)
+        worker.pacer.add(plan)
+        await worker.stopping.wait()
+        plan.active = False
+        if plan.shadow is not None:
+            await plan.shadow.stop()
         await client.close(spec.drain_s)
 
 
@@ -334,9 +421,8 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> WorkerMetrics:
-    metrics = WorkerMetrics(devices=len(spec.devices))
-    stopping = asyncio.Event()
-    clients: list[DeviceClient] = []
+    worker = _Worker(spec, WorkerMetrics(devices=len(spec.devices)))
+    metrics, stopping = worker.metrics, worker.stopping
     loop = asyncio.get_running_loop()
     deadline = None if spec.duration_s is None else loop.time() + spec.duration_s
 
@@ -347,7 +433,7 @@ async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
             await asyncio.sleep(SNAPSHOT_EVERY_S)
             if not steady and ramped.is_set() and loop.time() >= ramped_at[0] + 2.0:
                 steady.extend((time.process_time(), loop.time()))
-            metrics.outbox_depth = sum(len(c.outbox) for c in clients)
+            metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
             results.put(("snapshot", spec.index, metrics.snapshot()))
             if stop.is_set() or (deadline is not None and loop.time() >= deadline):
                 stopping.set()
@@ -355,23 +441,26 @@ async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
     ramped = asyncio.Event()
     ramped_at = [0.0]
     watcher = loop.create_task(watch())
+    pacing = loop.create_task(worker.pacer.run())
     runs = []
     gap = 1.0 / spec.ramp_per_s if spec.ramp_per_s > 0 else 0.0
     for device in spec.devices:
         if stopping.is_set():
             break
-        runs.append(loop.create_task(_run_device(device, spec, metrics, stopping, clients)))
+        runs.append(loop.create_task(_run_device(device, worker)))
         if gap:
             await asyncio.sleep(gap)
     ramped_at[0] = loop.time()
     ramped.set()
     await stopping.wait()
+    worker.pacer.stop()
     if steady:
         metrics.steady_cpu_s = time.process_time() - steady[0]
         metrics.steady_wall_s = loop.time() - steady[1]
     await asyncio.gather(*runs, return_exceptions=False)
     await watcher
-    metrics.outbox_depth = sum(len(c.outbox) for c in clients)
+    await pacing
+    metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
     return metrics
 
 
