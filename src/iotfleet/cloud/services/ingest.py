@@ -8,18 +8,23 @@ the device SDK puts in MQTT5 user properties, and:
 - **validates** the payload against the stream's schema (:data:`iotfleet.sim.workload.SCHEMAS`); a bad
   one goes to ``rejects`` with the reason, never silently dropped;
 - **stores** raw messages, hourly aggregates per device and metric (count, min, max, avg) and domain
-  events in SQLite (WAL), committing in batches;
+  events in SQLite (WAL), committing in batches on a writer thread (SQLite releases the GIL, so
+  messages keep being handled while a batch is written); the hourly cells are kept in memory and
+  upserted every ``HOURLY_EVERY_S`` (each is touched by many messages), and by :meth:`flush`;
 - **measures** per-device sequence sets and the end-to-end latency (send → ingested) for the report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,6 +39,7 @@ __all__ = ["IngestService"]
 SHARE_GROUP: Final = "iotfleet-ingest"
 MESSAGE_ID, SEQ, SENT_AT = "iotfleet-msg-id", "iotfleet-seq", "iotfleet-sent-at"
 FLUSH_EVERY_S: Final = 0.2
+HOURLY_EVERY_S: Final = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw (
@@ -64,6 +70,14 @@ def _topic_pattern(scheme: TopicScheme) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+@dataclass(slots=True)
+class _Batch:
+    raw: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    rejects: list[tuple[Any, ...]]
+    hourly: dict[tuple[str, str, int], list[float]]
+
+
 class IngestService(RegionService):
     """One region's ingest: ``stats()`` gives what the simulator's report needs."""
 
@@ -74,6 +88,9 @@ class IngestService(RegionService):
         self.scheme = scheme or TopicScheme()
         self.filters = (f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",)
         self._topic = _topic_pattern(self.scheme)
+        self._lock = threading.Lock()  # the connection is shared by the writer thread and query()
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"iotfleet-ingest-{region}")
+        self._hourly_at = time.monotonic()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -103,10 +120,11 @@ class IngestService(RegionService):
         match = self._topic.fullmatch(message.topic)
         props = dict(message.user_properties)
         message_id = props.get(MESSAGE_ID)
+        seq_text = props.get(SEQ, "")
         if match is None:
             self._reject(message, message_id, "topic does not follow the data scheme", now)
             return
-        if message_id is None or not props.get(SEQ, "").isdigit():
+        if message_id is None or not seq_text.isdigit():
             self._reject(message, message_id, "no iotfleet-msg-id/iotfleet-seq user properties", now)
             return
         if message_id in self._seen:
@@ -114,7 +132,8 @@ class IngestService(RegionService):
             return
         thing, stream = match.group("thing"), match.group("stream")
         try:
-            body = json.loads(message.payload)
+            text = message.payload.decode()
+            body = json.loads(text)
         except ValueError:
             self._reject(message, message_id, "payload is not valid JSON", now)
             return
@@ -124,7 +143,7 @@ class IngestService(RegionService):
             return
         self._seen.add(message_id)
         self.ingested += 1
-        seq = int(props[SEQ])
+        seq = int(seq_text)
         seqs = self.by_device.get(thing)
         if seqs is None:
             seqs = self.by_device[thing] = SeqSet()
@@ -132,9 +151,9 @@ class IngestService(RegionService):
         sent_at = int(props.get(SENT_AT, "0")) / 1000
         if sent_at:
             self.e2e.add(max(0.0, (now - sent_at) * 1000))
-        self._raw.append((message_id, thing, stream, seq, sent_at, now, message.payload.decode()))
+        self._raw.append((message_id, thing, stream, seq, sent_at, now, text))
         if stream in EVENTS:
-            self._events.append((message_id, thing, stream, body["ts"], message.payload.decode()))
+            self._events.append((message_id, thing, stream, body["ts"], text))
         hour = int(body["ts"] // 3600)
         for metric in METRICS.get(stream, ()):
             value = float(body[metric])
@@ -154,32 +173,50 @@ class IngestService(RegionService):
     # ---------------------------------------------------------------- storage
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
-            self.flush()
+            batch = self._take(hourly=time.monotonic() - self._hourly_at >= HOURLY_EVERY_S)
+            if batch is not None:
+                await loop.run_in_executor(self._writer, self._write, batch)
 
     def flush(self) -> None:
-        """Write what arrived since the last flush in one transaction."""
-        if not (self._raw or self._rejects or self._hourly):
-            return
-        raw, events, rejects, hourly = self._raw, self._events, self._rejects, self._hourly
-        self._raw, self._events, self._rejects, self._hourly = [], [], [], {}
-        db = self._db
-        db.execute("BEGIN")
-        db.executemany("INSERT OR IGNORE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)", raw)
-        db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", events)
-        db.executemany("INSERT INTO rejects(topic, message_id, reason, payload, at) VALUES (?, ?, ?, ?, ?)", rejects)
-        db.executemany(
-            "INSERT INTO hourly VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thing, metric, hour) DO UPDATE SET "
-            "count = count + excluded.count, min = MIN(min, excluded.min), max = MAX(max, excluded.max), "
-            "sum = sum + excluded.sum",
-            [(t, m, h, int(c[0]), c[1], c[2], c[3]) for (t, m, h), c in hourly.items()],
-        )
-        db.execute("COMMIT")
+        """Write everything that arrived, hourly aggregates included, now (one transaction)."""
+        batch = self._take(hourly=True)
+        if batch is not None:
+            self._write(batch)
+
+    def _take(self, *, hourly: bool) -> _Batch | None:
+        """Hand over what arrived since the last batch (on the services' loop)."""
+        if not (self._raw or self._rejects or (hourly and self._hourly)):
+            return None
+        batch = _Batch(self._raw, self._events, self._rejects, self._hourly if hourly else {})
+        self._raw, self._events, self._rejects = [], [], []
+        if hourly:
+            self._hourly, self._hourly_at = {}, time.monotonic()
+        return batch
+
+    def _write(self, batch: _Batch) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            db.executemany("INSERT OR IGNORE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)", batch.raw)
+            db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch.events)
+            db.executemany(
+                "INSERT INTO rejects(topic, message_id, reason, payload, at) VALUES (?, ?, ?, ?, ?)", batch.rejects
+            )
+            db.executemany(
+                "INSERT INTO hourly VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thing, metric, hour) DO UPDATE SET "
+                "count = count + excluded.count, min = MIN(min, excluded.min), max = MAX(max, excluded.max), "
+                "sum = sum + excluded.sum",
+                [(t, m, h, int(c[0]), c[1], c[2], c[3]) for (t, m, h), c in batch.hourly.items()],
+            )
+            db.execute("COMMIT")
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the store (after a :meth:`flush`), e.g. ``SELECT * FROM hourly_avg``."""
-        return self._db.execute(sql, args).fetchall()
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -194,4 +231,6 @@ class IngestService(RegionService):
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        self._writer.shutdown(wait=True)
+        with self._lock:
+            self._db.close()
