@@ -213,6 +213,24 @@ def test_a_first_resync_that_fails_is_retried_on_the_next_session(
     run(scenario())
 
 
+def test_a_desired_change_that_causes_a_version_conflict_is_applied(local_cloud: LocalCloud, lamp: Identity) -> None:
+    """The operator's change lands between the device's get and its report: the 409's re-get carries it."""
+    applied: list[int] = []
+    operator = local_cloud.region("eu-west-1").shadows
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            await sync.resync()  # not started: no delta follower, so only the conflict path can see the change
+            await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": 70})
+            await sync.report({"lux": 5})
+
+    run(scenario())
+    assert applied == [70]
+    assert operator.get("lamp-1")["state"]["reported"] == {"lux": 5, "dim": 70}
+    assert "delta" not in operator.get("lamp-1")["state"]
+
+
 def test_report_recovers_from_a_version_conflict(local_cloud: LocalCloud, lamp: Identity) -> None:
     operator = local_cloud.region("eu-west-1").shadows
 

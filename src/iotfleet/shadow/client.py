@@ -318,13 +318,19 @@ class ShadowSync:
             await self._report(values)
 
     async def _report(self, values: Mapping[str, Any]) -> None:
+        values = dict(values)
         for _ in range(3):
             try:
-                accepted = await self.shadow.update(reported=dict(values), version=self.version)
+                accepted = await self.shadow.update(reported=values, version=self.version)
             except ShadowRejected as exc:
                 if exc.code != 409:
                     raise
-                self.version = (await self.shadow.get()).version  # someone else updated: catch up and retry
+                # someone else updated: catch up. The newer document may carry a desired change whose
+                # delta is then dropped as stale (its version is not newer), so apply it from here.
+                doc = await self.shadow.get()
+                self.version = doc.version
+                if doc.state.delta:
+                    values.update(self._apply(doc.state.delta))
                 continue
             self.version = accepted.version
             return
