@@ -456,6 +456,12 @@ def _shard(value: str) -> tuple[int, int]:
     help="Devices started per second.",
 )
 @click.option("--no-limits", is_flag=True, help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s).")
+@click.option(
+    "--account-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Account-wide publishes per second for the whole fleet [local cloud: unlimited; a real target: "
+    "20,000, IoT Core's default quota]. Lower it for a smaller Region (2,000).",
+)
 @click.option("--regions", default="eu-west-1,us-east-1", show_default=True, help="Local cloud regions.")
 @click.option(
     "--chaos",
@@ -530,6 +536,7 @@ def simulate(**options: Any) -> None:
             chaos=[parse_chaos(c) for c in options["chaos"]],
             target=target,
             shadow=not options["no_shadow"],
+            account_publish_rate=options["account_rate"],
         )
         fraction = options["operator_fraction"]
         if fraction is None:

@@ -106,6 +106,7 @@ def build_report(
                 "worker_cpu_s": w.cpu_s,
                 "steady_cpu_s": w.steady_cpu_s,
                 "worker_rss_kb": w.max_rss_kb,
+                "account_rate_waits": w.account_rate_waits,
             }
         ).items():
             totals[key] = totals.get(key, 0) + value
@@ -166,6 +167,7 @@ def finish(report: dict[str, Any]) -> dict[str, Any]:
             "failovers_by_route": raw["failovers"],
             "failbacks": totals.get("failbacks", 0),
             "reconnects": max(0, totals.get("connects", 0) - totals.get("devices", 0)),
+            "account_rate_waits": totals.get("account_rate_waits", 0),
             "regions": raw["regions"],
             "rejects": raw["rejects"],
             "shadow": raw.get("shadow", {"device": {}, "operator": None}),

@@ -85,6 +85,7 @@ class WorkerSpec:
     claim: ClaimSettings | None = None
     start_at: float = 0.0  # wall clock (epoch) when simulated time starts for every worker
     shadow: bool = True  # run each device type's shadow sync (when it has one)
+    publish_rate: float | None = None  # this worker's share of the account-wide publish quota, msg/s
 
 
 @dataclass
@@ -117,6 +118,7 @@ class WorkerMetrics:
     max_rss_kb: int = 0
     # shadow traffic: acknowledged requests by operation ("get", "update"), deltas applied, resyncs, ...
     shadow: Counter[str] = field(default_factory=Counter)
+    account_rate_waits: int = 0  # times the account publish rate held the worker's tasks back
 
     def region(self, name: str) -> Counter[str]:
         counters = self.by_region.get(name)
@@ -323,14 +325,32 @@ class _Pacer:
     """One timer for all of a worker's devices: a heap of their next tasks, fired when due.
 
     One sleeping coroutine instead of one timer and one wait task per device per message (what a
-    per-device loop costs), so a large, mostly idle fleet costs little CPU.
+    per-device loop costs), so a large, mostly idle fleet costs little CPU. With ``rate`` (this worker's
+    share of the account-wide publish quota) a token bucket with 0.1 s of burst holds tasks back, late
+    rather than dropped; ``waits`` counts how often it did.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rate: float | None = None) -> None:
         self._heap: list[tuple[float, int, _DevicePlan]] = []
         self._order = itertools.count()
         self._wake: asyncio.Future[None] | None = None
         self._stopped = False
+        self.rate = rate
+        self._capacity = max(1.0, (rate or 0.0) / 10)
+        self._tokens = self._capacity
+        self._filled_at = 0.0
+        self.waits = 0
+
+    def _token_wait(self, now: float) -> float:
+        """0 when a task may fire now (its token taken), else the seconds until one may."""
+        if self.rate is None:
+            return 0.0
+        self._tokens = min(self._capacity, self._tokens + (now - self._filled_at) * self.rate)
+        self._filled_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
 
     def add(self, plan: _DevicePlan) -> None:
         at = plan.next_at()
@@ -350,7 +370,13 @@ class _Pacer:
         loop = asyncio.get_running_loop()
         while not self._stopped:
             now = loop.time()
+            wake_at = None
             while self._heap and self._heap[0][0] <= now:
+                wait = self._token_wait(now)
+                if wait > 0:
+                    self.waits += 1
+                    wake_at = now + wait
+                    break
                 _, _, plan = heapq.heappop(self._heap)
                 if plan.active:
                     try:
@@ -360,7 +386,9 @@ class _Pacer:
                         log.exception("%s: a task failed", plan.device.thing)
                     heapq.heappush(self._heap, (plan.next_at(), next(self._order), plan))
             self._wake = loop.create_future()
-            timer = loop.call_at(self._heap[0][0], self._poke) if self._heap else None
+            if wake_at is None and self._heap:
+                wake_at = self._heap[0][0]
+            timer = loop.call_at(wake_at, self._poke) if wake_at is not None else None
             try:
                 await self._wake
             finally:
@@ -421,7 +449,7 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 
 async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> WorkerMetrics:
-    worker = _Worker(spec, WorkerMetrics(devices=len(spec.devices)))
+    worker = _Worker(spec, WorkerMetrics(devices=len(spec.devices)), pacer=_Pacer(spec.publish_rate))
     metrics, stopping = worker.metrics, worker.stopping
     loop = asyncio.get_running_loop()
     deadline = None if spec.duration_s is None else loop.time() + spec.duration_s
@@ -460,6 +488,7 @@ async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
     await asyncio.gather(*runs, return_exceptions=False)
     await watcher
     await pacing
+    metrics.account_rate_waits = worker.pacer.waits
     metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
     return metrics
 

@@ -44,6 +44,7 @@ LOCAL_RECONNECT = ReconnectPolicy(
     stable_after_s=10.0,
 )
 OPERATOR_QUIET_S = 3.0
+AWS_ACCOUNT_PUBLISH_RATE = 20_000.0  # inbound publishes/s per account, the larger Regions' default quota
 
 
 def parse_duration(text: str) -> float:
@@ -126,6 +127,9 @@ class SimConfig:
     operator_fraction: float = 0.05  # of the devices get a new desired state every `operator_every_s`
     operator_every_s: float = 300.0  # simulated seconds
     operator_on_fault: float = 0.0  # fraction of the devices given a new desired state right after each fault
+    # account-wide publishes per second, split over the workers; None: unlimited on the local cloud,
+    # IoT Core's default inbound quota (IOT_CORE.md section 4) against a real target
+    account_publish_rate: float | None = None
 
     def check(self) -> None:
         if self.speed <= 0:
@@ -144,9 +148,17 @@ class SimConfig:
             raise ConfigError("--operator-fraction is a fraction of the devices, from 0 to 1")
         if self.operator_every_s <= 0:
             raise ConfigError("--operator-every must be a positive duration")
+        if self.account_publish_rate is not None and self.account_publish_rate <= 0:
+            raise ConfigError("--account-rate must be a positive number of messages per second")
         for event in self.chaos:
             if event.region not in self.regions:
                 raise ConfigError(f"chaos event names region {event.region!r}; the regions are {list(self.regions)}")
+
+    def publish_rate(self) -> float | None:
+        """The account-wide publish rate in force: the option, else IoT Core's quota for a real target."""
+        if self.account_publish_rate is not None:
+            return self.account_publish_rate
+        return AWS_ACCOUNT_PUBLISH_RATE if self.target is not None else None
 
 
 @dataclass
@@ -264,6 +276,8 @@ def run_simulation(
         if config.provision == "claim":
             identity_dir = workdir / "identities"
         start_at = time.time()
+        chunks = _split(devices, config.workers)
+        account_rate = config.publish_rate()
         specs = [
             WorkerSpec(
                 index=i,
@@ -281,8 +295,9 @@ def run_simulation(
                 claim=claim if config.provision == "claim" else None,
                 start_at=start_at,
                 shadow=config.shadow,
+                publish_rate=None if account_rate is None else account_rate / len(chunks),
             )
-            for i, chunk in enumerate(_split(devices, config.workers))
+            for i, chunk in enumerate(chunks)
         ]
         progress = Progress()
         director = _Director(config, cloud, devices, progress)
@@ -310,6 +325,7 @@ def run_simulation(
             "target": "local-cloud" if cloud is not None else [str(e) for e in endpoints],
             "shadow": config.shadow,
             "operator": {"fraction": config.operator_fraction, "every_s": config.operator_every_s},
+            "account_publish_rate": account_rate,
         }
         return build_report(
             workers=metrics,

@@ -1,0 +1,56 @@
+"""The worker's pacer: one heap and one timer for every device, and the account-wide publish rate."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from iotfleet.config import Endpoint, Identity
+from iotfleet.sim.runner import WorkerMetrics, _Pacer
+from iotfleet.sim.simulate import AWS_ACCOUNT_PUBLISH_RATE, SimConfig, Target
+
+
+class AlwaysDue:
+    """A device whose next task is always due: only the rate limit holds it back."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.fired = 0
+        self.metrics = WorkerMetrics()
+
+    def next_at(self) -> float:
+        return 0.0
+
+    def fire(self) -> None:
+        self.fired += 1
+
+
+def test_the_account_rate_bounds_what_fires_and_late_tasks_still_fire() -> None:
+    rate = 200.0
+    plans = [AlwaysDue() for _ in range(3)]
+
+    async def scenario() -> float:
+        pacer = _Pacer(rate)
+        for plan in plans:
+            pacer.add(plan)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        running = loop.create_task(pacer.run())
+        await asyncio.sleep(0.5)
+        pacer.stop()
+        await running
+        assert pacer.waits > 0
+        return loop.time() - started
+
+    elapsed = asyncio.run(scenario())
+    fired = sum(p.fired for p in plans)
+    assert fired <= rate * elapsed + rate / 10 + 1  # the rate plus 0.1 s of burst, however fast the machine
+    assert min(p.fired for p in plans) > 0  # held back, never starved
+
+
+def test_a_real_target_gets_iot_cores_account_quota_unless_told_otherwise(tmp_path: Path) -> None:
+    identity = Identity(thing_name="claim", cert_file=tmp_path / "c", key_file=tmp_path / "k", ca_file=tmp_path / "a")
+    target = Target([Endpoint(region="eu-west-1", host="example.invalid", port=8883)], tmp_path / "a", identity, "t")
+    assert SimConfig().publish_rate() is None  # the local cloud: unlimited
+    assert SimConfig(target=target, provision="claim").publish_rate() == AWS_ACCOUNT_PUBLISH_RATE
+    assert SimConfig(target=target, provision="claim", account_publish_rate=2000).publish_rate() == 2000
