@@ -481,8 +481,9 @@ def _shard(value: str) -> tuple[int, int]:
 @click.option(
     "--keepalive",
     type=click.IntRange(min=1, max=1200),
-    help="MQTT keepalive seconds; a frozen region is noticed after it plus half of it "
-    "[local cloud: 5, other targets: 1200 like the CRT]. Each ping costs CPU: raise it for quiet fleets.",
+    help="MQTT keepalive seconds [local cloud: 30, other targets: 1200 like the CRT]. A publishing device "
+    "notices a frozen region when a PUBACK is late; an idle one after keepalive plus the ping timeout. "
+    "Each ping costs CPU.",
 )
 @click.option(
     "--workdir",
@@ -553,7 +554,7 @@ def simulate(**options: Any) -> None:
         if options["keepalive"]:
             keepalive = options["keepalive"]
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
-            config.reconnect = base.model_copy(update={"keepalive_s": keepalive, "ping_timeout_s": keepalive / 2})
+            config.reconnect = base.model_copy(update={"keepalive_s": keepalive})
         stop = multiprocessing.get_context("spawn").Event()
         with _until_signalled() as signalled, LiveView(shape.devices) as live:
 

@@ -93,7 +93,7 @@ def test_a_blackhole_drill_detects_the_outage_and_fails_every_device_over() -> N
     assert {"devices", "sent", "ingested", "lost", "duplicates", "rto_s"} <= set(drill)
     assert (drill["devices"], drill["failed_over"], drill["lost"]) == (40, 40, 0)
     assert 0 < drill["rto_s"]["p50"] <= drill["rto_s"]["p95"] <= drill["rto_s"]["max"]
-    assert "ping timeout" in drill["detection"]
+    assert "PUBACK or PINGRESP 2.0 s late" in drill["detection"]
     # every device's desired state was changed in region 2 during the outage, and each applied it there
     shadow = drill["shadow"]
     assert (shadow["changed"], shadow["reconciled"], shadow["pending"]) == (40, 40, 0)
