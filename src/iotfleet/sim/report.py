@@ -268,6 +268,12 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             return "-"
         return f"p50 {s['p50']:.1f}  p95 {s['p95']:.1f}  p99 {s['p99']:.1f}  max {s['max']:.1f}"
 
+    def sync_s() -> str:
+        s = report["latency_ms"].get("shadow_sync", {"count": 0})
+        if not s["count"]:
+            return "no change reported back"
+        return f"sync p50 {s['p50'] / 1000:.0f} s, p95 {s['p95'] / 1000:.0f} s, max {s['max'] / 1000:.0f} s (1 s steps)"
+
     none = "n/a (no ingest: not the local cloud)"
     rows = [
         ("devices", f"{report['devices']:,}"),
@@ -300,7 +306,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             (
                 "shadow (operator)",
                 f"{operator['changes']:,} desired changes to {operator['devices_changed']:,} devices: "
-                f"{operator['reconciled']:,} reconciled, {operator['pending']:,} pending; sync {lat('shadow_sync')}",
+                f"{operator['reconciled']:,} reconciled, {operator['pending']:,} pending; {sync_s()}",
             )
         )
     if report.get("rejects"):
