@@ -45,9 +45,16 @@ def _union(target: dict[str, SeqSet], source: Mapping[str, SeqSet]) -> None:
             target[thing] = SeqSet.from_dict(seqs.to_dict())
 
 
+def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    """Key-wise sum that keeps zero counts (``Counter + Counter`` drops them: 0 would read as unmeasured)."""
+    total = Counter(a)
+    total.update(b)
+    return dict(total)
+
+
 def _add_shadow(total: dict[str, Any], part: Mapping[str, Any]) -> None:
     """Add one run's (or shard's) raw shadow figures to ``total``."""
-    total["device"] = dict(Counter(total.get("device", {})) + Counter(part.get("device", {})))
+    total["device"] = _summed(total.get("device", {}), part.get("device", {}))
     operator = part.get("operator")
     if operator is None:
         return
@@ -55,7 +62,7 @@ def _add_shadow(total: dict[str, Any], part: Mapping[str, Any]) -> None:
     for key in ("changes", "devices_changed", "reconciled", "pending"):
         mine[key] = mine.get(key, 0) + operator[key]
     mine["pending_devices"] = [*mine.get("pending_devices", []), *operator.get("pending_devices", [])][:20]
-    mine["errors"] = dict(Counter(mine.get("errors", {})) + Counter(operator.get("errors", {})))
+    mine["errors"] = _summed(mine.get("errors", {}), operator.get("errors", {}))
     total["operator"] = mine
 
 
