@@ -34,40 +34,36 @@ def test_answers_reach_only_the_asking_connection(local_cloud: LocalCloud) -> No
             key_file=local_cloud.service.key_file,
             ca_file=local_cloud.ca_file,
         )
-        got: dict[str, list[InboundMessage]] = {"dev-a": [], "dev-b": []}
-        requests: list[InboundMessage] = []
+        got: dict[str, asyncio.Queue[InboundMessage]] = {"dev-a": asyncio.Queue(), "dev-b": asyncio.Queue()}
+        requests: asyncio.Queue[InboundMessage] = asyncio.Queue()
         transport = PahoTransport()
         devices = {}
         for client_id, inbox in got.items():
-            options = ConnectOptions(client_id=client_id, identity=claim, on_message=inbox.append)
+            options = ConnectOptions(client_id=client_id, identity=claim, on_message=inbox.put_nowait)
             devices[client_id] = await transport.connect(endpoint, options)
             await devices[client_id].subscribe([(ANSWERS, 1)])
         provisioner = await transport.connect(
-            endpoint, ConnectOptions(client_id="provisioner", identity=service, on_message=requests.append)
+            endpoint, ConnectOptions(client_id="provisioner", identity=service, on_message=requests.put_nowait)
         )
         await provisioner.subscribe([("$aws/certificates/create/json", 1)])
 
+        async def next_of(queue: asyncio.Queue[InboundMessage]) -> InboundMessage:
+            return await asyncio.wait_for(queue.get(), 10)
+
         await devices["dev-b"].publish("$aws/certificates/create/json", b"{}", 1)
-        for _ in range(100):
-            if requests:
-                break
-            await asyncio.sleep(0.02)
-        assert [m.property("iotfleet-client-id") for m in requests] == ["dev-b"]
+        assert (await next_of(requests)).property("iotfleet-client-id") == "dev-b"
+        # dev-b first gets the cloud's own provisioning service's answer to its request
+        assert b"certificateOwnershipToken" in (await next_of(got["dev-b"])).payload
 
         await provisioner.publish(ANSWERS, b'{"for": "a"}', 1, [("iotfleet-deliver-to", "dev-a")])
         await provisioner.publish(ANSWERS, b'{"for": "b"}', 1, [("iotfleet-deliver-to", "dev-b")])
-        for _ in range(100):
-            if got["dev-a"] and got["dev-b"]:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # anything misrouted would have arrived too
-        # dev-b also gets the cloud's own provisioning service's answer to its request; dev-a gets neither
-        assert [(m.payload, m.user_properties) for m in got["dev-a"]] == [(b'{"for": "a"}', ())]
-        assert (b'{"for": "b"}', ()) in [(m.payload, m.user_properties) for m in got["dev-b"]]
-        assert [
-            m for m in got["dev-b"] if b"certificateOwnershipToken" not in m.payload and m.payload != b'{"for": "b"}'
-        ] == []
-        assert sum(b"certificateOwnershipToken" in m.payload for m in got["dev-b"]) == 1
+        for name in ("dev-a", "dev-b"):
+            message = await next_of(got[name])
+            assert (message.payload, message.user_properties) == (f'{{"for": "{name[-1]}"}}'.encode(), ())
+        # a last answer to each proves nothing else was on the way: one connection's messages arrive in order
+        for name in ("dev-a", "dev-b"):
+            await provisioner.publish(ANSWERS, b"last", 1, [("iotfleet-deliver-to", name)])
+            assert (await next_of(got[name])).payload == b"last"
         for session in [*devices.values(), provisioner]:
             await session.close()
 

@@ -218,7 +218,8 @@ class Broker:
                 f"certfile {self._cert_file}",
                 f"keyfile {self._key_file}",
                 "require_certificate true",
-                "use_identity_as_username true",
+                # no use_identity_as_username: the plugin makes the certificate CN the username in its
+                # auth check, where it can also refuse a CONNECT in the CONNACK (see iotfleet_routing.c)
                 "",
             ]
         )

@@ -1,13 +1,24 @@
 /*
- * iotfleet's mosquitto plugin: answers of the fleet-provisioning API go to the connection that asked.
+ * iotfleet's mosquitto plugin: who a connection is, and IoT Core's per-connection provisioning answers.
  *
- * On AWS IoT Core, the answer to a request on $aws/certificates/... or $aws/provisioning-templates/...
- * reaches only the connection that sent it, although every device shares the claim identity and
- * subscribes to the same topic. mosquitto fans a publish out to every subscriber, so this plugin:
- *   - adds the user property "iotfleet-client-id" (the requester's client id) to each request a device
- *     publishes on those topics, so the provisioning service knows whom to answer;
- *   - when the service (certificate CN "iotfleet-service") publishes an answer carrying the user property
- *     "iotfleet-deliver-to", strips the property and lets only that client id receive the message.
+ * Identity. The broker does not use use_identity_as_username: this plugin's basic-auth check reads the
+ * client certificate's CN and makes it the connection's username (mosquitto verified the chain), so the
+ * ACL file applies to the certificate, whatever username the client sent. The check can refuse in the
+ * CONNACK, before mosquitto takes over an existing session with the same client id:
+ *   - a connection without a certificate CN is refused;
+ *   - client ids starting with "iotfleet-service" belong to the cloud's own services: any other
+ *     certificate asking for one is refused (MQTT 5 0x87, 3.1.1 code 5), so no device or claim holder
+ *     can take over a service's session.
+ *
+ * Provisioning. On AWS IoT Core the answer to a request on $aws/certificates/... or
+ * $aws/provisioning-templates/... reaches only the connection that sent it, although every device
+ * shares the claim identity. mosquitto fans a publish out to every subscriber, so this plugin:
+ *   - drops every property a device sent with a request and adds the user property "iotfleet-client-id"
+ *     (the requester's client id), so the service knows whom to answer and no device can name another;
+ *   - lets only the service (certificate CN "iotfleet-service") publish on answer topics (.../accepted,
+ *     .../rejected); an answer carrying the user property "iotfleet-deliver-to" reaches only that client
+ *     id, with the property stripped; an answer without it reaches no device;
+ *   - delivers requests to the service only: claim connections see nothing of each other.
  * mosquitto routes a publish synchronously while handling it, and its READ access check is given the
  * same payload pointer as the message event, so one "current answer" slot suffices.
  * Built for the mosquitto 2.0 plugin interface (version 5).
@@ -19,7 +30,23 @@
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
 
+/* The few OpenSSL calls needed to read a CN. The plugin runs inside mosquitto, which links libcrypto,
+ * so the symbols resolve at load time without OpenSSL's headers on the build machine. */
+typedef struct x509_st X509;
+typedef struct X509_name_st X509_NAME;
+typedef struct X509_name_entry_st X509_NAME_ENTRY;
+typedef struct asn1_string_st ASN1_STRING;
+extern X509_NAME *X509_get_subject_name(const X509 *cert);
+extern int X509_NAME_get_index_by_NID(const X509_NAME *name, int nid, int lastpos);
+extern X509_NAME_ENTRY *X509_NAME_get_entry(const X509_NAME *name, int loc);
+extern ASN1_STRING *X509_NAME_ENTRY_get_data(const X509_NAME_ENTRY *entry);
+extern const unsigned char *ASN1_STRING_get0_data(const ASN1_STRING *str);
+extern int ASN1_STRING_length(const ASN1_STRING *str);
+extern void X509_free(X509 *cert);
+#define IOTFLEET_NID_COMMON_NAME 13
+
 #define SERVICE_IDENTITY "iotfleet-service"
+#define SERVICE_CLIENT_PREFIX "iotfleet-service"
 #define CLIENT_ID_PROPERTY "iotfleet-client-id"
 #define DELIVER_TO_PROPERTY "iotfleet-deliver-to"
 
@@ -33,32 +60,100 @@ static int is_provisioning(const char *topic)
 			|| strncmp(topic, "$aws/provisioning-templates/", 28) == 0);
 }
 
+static int ends_with(const char *text, const char *suffix)
+{
+	size_t n = strlen(text), m = strlen(suffix);
+	return n >= m && strcmp(text + n - m, suffix) == 0;
+}
+
+static int is_answer(const char *topic)
+{
+	return ends_with(topic, "/accepted") || ends_with(topic, "/rejected");
+}
+
+static int is_service(struct mosquitto *client)
+{
+	const char *username = mosquitto_client_username(client);
+	return username && strcmp(username, SERVICE_IDENTITY) == 0;
+}
+
+/* The certificate's CN into buf; 0 on success. */
+static int common_name(struct mosquitto *client, char *buf, size_t size)
+{
+	X509 *cert = mosquitto_client_certificate(client);
+	X509_NAME *subject;
+	const ASN1_STRING *data;
+	int loc, len, rc = 1;
+
+	if(cert == NULL){
+		return 1;
+	}
+	subject = X509_get_subject_name(cert);
+	loc = subject ? X509_NAME_get_index_by_NID(subject, IOTFLEET_NID_COMMON_NAME, -1) : -1;
+	if(loc >= 0){
+		data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, loc));
+		len = data ? ASN1_STRING_length(data) : -1;
+		/* refuse an empty CN, one that does not fit, and one with an embedded NUL */
+		if(len > 0 && (size_t)len < size && memchr(ASN1_STRING_get0_data(data), 0, (size_t)len) == NULL){
+			memcpy(buf, ASN1_STRING_get0_data(data), (size_t)len);
+			buf[len] = '\0';
+			rc = 0;
+		}
+	}
+	X509_free(cert);
+	return rc;
+}
+
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	const char *client_id = mosquitto_client_id(ed->client);
+	char cn[256];
+	(void)event;
+	(void)userdata;
+
+	if(common_name(ed->client, cn, sizeof(cn)) != 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: no usable certificate CN",
+				client_id ? client_id : "(no id)");
+		return MOSQ_ERR_AUTH;
+	}
+	if(client_id && strncmp(client_id, SERVICE_CLIENT_PREFIX, strlen(SERVICE_CLIENT_PREFIX)) == 0
+			&& strcmp(cn, SERVICE_IDENTITY) != 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: client id reserved for the cloud's services (%s)",
+				client_id, cn);
+		return MOSQ_ERR_AUTH;
+	}
+	if(mosquitto_set_username(ed->client, cn) != MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_AUTH;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static void take_target(struct mosquitto_evt_message *ed)
 {
 	const mosquitto_property *prop = ed->properties;
 	char *name = NULL, *value = NULL;
 	int skip_first = 0;
 
+	answer_target[0] = '\0';
 	while((prop = mosquitto_property_read_string_pair(prop, MQTT_PROP_USER_PROPERTY, &name, &value, skip_first))){
 		skip_first = 1;
 		if(name && value && strcmp(name, DELIVER_TO_PROPERTY) == 0){
 			snprintf(answer_target, sizeof(answer_target), "%s", value);
-			answer_payload = ed->payload;
 		}
 		mosquitto_free(name);
 		mosquitto_free(value);
 		name = value = NULL;
 	}
-	if(answer_payload){
-		/* the service sends no other property on answers: drop them all, devices see AWS's payload only */
-		mosquitto_property_free_all(&ed->properties);
-	}
+	/* an answer with no target reaches nobody: the READ check compares against an empty target */
+	answer_payload = ed->payload;
+	/* the service sends no other property on answers: drop them all, devices see AWS's payload only */
+	mosquitto_property_free_all(&ed->properties);
 }
 
 static int on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
-	const char *username;
 	(void)event;
 	(void)userdata;
 
@@ -66,13 +161,16 @@ static int on_message(int event, void *event_data, void *userdata)
 	if(!is_provisioning(ed->topic)){
 		return MOSQ_ERR_SUCCESS;
 	}
-	username = mosquitto_client_username(ed->client);
-	if(username && strcmp(username, SERVICE_IDENTITY) == 0){
-		take_target(ed);
-	}else{
-		mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, CLIENT_ID_PROPERTY,
-				mosquitto_client_id(ed->client));
+	if(is_service(ed->client)){
+		if(is_answer(ed->topic)){
+			take_target(ed);
+		}
+		return MOSQ_ERR_SUCCESS;
 	}
+	/* a device's request: only the broker's own property goes to the service */
+	mosquitto_property_free_all(&ed->properties);
+	mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY, CLIENT_ID_PROPERTY,
+			mosquitto_client_id(ed->client));
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -83,13 +181,22 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
-	if(ed->access == MOSQ_ACL_READ && answer_payload && ed->payload == answer_payload && is_provisioning(ed->topic)){
+	if(!is_provisioning(ed->topic) || is_service(ed->client)){
+		return MOSQ_ERR_PLUGIN_DEFER; /* the ACL file decides */
+	}
+	if(ed->access == MOSQ_ACL_WRITE){
+		/* devices ask; only the service answers */
+		return is_answer(ed->topic) ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_PLUGIN_DEFER;
+	}
+	if(ed->access == MOSQ_ACL_READ){
+		/* a device receives exactly the answers addressed to it, never another device's request */
 		client_id = mosquitto_client_id(ed->client);
-		if(client_id == NULL || strcmp(client_id, answer_target) != 0){
+		if(answer_payload == NULL || ed->payload != answer_payload || client_id == NULL
+				|| answer_target[0] == '\0' || strcmp(client_id, answer_target) != 0){
 			return MOSQ_ERR_ACL_DENIED;
 		}
 	}
-	return MOSQ_ERR_PLUGIN_DEFER; /* everything else is the ACL file's to decide */
+	return MOSQ_ERR_PLUGIN_DEFER; /* subscriptions, and the addressed answer: the ACL file decides */
 }
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
@@ -105,7 +212,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 	(void)opts;
 	(void)opt_count;
 	plugin_id = identifier;
-	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL)
+	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL)
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL)){
 		return MOSQ_ERR_UNKNOWN;
 	}
@@ -117,6 +225,7 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	(void)user_data;
 	(void)opts;
 	(void)opt_count;
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	return MOSQ_ERR_SUCCESS;

@@ -14,14 +14,18 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConnectError, ConnectionLost
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport
 from iotfleet.transport.crt import CrtTransport
 
-__all__ = ["RegionService", "ServiceConnection", "ServiceHost"]
+__all__ = ["SERVICE_CLIENT_PREFIX", "RegionService", "ServiceConnection", "ServiceHost"]
+
+# Client ids starting with this belong to the cloud's own services: the broker plugin refuses them to
+# every other certificate (iotfleet_routing.c), so no device can take over a service's session.
+SERVICE_CLIENT_PREFIX: Final = "iotfleet-service"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,7 +157,7 @@ class RegionService:
     def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
         """Create this service's connection to its region (started by the caller on ``host``'s loop)."""
         self.connection = ServiceConnection(
-            client_id=f"iotfleet-{self.kind}-{self.region}",
+            client_id=f"{SERVICE_CLIENT_PREFIX}-{self.kind}-{self.region}",
             endpoint=endpoint,
             identity=identity,
             filters=self.filters,
