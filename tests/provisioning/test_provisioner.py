@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from collections.abc import Coroutine
 from pathlib import Path
@@ -10,12 +11,16 @@ from typing import Any, TypeVar
 
 import pytest
 
+from iotfleet.cloud.ca import CertificateAuthority
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from iotfleet.config import Identity
 from iotfleet.device.client import DeviceClient
-from iotfleet.errors import ConfigError, ProvisioningRejected, RequestTimeout
+from iotfleet.errors import CertificateError, ConfigError, ProvisioningRejected, RequestTimeout
 from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method, ProvisionedDevice
+from iotfleet.provisioning.keys import new_private_key, private_key_pem
 from iotfleet.topics import PayloadFormat
+from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
+from iotfleet.transport.paho import PahoTransport
 from tests.conftest import FAST, Watcher
 
 T = TypeVar("T")
@@ -165,3 +170,92 @@ def test_a_damaged_store_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "id" / "identity.json").write_text("{")
     with pytest.raises(ConfigError, match=r"damaged .* provision the device again"):
         IdentityStore(tmp_path / "id").load()
+
+
+class RogueAnswers:
+    """A connection with the cloud's service identity answering every certificate request with a forged
+    answer while the real service's answers are dropped: a forgery that reached the device.
+
+    ``issuer`` signs: the request's own CSR (``sign_csr``), or a new key pair for the forged answer;
+    ``key_pem`` replaces the private key sent with CreateKeysAndCertificate's answer.
+    """
+
+    def __init__(
+        self, cloud: LocalCloud, issuer: CertificateAuthority, *, sign_csr: bool, key_pem: bytes | None = None
+    ) -> None:
+        self.cloud = cloud
+        self.issuer = issuer
+        self.sign_csr = sign_csr
+        self.key_pem = key_pem
+        self.session: Session | None = None
+
+    async def __aenter__(self) -> RogueAnswers:
+        service = self.cloud.region("eu-west-1").provisioning
+        assert service is not None
+        service.connection = None  # the genuine answers are lost
+        identity = Identity(
+            thing_name="rogue",
+            cert_file=self.cloud.service.cert_file,
+            key_file=self.cloud.service.key_file,
+            ca_file=self.cloud.ca_file,
+        )
+        options = ConnectOptions(client_id="rogue", identity=identity, on_message=self._on_request)
+        self.session = await PahoTransport().connect(self.cloud.region("eu-west-1").endpoint, options)
+        await self.session.subscribe([("$aws/certificates/+/json", 1)])
+        return self
+
+    def forge(self, request: dict[str, str]) -> dict[str, str]:
+        answer = {"certificateId": "f" * 64, "certificateOwnershipToken": "forged-token"}
+        if self.sign_csr:
+            answer["certificatePem"] = self.issuer.sign_csr(request["certificateSigningRequest"], "forged").decode()
+        else:
+            credentials = self.issuer.issue("forged")
+            answer["certificatePem"] = credentials.certificate_pem.decode()
+            answer["privateKey"] = (self.key_pem or credentials.private_key_pem).decode()
+        return answer
+
+    def _on_request(self, message: InboundMessage) -> None:
+        assert self.session is not None
+        asker = message.property("iotfleet-client-id") or ""
+        body = json.dumps(self.forge(json.loads(message.payload or b"{}"))).encode()
+        asyncio.get_running_loop().create_task(
+            self.session.publish(f"{message.topic}/accepted", body, 1, [("iotfleet-deliver-to", asker)])
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.session is not None
+        await self.session.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "forged", "complaint"),
+    [
+        (Method.CSR, "other-key", "does not carry this device's public key"),
+        (Method.CSR, "other-ca", "was not signed by a CA in"),
+        (Method.KEYS, "mismatched-key", "does not carry this device's public key"),
+        (Method.KEYS, "other-ca", "was not signed by a CA in"),
+    ],
+)
+def test_a_forged_certificate_is_refused_before_registering_and_nothing_is_saved(
+    local_cloud: LocalCloud, tmp_path: Path, method: Method, forged: str, complaint: str
+) -> None:
+    issuer = CertificateAuthority.open(tmp_path / "other-ca") if forged == "other-ca" else local_cloud.ca
+    rogue = RogueAnswers(
+        local_cloud,
+        issuer,
+        sign_csr=method is Method.CSR and forged == "other-ca",
+        key_pem=private_key_pem(new_private_key()) if forged == "mismatched-key" else None,
+    )
+    store = IdentityStore(tmp_path / "device")
+
+    async def scenario() -> None:
+        async with rogue:
+            await provisioner(local_cloud, method=method, attempts=1).provision_into(store)
+
+    step = "CreateCertificateFromCsr" if method is Method.CSR else "CreateKeysAndCertificate"
+    with pytest.raises(CertificateError, match=rf"^{step}: .*{complaint}"):
+        run(scenario())
+    assert not store.exists()
+    service = local_cloud.region("eu-west-1").provisioning
+    assert service is not None
+    assert service.requests["RegisterThing"] == 0

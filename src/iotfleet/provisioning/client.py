@@ -10,7 +10,11 @@ endpoints (:class:`~iotfleet.device.failover.EndpointSelector`); a rejection tha
 :class:`~iotfleet.errors.ProvisioningRejected`, naming the step and carrying AWS's three fields.
 
 Answers are matched by topic, as AWS's own identity client does: the payloads carry no token, and IoT
-Core (and the local cloud) delivers them on the asking connection only.
+Core (and the local cloud) delivers them on the asking connection only. As defence in depth, the
+certificate in an accepted answer must carry this device's public key (its CSR's key, or the key sent
+with it) and be signed by ``issuer_ca`` (default: the claim's CA file, which is the local cloud's
+issuing CA; pass AWS's issuing CA against IoT Core, or ``verify_issuer=False``); otherwise the step
+fails with :class:`~iotfleet.errors.CertificateError`, before RegisterThing and before anything is saved.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -39,7 +44,15 @@ from iotfleet.errors import (
     PublishRejected,
     RequestTimeout,
 )
-from iotfleet.provisioning.keys import KeyType, csr_pem, new_private_key, private_key_pem
+from iotfleet.provisioning.keys import (
+    KeyType,
+    PrivateKey,
+    check_issued,
+    csr_pem,
+    load_private_key,
+    new_private_key,
+    private_key_pem,
+)
 from iotfleet.provisioning.store import IdentityStore, StoredIdentity
 from iotfleet.topics import (
     PayloadFormat,
@@ -96,6 +109,8 @@ class FleetProvisioner:
         attempts: int = 5,
         retry: ReconnectPolicy = DEFAULT_RETRY,
         payload_format: PayloadFormat = PayloadFormat.JSON,
+        issuer_ca: Path | None = None,
+        verify_issuer: bool = True,
     ) -> None:
         if not endpoints:
             raise ConfigError("provisioning needs at least one endpoint (host:port)")
@@ -113,6 +128,7 @@ class FleetProvisioner:
         self.attempts = attempts
         self.retry = retry
         self.format = PayloadFormat(payload_format)
+        self.issuer_ca = (issuer_ca or claim.ca_file) if verify_issuer else None
         serial = self.parameters.get("SerialNumber")
         self.client_id = client_id or f"provision-{serial or uuid.uuid4().hex}"
         validate_thing_name(self.client_id)
@@ -217,6 +233,7 @@ class FleetProvisioner:
             mark = loop.time()
             certificate = await self._request(session, step, certificate_topic, request)
             steps[step] = loop.time() - mark
+            key = self._check_certificate(step, certificate)
             token = _string(certificate, "certificateOwnershipToken", step)
             body: dict[str, Any] = {"certificateOwnershipToken": token, "parameters": self.parameters}
             mark = loop.time()
@@ -224,17 +241,25 @@ class FleetProvisioner:
             steps["RegisterThing"] = loop.time() - mark
         finally:
             await session.close()
-        key = private_key_pem(self._key) if self._key is not None else _string(certificate, "privateKey", step).encode()
         configuration = registered.get("deviceConfiguration") or {}
         return ProvisionedDevice(
             thing_name=_string(registered, "thingName", "RegisterThing"),
             certificate_id=_string(certificate, "certificateId", step),
             certificate_pem=_string(certificate, "certificatePem", step),
-            private_key_pem=key,
+            private_key_pem=private_key_pem(key),
             device_configuration={str(k): str(v) for k, v in dict(configuration).items()},
             endpoint=endpoint,
             steps_s=steps,
         )
+
+    def _check_certificate(self, step: str, answer: Mapping[str, Any]) -> PrivateKey:
+        """The key that goes with the issued certificate, once the certificate is proven to be this device's."""
+        if self._key is not None:
+            key = self._key
+        else:
+            key = load_private_key(_string(answer, "privateKey", step).encode(), what=f"{step}: the privateKey")
+        check_issued(step, _string(answer, "certificatePem", step), key=key, issuer_file=self.issuer_ca)
+        return key
 
     async def _request(self, session: Session, step: str, topic: str, body: Mapping[str, Any]) -> dict[str, Any]:
         future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
