@@ -336,6 +336,18 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--client-id", help="Client id of the claim connection (default: provision-<SerialNumber>).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds per step.")
 @click.option("--transport", type=click.Choice(["crt", "paho"]), default="crt", show_default=True)
+@click.option(
+    "--issuer-ca",
+    type=_FILE,
+    help="The CA that must have signed the new certificate (default: --ca, the local cloud's issuing CA; "
+    "against AWS IoT Core give AWS's issuing CA, or --no-verify-issuer).",
+)
+@click.option(
+    "--verify-issuer/--no-verify-issuer",
+    default=True,
+    show_default=True,
+    help="Check that the new certificate was signed by --issuer-ca (its public key is always checked).",
+)
 def provision(
     claim_cert: Path,
     claim_key: Path,
@@ -349,6 +361,8 @@ def provision(
     client_id: str | None,
     timeout: float,
     transport: str,
+    issuer_ca: Path | None,
+    verify_issuer: bool,
 ) -> None:
     """Provision this device by claim and save its identity in --out (skipped if one is there).
 
@@ -376,6 +390,8 @@ def provision(
             client_id=client_id,
             timeout=timeout,
             transport=transport,
+            issuer_ca=issuer_ca,
+            verify_issuer=verify_issuer,
         )
         try:
             stored = asyncio.run(provisioner.provision_into(store))
