@@ -43,7 +43,7 @@ from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, Shadow
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
 from iotfleet.config import Endpoint, Identity, validate_region
 from iotfleet.errors import CloudError, ConfigError, RegistryError
-from iotfleet.sim.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.topics import ThingScope, TopicScheme
 
 __all__ = [

@@ -19,8 +19,8 @@ from typing import Any
 
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.errors import IotFleetError
+from iotfleet.metrics import Histogram
 from iotfleet.sim.fleet import SimDevice
-from iotfleet.sim.metrics import Histogram
 from iotfleet.sim.workload import DEVICE_TYPES
 
 __all__ = ["Operator"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from iotfleet.errors import ConfigError
-from iotfleet.sim.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.sim.runner import WorkerMetrics
 
 __all__ = ["build_report", "load_report", "merge_reports", "summary_lines", "thresholds_hold"]

@@ -45,10 +45,10 @@ from iotfleet.device.events import (
     PublishFailed,
 )
 from iotfleet.errors import ClientError, IotFleetError
+from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
 from iotfleet.shadow.client import ShadowSync
 from iotfleet.sim.fleet import SimDevice
-from iotfleet.sim.metrics import Histogram, SeqSet
 from iotfleet.sim.workload import DEVICE_TYPES, ShadowSpec
 
 __all__ = ["ClaimSettings", "WorkerMetrics", "WorkerSpec", "run_workers"]

@@ -21,8 +21,8 @@ from typing import Any
 from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
+from iotfleet.metrics import SeqSet
 from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
-from iotfleet.sim.metrics import SeqSet
 from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import build_report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from iotfleet.cloud.services.base import RegionService
-from iotfleet.sim.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.sim.workload import EVENTS, METRICS, validate
 from iotfleet.topics import TopicScheme
 from iotfleet.transport.base import InboundMessage

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iotfleet.sim.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet
 
 latencies = st.lists(st.floats(min_value=0.001, max_value=60_000, allow_nan=False), min_size=1, max_size=300)
 
