@@ -16,7 +16,7 @@ import pytest
 
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.device import DeviceClient, EventKind, PublishReceipt
-from iotfleet.device.client import resolve_transport
+from iotfleet.transport.base import resolve_transport
 from tests.conftest import FAST, UNLIMITED, Watcher
 
 pytestmark = pytest.mark.integration

@@ -51,7 +51,14 @@ from iotfleet.errors import (
     RequestTimeout,
 )
 from iotfleet.topics import ThingScope, TopicScheme, filter_matches, validate_filter, validate_topic
-from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name
+from iotfleet.transport.base import (
+    ConnectOptions,
+    InboundMessage,
+    Session,
+    Transport,
+    reason_name,
+    resolve_transport,
+)
 
 if TYPE_CHECKING:
     from iotfleet.shadow.client import Shadow
@@ -64,7 +71,6 @@ __all__ = [
     "DeviceCounters",
     "DeviceState",
     "PublishReceipt",
-    "resolve_transport",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,27 +133,6 @@ class DeviceCounters:
     failovers: int = 0
     inbound: int = 0
     inbound_dropped: int = 0
-
-
-_default_transports: dict[str, Transport] = {}
-
-
-def resolve_transport(transport: Transport | str) -> Transport:
-    """``"crt"`` (the default) or ``"paho"`` name a process-wide shared transport; or pass your own."""
-    if not isinstance(transport, str):
-        return transport
-    if transport not in _default_transports:
-        if transport == "crt":
-            from iotfleet.transport.crt import CrtTransport  # noqa: PLC0415 - load awscrt only when used
-
-            _default_transports[transport] = CrtTransport()
-        elif transport == "paho":
-            from iotfleet.transport.paho import PahoTransport  # noqa: PLC0415
-
-            _default_transports[transport] = PahoTransport()
-        else:
-            raise ConfigError(f"unknown transport {transport!r}: use 'crt' (awscrt, the default) or 'paho'")
-    return _default_transports[transport]
 
 
 def encode_payload(payload: Payload) -> bytes:

@@ -33,7 +33,6 @@ from typing import Any
 import cbor2
 
 from iotfleet.config import Endpoint, Identity, ReconnectPolicy
-from iotfleet.device.client import resolve_transport
 from iotfleet.device.failover import EndpointSelector
 from iotfleet.errors import (
     ClientError,
@@ -61,7 +60,7 @@ from iotfleet.topics import (
     register_thing_topic,
     validate_thing_name,
 )
-from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name
+from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name, resolve_transport
 
 __all__ = ["FleetProvisioner", "Method", "ProvisionedDevice"]
 
