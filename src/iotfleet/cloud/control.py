@@ -3,13 +3,19 @@
 ``iotfleet cloud up`` listens on ``<workdir>/control.sock`` (a Unix socket, so nothing leaves the
 machine); ``iotfleet cloud chaos kill eu-west-1 --workdir DIR`` and :func:`send` talk to it. One
 request per connection: a line ``<action> <region>``, answered by ``ok <state>`` or ``error <why>``.
+
+The socket is 0600 whatever the umask (it is bound in a private directory, then moved into place).
+Each connection is served in its own thread and must send its line within ``REQUEST_TIMEOUT_S``: a
+client that connects and says nothing neither blocks other requests nor delays shutdown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import socketserver
+import tempfile
 import threading
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +31,14 @@ class Action(StrEnum):
     BLACKHOLE = "blackhole"
     RESTORE = "restore"
     STATUS = "status"
+
+
+REQUEST_TIMEOUT_S = 5.0
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True  # a silent client's thread never holds up shutdown
+    block_on_close = False
 
 
 def socket_path(workdir: Path) -> Path:
@@ -57,14 +71,41 @@ class ControlServer:
         control = self
 
         class Handler(socketserver.StreamRequestHandler):
+            timeout = REQUEST_TIMEOUT_S
+
             def handle(self) -> None:
-                line = self.rfile.readline(1024).decode("utf-8", "replace").strip()
+                try:
+                    line = self.rfile.readline(1024).decode("utf-8", "replace").strip()
+                except TimeoutError:
+                    return  # said nothing in time: dropped
                 self.wfile.write((control.handle(line) + "\n").encode())
 
-        self._server = socketserver.UnixStreamServer(str(self.path), Handler)
+        self._server = self._bind_private(Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="iotfleet-control", daemon=True)
         self._thread.start()
         return self
+
+    def _bind_private(self, handler: type[socketserver.BaseRequestHandler]) -> _Server:
+        """Bind in a fresh 0700 directory, make the socket 0600, then rename it to ``self.path``: no
+        moment exists where another user could connect, whatever the umask."""
+        private = Path(tempfile.mkdtemp(prefix=".control-", dir=self.path.parent))
+        try:
+            staged = private / self.path.name
+            server = _Server(str(staged), handler, bind_and_activate=False)
+            try:
+                server.server_bind()
+                os.chmod(staged, 0o600)
+                os.replace(staged, self.path)
+                server.server_activate()
+            except BaseException:
+                server.server_close()
+                raise
+        finally:
+            with contextlib.suppress(OSError):
+                (private / self.path.name).unlink()
+            with contextlib.suppress(OSError):
+                private.rmdir()
+        return server
 
     def stop(self) -> None:
         if self._server is not None:
@@ -95,6 +136,10 @@ def send(workdir: Path, action: Action | str, region: str, timeout: float = 30.0
             f"no local cloud is running in {workdir} (no {path.name}): start one with "
             f"'iotfleet cloud up --workdir {workdir}'"
         ) from exc
+    except TimeoutError as exc:
+        raise CloudError(f"the cloud in {workdir} did not answer within {timeout:g} s") from exc
+    except OSError as exc:
+        raise CloudError(f"cannot talk to the cloud in {workdir} through {path}: {exc.strerror or exc}") from exc
     status, _, detail = answer.partition(" ")
     if status != "ok":
         raise CloudError(detail or f"the cloud in {workdir} gave no answer")
