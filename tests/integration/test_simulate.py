@@ -94,6 +94,9 @@ def test_a_blackhole_drill_detects_the_outage_and_fails_every_device_over() -> N
     assert (drill["devices"], drill["failed_over"], drill["lost"]) == (40, 40, 0)
     assert 0 < drill["rto_s"]["p50"] <= drill["rto_s"]["p95"] <= drill["rto_s"]["max"]
     assert "PUBACK or PINGRESP 2.0 s late" in drill["detection"]
+    # --rate 2 is 2 messages per second per device (it was 0.5: the speed was 10 / rate)
+    per_device_per_s = drill["sent"] / 40 / (3 + 12)
+    assert 2 * 0.8 <= per_device_per_s <= 2 * 1.2, per_device_per_s
     # every device's desired state was changed in region 2 during the outage, and each applied it there
     shadow = drill["shadow"]
     assert (shadow["changed"], shadow["reconciled"], shadow["pending"]) == (40, 40, 0)

@@ -26,8 +26,18 @@ from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
 from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import build_report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
+from iotfleet.sim.workload import DEVICE_TYPES
 
-__all__ = ["ChaosEvent", "SimConfig", "Target", "parse_chaos", "parse_duration", "run_drill", "run_simulation"]
+__all__ = [
+    "ChaosEvent",
+    "SimConfig",
+    "Target",
+    "drill_speed",
+    "parse_chaos",
+    "parse_duration",
+    "run_drill",
+    "run_simulation",
+]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -357,6 +367,15 @@ def _settle(cloud: LocalCloud, metrics: Sequence[WorkerMetrics], settle_s: float
 # --------------------------------------------------------------------------- the failover drill
 
 
+def drill_speed(rate: float, device_type: str = "luminaire") -> float:
+    """The speed at which a device's telemetry comes ``rate`` times per real second.
+
+    Telemetry every 10 simulated s at speed 10 x rate: ``rate`` messages per real second.
+    """
+    telemetry = next(t for t in DEVICE_TYPES[device_type].tasks if t.stream == "telemetry")
+    return rate * telemetry.every_s
+
+
 def run_drill(
     *,
     devices: int,
@@ -384,7 +403,7 @@ def run_drill(
     config = SimConfig(
         shape=shape,
         duration_s=warmup_s + observe_s,
-        speed=10.0 / rate,  # telemetry every 10 simulated s -> `rate` messages per real second per device
+        speed=drill_speed(rate),
         workers=workers or default_workers(),
         transport=transport,
         chaos=[ChaosEvent(mode, regions[0], warmup_s)],
