@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -19,15 +18,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from pydantic import ValidationError
 
 from iotfleet import policy
-from iotfleet.config import PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError, IotFleetError
 from iotfleet.topics import TopicScheme
+
+if TYPE_CHECKING:
+    from iotfleet.sim.settings import SimSettings
+    from iotfleet.sim.simulate import SimConfig
 
 __all__ = ["main"]
 
@@ -114,6 +116,10 @@ def _check_awscrt() -> Check:
 
 
 def _check_open_files() -> Check:
+    try:
+        import resource  # noqa: PLC0415 - POSIX only; `import iotfleet` never needs it
+    except ImportError:
+        return Check("open files", True, "no resource limits on this platform")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     usable = hard if hard != resource.RLIM_INFINITY else MIN_OPEN_FILES * 4
     detail = f"soft {soft}, hard {'unlimited' if hard == resource.RLIM_INFINITY else hard}"
@@ -509,87 +515,125 @@ def _shard(value: str) -> tuple[int, int]:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
 @click.option("--max-lost", type=click.IntRange(min=0), default=0, show_default=True, help="Threshold: lost messages.")
 @click.option("--max-error-rate", type=click.FloatRange(min=0), help="Threshold: errors per message sent.")
-def simulate(**options: Any) -> None:
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Check the settings (defaults, then --config's file, then the flags given), print them as JSON, exit.",
+)
+@click.pass_context
+def simulate(ctx: click.Context, /, **options: Any) -> None:
     """Run a smart-lighting fleet against the local cloud (or --config's target) and report what arrived.
 
-    Exit code: 0 when the thresholds hold, 1 when breached, 2 for bad usage or configuration.
+    Every value comes from the defaults, then --config's file, then the flags given; all are checked
+    before anything starts. Ctrl-C stops the run, which still writes its report.
+
+    Exit code: 0 when the thresholds hold, 1 when breached, 2 for bad usage or configuration (or a
+    report that could not be written: the summary is printed anyway).
     """
+    with _errors():
+        settings = _sim_settings(ctx, options)
+        config = settings.sim_config()
+        if settings.run.report is not None:
+            _check_writable(settings.run.report)
+        if options["check_only"]:
+            click.echo(json.dumps(settings.model_dump(mode="json", exclude={"source"}), indent=1))
+            return
+        report = _run_simulation(config)
+        breaches = _thresholds(report, settings.thresholds.max_lost, settings.thresholds.max_error_rate)
+        failed_write = None
+        if settings.run.report is not None:
+            try:
+                settings.run.report.write_text(json.dumps(report, indent=1))
+            except OSError as exc:
+                failed_write = f"cannot write the report to {settings.run.report}: {exc.strerror or exc}"
+        _summary(report, breaches)
+    if failed_write is not None:
+        _fail(f"{failed_write}; the summary above is what the run measured")
+    sys.exit(EXIT_BREACHED if breaches else EXIT_OK)
+
+
+# flags that a fleet file can also set: (section, key); the flag wins only when it was given
+_FILE_KEYS = {
+    **{name: ("fleet", name) for name in ("sites", "tenants", "buildings", "rooms", "assets", "seed")},
+    **{name: ("workload", name) for name in ("speed", "duration", "operator_fraction", "operator_every")},
+    **{name: ("thresholds", name) for name in ("max_lost", "max_error_rate")},
+}
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
+    """One frozen settings model: defaults, then the file, then the flags actually given."""
+    from iotfleet.sim.settings import load_settings  # noqa: PLC0415
+
+    given: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in _FILE_KEYS.items():
+        if ctx.get_parameter_source(name) in _GIVEN and options[name] is not None:
+            given.setdefault(section, {})[key] = options[name]
+    run = {
+        "workers": options["workers"],
+        "transport": options["transport"],
+        "provision": options["provision"],
+        "ramp_per_s": options["ramp_per_s"],
+        "no_limits": options["no_limits"],
+        "account_rate": options["account_rate"],
+        "regions": _regions(options["regions"]),
+        "chaos": options["chaos"],
+        "shard": options["shard"],
+        "shadow": not options["no_shadow"],
+        "keepalive": options["keepalive"],
+        "workdir": options["workdir"],
+        "report": options["report_path"],
+    }
+    return load_settings(options["config_file"], given, run)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail now, not after the run, when the report could not be written to ``path``."""
+    import os  # noqa: PLC0415
+
+    if path.is_dir():
+        raise ConfigError(f"--report: {path} is a directory; name a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"--report: {path} is not writable")
+        return
+    parent = path.parent if str(path.parent) else Path()
+    if not parent.is_dir():
+        raise ConfigError(f"--report: directory {parent} does not exist; create it or name another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--report: cannot create files in {parent} (read-only or no permission)")
+
+
+def _run_simulation(config: SimConfig) -> dict[str, Any]:
+    """Run with the live view (or one line on stderr once running); Ctrl-C stops it and it still reports."""
     import multiprocessing  # noqa: PLC0415
 
-    from iotfleet.sim.fleet import FleetShape, load_fleet_file  # noqa: PLC0415
     from iotfleet.sim.live import LiveView  # noqa: PLC0415
+    from iotfleet.sim.simulate import run_simulation  # noqa: PLC0415
+
+    stop = multiprocessing.get_context("spawn").Event()
+    with _until_signalled() as signalled, LiveView(config.shape.devices) as live:
+        announced = live.enabled
+
+        def progress(p: Any) -> None:
+            nonlocal announced
+            if signalled.is_set():
+                stop.set()  # Ctrl-C: workers drain, then the report is written as usual
+            if not announced and p.total("acked") > 0:
+                announced = True
+                click.echo("running: messages are being acknowledged; Ctrl-C stops the run and reports", err=True)
+            live(p)
+
+        return run_simulation(config, on_progress=progress, stop=stop)
+
+
+def _thresholds(report: dict[str, Any], max_lost: int, max_error_rate: float | None) -> list[str]:
     from iotfleet.sim.report import thresholds_hold  # noqa: PLC0415
-    from iotfleet.sim.simulate import (  # noqa: PLC0415
-        LOCAL_RECONNECT,
-        SimConfig,
-        Target,
-        parse_chaos,
-        parse_duration,
-        run_simulation,
-    )
 
-    with _errors():
-        file: dict[str, Any] = {}
-        if options["config_file"] is not None:
-            file = load_fleet_file(options["config_file"])
-        shape_fields = {k: options[k] for k in ("sites", "tenants", "buildings", "rooms", "assets", "seed")}
-        shape = FleetShape(**{**file.get("fleet", {}), **{k: v for k, v in shape_fields.items() if v is not None}})
-        workload = file.get("workload", {})
-        duration = options["duration"] or workload.get("duration")
-        thresholds = file.get("thresholds", {})
-        target = None
-        if "target" in file:
-            target = Target.from_toml(file["target"], options["config_file"].parent)
-        config = SimConfig(
-            shape=shape,
-            duration_s=parse_duration(str(duration)) if duration is not None else None,
-            speed=float(workload.get("speed", options["speed"])),
-            transport=options["transport"],
-            provision="claim" if target is not None else options["provision"],
-            ramp_per_s=options["ramp_per_s"],
-            regions=_regions(options["regions"]),
-            workdir=options["workdir"],
-            shard=options["shard"],
-            chaos=[parse_chaos(c) for c in options["chaos"]],
-            target=target,
-            shadow=not options["no_shadow"],
-            account_publish_rate=options["account_rate"],
-        )
-        fraction = options["operator_fraction"]
-        if fraction is None:
-            fraction = workload.get("operator_fraction")
-        if fraction is not None:
-            config.operator_fraction = float(fraction)
-        every = options["operator_every"] or workload.get("operator_every")
-        if every is not None:
-            config.operator_every_s = parse_duration(str(every))
-        if options["workers"]:
-            config.workers = options["workers"]
-        if options["no_limits"]:
-            config.limits = PublishLimits(enabled=False)
-        if options["keepalive"]:
-            keepalive = options["keepalive"]
-            base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
-            config.reconnect = base.model_copy(update={"keepalive_s": keepalive})
-        stop = multiprocessing.get_context("spawn").Event()
-        with _until_signalled() as signalled, LiveView(shape.devices) as live:
-
-            def progress(p: Any) -> None:
-                if signalled.is_set():
-                    stop.set()  # Ctrl-C: workers drain, then the report is written as usual
-                live(p)
-
-            report = run_simulation(config, on_progress=progress, stop=stop)
-        breaches = thresholds_hold(
-            report,
-            max_lost=int(thresholds.get("max_lost", options["max_lost"])),
-            max_error_rate=thresholds.get("max_error_rate", options["max_error_rate"]),
-        )
-        report["thresholds"] = {"held": not breaches, "breaches": breaches}
-        if options["report_path"] is not None:
-            options["report_path"].write_text(json.dumps(report, indent=1))
-        _summary(report, breaches)
-    sys.exit(EXIT_BREACHED if breaches else EXIT_OK)
+    breaches = thresholds_hold(report, max_lost=max_lost, max_error_rate=max_error_rate)
+    report["thresholds"] = {"held": not breaches, "breaches": breaches}
+    return breaches
 
 
 @cli.group("report")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from iotfleet.errors import ConfigError
-from iotfleet.sim.fleet import FleetShape, build_fleet, load_fleet_file, shard_of
-from iotfleet.sim.simulate import parse_chaos, parse_duration
-from iotfleet.sim.workload import LUMINAIRE, bytes_per_site_day, validate
+from iotfleet.sim.fleet import FleetShape, build_fleet, shard_of
+from iotfleet.sim.settings import load_settings
+from iotfleet.sim.simulate import drill_speed, parse_chaos, parse_duration
+from iotfleet.sim.workload import DEVICE_TYPES, LUMINAIRE, bytes_per_site_day, validate
 from iotfleet.topics import ThingScope
 
 
@@ -86,13 +87,20 @@ def test_durations_and_chaos_events_parse_or_say_how() -> None:
 def test_fleet_file_sections_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
     path.write_text("[fleet]\nsites = 3\nrooms = 2\n[workload]\nspeed = 5\n")
-    assert load_fleet_file(path)["fleet"] == {"sites": 3, "rooms": 2}
+    settings = load_settings(path)
+    assert (settings.fleet.sites, settings.fleet.rooms, settings.workload.speed) == (3, 2, 5.0)
     path.write_text("[fleet]\nsites = 0\n")
-    with pytest.raises(ConfigError, match=r"\[fleet\]"):
-        load_fleet_file(path)
+    with pytest.raises(ConfigError, match=r"fleet.toml: fleet.sites: input should be greater than or equal to 1"):
+        load_settings(path)
     path.write_text("[fleets]\n")
-    with pytest.raises(ConfigError, match="unknown section"):
-        load_fleet_file(path)
+    with pytest.raises(ConfigError, match="fleets: unknown section"):
+        load_settings(path)
     path.write_text("[workload]\nspeeed = 5\n")
-    with pytest.raises(ConfigError, match=r"\[workload\]: unknown key\(s\) \['speeed'\]"):
-        load_fleet_file(path)
+    with pytest.raises(ConfigError, match=r"fleet.toml: workload.speeed: unknown key; known: duration, operator_every"):
+        load_settings(path)
+
+
+def test_the_drill_speed_makes_telemetry_come_rate_times_a_second() -> None:
+    telemetry = next(t for t in DEVICE_TYPES["luminaire"].tasks if t.stream == "telemetry")
+    for rate in (0.5, 1, 4):
+        assert drill_speed(rate) / telemetry.every_s == rate  # simulated seconds per real second / gap

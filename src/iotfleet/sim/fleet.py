@@ -8,23 +8,20 @@ Thing names are ``<site>-b<building>-r<room>-a<asset>``, valid IoT Core thing na
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from iotfleet.errors import ConfigError
 
-__all__ = ["FleetShape", "SimDevice", "build_fleet", "load_fleet_file", "shard_of"]
+__all__ = ["FleetShape", "SimDevice", "build_fleet", "shard_of"]
 
 
 class FleetShape(BaseModel):
-    """How big the fleet is; every count at least 1."""
+    """How big the fleet is; every count at least 1 (an integer: ``sites = true`` or ``2.5`` is an error)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     sites: int = Field(default=1, ge=1)
     tenants: int = Field(default=4, ge=1)
@@ -80,31 +77,3 @@ def shard_of(devices: list[SimDevice], index: int, count: int) -> list[SimDevice
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"shard {index}/{count} is not valid: use i/n with 0 <= i < n, e.g. --shard 0/4")
     return [d for d in devices if d.site_index % count == index]
-
-
-KNOWN_KEYS = {
-    "workload": {"speed", "duration", "operator_fraction", "operator_every"},
-    "thresholds": {"max_lost", "max_error_rate"},
-}
-
-
-def load_fleet_file(path: Path) -> dict[str, Any]:
-    """Read a TOML fleet file: ``[fleet]`` (the shape), ``[workload]``, ``[target]``; see the README."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read fleet file {path}: {exc}") from exc
-    unknown = set(data) - {"fleet", "workload", "target", "thresholds"}
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown section(s) {sorted(unknown)}; use [fleet], [workload], [target], [thresholds]"
-        )
-    for section, known in KNOWN_KEYS.items():
-        extra = set(data.get(section, {})) - known
-        if extra:
-            raise ConfigError(f"{path} [{section}]: unknown key(s) {sorted(extra)}; known: {sorted(known)}")
-    try:
-        FleetShape(**data.get("fleet", {}))
-    except ValidationError as exc:
-        raise ConfigError(f"{path} [fleet]: {'; '.join(str(e['msg']) for e in exc.errors())}") from exc
-    return data

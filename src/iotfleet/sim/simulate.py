@@ -99,21 +99,6 @@ class Target:
     claim: Identity
     template: str
 
-    @classmethod
-    def from_toml(cls, section: dict[str, Any], base: Path) -> Target:
-        try:
-            endpoints = [Endpoint.parse(e) for e in section["endpoints"]]
-            ca = base / section["ca"]
-            claim = Identity(
-                thing_name="claim",
-                cert_file=base / section["claim_cert"],
-                key_file=base / section["claim_key"],
-                ca_file=ca,
-            )
-            return cls(endpoints, ca, claim, section.get("template", "iotfleet-default"))
-        except KeyError as exc:
-            raise ConfigError(f"[target] needs endpoints, ca, claim_cert and claim_key (missing {exc})") from None
-
 
 @dataclass
 class SimConfig:

@@ -1,0 +1,263 @@
+"""``iotfleet simulate``'s settings: one frozen model, validated before anything starts.
+
+Precedence, for every value: the model's defaults, then the fleet file (``--config fleet.toml``), then
+the flags actually given (on the command line or as ``IOTFLEET_SIMULATE_*``). Every problem is reported
+at once, each as ``<file>: <section>.<key>: <what is wrong>`` (or ``--flag: <what is wrong>``), so a bad
+file fails in a second, never after the run.
+
+The file's sections are ``[fleet]`` (:class:`~iotfleet.sim.fleet.FleetShape`), ``[workload]``,
+``[thresholds]`` and ``[target]``; the ``run`` section holds what only flags set.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from iotfleet.cloud.local import DEFAULT_REGIONS
+from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
+from iotfleet.errors import ConfigError
+from iotfleet.sim.fleet import FleetShape
+from iotfleet.sim.simulate import (
+    LOCAL_RECONNECT,
+    ChaosEvent,
+    SimConfig,
+    Target,
+    parse_chaos,
+    parse_duration,
+)
+
+__all__ = ["FILE_SECTIONS", "RunOptions", "SimSettings", "Target", "Thresholds", "Workload", "load_settings"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _seconds(value: Any, what: str) -> float | None:
+    """A duration as seconds: a number, or text such as ``20s``, ``5m``, ``1h``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{what} is seconds or a duration such as 20s, 5m, 1h")
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds")
+    return float(value)
+
+
+class Workload(BaseModel):
+    """``[workload]``: how fast and how long, and the operator's desired-state changes."""
+
+    model_config = _STRICT
+
+    speed: float = Field(default=1.0, gt=0)
+    duration: float | None = None  # seconds; None: until Ctrl-C
+    operator_fraction: float = Field(default=0.05, ge=0, le=1)
+    operator_every: float = 300.0  # simulated seconds
+
+    @field_validator("duration", "operator_every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any, info: ValidationInfo) -> float | None:
+        return _seconds(value, str(info.field_name))
+
+
+class Thresholds(BaseModel):
+    """``[thresholds]``: what makes the run exit 1."""
+
+    model_config = _STRICT
+
+    max_lost: int = Field(default=0, ge=0)
+    max_error_rate: float | None = Field(default=None, ge=0)
+
+
+class TargetSection(BaseModel):
+    """``[target]``: real endpoints to drive instead of the local cloud; files relative to the fleet file."""
+
+    model_config = _STRICT
+
+    endpoints: list[str] = Field(min_length=1)
+    ca: str
+    claim_cert: str
+    claim_key: str
+    template: str = Field(default="iotfleet-default", min_length=1)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                Endpoint.parse(text)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("ca", "claim_cert", "claim_key")
+    @classmethod
+    def _exists(cls, value: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base", Path())
+        path = base / value
+        if not path.is_file():
+            raise ValueError(f"file {path} does not exist" if not path.exists() else f"{path} is not a file")
+        return value
+
+    def target(self, base: Path) -> Target:
+        ca = base / self.ca
+        claim = Identity(
+            thing_name="claim", cert_file=base / self.claim_cert, key_file=base / self.claim_key, ca_file=ca
+        )
+        return Target([Endpoint.parse(e) for e in self.endpoints], ca, claim, self.template)
+
+
+class RunOptions(BaseModel):
+    """What only flags set (the fleet file has no section for it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    workers: int | None = Field(default=None, ge=1)
+    transport: Literal["crt", "paho"] = "crt"
+    provision: Literal["direct", "claim"] = "direct"
+    ramp_per_s: float = Field(default=500.0, gt=0)
+    no_limits: bool = False
+    account_rate: float | None = Field(default=None, gt=0)
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    chaos: tuple[ChaosEvent, ...] = ()
+    shard: tuple[int, int] = (0, 1)
+    shadow: bool = True
+    keepalive: int | None = Field(default=None, ge=1, le=1200)
+    workdir: Path | None = None
+    report: Path | None = None
+
+    @field_validator("chaos", mode="before")
+    @classmethod
+    def _chaos(cls, value: Any) -> Any:
+        try:
+            return tuple(parse_chaos(v) if isinstance(v, str) else v for v in value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+
+FILE_SECTIONS = ("fleet", "workload", "thresholds", "target")
+
+
+class SimSettings(BaseModel):
+    """Everything one ``iotfleet simulate`` run was asked to do, checked as a whole."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fleet: FleetShape = Field(default_factory=FleetShape)
+    workload: Workload = Field(default_factory=Workload)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    target: TargetSection | None = None
+    run: RunOptions = Field(default_factory=RunOptions)
+    source: Path | None = None  # the fleet file, if any; [target] files are relative to it
+
+    def sim_config(self) -> SimConfig:
+        """The simulator's run configuration (checked: a bad combination raises :class:`ConfigError`)."""
+        run, workload = self.run, self.workload
+        target = None if self.target is None else self.target.target(self._base())
+        reconnect = None
+        if run.keepalive is not None:
+            base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
+            reconnect = base.model_copy(update={"keepalive_s": run.keepalive})
+        config = SimConfig(
+            shape=self.fleet,
+            duration_s=workload.duration,
+            speed=workload.speed,
+            transport=run.transport,
+            provision="claim" if target is not None else run.provision,
+            ramp_per_s=run.ramp_per_s,
+            limits=PublishLimits(enabled=False) if run.no_limits else PublishLimits(),
+            reconnect=reconnect,
+            regions=run.regions,
+            workdir=run.workdir,
+            shard=run.shard,
+            chaos=run.chaos,
+            target=target,
+            shadow=run.shadow,
+            operator_fraction=workload.operator_fraction,
+            operator_every_s=workload.operator_every,
+            account_publish_rate=run.account_rate,
+        )
+        if run.workers is not None:
+            config.workers = run.workers
+        config.check()
+        return config
+
+    def _base(self) -> Path:
+        return Path() if self.source is None else self.source.parent
+
+
+def read_fleet_file(path: Path) -> dict[str, Any]:
+    """The fleet file's TOML, its sections checked by name (their values by :func:`load_settings`)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the fleet file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    problems = []
+    for name, section in data.items():
+        if name not in FILE_SECTIONS:
+            problems.append(f"{path}: {name}: unknown section; use [fleet], [workload], [thresholds], [target]")
+        elif not isinstance(section, dict):
+            problems.append(f"{path}: {name}: must be a [{name}] section of key = value lines")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return data
+
+
+def load_settings(
+    file: Path | None = None,
+    given: Mapping[str, Mapping[str, Any]] | None = None,
+    run: Mapping[str, Any] | None = None,
+) -> SimSettings:
+    """Defaults, then ``file``'s sections, then ``given`` (flags actually given, by section and key).
+
+    ``run`` holds the flag-only options. Raises one :class:`ConfigError` listing every problem.
+    """
+    data: dict[str, dict[str, Any]] = {}
+    if file is not None:
+        data = {name: dict(section) for name, section in read_fleet_file(file).items()}
+    from_flags: set[tuple[str, str]] = set()
+    for section, values in (given or {}).items():
+        for key, value in values.items():
+            data.setdefault(section, {})[key] = value
+            from_flags.add((section, key))
+    document: dict[str, Any] = {**data, "run": dict(run or {}), "source": file}
+    try:
+        return SimSettings.model_validate(document, context={"base": file.parent if file else Path()})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_problem(e, file, from_flags) for e in exc.errors())) from None
+
+
+def _problem(error: Any, file: Path | None, from_flags: set[tuple[str, str]]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    section, key = [*loc, "", ""][:2]
+    if error["type"] == "extra_forbidden":
+        known = _known(section)
+        what = f"unknown key; known: {', '.join(known)}" if known else "unknown key"
+    else:
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        what = msg[:1].lower() + msg[1:]
+        if error["type"] not in ("missing", "value_error"):
+            what += f" (got {error['input']!r})"
+    if section == "run" or (section, key) in from_flags or file is None:
+        return f"--{key.replace('_', '-')}: {what}"
+    return f"{file}: {'.'.join(loc)}: {what}"
+
+
+def _known(section: str) -> list[str]:
+    field = SimSettings.model_fields.get(section)
+    model = getattr(field, "annotation", None)
+    fields = getattr(model, "model_fields", None)
+    if fields is None and section == "target":
+        fields = TargetSection.model_fields
+    return sorted(fields or ())

@@ -1,0 +1,94 @@
+"""`iotfleet simulate`'s settings: defaults, then the fleet file, then the flags given; all checked up front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from iotfleet.cli import cli
+from iotfleet.errors import ConfigError
+from iotfleet.sim.settings import load_settings
+
+
+def checked(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["simulate", "--check", *args], env=env)
+    assert result.exit_code == 0, result.output
+    settings: dict[str, Any] = json.loads(result.output)
+    return settings
+
+
+def test_flags_given_beat_the_file_and_the_file_beats_the_defaults(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text("[fleet]\nsites = 2\n[workload]\nspeed = 5\nduration = '1m'\n[thresholds]\nmax_lost = 3\n")
+    from_file = checked("--config", str(fleet))
+    assert (from_file["fleet"]["sites"], from_file["workload"]["speed"], from_file["workload"]["duration"]) == (
+        2,
+        5,
+        60,
+    )
+    assert from_file["thresholds"]["max_lost"] == 3
+    assert from_file["fleet"]["rooms"] == 5  # a default
+    # a flag given wins, even when it equals the default (today --speed and the thresholds lost to the file)
+    flags = checked("--config", str(fleet), "--speed", "1", "--max-lost", "0", "--sites", "4", "--duration", "5s")
+    assert (flags["fleet"]["sites"], flags["workload"]["speed"], flags["workload"]["duration"]) == (4, 1, 5)
+    assert flags["thresholds"]["max_lost"] == 0
+    from_env = checked("--config", str(fleet), env={"IOTFLEET_SIMULATE_SPEED": "7"})
+    assert from_env["workload"]["speed"] == 7
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[fleet]\nsites = 'two'\n", "fleet.sites: input should be a valid integer (got 'two')"),
+        ("[fleet]\nsites = true\n", "fleet.sites: input should be a valid integer (got True)"),
+        ("[workload]\nspeed = '10'\n", "workload.speed: input should be a valid number (got '10')"),
+        ("[workload]\noperator_fraction = 2\n", "workload.operator_fraction: input should be less than or equal to 1"),
+        ("[workload]\nduration = -5\n", "workload.duration: duration must be a positive number of seconds"),
+        ("[thresholds]\nmax_lost = -1\n", "thresholds.max_lost: input should be greater than or equal to 0 (got -1)"),
+        ("[thresholds]\nmax_error_rate = 'low'\n", "thresholds.max_error_rate: input should be a valid number"),
+        ("[thresholds]\nmax_error_rate = nan\n", "thresholds.max_error_rate: input should be a finite number"),
+        ("[thresholds]\nmax_losts = 1\n", "thresholds.max_losts: unknown key; known: max_error_rate, max_lost"),
+        ("[workload]\nspeeed = 5\n", "workload.speeed: unknown key; known: duration, operator_every"),
+        (
+            "[target]\nendpoints = ['x:1']\nca = 'ca.pem'\nclaim_cert = 'c.pem'\nclaim_key = 'k.pem'\n",
+            "target.ca: file ",
+        ),
+    ],
+)
+def test_a_bad_fleet_file_exits_2_naming_the_file_the_key_and_the_problem(
+    tmp_path: Path, toml: str, expected: str
+) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(toml)
+    result = CliRunner().invoke(cli, ["simulate", "--config", str(fleet)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {fleet}: {expected}")
+    assert "Traceback" not in result.output
+
+
+def test_missing_claim_files_are_all_named_before_anything_starts(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    (tmp_path / "ca.pem").write_text("ca")
+    fleet.write_text("[target]\nendpoints = ['eu-west-1=iot.example:8883']\nca = 'ca.pem'\n")
+    fleet.write_text(fleet.read_text() + "claim_cert = 'claim.pem'\nclaim_key = 'claim.key'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(fleet)
+    assert caught.value.message == (
+        f"{fleet}: target.claim_cert: file {tmp_path / 'claim.pem'} does not exist; "
+        f"{fleet}: target.claim_key: file {tmp_path / 'claim.key'} does not exist"
+    )
+
+
+def test_a_report_path_that_cannot_be_written_fails_before_the_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--report", str(tmp_path / "no" / "such" / "r.json")])
+    assert result.exit_code == 2
+    assert (
+        result.output
+        == f"Error: --report: directory {tmp_path / 'no' / 'such'} does not exist; create it or name another path\n"
+    )
+    result = CliRunner().invoke(cli, ["simulate", "--report", str(tmp_path)])
+    assert result.exit_code == 2
