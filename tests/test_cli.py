@@ -64,6 +64,18 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
     assert not [pid for pid in brokers if process_alive(pid)]
 
 
+def test_the_cli_and_the_simulator_runner_import_where_resource_does_not_exist() -> None:
+    code = (
+        "import sys; sys.modules['resource'] = None\n"  # as on Windows: `import resource` fails
+        "import iotfleet.cli, iotfleet.sim.runner\n"
+        "from click.testing import CliRunner\n"
+        "print(CliRunner().invoke(iotfleet.cli.cli, ['simulate', '--help']).exit_code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
 def test_doctor_passes_on_a_prepared_machine() -> None:
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 0, result.output

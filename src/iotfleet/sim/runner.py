@@ -24,10 +24,11 @@ import multiprocessing
 import os
 import queue
 import random
-import resource
+import signal
+import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
@@ -185,21 +186,56 @@ class WorkerMetrics:
 # --------------------------------------------------------------------------- the worker process
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when the parent dies, even by SIGKILL (Linux; elsewhere the
+    worker's watch notices a new parent pid)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415 - Linux only
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d; the parent-pid watch remains", ctypes.get_errno())
+
+
+def _parent_pid() -> int | None:
+    parent = multiprocessing.parent_process()
+    return None if parent is None else parent.pid
+
+
 def _worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
     from iotfleet.transport.crt import skip_system_trust_store  # noqa: PLC0415 - in the child only
 
+    # Ctrl-C reaches the whole process group: the parent alone decides (it sets `stop`, the workers drain
+    # and report). SIGINT was blocked while the parent started us, so none is lost before this point.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent()
+    parent = _parent_pid()
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent died before the death signal was armed: nobody would read our results
     skip_system_trust_store()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):  # one socket per device
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
-        metrics = asyncio.run(_worker(spec, results, stop))
+        import resource  # noqa: PLC0415 - POSIX only; the SDK never needs it
+    except ImportError:
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        with contextlib.suppress(ValueError, OSError):  # one socket per device
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        metrics = asyncio.run(_worker(spec, results, stop, parent))
     except BaseException as exc:  # reported to the parent, which fails the run with it
         results.put(("error", spec.index, f"{type(exc).__name__}: {exc}"))
         raise
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    metrics.cpu_s = usage.ru_utime + usage.ru_stime
-    metrics.max_rss_kb = usage.ru_maxrss
+    if resource is not None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        metrics.cpu_s = usage.ru_utime + usage.ru_stime
+        metrics.max_rss_kb = usage.ru_maxrss
     results.put(("final", spec.index, metrics))
 
 
@@ -448,7 +484,9 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> WorkerMetrics:
+async def _worker(
+    spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent, parent: int | None = None
+) -> WorkerMetrics:
     worker = _Worker(spec, WorkerMetrics(devices=len(spec.devices)), pacer=_Pacer(spec.publish_rate))
     metrics, stopping = worker.metrics, worker.stopping
     loop = asyncio.get_running_loop()
@@ -465,6 +503,9 @@ async def _worker(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: M
             results.put(("snapshot", spec.index, metrics.snapshot()))
             if stop.is_set() or (deadline is not None and loop.time() >= deadline):
                 stopping.set()
+            if parent is not None and os.getppid() != parent:
+                log.error("worker %d: the parent process is gone; exiting", spec.index)
+                os._exit(1)  # nobody reads the results; draining would only keep the devices running
 
     ramped = asyncio.Event()
     ramped_at = [0.0]
@@ -511,8 +552,9 @@ def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is o
         context.Process(target=_worker_entry, args=(spec, results, stop), name=f"iotfleet-worker-{spec.index}")
         for spec in specs
     ]
-    for process in processes:
-        process.start()
+    with _sigint_blocked():  # inherited through the exec: a Ctrl-C cannot kill a worker while it starts
+        for process in processes:
+            process.start()
     finals: dict[int, WorkerMetrics] = {}
     failures: list[str] = []
     started = time.monotonic()
@@ -551,6 +593,19 @@ def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is o
     if failures:
         raise IotFleetError("; ".join(failures))
     return [finals[i] for i in sorted(finals)]
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread; one that arrives meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def default_workers() -> int:
