@@ -162,3 +162,28 @@ def test_provision_bad_param_syntax_exits_2(local_cloud: LocalCloud, tmp_path: P
     result = CliRunner().invoke(cli, provision_args(local_cloud, tmp_path / "id", "SerialNumber"))
     assert result.exit_code == 2
     assert "is not Key=Value" in result.output
+
+
+def test_provision_with_a_template_the_broker_refuses_exits_1_naming_the_step(
+    local_cloud: LocalCloud, tmp_path: Path
+) -> None:
+    args = provision_args(local_cloud, tmp_path / "id", "Tenant=acme", "Site=hq", "SerialNumber=x")
+    args[args.index(DEFAULT_TEMPLATE)] = "no-such-template"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output  # a refusal by the cloud is a rejection, as the README says
+    assert result.output.startswith("Error: RegisterThing: the broker refused the request")
+    assert not (tmp_path / "id").exists()
+
+
+def test_report_merge_names_a_damaged_report_and_an_unwritable_output(tmp_path: Path) -> None:
+    damaged = tmp_path / "shard0.json"
+    damaged.write_text(json.dumps({"devices": 1, "raw": {"acked": {}}}))
+    result = CliRunner().invoke(cli, ["report", "merge", str(damaged)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {damaged}: the report lacks errors, failed, histograms")
+    empty = {"duration_s": 1.0, "raw": {k: {} for k in ("acked", "ingested", "histograms", "regions", "totals")}}
+    empty["raw"].update({k: {} for k in ("sent", "errors", "failed", "rejects", "failovers")}, ingest_duplicates=0)
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    result = CliRunner().invoke(cli, ["report", "merge", str(tmp_path / "empty.json"), "--out", "/dev/full"])
+    assert result.exit_code == 2, result.output
+    assert result.output == "Error: cannot write the merged report to /dev/full: No space left on device\n"

@@ -373,12 +373,13 @@ def provision(
     """Provision this device by claim and save its identity in --out (skipped if one is there).
 
     Prints one JSON line: thing name, certificate id, where the files are, the device configuration.
-    A rejected step exits 1 with the step and AWS's statusCode, errorCode and errorMessage.
+    A rejected step exits 1 with the step and AWS's statusCode, errorCode and errorMessage; so does a
+    request the broker refuses (e.g. a template the claim policy does not allow), naming the step.
     """
     import asyncio  # noqa: PLC0415
 
     from iotfleet.config import Endpoint, Identity  # noqa: PLC0415
-    from iotfleet.errors import ProvisioningRejected  # noqa: PLC0415
+    from iotfleet.errors import ProvisioningRejected, PublishRejected  # noqa: PLC0415
     from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method  # noqa: PLC0415
 
     with _errors():
@@ -401,7 +402,7 @@ def provision(
         )
         try:
             stored = asyncio.run(provisioner.provision_into(store))
-        except ProvisioningRejected as exc:
+        except (ProvisioningRejected, PublishRejected) as exc:  # the cloud said no: a rejection, naming the step
             _fail(exc.message, EXIT_BREACHED)
         identity = stored.identity
         click.echo(
@@ -649,12 +650,22 @@ def report_merge(reports: tuple[Path, ...], out: Path | None) -> None:
     from iotfleet.sim.report import load_report, merge_reports  # noqa: PLC0415
 
     with _errors():
-        merged = merge_reports(load_report(p) for p in reports)
+        loaded = [load_report(p) for p in reports]
+        try:
+            merged = merge_reports(loaded)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(
+                f"cannot merge {', '.join(map(str, reports))}: a report's raw section is damaged ({exc!r}); "
+                "write the reports again with --report"
+            ) from exc
     text = json.dumps(merged, indent=1)
-    if out is not None:
-        out.write_text(text)
-    else:
+    if out is None:
         click.echo(text)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write the merged report to {out}: {exc.strerror or exc}")
 
 
 @cli.group("drill")

@@ -198,13 +198,22 @@ def finish(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+RAW_KEYS = ("acked", "ingested", "histograms", "regions", "ingest_duplicates", "totals", "sent", "errors", "failed")
+
+
 def load_report(path: Path) -> dict[str, Any]:
     try:
         report: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read report {path}: {exc}") from exc
-    if not isinstance(report, dict) or "raw" not in report:
+    if not isinstance(report, dict) or not isinstance(report.get("raw"), dict):
         raise ConfigError(f"{path} is not an iotfleet simulate report (no 'raw' section): write it with --report")
+    missing = sorted({*RAW_KEYS} - set(report["raw"])) + (["duration_s"] if "duration_s" not in report else [])
+    if missing:
+        raise ConfigError(
+            f"{path}: the report lacks {', '.join(missing)}: it is damaged or from another iotfleet version; "
+            "write it again with this version's --report"
+        )
     return report
 
 
