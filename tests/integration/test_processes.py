@@ -84,13 +84,14 @@ def simulate(*args: str, family: set[int] | None = None) -> Iterator[subprocess.
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_ctrl_c_to_the_process_group_stops_the_run_and_still_writes_the_report(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "timeout(1)"])
+def test_a_signal_to_the_process_group_stops_the_run_and_still_writes_the_report(tmp_path: Path, signum: int) -> None:
     report = tmp_path / "report.json"
     family: set[int] = set()
     with simulate("--sites", "2", "--speed", "10", "--workers", "2", "--report", str(report), family=family) as proc:
         wait_for_line(proc, RUNNING)
         family |= descendants(proc.pid)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        os.killpg(proc.pid, signum)  # what Ctrl-C (or `timeout`) does: signal the whole group
         out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err  # the README: 0 when the thresholds hold, and Ctrl-C still reports
     assert "KeyboardInterrupt" not in err

@@ -187,6 +187,7 @@ class WorkerMetrics:
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LEFT_TO_PARENT = {signal.SIGINT, signal.SIGTERM}  # signals a worker ignores: the parent stops the run
 
 
 def _die_with_parent() -> None:
@@ -209,11 +210,13 @@ def _parent_pid() -> int | None:
 def _worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
     from iotfleet.transport.crt import skip_system_trust_store  # noqa: PLC0415 - in the child only
 
-    # Ctrl-C reaches the whole process group: the parent alone decides (it sets `stop`, the workers drain
-    # and report). SIGINT was blocked while the parent started us, so none is lost before this point.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C (and `timeout`'s SIGTERM) reach the whole process group: the parent alone decides (it sets
+    # `stop`, the workers drain and report). They were blocked while the parent started us, so none
+    # kills us before this point.
+    for signum in _LEFT_TO_PARENT:
+        signal.signal(signum, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _LEFT_TO_PARENT)
     _die_with_parent()
     parent = _parent_pid()
     if parent is not None and os.getppid() != parent:
@@ -552,7 +555,7 @@ def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is o
         context.Process(target=_worker_entry, args=(spec, results, stop), name=f"iotfleet-worker-{spec.index}")
         for spec in specs
     ]
-    with _sigint_blocked():  # inherited through the exec: a Ctrl-C cannot kill a worker while it starts
+    with _signals_blocked():  # inherited through the exec: a Ctrl-C cannot kill a worker while it starts
         for process in processes:
             process.start()
     finals: dict[int, WorkerMetrics] = {}
@@ -596,12 +599,12 @@ def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is o
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread; one that arrives meanwhile is delivered when the block ends."""
+def _signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread; one that arrives meanwhile is delivered when the block ends."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _LEFT_TO_PARENT)
     try:
         yield
     finally:
