@@ -53,8 +53,13 @@ class ControlServer:
         self.path = socket_path(cloud.workdir)
         self._server: socketserver.UnixStreamServer | None = None
         self._thread: threading.Thread | None = None
+        self._acting = threading.Lock()  # connections are served in parallel; actions run one at a time
 
     def handle(self, line: str) -> str:
+        with self._acting:
+            return self._handle(line)
+
+    def _handle(self, line: str) -> str:
         words = line.split()
         try:
             if len(words) != 2 or words[0] not in set(Action):
