@@ -1,9 +1,15 @@
 """iotfleet: device SDK, fleet simulator and local multi-region cloud for AWS IoT Core style platforms.
 
-Nothing happens at import: no logging set-up, no threads, no event loops.
+Nothing happens at import: no logging set-up, no threads, no event loops. The device SDK loads at once;
+the local cloud (mosquitto, POSIX only) loads on first use of one of its names, so ``import iotfleet``
+works on macOS and Windows laptops as well.
 """
 
-from iotfleet.cloud.local import LocalCloud, Region, ThingSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from iotfleet.config import (
     Durability,
     Endpoint,
@@ -35,6 +41,7 @@ from iotfleet.errors import (
     IotFleetError,
     OutboxFull,
     PolicyError,
+    ProvisioningRejected,
     PublishRejected,
     RegistryError,
     RequestTimeout,
@@ -43,6 +50,12 @@ from iotfleet.errors import (
 )
 from iotfleet.shadow import Shadow, ShadowSync
 from iotfleet.topics import ShadowTopics, ThingScope, TopicScheme
+
+if TYPE_CHECKING:
+    from iotfleet.cloud.local import LocalCloud, Region, ThingSpec
+
+# names loaded on first use: module that defines them
+_LAZY = {"LocalCloud": "iotfleet.cloud.local", "Region": "iotfleet.cloud.local", "ThingSpec": "iotfleet.cloud.local"}
 
 __version__ = "0.1.0"
 
@@ -71,6 +84,7 @@ __all__ = [
     "OutboxPolicy",
     "OverflowPolicy",
     "PolicyError",
+    "ProvisioningRejected",
     "PublishLimits",
     "PublishReceipt",
     "PublishRejected",
@@ -87,3 +101,17 @@ __all__ = [
     "TopicError",
     "TopicScheme",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load the local cloud's names on first use (PEP 562); they need POSIX-only modules."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iotfleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
