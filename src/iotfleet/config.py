@@ -6,9 +6,9 @@ import re
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from iotfleet._files import write_private
 from iotfleet.errors import ConfigError
@@ -23,6 +23,7 @@ __all__ = [
     "PublishLimits",
     "ReconnectPolicy",
     "validate_region",
+    "validation_problems",
 ]
 
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -35,8 +36,57 @@ def validate_region(name: str) -> str:
     return name
 
 
+def validation_problems(model: type[BaseModel], exc: ValidationError) -> str:
+    """One line per problem of ``exc``: ``Model: field: what is wrong (got value)``, joined by ``; ``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            what = f"unknown field; known: {', '.join(model.model_fields)}"
+        elif kind == "missing":
+            what = "required"
+        else:
+            what = str(error["msg"]).removeprefix("Value error, ")
+            if kind != "value_error":
+                what += f" (got {error['input']!r})"
+        problems.append(f"{model.__name__}: {where + ': ' if where else ''}{what}")
+    return "; ".join(problems)
+
+
 class _Frozen(BaseModel):
+    """Frozen, keyword-only, unknown fields refused; invalid values raise :class:`ConfigError`."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(type(self), exc)) from exc
+
+    # Tell pydantic this __init__ only wraps its own (as RootModel does): validation as a field of another
+    # model then keeps pydantic's per-field errors instead of calling this and nesting a ConfigError.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ConfigError(
+            f"{type(self).__name__} is frozen: build a new one, e.g. .model_copy(update={{{name!r}: ...}})"
+        )
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(cls, exc)) from exc
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(cls, exc)) from exc
 
 
 class Endpoint(_Frozen):
@@ -49,10 +99,7 @@ class Endpoint(_Frozen):
     @field_validator("region")
     @classmethod
     def _check_region(cls, value: str) -> str:
-        try:
-            return validate_region(value)
-        except ConfigError as exc:
-            raise ValueError(exc.message) from exc
+        return validate_region(value)  # a ConfigError is a ValueError: pydantic reports it as this field's
 
     @classmethod
     def parse(cls, text: str, region: str | None = None) -> Endpoint:
@@ -65,7 +112,7 @@ class Endpoint(_Frozen):
             raise ConfigError(f"endpoint {text!r} is not host:port (e.g. localhost:8883 or eu-west-1=localhost:8883)")
         try:
             return cls(region=name or host.split(".")[0].lower() or "default", host=host, port=int(port))
-        except ValueError as exc:
+        except ConfigError as exc:
             raise ConfigError(f"endpoint {text!r}: {exc}") from exc
 
     def __str__(self) -> str:
@@ -145,7 +192,7 @@ class ReconnectPolicy(_Frozen):
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:
         if self.max_backoff_s < self.min_backoff_s:
-            raise ValueError("max_backoff_s must be >= min_backoff_s")
+            raise ValueError(f"max_backoff_s ({self.max_backoff_s}) must be >= min_backoff_s ({self.min_backoff_s})")
         return self
 
 

@@ -3,7 +3,7 @@
 Every failure a user can meet is an :class:`IotFleetError` whose message says what happened and what to do::
 
     IotFleetError
-    ├── ConfigError          bad usage or configuration (the CLI exits 2)
+    ├── ConfigError          bad usage or configuration (the CLI exits 2); also a ValueError
     ├── TopicError           a topic, filter or name breaks IoT Core's rules (``.rule`` names which)
     ├── PolicyError          a policy document cannot be rendered or evaluated
     ├── CertificateError     a certificate, key or CSR is malformed or not ours
@@ -56,8 +56,12 @@ class IotFleetError(Exception):
         self.message = message
 
 
-class ConfigError(IotFleetError):
-    """Bad usage or configuration."""
+class ConfigError(IotFleetError, ValueError):
+    """Bad usage or configuration.
+
+    Also a ``ValueError``, so a config model built inside a user's own pydantic validator still becomes
+    that model's validation error.
+    """
 
 
 class TopicError(IotFleetError):
