@@ -169,9 +169,11 @@ class ReconnectPolicy(_Frozen):
     """How a device keeps a connection: liveness, backoff, failover and failback.
 
     Per endpoint, reconnects back off exponentially with full jitter between ``min_backoff_s`` and
-    ``max_backoff_s``; the backoff resets once a connection has lasted ``stable_after_s``. The device
-    moves to the next endpoint after ``failover_after_failures`` consecutive failed attempts, or
-    ``failover_after_s`` without a connection, whichever comes first. Connected anywhere but the first
+    ``max_backoff_s``. A session counts as a connection once it has lasted ``stable_after_s``: that resets
+    the backoff and the failure count. A session that ends sooner (a revoked certificate, an eviction, a
+    broker that accepts and then drops) is a failed attempt. The device moves to the next endpoint after
+    ``failover_after_failures`` consecutive failed attempts, or ``failover_after_s`` without a stable
+    connection, whichever comes first. Connected anywhere but the first
     endpoint, it probes the first every ``failback_probe_s`` and moves back when a probe connects.
     A session is declared dead when a PINGRESP or a PUBACK is ``ping_timeout_s`` late.
     Defaults follow the AWS CRT (keepalive 1200 s, ping timeout 30 s, backoff 1-120 s); tests against
@@ -183,7 +185,7 @@ class ReconnectPolicy(_Frozen):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     min_backoff_s: float = Field(default=1.0, gt=0)
     max_backoff_s: float = Field(default=120.0, gt=0)
-    stable_after_s: float = Field(default=30.0, ge=0)
+    stable_after_s: float = Field(default=5.0, ge=0)
     failover_after_failures: int = Field(default=3, ge=1)
     failover_after_s: float = Field(default=20.0, gt=0)
     failback: bool = True

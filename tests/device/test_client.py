@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from iotfleet.cloud.local import LocalCloud
+from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, PublishLimits
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
 from iotfleet.device.client import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY, _RateLimiter
@@ -321,3 +322,35 @@ def test_an_unanswered_publish_ends_the_session_long_before_keepalive_would(
             assert receipt.endpoint.region == "us-east-1"  # replayed after the failover
 
     run(scenario())
+
+
+def test_a_certificate_revoked_in_one_region_fails_over_to_the_region_where_it_is_valid(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    """The broker accepts and the guard evicts at once: each short session is a failed attempt, so the
+    device fails over (seen before: 37 connect/drop cycles in 12 s and never a failover)."""
+    eu = local_cloud.region("eu-west-1")
+    assert lamp.certificate_id is not None
+    eu.registry.set_status(lamp.certificate_id, CertificateStatus.REVOKED)
+    eu.sync_acl()
+    events: list[Any] = []
+    policy = FAST.model_copy(update={"failback_probe_s": 60.0})
+
+    async def scenario() -> None:
+        failed_over = asyncio.Event()
+
+        def listen(event: Any) -> None:
+            events.append(event)
+            if event.kind is EventKind.FAILED_OVER:
+                failed_over.set()
+
+        async with device(lamp, local_cloud, transport, reconnect=policy, listeners=[listen]) as dev:
+            await asyncio.wait_for(failed_over.wait(), 15)
+            receipt = await dev.publish("power", b"1", timeout=10)
+            assert receipt.endpoint.region == "us-east-1"
+            assert dev.counters.short_sessions == policy.failover_after_failures
+
+    run(scenario())
+    eu_sessions = [e for e in events if e.kind is EventKind.CONNECTED and e.endpoint.region == "eu-west-1"]
+    assert len(eu_sessions) == policy.failover_after_failures
+    assert any("REVOKED" in e.reason for e in eu.evictions)

@@ -74,12 +74,47 @@ def test_a_silent_session_counts_as_a_failure() -> None:
     assert sel.failed().failover_from == EPS[0]
 
 
-def test_a_reset_session_does_not_count_as_a_failure() -> None:
-    sel, _ = selector(ReconnectPolicy(failover_after_failures=2, failover_after_s=1e9))
+def test_a_stable_session_that_resets_does_not_count_as_a_failure() -> None:
+    sel, clock = selector(ReconnectPolicy(failover_after_failures=2, failover_after_s=1e9, stable_after_s=5))
+    sel.failed()
     sel.connected()
-    sel.disconnected()
+    clock.now += 5
+    assert sel.disconnected().failover_from is None  # the earlier failure is forgotten too
     assert sel.failed().failover_from is None
     assert sel.failed().failover_from == EPS[0]
+
+
+def test_a_session_that_ends_within_seconds_is_a_failed_attempt() -> None:
+    """A revoked certificate or an eviction: connect, dropped at once, again and again, must fail over."""
+    policy = ReconnectPolicy(
+        min_backoff_s=1, max_backoff_s=100, stable_after_s=5, failover_after_failures=3, failover_after_s=1e9
+    )
+    sel, clock = selector(policy)
+    delays = []
+    for _ in range(2):
+        sel.connected()
+        clock.now += 0.3
+        step = sel.disconnected()
+        assert step.failover_from is None
+        delays.append(step.delay_s)
+    assert delays == [2, 4]  # the backoff grows
+    sel.connected()
+    clock.now += 0.3
+    assert sel.disconnected().failover_from == EPS[0]
+    assert sel.current == EPS[1]
+
+
+def test_short_sessions_do_not_reset_the_time_without_a_connection() -> None:
+    sel, clock = selector(ReconnectPolicy(failover_after_failures=100, failover_after_s=10, stable_after_s=5))
+    for _ in range(4):
+        sel.connected()
+        clock.now += 2.9
+        step = sel.disconnected()
+    assert (step.failover_from, clock.now) == (EPS[0], pytest.approx(11.6))
+
+
+def test_the_default_stable_session_threshold_is_a_few_seconds() -> None:
+    assert 1 <= ReconnectPolicy().stable_after_s <= 10
 
 
 def test_backoff_resets_only_after_a_stable_connection() -> None:
@@ -91,7 +126,7 @@ def test_backoff_resets_only_after_a_stable_connection() -> None:
         sel.failed()
     sel.connected()
     clock.now += 5
-    assert sel.disconnected().delay_s == 16  # short-lived: the backoff level stays
+    assert sel.disconnected().delay_s == 32  # short-lived: a failed attempt, the backoff grows
     sel.connected()
     clock.now += 31
     assert sel.disconnected().delay_s == 1  # stable: back to the first level
@@ -130,3 +165,32 @@ def test_needs_an_endpoint_and_sane_backoff() -> None:
         EndpointSelector([], ReconnectPolicy())
     with pytest.raises(ValueError, match="max_backoff_s"):
         ReconnectPolicy(min_backoff_s=10, max_backoff_s=1)
+
+
+def test_a_failback_that_does_not_last_makes_the_next_probe_wait_longer() -> None:
+    """The preferred endpoint accepts and then drops us (a revoked certificate there): no flapping."""
+    policy = ReconnectPolicy(failover_after_failures=1, failover_after_s=1e9, failback_probe_s=10, stable_after_s=5)
+    sel, clock = selector(policy, endpoints=EPS[:2])
+    sel.failed()
+    sel.connected()  # on EPS[1]
+    intervals = []
+    for _ in range(3):
+        start = clock.now
+        while not sel.failback_due():
+            clock.now += 1
+        intervals.append(clock.now - start)
+        sel.failed_back()
+        clock.now += 0.5
+        assert sel.disconnected().failover_from == EPS[0]  # dropped at once: back to EPS[1]
+        sel.connected()
+    assert intervals == [10, 20, 40]
+    clock.now += 100
+    sel.failed_back()
+    clock.now += 5
+    sel.disconnected()  # a failback that lasted: probing is back to its normal pace
+    sel.failed()
+    sel.connected()
+    start = clock.now
+    while not sel.failback_due():
+        clock.now += 1
+    assert clock.now - start == 10

@@ -130,6 +130,7 @@ class DeviceCounters:
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     connects: int = 0
     connect_failures: int = 0
+    short_sessions: int = 0  # ended before ``stable_after_s``: counted as failed attempts
     failovers: int = 0
     inbound: int = 0
     inbound_dropped: int = 0
@@ -725,6 +726,15 @@ class DeviceClient:
             self.selector.connected()
             while session is not None:
                 session = await self._serve(session)
+            if not self.selector.stable() and not self._stop.is_set():
+                self.counters.short_sessions += 1
+                log.info(
+                    "%s: the session to %s ended within %.0fs (%s): a failed attempt",
+                    self.thing,
+                    self.selector.current,
+                    self.policy.stable_after_s,
+                    self._last_reason,
+                )
             step = self.selector.disconnected(silent=self._last_reason in SILENT_REASONS)
             if step.failover_from is not None:
                 self.counters.failovers += 1

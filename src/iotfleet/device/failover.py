@@ -4,10 +4,13 @@ Pure logic with an injectable clock and random source, so its rules are tested w
 The rules (DESIGN.md decision 8, :class:`~iotfleet.config.ReconnectPolicy`):
 
 - per endpoint, attempt ``k`` (from 0) after a failure waits ``uniform(0, min(max, min * 2**k))``;
-- the backoff resets once a connection has lasted ``stable_after_s``;
-- after ``failover_after_failures`` consecutive failures, or ``failover_after_s`` without a connection,
-  move to the next endpoint (in order, wrapping), with a fresh backoff;
-- connected anywhere but the first endpoint, failback is due every ``failback_probe_s``.
+- a session counts as a connection only once it has lasted ``stable_after_s``: then the failures, the
+  backoff and the time without a connection reset. A session that ends sooner (a revoked certificate,
+  an eviction, a broker that accepts and then drops) is one more failed attempt;
+- after ``failover_after_failures`` consecutive failures, or ``failover_after_s`` without a stable
+  connection, move to the next endpoint (in order, wrapping), with a fresh backoff;
+- connected anywhere but the first endpoint, failback is due every ``failback_probe_s``; that interval
+  doubles (up to an hour) after each failback whose session ended before it proved stable.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class EndpointSelector:
         self._down_since: float | None = clock()
         self._connected_at: float | None = None
         self._next_probe: float | None = None
+        self._probe_level = 0  # failbacks in a row whose session did not prove stable
+        self._on_probation = False  # the current session came from a failback probe
 
     @property
     def current(self) -> Endpoint:
@@ -69,28 +74,43 @@ class EndpointSelector:
         return self._rng() * ceiling
 
     def connected(self) -> None:
-        """A session to :attr:`current` started."""
+        """A session to :attr:`current` started; it counts once it proves stable (see :meth:`disconnected`)."""
         now = self._clock()
-        self._failures = 0
-        self._down_since = None
         self._connected_at = now
-        self._next_probe = now + self.policy.failback_probe_s if self.index != 0 and self.policy.failback else None
+        self._next_probe = now + self._probe_interval() if self.index != 0 and self.policy.failback else None
+
+    def _probe_interval(self) -> float:
+        """``failback_probe_s``, doubled for each failback in a row that did not last (capped at an hour)."""
+        return float(min(self.policy.failback_probe_s * 2**self._probe_level, max(self.policy.failback_probe_s, 3600)))
+
+    def stable(self) -> bool:
+        """Whether the current session has lasted ``stable_after_s``."""
+        return self._connected_at is not None and self._clock() - self._connected_at >= self.policy.stable_after_s
 
     def disconnected(self, *, silent: bool = False) -> NextAttempt:
-        """The session ended: retry after a jittered delay (or fail over, see :meth:`failed`).
+        """The session ended: retry after a jittered delay, or count a failed attempt (see :meth:`failed`).
 
-        ``silent`` marks a session that died by liveness timeout (no PINGRESP or PUBACK): the endpoint
-        stopped answering, which counts as one failed attempt towards failover.
+        One rule: a session that lasted ``stable_after_s`` resets the failures, the backoff and the time
+        without a connection, and is retried at the first backoff level. One that ended sooner is a failed
+        attempt, like one that never connected, so the backoff grows and failover applies. ``silent`` marks
+        a session that died by liveness timeout (no PINGRESP or PUBACK): the endpoint stopped answering,
+        which is a failed attempt however long the session lasted.
         """
+        stable = self.stable()
         now = self._clock()
-        if self._connected_at is not None and now - self._connected_at >= self.policy.stable_after_s:
-            self._level = 0
         self._connected_at = None
         self._next_probe = None
-        self._down_since = now
-        if silent:
+        if stable:
+            self._failures = 0
+            self._level = 0
+            self._down_since = now
+            self._probe_level = 0
+        elif self._on_probation:  # the preferred endpoint accepts but does not keep us: probe it less often
+            self._probe_level += 1
+        self._on_probation = False
+        if silent or not stable:
             return self.failed()
-        return NextAttempt(self.current, self._jitter(self._level))
+        return NextAttempt(self.current, self._jitter(0))
 
     def failed(self) -> NextAttempt:
         """An attempt on :attr:`current` failed: back off, or fail over to the next endpoint."""
@@ -117,12 +137,15 @@ class EndpointSelector:
 
     def probe_failed(self) -> None:
         """The preferred endpoint is still down: probe again after another interval."""
-        self._next_probe = self._clock() + self.policy.failback_probe_s
+        self._next_probe = self._clock() + self._probe_interval()
 
     def failed_back(self) -> Endpoint:
         """A probe connected: the preferred endpoint is current again. Returns the endpoint left."""
         previous = self.current
         self.index = 0
+        self._failures = 0
         self._level = 0
+        self._down_since = self._clock()
         self.connected()
+        self._on_probation = True
         return previous
