@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
+import functools
+import os
 import re
 import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from iotfleet._files import write_private
-from iotfleet.errors import ConfigError
+from iotfleet.errors import CertificateError, ConfigError
 from iotfleet.topics import validate_thing_name
 
 __all__ = [
@@ -163,6 +169,78 @@ class Identity(_Frozen):
             key_file=directory / "key.pem",
             ca_file=directory / "ca.pem",
         )
+
+    def check(self) -> Identity:
+        """Load the certificate, the private key and the CA now; return ``self`` if they are usable.
+
+        Raises :class:`CertificateError` naming the file and the problem: missing or unreadable, not PEM,
+        an encrypted key, a key that is not the certificate's, an expired certificate, a CA file with no
+        certificate. Both transports call it before their first TLS handshake with an identity, and the
+        device client when it is entered; the result is kept until one of the files changes.
+        """
+        _check_identity(self.thing_name, *((path, _signature(path)) for path in self._files()))
+        return self
+
+    def _files(self) -> tuple[Path, Path, Path]:
+        return (self.cert_file, self.key_file, self.ca_file)
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What tells a changed file apart: modification time and size (None: cannot stat it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_identity(
+    thing: str,
+    cert: tuple[Path, tuple[int, int] | None],
+    key: tuple[Path, tuple[int, int] | None],
+    ca: tuple[Path, tuple[int, int] | None],
+) -> None:
+    """:meth:`Identity.check`, once per content of the three files (a failure is not kept: it raises)."""
+    certificate = _certificates(thing, cert[0], "certificate")[0]
+    private_key = _private_key(thing, key[0])
+    _certificates(thing, ca[0], "CA certificate")
+    if certificate.public_key() != private_key.public_key():
+        raise CertificateError(
+            f"{key[0]}: not the private key of {cert[0]} (thing {thing}): their public keys differ; "
+            "use the key the certificate was issued for"
+        )
+    expires = certificate.not_valid_after_utc
+    if expires < datetime.datetime.now(datetime.UTC):
+        raise CertificateError(
+            f"{cert[0]}: the certificate of {thing} expired on {expires:%Y-%m-%d %H:%M} UTC; get a new one"
+        )
+
+
+def _read(thing: str, path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"{path}: cannot read the {what} of {thing}: {exc.strerror or exc}") from exc
+
+
+def _certificates(thing: str, path: Path, what: str) -> list[x509.Certificate]:
+    data = _read(thing, path, what)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        hint = " (it holds a private key: are the certificate and key files swapped?)" if b"PRIVATE KEY" in data else ""
+        raise CertificateError(f"{path}: the {what} of {thing} is not a PEM certificate{hint}") from exc
+
+
+def _private_key(thing: str, path: Path) -> PrivateKeyTypes:
+    data = _read(thing, path, "private key")
+    try:
+        return serialization.load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+    except TypeError as exc:  # encrypted
+        raise CertificateError(f"{path}: the private key of {thing} is encrypted; give it unencrypted (0600)") from exc
+    except ValueError as exc:
+        raise CertificateError(f"{path}: the private key of {thing} is not a PEM private key ({exc})") from exc
 
 
 class ReconnectPolicy(_Frozen):

@@ -42,6 +42,7 @@ from iotfleet.device.events import (
 from iotfleet.device.failover import EndpointSelector
 from iotfleet.device.outbox import Outbox, OutboxEntry, open_outbox
 from iotfleet.errors import (
+    CertificateError,
     ClientError,
     ClientStateError,
     ConfigError,
@@ -253,6 +254,7 @@ class DeviceClient:
             raise ClientStateError(
                 f"this DeviceClient for {self.thing} is {self.state}; a client is entered once: create a new one"
             )
+        self.identity.check()  # a broken or mismatched file is named now, not after connect_wait_s
         for entry in self.outbox.pending():  # restored from disk: resend in order
             self._unsent.append(entry.seq)
             self._deliveries[entry.seq] = _Delivery(None, time.monotonic(), sends=1)
@@ -702,6 +704,12 @@ class DeviceClient:
             self.counters.connect_failures += 1
             self._last_error = exc
             self._emit(ConnectFailed(self.thing, endpoint, exc.reason))
+            return None
+        except CertificateError as exc:  # a file changed under a running client: keep trying, loudly
+            log.error("%s: %s", self.thing, exc.message)
+            self.counters.connect_failures += 1
+            self._last_error = ConnectError(exc.message, endpoint=str(endpoint), reason="identity")
+            self._emit(ConnectFailed(self.thing, endpoint, "identity"))
             return None
         self.counters.connects += 1
         self._session_count += 1

@@ -17,6 +17,7 @@ from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ClientError, ConfigError, ConnectError
 
 __all__ = [
+    "ALPN_IOT_CORE",
     "ConnectOptions",
     "DisconnectInfo",
     "InboundMessage",
@@ -29,7 +30,16 @@ __all__ = [
     "publish_via_send",
     "reason_name",
     "resolve_transport",
+    "uses_alpn",
 ]
+
+ALPN_IOT_CORE = "x-amzn-mqtt-ca"
+"""The ALPN protocol IoT Core needs to serve MQTT with client certificates on port 443."""
+
+
+def uses_alpn(endpoint: Endpoint) -> bool:
+    """Whether a connection to ``endpoint`` offers :data:`ALPN_IOT_CORE` (port 443, as the AWS SDKs do)."""
+    return endpoint.port == 443
 
 
 def connect_failed(endpoint: Endpoint, reason: str, detail: str = "") -> ConnectError:

@@ -22,8 +22,9 @@ from awscrt import io, mqtt5
 from awscrt.exceptions import AwsCrtError
 
 from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.errors import CertificateError, ConnectionLost
 from iotfleet.transport.base import (
+    ALPN_IOT_CORE,
     ConnectOptions,
     DisconnectInfo,
     InboundMessage,
@@ -31,11 +32,11 @@ from iotfleet.transport.base import (
     connect_failed,
     connect_timed_out,
     publish_via_send,
+    uses_alpn,
 )
 
 __all__ = ["CrtRuntime", "CrtSession", "CrtTransport", "LoopBridge", "skip_system_trust_store"]
 
-ALPN_IOT_CORE = "x-amzn-mqtt-ca"
 _NEVER_MS = 24 * 3600 * 1000  # the CRT's own reconnect delay: a session is stopped long before
 _QOS = (mqtt5.QoS.AT_MOST_ONCE, mqtt5.QoS.AT_LEAST_ONCE)
 
@@ -300,21 +301,21 @@ class CrtTransport:
         key = (str(identity.cert_file), str(identity.key_file), str(identity.ca_file), alpn)
         ctx = self._tls.get(key)
         if ctx is None:
+            identity.check()  # names the file and the problem; the CRT would say only "1033"
             try:
                 opts = io.TlsContextOptions.create_client_with_mtls_from_path(
                     str(identity.cert_file), str(identity.key_file)
                 )
                 opts.override_default_trust_store_from_path(None, str(identity.ca_file))
-            except AwsCrtError as exc:
-                raise ConnectError(
+                if alpn:
+                    opts.alpn_list = [ALPN_IOT_CORE]
+                ctx = io.ClientTlsContext(opts)
+            except (AwsCrtError, RuntimeError, ValueError) as exc:
+                raise CertificateError(
                     f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
-                    f"{identity.ca_file}): {exc.name}; check the files exist and belong together",
-                    endpoint="",
-                    reason="identity",
+                    f"{identity.ca_file}): {getattr(exc, 'name', exc)}; check the files exist and belong together"
                 ) from exc
-            if alpn:
-                opts.alpn_list = [ALPN_IOT_CORE]
-            ctx = self._tls[key] = io.ClientTlsContext(opts)
+            self._tls[key] = ctx
         return ctx
 
     def _bridge(self, loop: asyncio.AbstractEventLoop) -> LoopBridge:
@@ -335,7 +336,7 @@ class CrtTransport:
                 port=endpoint.port,
                 bootstrap=self.runtime.bootstrap,
                 socket_options=socket_options,
-                tls_ctx=self._tls_context(options.identity, alpn=endpoint.port == 443),
+                tls_ctx=self._tls_context(options.identity, alpn=uses_alpn(endpoint)),
                 connect_options=mqtt5.ConnectPacket(
                     client_id=options.client_id,
                     keep_alive_interval_sec=options.keepalive_s,

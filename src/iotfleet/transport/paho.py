@@ -25,8 +25,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.errors import CertificateError, ConnectError, ConnectionLost
 from iotfleet.transport.base import (
+    ALPN_IOT_CORE,
     ConnectOptions,
     DisconnectInfo,
     InboundMessage,
@@ -34,6 +35,7 @@ from iotfleet.transport.base import (
     connect_failed,
     connect_timed_out,
     publish_via_send,
+    uses_alpn,
 )
 
 if TYPE_CHECKING:
@@ -42,9 +44,19 @@ if TYPE_CHECKING:
 __all__ = ["PahoSession", "PahoTransport"]
 
 
-def _tls_context(identity: Identity) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(identity.ca_file))
-    ctx.load_cert_chain(str(identity.cert_file), str(identity.key_file))
+def _tls_context(identity: Identity, *, alpn: bool) -> ssl.SSLContext:
+    """mTLS with the identity's files (checked first, so a bad file is named), offering ALPN on port 443."""
+    identity.check()
+    try:
+        ctx = ssl.create_default_context(cafile=str(identity.ca_file))
+        ctx.load_cert_chain(str(identity.cert_file), str(identity.key_file))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise CertificateError(
+            f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
+            f"{identity.ca_file}): {exc}; check the files exist and belong together"
+        ) from exc
+    if alpn:
+        ctx.set_alpn_protocols([ALPN_IOT_CORE])
     return ctx
 
 
@@ -91,7 +103,7 @@ class PahoSession:
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=mqtt.MQTTv5,
-            tls=_tls_context(options.identity),
+            tls=_tls_context(options.identity, alpn=uses_alpn(endpoint)),
             host=endpoint.host,
             timeout=options.connect_timeout_s,
         )
