@@ -78,11 +78,9 @@ def test_get_update_delete_and_rejections(local_cloud: LocalCloud, lamp: Identit
 def test_deltas_stream_operator_changes(local_cloud: LocalCloud, lamp: Identity) -> None:
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            deltas = device.shadow().deltas()
-            first = asyncio.ensure_future(deltas.__anext__())
-            await asyncio.sleep(0.2)
+            deltas = await device.shadow().deltas()  # subscribed on return: no sleep
             await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.update, "lamp-1", desired={"dim": 55})
-            delta = await asyncio.wait_for(first, 5)
+            delta = await asyncio.wait_for(anext(deltas), 5)
             assert (delta.state, delta.version) == ({"dim": 55}, 1)
             await deltas.aclose()
 
@@ -249,3 +247,25 @@ def test_report_recovers_from_a_version_conflict(local_cloud: LocalCloud, lamp: 
 
     run(scenario())
     assert operator.get("lamp-1")["state"]["reported"] == {"lux": 3, "dim": 5}
+
+
+def test_a_handler_that_raises_is_counted_and_the_sync_goes_on(local_cloud: LocalCloud, lamp: Identity) -> None:
+    applied: list[int] = []
+    operator = local_cloud.region("eu-west-1").shadows
+
+    def set_dim(value: int) -> None:
+        if value < 0:
+            raise ValueError("the lamp cannot dim below 0")
+        applied.append(value)
+
+    async def scenario() -> None:
+        async with connect(local_cloud, lamp) as device:
+            sync = ShadowSync(device.shadow(), handlers={"dim": set_dim})
+            await sync.start()
+            await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": -5})
+            assert await until(lambda: sync.handler_errors == 1)
+            await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": 20})
+            assert await until(lambda: applied == [20])
+            await sync.stop()
+
+    run(scenario())

@@ -17,10 +17,11 @@ import concurrent.futures
 import contextlib
 import queue
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from iotfleet.device.client import Command, DeviceClient, Payload, PublishReceipt
+from iotfleet.device.stream import Stream
 from iotfleet.errors import ClientStateError
 from iotfleet.transport.base import InboundMessage
 
@@ -112,44 +113,63 @@ class BlockingDeviceClient:
         self._run(self.device.flush(timeout))
 
     def messages(self, topic_filter: str | None = None, *, timeout: float | None = None) -> Iterator[InboundMessage]:
-        """Inbound messages; stops after ``timeout`` seconds without one (None: never)."""
+        """Inbound messages; stops after ``timeout`` seconds without one (None: never) or when the client closes."""
         return self._iterate(lambda: self.device.messages(topic_filter), timeout)
 
     def commands(self, *, timeout: float | None = None) -> Iterator[Command]:
-        """Commands for this thing; stops after ``timeout`` seconds without one (None: never)."""
+        """Commands for this thing, subscribed when this returns; stops after ``timeout`` seconds without one
+        (None: never) or when the client closes."""
         return self._iterate(self.device.commands, timeout)
 
-    def _iterate(self, source: Any, timeout: float | None) -> Iterator[Any]:
-        """Start consuming ``source()`` on the loop now (so its subscription exists when this returns)."""
+    def _iterate(self, source: Callable[[], Stream[Any]], timeout: float | None) -> Iterator[Any]:
+        """Open ``source()`` on the loop and await its subscription, then hand its items to this thread."""
         items: queue.Queue[Any] = queue.Queue()
-        ready = threading.Event()
+
+        async def subscribed() -> Stream[Any]:
+            return await source()
+
+        stream = self._run(subscribed())
 
         async def pump() -> None:
-            iterator = source()
-            first = asyncio.ensure_future(iterator.__anext__())
-            await asyncio.sleep(0)  # the iterator runs up to its SUBSCRIBE
-            while not first.done() and not self.device._subscriptions_settled():
-                await asyncio.sleep(0.005)
-            ready.set()
-            items.put(await first)
-            async for item in iterator:
-                items.put(item)
+            try:
+                async for item in stream:
+                    items.put(item)
+            except Exception as exc:  # handed to the reading thread, raised there
+                items.put(_Failed(exc))
+            finally:
+                items.put(_END)
 
         if self._loop is None:
             raise ClientStateError("use 'with BlockingDeviceClient(...) as device:' first")
         task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)
-        ready.wait(timeout=10)
+        loop = self._loop
 
         def generate() -> Iterator[Any]:
             try:
                 while True:
                     try:
-                        yield items.get(timeout=timeout)
+                        item = items.get(timeout=timeout)
                     except queue.Empty:
                         return
+                    if item is _END:
+                        return
+                    if isinstance(item, _Failed):
+                        raise item.error
+                    yield item
             finally:
-                task.cancel()
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(stream.end)
 
         return generate()
+
+
+_END = object()
+
+
+class _Failed:
+    """An error of a stream, carried to the reading thread."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error

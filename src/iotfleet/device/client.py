@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -41,6 +41,7 @@ from iotfleet.device.events import (
 )
 from iotfleet.device.failover import EndpointSelector
 from iotfleet.device.outbox import Outbox, OutboxEntry, open_outbox
+from iotfleet.device.stream import Stream
 from iotfleet.errors import (
     CertificateError,
     ClientError,
@@ -223,10 +224,10 @@ class DeviceClient:
         self._listeners: list[Listener] = list(listeners)
         self._session_hooks: list[SessionHook] = []
         self._subscriptions: dict[str, int] = {}
-        self._pending_subscribes = 0
         self._stream_topics: dict[str, str] = {}
         self._shadows: dict[str | None, Shadow] = {}
-        self._inbound: list[tuple[str | None, asyncio.Queue[InboundMessage]]] = []
+        self._inbound: list[tuple[str | None, Stream[Any], Callable[[InboundMessage], Any]]] = []
+        self._streams: set[Stream[Any]] = set()  # every open stream, ended when the client closes
         self._handlers: list[tuple[str, Callable[[InboundMessage], None]]] = []
         self._deliveries: dict[int, _Delivery] = {}
         self._unsent: collections.deque[int] = collections.deque()
@@ -320,6 +321,8 @@ class DeviceClient:
                     self._emit(PublishFailed(self.thing, entry.message_id, seq, entry.topic, "closed"))
         self._deliveries.clear()
         self.outbox.close()
+        for stream in list(self._streams):  # readers get what was received, then the end
+            stream.end()
 
     async def flush(self, timeout: float | None = None, *, raise_on_timeout: bool = True) -> None:
         """Wait until every message in the outbox now (queued here or restored from disk) has left it."""
@@ -619,18 +622,7 @@ class DeviceClient:
             with contextlib.suppress(ConnectionLost):
                 await self._session.unsubscribe([topic_filter])
 
-    def _subscriptions_settled(self) -> bool:
-        """No SUBSCRIBE is waiting for its SUBACK."""
-        return self._pending_subscribes == 0
-
     async def _subscribe(self, session: Session, filters: list[tuple[str, int]]) -> None:
-        self._pending_subscribes += 1
-        try:
-            await self._subscribe_chunks(session, filters)
-        finally:
-            self._pending_subscribes -= 1
-
-    async def _subscribe_chunks(self, session: Session, filters: list[tuple[str, int]]) -> None:
         for i in range(0, len(filters), MAX_FILTERS_PER_SUBSCRIBE):
             chunk = filters[i : i + MAX_FILTERS_PER_SUBSCRIBE]
             codes = await session.subscribe(chunk)
@@ -638,28 +630,55 @@ class DeviceClient:
             if refused:
                 log.warning("%s: subscriptions refused: %s", self.thing, refused)
 
-    async def messages(self, topic_filter: str | None = None) -> AsyncIterator[InboundMessage]:
-        """Every inbound message (matching ``topic_filter``, if given) from now until the client closes."""
-        self._require_running()
-        queue: asyncio.Queue[InboundMessage] = asyncio.Queue(INBOUND_QUEUE)
-        key = (topic_filter, queue)
-        self._inbound.append(key)
-        try:
-            while self.state is not DeviceState.CLOSED:
-                yield await queue.get()
-        finally:
-            self._inbound.remove(key)
+    def open_stream(self, name: str, subscribe: Callable[[], Awaitable[None]] | None = None) -> Stream[Any]:
+        """A :class:`~iotfleet.device.stream.Stream` that ends when this client closes.
 
-    async def commands(self) -> AsyncIterator[Command]:
-        """Commands sent to this thing (``cmd/{tenant}/{site}/{thing}/{command}`` by default)."""
+        For components built on the client (the shadow client's deltas); ``subscribe`` is awaited by
+        ``await stream`` and before the first item.
+        """
+        self._require_running()
+        stream: Stream[Any] = Stream(f"{self.thing} {name}", maxsize=INBOUND_QUEUE, subscribe=subscribe)
+        self._streams.add(stream)
+        stream.on_end(self._streams.discard)
+        return stream
+
+    def messages(self, topic_filter: str | None = None) -> Stream[InboundMessage]:
+        """Every inbound message (matching ``topic_filter``, if given) from now until the client closes.
+
+        It does not subscribe (see :meth:`subscribe`); it collects from the moment it is called.
+        """
+        if topic_filter is not None:
+            validate_filter(topic_filter)
+        return self._inbound_stream(f"messages {topic_filter or '#'}", topic_filter, None, lambda message: message)
+
+    def commands(self) -> Stream[Command]:
+        """Commands sent to this thing (``cmd/{tenant}/{site}/{thing}/{command}`` by default).
+
+        ``await device.commands()`` returns once the command topics are subscribed; ``async for`` over
+        it does the same before its first command. It ends when the client closes.
+        """
         if self.scope is None:
             raise ConfigError(f"receiving commands needs the thing's scope: pass tenant= and site= ({self.thing})")
         command_filter = self.scheme.command_filter(self.scope)
-        await self.subscribe(command_filter)
-        async for message in self.messages(command_filter):
+
+        def command(message: InboundMessage) -> Command | None:
             parsed = self.scheme.parse_command_topic(message.topic)
-            if parsed is not None:
-                yield Command(parsed[1], message.payload, message.topic)
+            return Command(parsed[1], message.payload, message.topic) if parsed is not None else None
+
+        return self._inbound_stream("commands", command_filter, partial(self.subscribe, command_filter), command)
+
+    def _inbound_stream(
+        self,
+        name: str,
+        topic_filter: str | None,
+        subscribe: Callable[[], Awaitable[None]] | None,
+        convert: Callable[[InboundMessage], Any],
+    ) -> Stream[Any]:
+        stream = self.open_stream(name, subscribe)
+        entry = (topic_filter, stream, convert)
+        self._inbound.append(entry)
+        stream.on_end(lambda _stream: self._inbound.remove(entry))
+        return stream
 
     def add_message_handler(self, topic_filter: str, handler: Callable[[InboundMessage], None]) -> None:
         """Call ``handler(message)`` on the event loop for every inbound message matching ``topic_filter``.
@@ -676,11 +695,10 @@ class DeviceClient:
                     handler(message)
                 except Exception:  # one component's bug must not stop delivery to the others
                     log.exception("%s: message handler for %s failed", self.thing, handled)
-        for topic_filter, queue in self._inbound:
+        for topic_filter, stream, convert in self._inbound:
             if topic_filter is None or filter_matches(topic_filter, message.topic):
-                try:
-                    queue.put_nowait(message)
-                except asyncio.QueueFull:
+                item = convert(message)
+                if item is not None and not stream.put(item):
                     self.counters.inbound_dropped += 1
 
     # ------------------------------------------------------------------ connection management

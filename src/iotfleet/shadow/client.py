@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from iotfleet._files import write_private
 from iotfleet.config import Endpoint
 from iotfleet.device.events import DeviceEvent, EventKind
+from iotfleet.device.stream import Stream
 from iotfleet.errors import ClientError, ConnectionLost, RequestTimeout, ShadowRejected
 from iotfleet.shadow.document import merge
 from iotfleet.topics import ShadowOp, ShadowTopics
@@ -84,7 +85,7 @@ class Shadow:
         self.topics = ShadowTopics(device.thing, name)
         self.timeout = timeout
         self._pending: dict[str, asyncio.Future[InboundMessage]] = {}
-        self._delta_queues: list[asyncio.Queue[ShadowDelta]] = []
+        self._delta_streams: list[Stream[ShadowDelta]] = []
         self._subscribing: asyncio.Task[None] | None = None
         self.malformed = 0  # answers that could not be parsed: counted, logged, never silently dropped
         for op in ShadowOp:
@@ -131,8 +132,14 @@ class Shadow:
             self.malformed += 1
             log.warning("%s: unreadable shadow delta on %s", self.device.thing, message.topic)
             return
-        for queue in self._delta_queues:
-            queue.put_nowait(delta)
+        for stream in list(self._delta_streams):
+            if not stream.put(delta):
+                log.warning(
+                    "%s: shadow delta %d dropped: its reader is %d behind",
+                    self.device.thing,
+                    delta.version,
+                    stream.maxsize,
+                )
 
     async def _request(self, op: ShadowOp, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         await self._subscribe()
@@ -178,16 +185,17 @@ class Shadow:
         """Delete the shadow; return its version, which a recreation within 48 hours continues."""
         return int((await self._request(ShadowOp.DELETE, {}, timeout))["version"])
 
-    async def deltas(self) -> AsyncIterator[ShadowDelta]:
-        """Every ``/update/delta`` from now on."""
-        queue: asyncio.Queue[ShadowDelta] = asyncio.Queue()
-        self._delta_queues.append(queue)  # before subscribing: nothing between SUBACK and here is lost
-        try:
-            await self._subscribe()
-            while True:
-                yield await queue.get()
-        finally:
-            self._delta_queues.remove(queue)
+    def deltas(self) -> Stream[ShadowDelta]:
+        """Every ``/update/delta`` from now until the device client closes.
+
+        ``await shadow.deltas()`` returns once the shadow's topics are subscribed; ``async for`` over it
+        does the same before its first delta.
+        """
+        name = f"shadow {self.name or 'classic'} deltas"
+        stream: Stream[ShadowDelta] = self.device.open_stream(name, self._subscribe)
+        self._delta_streams.append(stream)  # collecting now: nothing between the SUBACK and a read is lost
+        stream.on_end(self._delta_streams.remove)
+        return stream
 
 
 Handler = Callable[[Any], Any]
@@ -226,7 +234,9 @@ class ShadowSync:
         self.report_failures = 0
         self.resyncs = 0
         self._resync_failed = False
+        self.handler_errors = 0
         self._task: asyncio.Task[None] | None = None
+        self._deltas: Stream[ShadowDelta] | None = None
         self._lock = asyncio.Lock()
 
     def _load(self) -> dict[str, Any]:
@@ -245,13 +255,13 @@ class ShadowSync:
     async def start(self) -> None:
         """Resync now, then follow deltas and resync on every new session."""
         self.shadow.device.add_session_hook(self._on_session)
-        deltas = self.shadow.deltas()
-        first = asyncio.ensure_future(deltas.__anext__())
-        await asyncio.sleep(0)
-        self._task = asyncio.get_running_loop().create_task(self._follow(deltas, first))
+        self._deltas = await self.shadow.deltas()  # subscribed: no delta from here on is missed
+        self._task = asyncio.get_running_loop().create_task(self._follow(self._deltas))
         await self.resync()
 
     async def stop(self) -> None:
+        if self._deltas is not None:
+            await self._deltas.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -279,15 +289,17 @@ class ShadowSync:
                 await self._report(self.reported)
             self._resync_failed = False
 
-    async def _follow(self, deltas: AsyncIterator[ShadowDelta], first: asyncio.Future[ShadowDelta]) -> None:
-        delta = await first
-        while True:
+    async def _follow(self, deltas: Stream[ShadowDelta]) -> None:
+        """Apply every delta until the device closes; one failing delta never stops the ones after it."""
+        async for delta in deltas:
             try:
                 await self._on_delta(delta)
             except ClientError as exc:  # the next session's resync republishes the reported state
                 self.report_failures += 1
                 log.warning("%s: shadow delta %d not reported: %s", self.shadow.device.thing, delta.version, exc)
-            delta = await deltas.__anext__()
+            except Exception:  # a handler's bug: counted and logged, the sync goes on
+                self.handler_errors += 1
+                log.exception("%s: applying shadow delta %d failed", self.shadow.device.thing, delta.version)
 
     async def _on_delta(self, delta: ShadowDelta) -> None:
         async with self._lock:
