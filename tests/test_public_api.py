@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import iotfleet
 
 
@@ -89,3 +91,11 @@ def test_the_local_cloud_loads_on_first_use() -> None:
         "assert iotfleet.LocalCloud is LocalCloud\n"
     )
     python(code)
+
+
+def test_region_faults_refuses_an_unknown_outage_mode_with_config_error() -> None:
+    from iotfleet.testing import RegionFaults  # noqa: PLC0415
+
+    faults = RegionFaults(cloud=None)  # type: ignore[arg-type]  # the mode is checked before the cloud is used
+    with pytest.raises(iotfleet.ConfigError, match="outage mode 'flood'"), faults.outage("eu-west-1", mode="flood"):
+        pass

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from iotfleet.errors import ConfigError
+
 if TYPE_CHECKING:
     from iotfleet.cloud.local import LocalCloud
     from iotfleet.config import Identity
@@ -130,7 +132,7 @@ class RegionFaults:
     def outage(self, region: str, mode: str = "kill") -> Iterator[None]:
         """The region is down (``kill`` or ``blackhole``) inside the block and restored after it."""
         if mode not in ("kill", "blackhole"):
-            raise ValueError("mode is 'kill' or 'blackhole'")
+            raise ConfigError(f"outage mode {mode!r}: use 'kill' (a reset at once) or 'blackhole' (silence)")
         getattr(self, mode)(region)
         try:
             yield
