@@ -194,7 +194,7 @@ def _signature(path: Path) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)  # a simulator worker checks each of its identities on entry and in the transport
 def _check_identity(
     thing: str,
     cert: tuple[Path, tuple[int, int] | None],
