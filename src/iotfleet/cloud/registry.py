@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from iotfleet.cloud.owned import KEEP, Failures
 from iotfleet.errors import RegistryError
 from iotfleet.topics import validate_thing_name
 
@@ -259,13 +260,22 @@ class Replicator:
     """Copies batches of registrations from one region to the others after ``lag`` seconds.
 
     With ``lag == 0`` the copy happens before :meth:`replicate` returns. Otherwise one background
-    thread applies copies when they fall due, in order. ``apply(region, registration)`` does the copy.
+    thread, owned by ``failures``, applies copies when they fall due, in order. ``apply(region,
+    registration)`` does the copy. A copy that fails is kept in :attr:`errors` and recorded in
+    ``failures`` (logged, counted and reported by the cloud); the next copies go on.
     """
 
-    def __init__(self, apply: Callable[[str, tuple[Registration, ...]], None], *, lag: float = 0.0) -> None:
+    def __init__(
+        self,
+        apply: Callable[[str, tuple[Registration, ...]], None],
+        *,
+        lag: float = 0.0,
+        failures: Failures | None = None,
+    ) -> None:
         if lag < 0:
             raise ValueError("replication lag must be >= 0 seconds")
         self.lag = lag
+        self.failures = failures or Failures()
         self._apply = apply
         self._heap: list[tuple[float, int, str, tuple[Registration, ...]]] = []
         self._seq = itertools.count()
@@ -281,8 +291,7 @@ class Replicator:
             return
         with self._cond:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="iotfleet-replicator", daemon=True)
-                self._thread.start()
+                self._thread = self.failures.thread(self._run, "replicator")
             due = time.monotonic() + self.lag
             for target in targets:
                 heapq.heappush(self._heap, (due, next(self._seq), target, registrations))
@@ -303,8 +312,12 @@ class Replicator:
             try:
                 self._apply(target, registrations)
             except Exception as exc:  # kept and reported by LocalCloud, never lost silently
-                names = ", ".join(r.thing.name for r in registrations)
-                self.errors.append(f"replicating {names} to {target}: {exc}")
+                names = ", ".join(r.thing.name for r in registrations[:5])
+                more = f" and {len(registrations) - 5} more" if len(registrations) > 5 else ""
+                error = f"replicating {names}{more} to {target}: {exc}"
+                if len(self.errors) < KEEP:
+                    self.errors.append(error)
+                self.failures.record(f"replicator to {target}", error)
 
     def close(self) -> None:
         with self._cond:

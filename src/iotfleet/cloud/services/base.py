@@ -3,7 +3,9 @@
 Nothing in the device path is short-circuited in-process (DESIGN.md decision 5): a device's request
 reaches a service through mosquitto, and the answer goes back the same way. :class:`ServiceHost` runs
 every service of a cloud on one event-loop thread; :class:`ServiceConnection` keeps one service
-connected to its region, reconnecting after the broker is killed and restored.
+connected to its region, reconnecting after the broker is killed and restored. Every task of a
+service, and the host's loop itself, is owned by the host's :class:`~iotfleet.cloud.owned.Failures`:
+nothing a service runs in the background can die silently.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
+from iotfleet.cloud.owned import Failures
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConnectError, ConnectionLost
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport
@@ -32,13 +34,18 @@ T = TypeVar("T")
 
 
 class ServiceHost:
-    """One event loop on a private thread for all of a cloud's services; sync callers use :meth:`call`."""
+    """One event loop on a private thread for all of a cloud's services; sync callers use :meth:`call`.
 
-    def __init__(self) -> None:
+    ``failures`` owns every task the services start; an exception the loop cannot hand to anyone
+    (a failing callback) is recorded there too.
+    """
+
+    def __init__(self, failures: Failures | None = None) -> None:
+        self.failures = failures or Failures()
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="iotfleet-services", daemon=True)
+        self.loop.set_exception_handler(self.failures.loop_handler("service host loop"))
         self.transport: Transport = CrtTransport()
-        self._thread.start()
+        self._thread = self.failures.thread(self.loop.run_forever, "service host loop")
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run ``coro`` on the services' loop and wait for its result."""
@@ -76,6 +83,7 @@ class ServiceConnection:
         filters: Sequence[str],
         handler: Callable[[InboundMessage], None],
         transport: Transport,
+        failures: Failures | None = None,
     ) -> None:
         self.client_id = client_id
         self.endpoint = endpoint
@@ -83,13 +91,23 @@ class ServiceConnection:
         self._filters = list(filters)
         self._handler = handler
         self._transport = transport
+        self._failures = failures or Failures()
         self._session: Session | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # answers that could not be sent because the region was down
+        self.handler_failures = 0  # messages whose handler raised (each recorded in ``failures``)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"iotfleet-{self.client_id}")
+        self._task = self._failures.spawn(self._run(), f"{self.client_id} connection")
+
+    def _deliver(self, message: InboundMessage) -> None:
+        """Hand one message to the handler; a handler that raises is recorded and the next message goes on."""
+        try:
+            self._handler(message)
+        except Exception as exc:  # one bad message must not stop the others (recorded, never silent)
+            self.handler_failures += 1
+            self._failures.record(f"{self.client_id} handler", exc)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
@@ -102,7 +120,7 @@ class ServiceConnection:
             ping_timeout_s=5,
             connect_timeout_s=5,
             receive_maximum=65535,
-            on_message=self._handler,
+            on_message=self._deliver,
         )
         while True:
             try:
@@ -143,19 +161,22 @@ class RegionService:
     def __init__(self, region: str) -> None:
         self.region = region
         self.connection: ServiceConnection | None = None
+        self.failures = Failures()  # the host's, once attached
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, message: InboundMessage) -> None:
         raise NotImplementedError
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` on the running loop, keeping a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(coro)
+        """Run ``coro`` on the running loop, owned: kept until it ends, its failure recorded and logged."""
+        name = getattr(coro, "__name__", "task").lstrip("_")
+        task = self.failures.spawn(coro, f"{self.kind} {self.region} {name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
         """Create this service's connection to its region (started by the caller on ``host``'s loop)."""
+        self.failures = host.failures
         self.connection = ServiceConnection(
             client_id=f"{SERVICE_CLIENT_PREFIX}-{self.kind}-{self.region}",
             endpoint=endpoint,
@@ -163,6 +184,7 @@ class RegionService:
             filters=self.filters,
             handler=self.on_message,
             transport=host.transport,
+            failures=host.failures,
         )
         return self.connection
 
