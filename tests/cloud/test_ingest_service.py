@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sqlite3
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from iotfleet.cloud.local import LocalCloud
+from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.config import Identity
 from iotfleet.errors import CloudError
-from iotfleet.transport.base import ConnectOptions
+from iotfleet.transport.base import ConnectOptions, InboundMessage
 from iotfleet.transport.paho import PahoTransport
 from tests.conftest import wait_until
 
@@ -90,3 +94,159 @@ def test_dedupe_rejects_and_hourly_aggregates(cloud: LocalCloud) -> None:
 def test_a_cloud_without_ingest_says_how_to_get_one(local_cloud: LocalCloud) -> None:
     with pytest.raises(CloudError, match=r"LocalCloud\(ingest=True\)"):
         local_cloud.ingest_stats()
+
+
+# ---------------------------------------------------------------- strict validation over MQTT
+
+
+def test_nan_infinity_out_of_range_and_wrong_types_are_rejected_as_sent_and_the_rest_is_stored(
+    cloud: LocalCloud,
+) -> None:
+    """One device's NaN once killed the flush task; now each bad payload is a reject and ingestion goes on."""
+    lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
+    good = json.loads(telemetry(HOUR + 1, 10.0))
+    bad = {
+        "m-nan": b'{"ts": 1795000001, "power_w": NaN, "dim": 5, "lux": 1, "occupancy": false, "temperature_c": 1}',
+        "m-inf": b'{"ts": 1795000001, "power_w": Infinity, "dim": 5, "lux": 1, "occupancy": false, "temperature_c": 1}',
+        "m-big": b'{"ts": 1795000001, "power_w": 1e400, "dim": 5, "lux": 1, "occupancy": false, "temperature_c": 1}',
+        "m-range": json.dumps({**good, "power_w": 5e9}).encode(),
+        "m-bool": json.dumps({**good, "dim": True}).encode(),
+        "m-text": json.dumps({**good, "power_w": "10"}).encode(),
+        "m-ts": json.dumps({**good, "ts": -1}).encode(),
+    }
+    messages = [(TOPIC, telemetry(HOUR + 1, 10.0), props("ok-1", 1))]
+    messages += [(TOPIC, payload, props(mid, 2 + i)) for i, (mid, payload) in enumerate(bad.items())]
+    messages += [(TOPIC, telemetry(HOUR + 2, 30.0), props("ok-2", 20))]  # after the bad ones: still stored
+    send_all(cloud, lamp, messages)
+    assert wait_until(lambda: cloud.ingest_stats()[0]["received"] == len(messages))
+    stats = cloud.ingest_stats()[0]
+    assert stats["ingested"] == 2
+    assert stats["rejected"] == {
+        "payload holds NaN, which is not JSON": 1,
+        "payload holds Infinity, which is not JSON": 1,
+        "number 1e400 is out of range (beyond a double)": 1,
+        "power_w 5000000000.0 is outside 0-100000": 1,
+        "field 'dim' has type bool": 1,
+        "field 'power_w' has type str": 1,
+        "ts -1 is outside 0-32503680000": 1,
+    }
+    ingest = cloud.region("eu-west-1").ingest
+    assert ingest is not None
+    kept = dict(ingest.query("SELECT message_id, payload FROM rejects"))
+    assert kept == bad  # each payload as sent
+    rows = ingest.query("SELECT count, min, max FROM hourly WHERE metric = 'power_w'")
+    assert rows == [(2, 10.0, 30.0)]
+    assert (stats["failures"], stats["cloud_failures"], stats["failed_batches"]) == ([], 0, 0)
+    send_all(cloud, lamp, [(TOPIC, telemetry(HOUR + 3, 20.0), props("ok-3", 21))])  # the flush task lives on
+    assert wait_until(lambda: cloud.ingest_stats()[0]["ingested"] == 3)
+
+
+# ---------------------------------------------------------------- the store: transactions, dedupe, a full disk
+
+
+def message(i: int, *, pad: int = 0, message_id: str | None = None) -> InboundMessage:
+    body = json.loads(telemetry(HOUR + i, 10.0 + i % 7))
+    if pad:
+        body["note"] = "x" * pad  # extra fields are allowed; this one makes the message big
+    user_properties = (("iotfleet-msg-id", message_id or f"m{i}"), ("iotfleet-seq", str(i)))
+    return InboundMessage(TOPIC, json.dumps(body).encode(), 1, False, user_properties)
+
+
+def test_a_batch_that_fails_rolls_back_and_its_messages_are_retried_one_by_one(tmp_path: Path) -> None:
+    """A store capped at 64 KiB: a batch with one 60 KB message fails whole; the others are then stored."""
+    ingest = IngestService(region="eu-west-1", path=tmp_path / "ingest.sqlite", max_store_bytes=64 * 1024)
+    try:
+        for i in range(1, 41):
+            ingest.on_message(message(i))
+        ingest.on_message(message(41, pad=60_000))
+        ingest.flush()
+        stats = ingest.stats()
+        assert (stats["ingested"], stats["failed_batches"], stats["not_stored"]) == (40, 1, 1)
+        assert stats["rejected"] == {"could not be stored: OperationalError: database or disk is full": 1}
+        assert str(tmp_path / "ingest.sqlite") in stats["store_error"]
+        assert "free disk space" in stats["store_error"]
+        [failure] = ingest.failures.kept()
+        assert failure.source == "ingest eu-west-1 store"
+        assert ingest.query("SELECT count(*) FROM raw") == [(40,)]
+        assert ingest.query("SELECT sum(count) FROM hourly WHERE metric = 'power_w'") == [(40,)]
+        for i in range(42, 52):  # the service goes on: the transaction was rolled back, not left open
+            ingest.on_message(message(i))
+        ingest.flush()
+        assert ingest.stats()["ingested"] == 50
+        assert ingest.query("SELECT count(*) FROM raw") == [(50,)]
+    finally:
+        ingest.close()
+
+
+def test_a_replay_after_a_restart_is_a_duplicate_found_in_the_store(tmp_path: Path) -> None:
+    """Dedupe asks the store, not a set in memory: a replay is caught across batches and restarts."""
+    first = IngestService(region="eu-west-1", path=tmp_path / "ingest.sqlite")
+    for i in (1, 2, 3):
+        first.on_message(message(i))
+    first.flush()
+    first.on_message(message(2))  # a replay in a later batch
+    first.close()
+    assert (first.stats()["ingested"], first.stats()["duplicates"]) == (3, 1)
+    second = IngestService(region="eu-west-1", path=tmp_path / "ingest.sqlite")
+    try:
+        for i in (3, 4, 4):  # 3 was stored before the restart; 4 comes twice in one batch
+            second.on_message(message(i))
+        second.flush()
+        assert (second.stats()["ingested"], second.stats()["duplicates"]) == (1, 2)
+        assert second.query("SELECT sum(count) FROM hourly WHERE metric = 'dim'") == [(4,)]
+    finally:
+        second.close()
+
+
+def test_memory_does_not_grow_with_the_number_of_message_ids(tmp_path: Path) -> None:
+    """The old dedupe set grew by about 105 bytes per message id, forever."""
+    ingest = IngestService(region="eu-west-1", path=tmp_path / "ingest.sqlite")
+    try:
+
+        def feed(start: int) -> None:
+            for i in range(start, start + 20_000):
+                ingest.on_message(message(i % 3000, message_id=f"{i:032x}"))
+                if i % 2000 == 0:
+                    ingest.flush()
+            ingest.flush()
+
+        feed(0)  # warm up: caches, histogram buckets, the seq set
+        tracemalloc.start()
+        try:
+            feed(20_000)  # what stays allocated after this (the last batch, say) is replaced, not added to
+            before = tracemalloc.get_traced_memory()[0]
+            feed(40_000)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert ingest.stats()["ingested"] == 60_000
+        assert grown < 500_000  # the set grew by about 2.4 MB per 20,000 ids of 32 characters
+    finally:
+        ingest.close()
+
+
+def test_a_store_that_cannot_be_opened_is_an_error_naming_its_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(CloudError, match=rf"cannot open the ingest store {re.escape(str(blocker))}/ingest.sqlite"):
+        IngestService(region="eu-west-1", path=blocker / "ingest.sqlite")
+
+
+def test_a_full_store_ends_the_run_with_what_was_stored_and_a_count_of_what_was_not(tmp_path: Path) -> None:
+    cloud = LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", ingest=True, ingest_max_bytes=64 * 1024)
+    with cloud:
+        lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
+        sent = [(TOPIC, telemetry(HOUR + i, 10.0), props(f"m{i}", i)) for i in range(1, 601)]
+        send_all(cloud, lamp, sent)
+        assert wait_until(lambda: cloud.ingest_stats()[0]["received"] == len(sent))
+        path = cloud.region("eu-west-1").directory / "ingest.sqlite"
+    problems = cloud.stop()  # already stopped by the with block: the summary is kept
+    assert problems == cloud.problems
+    [final] = cloud.final_ingest_stats
+    assert final["ingested"] > 0
+    assert final["not_stored"] > 0
+    assert final["ingested"] + sum(final["rejected"].values()) == len(sent)
+    assert any(f"{final['not_stored']} messages were not stored (ingest store {path}" in p for p in problems)
+    assert any(p.startswith("ingest eu-west-1 store: failed") for p in problems)
+    with sqlite3.connect(path) as db:  # what was stored is there
+        assert db.execute("SELECT count(*) FROM raw").fetchone() == (final["ingested"],)

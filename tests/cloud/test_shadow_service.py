@@ -167,3 +167,24 @@ def test_more_than_twenty_requests_a_second_per_thing_get_429(local_cloud: Local
     assert codes[20] == 429
     later = service.handle("lamp-1", None, ShadowOp.GET, b"", now=1001.5)[0].body
     assert later["code"] == 404  # a second later the window has moved on
+
+
+def test_infinity_is_rejected_with_400_over_mqtt_and_nothing_is_stored(local_cloud: LocalCloud, device: Probe) -> None:
+    device.publish("$aws/things/lamp-1/shadow/update", b'{"state": {"reported": {"w": 1e400}}, "clientToken": "i-1"}')
+    [rejected] = received(device, "/update/rejected")
+    assert (rejected["code"], rejected["message"]) == (400, "Invalid JSON")  # not JSON: no token can be read
+    with pytest.raises(ShadowRejected, match="404"):
+        local_cloud.region("eu-west-1").shadows.get("lamp-1")
+
+
+def test_a_store_failure_is_a_500_and_recorded_and_the_service_goes_on(local_cloud: LocalCloud, device: Probe) -> None:
+    service = local_cloud.region("eu-west-1").shadow_service
+    assert service is not None
+    service.store.close()  # stands in for a broken disk: every read and write of the store now fails
+    device.publish("$aws/things/lamp-1/shadow/get", json.dumps({"clientToken": "g-1"}).encode())
+    [rejected] = received(device, "/get/rejected")
+    assert (rejected["code"], rejected["message"], rejected["clientToken"]) == (500, "Internal service failure", "g-1")
+    assert local_cloud.failures.counts() == {"shadow eu-west-1 store": 1}
+    device.publish("$aws/things/lamp-1/shadow/get", json.dumps({"clientToken": "g-2"}).encode())
+    assert [r["clientToken"] for r in received(device, "/get/rejected", count=2)] == ["g-1", "g-2"]  # still serving
+    assert local_cloud.failures.counts() == {"shadow eu-west-1 store": 2}

@@ -248,3 +248,22 @@ def test_each_accepted_update_increments_the_version_by_one(patch_list: list[dic
     for i, patch in enumerate(patch_list, start=1):
         shadow = update(shadow, req(state={"desired": patch}), NOW + i).shadow
         assert shadow.version == i
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 400],
+)
+def test_numbers_that_are_not_json_or_beyond_a_double_are_400_invalid_json(number: str) -> None:
+    """``1e400`` was stored and then served as ``Infinity``, which is not JSON."""
+    payload = f'{{"state": {{"reported": {{"power_w": {number}}}}}, "clientToken": "t-1"}}'.encode()
+    with pytest.raises(ShadowRejected) as info:
+        update(None, payload, NOW)
+    assert (info.value.code, info.value.error) == (400, "Invalid JSON")
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers(min_value=-(2**63), max_value=2**63))
+def test_every_accepted_number_is_served_back_as_strict_json(value: float) -> None:
+    outcome = update(None, req(state={"reported": {"x": value}}), NOW)
+    served = json.dumps(outcome.shadow.state(), allow_nan=False)  # raises on NaN or Infinity
+    assert json.loads(served) == {"reported": {"x": value}}

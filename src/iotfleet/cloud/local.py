@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from iotfleet import policy
 from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id
+from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
@@ -36,14 +37,13 @@ from iotfleet.cloud.registry import (
     Replicator,
     Thing,
 )
-from iotfleet.cloud.services.base import ServiceHost
+from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
 from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, ShadowStore
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
 from iotfleet.config import Endpoint, Identity, validate_region
 from iotfleet.errors import CloudError, ConfigError, RegistryError
-from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.topics import ThingScope, TopicScheme
 
 __all__ = [
@@ -201,6 +201,10 @@ class Region:
     def state(self) -> BrokerState:
         return self.broker.state
 
+    def broker_dropped(self) -> int:
+        """How many times this region's broker dropped messages for a cloud service (lost by the cloud)."""
+        return sum(n for client, n in self.broker.drops.items() if client.startswith(SERVICE_CLIENT_PREFIX))
+
     @property
     def shadows(self) -> ShadowOperator:
         """Operator access to this region's shadows: ``update(thing, desired=...)``, ``get(thing)``."""
@@ -215,10 +219,12 @@ class Region:
         provisioning: Callable[[Region], ProvisioningService],
         *,
         ingest: TopicScheme | None = None,
+        ingest_max_bytes: int | None = None,
     ) -> None:
         """Start this region's services on ``host`` (MQTT clients of this region's broker).
 
-        With ``ingest`` (the topic scheme of device data) the region also runs an ingestion pipeline.
+        With ``ingest`` (the topic scheme of device data) the region also runs an ingestion pipeline,
+        whose store may be capped at ``ingest_max_bytes``.
         """
         service = ShadowService(
             region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
@@ -229,7 +235,9 @@ class Region:
             provisioner.attach(self.endpoint, identity, host),
         ]
         if ingest is not None:
-            self.ingest = IngestService(region=self.name, path=self.directory / "ingest.sqlite", scheme=ingest)
+            self.ingest = IngestService(
+                region=self.name, path=self.directory / "ingest.sqlite", scheme=ingest, max_store_bytes=ingest_max_bytes
+            )
             connections.append(self.ingest.attach(self.endpoint, identity, host))
         pipeline = self.ingest
 
@@ -259,7 +267,7 @@ class Region:
         if self.shadow_service is not None:
             self.shadow_service.store.close()
         if self.ingest is not None:
-            self.ingest.close()
+            self.ingest.close()  # what cannot be written is counted in its stats, not raised
         if self._kicker is not None:
             self._kicks.put(None)
             self._kicker.join(timeout=5)
@@ -373,7 +381,8 @@ class LocalCloud:
     temporary directory that is removed on :meth:`stop`. With one, things and identities persist
     across runs. Each region holds its own shadows, as on AWS; ``replicate_shadows=True`` copies classic
     shadows to every other region at once (the shape of the AWS DR solution's global table; named shadows
-    stay regional, and the copy publishes no delta).
+    stay regional, and the copy publishes no delta). ``ingest_max_bytes`` caps each region's ingest store
+    (beyond it, messages are counted as not stored, as on a full disk).
     """
 
     def __init__(
@@ -389,6 +398,7 @@ class LocalCloud:
         provisioning_rate_limit: float | None = None,
         replicate_shadows: bool = False,
         ingest: bool = False,
+        ingest_max_bytes: int | None = None,
     ) -> None:
         names = list(regions)
         if not names:
@@ -409,10 +419,15 @@ class LocalCloud:
         self._names = names
         self._regions: dict[str, Region] = {}
         self._register_lock = threading.Lock()
-        self.replicator = Replicator(self._apply_replica, lag=replication_lag)
+        # every background task and thread of the cloud, and what went wrong in them (see ingest_stats, stop)
+        self.failures = Failures()
+        self.problems: list[str] = []  # what stop() found: failures, messages not stored, broker drops
+        self.final_ingest_stats: list[dict[str, Any]] = []  # each region's ingest figures at stop()
+        self.replicator = Replicator(self._apply_replica, lag=replication_lag, failures=self.failures)
         self._services: ServiceHost | None = None
         self.replicate_shadows = replicate_shadows
         self.ingest = ingest
+        self.ingest_max_bytes = ingest_max_bytes
         self.ca = CertificateAuthority.open(self.workdir / "ca")
         self.service = self._identity_files(SERVICE_IDENTITY)
         self.claim = self._identity_files(CLAIM_IDENTITY)
@@ -440,7 +455,7 @@ class LocalCloud:
         if not (server / "server.pem").exists():
             self.ca.issue_server().write(server / "server.pem", server / "server.key")
         claim_policy = policy.render_claim(sorted(self.templates))
-        self._services = ServiceHost()
+        self._services = ServiceHost(self.failures)
         service_identity = Identity(
             thing_name=SERVICE_IDENTITY,
             cert_file=self.service.cert_file,
@@ -464,6 +479,7 @@ class LocalCloud:
                     service_identity,
                     self._provisioning_service,
                     ingest=self.scheme if self.ingest else None,
+                    ingest_max_bytes=self.ingest_max_bytes,
                 )
             if self.replicate_shadows:
                 services = [r.shadow_service for r in self._regions.values() if r.shadow_service is not None]
@@ -476,7 +492,13 @@ class LocalCloud:
         return self
 
     def ingest_stats(self) -> list[dict[str, Any]]:
-        """Each region's ingest figures (see :meth:`IngestService.stats`), taken on the services' loop."""
+        """Each region's ingest figures (see :meth:`IngestService.stats`), after writing what arrived.
+
+        Besides the pipeline's own figures (``ingested``, ``rejected``, ``not_stored``, ``store_error``,
+        ...), each region's entry has ``broker_dropped`` (messages the broker dropped for the cloud's own
+        clients: lost by the cloud) and ``failures`` (this region's background failures, one line per
+        source); ``cloud_failures`` counts every failure of the cloud's background work.
+        """
         if self._services is None:
             raise CloudError("the cloud is not running")
         pipelines = [r.ingest for r in self._regions.values() if r.ingest is not None]
@@ -484,16 +506,16 @@ class LocalCloud:
             raise CloudError("this cloud has no ingestion pipeline: start it with LocalCloud(ingest=True)")
 
         async def snapshot() -> list[dict[str, Any]]:
-            result = []
-            for pipeline in pipelines:
-                pipeline.flush()
-                stats = pipeline.stats()
-                stats["e2e"] = Histogram.from_dict(stats["e2e"].to_dict())
-                stats["by_device"] = {k: SeqSet.from_dict(v.to_dict()) for k, v in stats["by_device"].items()}
-                result.append(stats)
-            return result
+            return [await pipeline.settle() for pipeline in pipelines]
 
-        return self._services.call(snapshot())
+        return [self._with_cloud_figures(stats) for stats in self._services.call(snapshot())]
+
+    def _with_cloud_figures(self, stats: dict[str, Any]) -> dict[str, Any]:
+        region = self._regions.get(stats["region"])
+        stats["broker_dropped"] = region.broker_dropped() if region is not None else 0
+        stats["failures"] = [str(f) for f in self.failures.kept() if stats["region"] in f.source]
+        stats["cloud_failures"] = self.failures.count
+        return stats
 
     def _provisioning_service(self, region: Region) -> ProvisioningService:
         def commit(registrations: tuple[Registration, ...]) -> None:
@@ -513,21 +535,56 @@ class LocalCloud:
             rate_limit=self.provisioning_rate_limit,
         )
 
-    def stop(self) -> None:
-        """Stop every broker and background thread; remove the workdir if it was temporary."""
+    def stop(self) -> list[str]:
+        """Stop every broker and background thread; remove the workdir if it was temporary.
+
+        Returns what went wrong during the cloud's life, one line each (also logged, and kept in
+        :attr:`problems`): failures of background work, messages the ingest could not store, messages
+        a broker dropped for a cloud service. Each region's last ingest figures stay in
+        :attr:`final_ingest_stats`.
+        """
+        if not self._regions and self._services is None:
+            return list(self.problems)  # stopped already
         self.replicator.close()
         if self._services is not None:
             self._services.stop()
             self._services = None
+        final: list[dict[str, Any]] = []
         for region in self._regions.values():
             try:
                 region.stop()
-            except Exception:  # keep stopping the others; nothing may outlive the cloud
-                log.exception("stopping region %s failed", region.name)
+            except Exception as exc:  # keep stopping the others; nothing may outlive the cloud
+                self.failures.record(f"stopping region {region.name}", exc)
+            if region.ingest is not None:
+                final.append(self._with_cloud_figures(region.ingest.stats()))
+        if final:
+            self.final_ingest_stats = final
+        self.problems = self._problems(final)
+        for line in self.problems:
+            log.warning("local cloud: %s", line)
         self._regions.clear()
         self._started = False
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        return list(self.problems)
+
+    def _problems(self, final: list[dict[str, Any]]) -> list[str]:
+        lines = self.failures.summary()
+        for stats in final:
+            region = stats["region"]
+            if stats["not_stored"]:
+                lines.append(
+                    f"region {region}: {stats['not_stored']} messages were not stored ({stats['store_error']})"
+                )
+            if stats["hourly_not_stored"]:
+                lines.append(
+                    f"region {region}: {stats['hourly_not_stored']} messages are missing from hourly aggregates"
+                )
+            if stats["broker_dropped"]:
+                lines.append(
+                    f"region {region}: the broker dropped messages for a cloud service {stats['broker_dropped']} times"
+                )
+        return lines
 
     def __enter__(self) -> LocalCloud:
         return self.start()

@@ -10,7 +10,10 @@ Rules (shared/IOT_CORE.md section 2):
   a request's ``version`` must equal the current one (409), and delete keeps the version, which a shadow
   recreated within 48 hours continues;
 - limits: desired + reported at most 8 KB after the merge (413), nesting depth (default 6, configurable:
-  sources disagree between 5, 6 and 8), clientToken at most 64 bytes.
+  sources disagree between 5, 6 and 8), clientToken at most 64 bytes;
+- a request must be JSON as RFC 8259 defines it: ``NaN``, ``Infinity`` and numbers beyond a double
+  (``1e400``), which Python's :mod:`json` accepts or turns into ``inf``, are 400 "Invalid JSON", so a stored
+  shadow is always served as JSON.
 
 Where AWS documents no behaviour, the choice is stated in the code: objects emptied by deletions are
 removed; arrays are leaves with one timestamp; a delta is published after every update that leaves one.
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -27,12 +32,14 @@ from iotfleet.errors import ShadowRejected
 
 __all__ = [
     "RECREATE_WINDOW_S",
+    "NotJson",
     "ShadowLimits",
     "StoredShadow",
     "UpdateOutcome",
     "compute_delta",
     "delete",
     "get",
+    "loads_strict",
     "merge",
     "parse_request",
     "update",
@@ -40,6 +47,37 @@ __all__ = [
 
 RECREATE_WINDOW_S: Final = 48 * 3600
 Json = dict[str, Any]
+_MAX_DOUBLE: Final = int(sys.float_info.max)
+
+
+class NotJson(ValueError):
+    """Text Python's :mod:`json` would accept that is not JSON: NaN, Infinity, a number beyond a double."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NotJson(f"payload holds {name}, which is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotJson(f"number {text[:40]} is out of range (beyond a double)")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > _MAX_DOUBLE:
+        raise NotJson(f"number {text[:40]}... is out of range (beyond a double)")
+    return value
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that raises :class:`NotJson` for NaN, Infinity and numbers beyond a double.
+
+    Any other decoding problem is a ``ValueError``, as from :func:`json.loads`.
+    """
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_finite_int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +167,8 @@ def parse_request(payload: bytes, limits: ShadowLimits = ShadowLimits()) -> tupl
     except UnicodeDecodeError:
         raise _reject(415, "Unsupported documented encoding; supported encoding is UTF-8") from None
     try:
-        request = json.loads(text)
-    except ValueError:
+        request = loads_strict(text)
+    except ValueError:  # NotJson too: NaN, Infinity and 1e400 are not JSON
         raise _reject(400, "Invalid JSON") from None
     if not isinstance(request, dict):
         raise _reject(400, "Invalid JSON")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from iotfleet.cloud.schemas import SCHEMAS, validate
 from iotfleet.sim.fleet import SimDevice
 
 __all__ = [
@@ -204,43 +205,3 @@ def bytes_per_site_day(devices_per_site: int = 40, samples: int = 200) -> float:
         sizes = [len(json.dumps(task.build(state, rng, 1.7e9 + i))) for i in range(samples)]
         total += sum(sizes) / len(sizes) * DAY_S / task.every_s
     return total * devices_per_site
-
-
-# --------------------------------------------------------------------------- schemas the ingest checks
-
-_NUMBER = (int, float)
-SCHEMAS: Final[dict[str, dict[str, tuple[type, ...]]]] = {
-    "telemetry": {
-        "ts": _NUMBER,
-        "power_w": _NUMBER,
-        "dim": (int,),
-        "lux": _NUMBER,
-        "occupancy": (bool,),
-        "temperature_c": _NUMBER,
-    },
-    "usage": {"ts": _NUMBER, "period_s": _NUMBER, "energy_wh": _NUMBER},
-    "fault": {"ts": _NUMBER, "code": (str,), "severity": (str,)},
-    "spike": {"ts": _NUMBER, "power_w": _NUMBER, "baseline_w": _NUMBER},
-}
-METRICS: Final = {"telemetry": ("power_w", "dim", "lux", "temperature_c"), "usage": ("energy_wh",)}
-EVENTS: Final = frozenset({"fault", "spike"})
-
-
-def validate(stream: str, body: Any) -> str | None:  # noqa: PLR0911 - one return per rule
-    """None when ``body`` fits the stream's schema, else the reason (kept with the reject)."""
-    schema = SCHEMAS.get(stream)
-    if schema is None:
-        return f"unknown stream {stream!r}"
-    if not isinstance(body, dict):
-        return "payload is not a JSON object"
-    for key, types in schema.items():
-        value = body.get(key)
-        if value is None:
-            return f"missing field {key!r}"
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            return f"field {key!r} has type {type(value).__name__}"
-    if stream == "telemetry" and not 0 <= body["dim"] <= 100:
-        return f"dim {body['dim']} is outside 0-100"
-    if stream == "telemetry" and body["power_w"] < 0:
-        return "power_w is negative"
-    return None

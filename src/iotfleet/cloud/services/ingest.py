@@ -4,33 +4,42 @@ It subscribes to every device data topic through a shared subscription (``$share
 so several ingest workers could split the load), reads the message id, sequence number and send time
 the device SDK puts in MQTT5 user properties, and:
 
-- **dedupes** by message id (a replay after a reconnect or failover is counted, not stored twice);
-- **validates** the payload against the stream's schema (:data:`iotfleet.sim.workload.SCHEMAS`); a bad
-  one goes to ``rejects`` with the reason, never silently dropped;
+- **validates** strictly (:mod:`iotfleet.cloud.schemas`): NaN, Infinity, numbers out of range and wrong
+  types go to ``rejects`` with the reason and the payload as sent, and are counted, never dropped;
+- **dedupes** against the store's key (``raw.message_id``): a replay after a reconnect or failover is
+  counted, not stored twice, and the memory used does not grow with the number of messages;
 - **stores** raw messages, hourly aggregates per device and metric (count, min, max, avg) and domain
-  events in SQLite (WAL), committing in batches on a writer thread (SQLite releases the GIL, so
-  messages keep being handled while a batch is written); the hourly cells are kept in memory and
-  upserted every ``HOURLY_EVERY_S`` (each is touched by many messages), and by :meth:`flush`;
-- **measures** per-device sequence sets and the end-to-end latency (send → ingested) for the report.
+  events in SQLite (WAL), one transaction per batch on a writer thread (SQLite releases the GIL, so
+  messages keep being handled while a batch is written); the hourly cells of stored messages are kept
+  in memory and upserted every ``HOURLY_EVERY_S`` (each is touched by many messages), and by :meth:`flush`;
+- **survives its store**: a batch that fails rolls back, is counted and is retried one message at a
+  time; a message that still cannot be stored becomes a reject with the reason, and one whose reject
+  cannot be stored either (a full or read-only disk) is counted in ``not_stored``, the error naming
+  the store's path. Every failure is recorded in the cloud's :class:`~iotfleet.cloud.owned.Failures`;
+- **measures** per-device sequence sets and the end-to-end latency (send -> stored) for the report.
+
+Threads: :meth:`on_message` runs on the services' loop and only parses and queues; everything the
+store decides (stored, duplicate, not stored) is counted on the writer thread, and :meth:`settle`
+reads the figures there, after every earlier batch is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import re
 import sqlite3
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, validate
 from iotfleet.cloud.services.base import RegionService
+from iotfleet.errors import CloudError
 from iotfleet.metrics import Histogram, SeqSet
-from iotfleet.sim.workload import EVENTS, METRICS, validate
 from iotfleet.topics import TopicScheme
 from iotfleet.transport.base import InboundMessage
 
@@ -40,6 +49,10 @@ SHARE_GROUP: Final = "iotfleet-ingest"
 MESSAGE_ID, SEQ, SENT_AT = "iotfleet-msg-id", "iotfleet-seq", "iotfleet-sent-at"
 FLUSH_EVERY_S: Final = 0.2
 HOURLY_EVERY_S: Final = 2.0
+MAX_REASONS: Final = 200  # distinct reject reasons counted; the rest are counted together
+OTHER_REASONS: Final = "other reasons"
+_MAX_SEQ_DIGITS: Final = 18  # SQLite's INTEGER is 64-bit
+_LOOKUP_CHUNK: Final = 500  # message ids looked up per query (SQLite's default limit is 32,766 variables)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raw (
@@ -63,6 +76,9 @@ CREATE VIEW IF NOT EXISTS hourly_avg AS
 """
 
 
+Cell = list[float]  # count, min, max, sum
+
+
 def _topic_pattern(scheme: TopicScheme) -> re.Pattern[str]:
     pattern = re.escape(scheme.data)
     for name in ("tenant", "site", "thing", "stream"):
@@ -70,48 +86,96 @@ def _topic_pattern(scheme: TopicScheme) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A valid message, waiting for the writer: the ``raw`` row, its event row and metric values."""
+
+    raw: tuple[Any, ...]  # message_id, thing, stream, seq, sent_at, ingested_at, payload
+    event: tuple[Any, ...] | None
+    hour: int
+    metrics: tuple[tuple[str, float], ...]
+
+    @property
+    def message_id(self) -> str:
+        return str(self.raw[0])
+
+
 @dataclass(slots=True)
 class _Batch:
-    raw: list[tuple[Any, ...]]
-    events: list[tuple[Any, ...]]
-    rejects: list[tuple[Any, ...]]
-    hourly: dict[tuple[str, str, int], list[float]]
+    rows: list[_Row] = field(default_factory=list)
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)  # topic, message_id, reason, payload, at
+    hourly: bool = False  # upsert the hourly cells with this batch
+
+
+def _add_cell(cells: dict[tuple[str, str, int], Cell], key: tuple[str, str, int], cell: Cell) -> None:
+    have = cells.get(key)
+    if have is None:
+        cells[key] = list(cell)
+    else:
+        have[0] += cell[0]
+        have[1] = min(have[1], cell[1])
+        have[2] = max(have[2], cell[2])
+        have[3] += cell[3]
+
+
+def _cells_of(rows: list[_Row]) -> dict[tuple[str, str, int], Cell]:
+    cells: dict[tuple[str, str, int], Cell] = {}
+    for row in rows:
+        for metric, value in row.metrics:
+            _add_cell(cells, (row.raw[1], metric, row.hour), [1, value, value, value])
+    return cells
+
+
+_INSERT_RAW: Final = "INSERT OR IGNORE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_EVENT: Final = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)"
+_INSERT_REJECT: Final = "INSERT INTO rejects(topic, message_id, reason, payload, at) VALUES (?, ?, ?, ?, ?)"
+_UPSERT_HOURLY: Final = (
+    "INSERT INTO hourly VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thing, metric, hour) DO UPDATE SET "
+    "count = count + excluded.count, min = MIN(min, excluded.min), max = MAX(max, excluded.max), "
+    "sum = sum + excluded.sum"
+)
 
 
 class IngestService(RegionService):
-    """One region's ingest: ``stats()`` gives what the simulator's report needs."""
+    """One region's ingest: :meth:`settle` gives what the simulator's report needs.
+
+    ``max_store_bytes`` caps the store's size (SQLite's ``max_page_count``): beyond it writes fail as on
+    a full disk, and the messages are counted as not stored.
+    """
 
     kind = "ingest"
 
-    def __init__(self, *, region: str, path: Path, scheme: TopicScheme | None = None) -> None:
+    def __init__(
+        self, *, region: str, path: Path, scheme: TopicScheme | None = None, max_store_bytes: int | None = None
+    ) -> None:
         super().__init__(region)
+        self.path = path
         self.scheme = scheme or TopicScheme()
         self.filters = (f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",)
         self._topic = _topic_pattern(self.scheme)
         self._lock = threading.Lock()  # the connection is shared by the writer thread and query()
+        self._db = _open_store(path, max_store_bytes)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"iotfleet-ingest-{region}")
+        self._pending = _Batch()
         self._hourly_at = time.monotonic()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._seen: set[str] = set()
-        self._raw: list[tuple[Any, ...]] = []
-        self._events: list[tuple[Any, ...]] = []
-        self._rejects: list[tuple[Any, ...]] = []
-        self._hourly: dict[tuple[str, str, int], list[float]] = {}
-        self.received = 0
+        self.received = 0  # on the services' loop
+        self.last_message_at = 0.0
+        # everything below is the writer thread's
+        self._hourly: dict[tuple[str, str, int], Cell] = {}  # cells of stored messages, not yet upserted
         self.ingested = 0
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
+        self.failed_batches = 0  # batches that rolled back and were retried one message at a time
+        self.not_stored = 0  # messages neither stored nor kept as rejects (the store could not be written)
+        self.hourly_not_stored = 0  # messages whose hourly cell could not be upserted
+        self.store_error: str | None = None  # the last error of the store, naming its path
         self.by_device: dict[str, SeqSet] = {}
         self.e2e = Histogram()
-        self.last_message_at = 0.0
 
     def start(self) -> None:
         self._spawn(self._flush_loop())
 
-    # ---------------------------------------------------------------- the MQTT path
+    # ---------------------------------------------------------------- the MQTT path (services' loop)
 
     def on_message(self, message: InboundMessage) -> None:
         now = time.time()
@@ -127,13 +191,16 @@ class IngestService(RegionService):
         if message_id is None or not seq_text.isdigit():
             self._reject(message, message_id, "no iotfleet-msg-id/iotfleet-seq user properties", now)
             return
-        if message_id in self._seen:
-            self.duplicates += 1
+        if len(seq_text) > _MAX_SEQ_DIGITS:
+            self._reject(message, message_id, f"iotfleet-seq has more than {_MAX_SEQ_DIGITS} digits", now)
             return
         thing, stream = match.group("thing"), match.group("stream")
         try:
             text = message.payload.decode()
-            body = json.loads(text)
+            body = loads_strict(text)
+        except NotJson as exc:
+            self._reject(message, message_id, str(exc), now)
+            return
         except ValueError:
             self._reject(message, message_id, "payload is not valid JSON", now)
             return
@@ -141,77 +208,191 @@ class IngestService(RegionService):
         if reason is not None:
             self._reject(message, message_id, reason, now)
             return
-        self._seen.add(message_id)
-        self.ingested += 1
-        seq = int(seq_text)
-        seqs = self.by_device.get(thing)
-        if seqs is None:
-            seqs = self.by_device[thing] = SeqSet()
-        seqs.add(seq)
-        sent_at = int(props.get(SENT_AT, "0")) / 1000
-        if sent_at:
-            self.e2e.add(max(0.0, (now - sent_at) * 1000))
-        self._raw.append((message_id, thing, stream, seq, sent_at, now, text))
-        if stream in EVENTS:
-            self._events.append((message_id, thing, stream, body["ts"], text))
-        hour = int(body["ts"] // 3600)
-        for metric in METRICS.get(stream, ()):
-            value = float(body[metric])
-            cell = self._hourly.get((thing, metric, hour))
-            if cell is None:
-                self._hourly[(thing, metric, hour)] = [1, value, value, value]
-            else:
-                cell[0] += 1
-                cell[1] = min(cell[1], value)
-                cell[2] = max(cell[2], value)
-                cell[3] += value
+        sent_text = props.get(SENT_AT, "")
+        sent_at = int(sent_text) / 1000 if sent_text.isdigit() and len(sent_text) <= _MAX_SEQ_DIGITS else 0.0
+        ts = body["ts"]
+        self._pending.rows.append(
+            _Row(
+                (message_id, thing, stream, int(seq_text), sent_at, now, text),
+                (message_id, thing, stream, ts, text) if stream in EVENTS else None,
+                int(ts // 3600),
+                tuple((metric, float(body[metric])) for metric in METRICS.get(stream, ())),
+            )
+        )
 
     def _reject(self, message: InboundMessage, message_id: str | None, reason: str, now: float) -> None:
-        self.rejected[reason] += 1
-        self._rejects.append((message.topic, message_id, reason, message.payload, now))
+        self._pending.rejects.append((message.topic, message_id, reason, message.payload, now))
 
-    # ---------------------------------------------------------------- storage
+    # ---------------------------------------------------------------- handing batches to the writer
+
+    def _take(self, *, hourly: bool) -> _Batch:
+        """Hand over what arrived since the last batch (on the services' loop, or after it stopped)."""
+        batch, self._pending = self._pending, _Batch()
+        if hourly or time.monotonic() - self._hourly_at >= HOURLY_EVERY_S:
+            batch.hourly, self._hourly_at = True, time.monotonic()
+        return batch
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
-            batch = self._take(hourly=time.monotonic() - self._hourly_at >= HOURLY_EVERY_S)
-            if batch is not None:
-                await loop.run_in_executor(self._writer, self._write, batch)
+            batch = self._take(hourly=False)
+            if batch.rows or batch.rejects or batch.hourly:
+                try:
+                    await loop.run_in_executor(self._writer, self._write, batch)
+                except Exception as exc:  # _write keeps its own failures; this is a bug, recorded, and we go on
+                    self.failures.record(f"ingest {self.region} flush", exc)
+
+    async def settle(self) -> dict[str, Any]:
+        """Write everything that arrived (hourly cells too) and return :meth:`stats`, taken on the writer.
+
+        Call on the services' loop. Batches are written in order, so the figures include every message
+        received before the call.
+        """
+        batch = self._take(hourly=True)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self._write_and_count, batch)
 
     def flush(self) -> None:
-        """Write everything that arrived, hourly aggregates included, now (one transaction)."""
-        batch = self._take(hourly=True)
-        if batch is not None:
-            self._write(batch)
+        """Write everything that arrived, hourly aggregates included, now and in order.
 
-    def _take(self, *, hourly: bool) -> _Batch | None:
-        """Hand over what arrived since the last batch (on the services' loop)."""
-        if not (self._raw or self._rejects or (hourly and self._hourly)):
-            return None
-        batch = _Batch(self._raw, self._events, self._rejects, self._hourly if hourly else {})
-        self._raw, self._events, self._rejects = [], [], []
-        if hourly:
-            self._hourly, self._hourly_at = {}, time.monotonic()
-        return batch
+        Call on the services' loop or after it stopped (:meth:`close` does).
+        """
+        self._writer.submit(self._write, self._take(hourly=True)).result()
+
+    # ---------------------------------------------------------------- the writer thread
+
+    def _write_and_count(self, batch: _Batch) -> dict[str, Any]:
+        self._write(batch)
+        return self.stats()
 
     def _write(self, batch: _Batch) -> None:
+        """Store one batch in one transaction; on any error roll back and store it one message at a time."""
+        for reject in batch.rejects:
+            self._count_reject(reject[2])
         with self._lock:
-            db = self._db
-            db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)", batch.raw)
-            db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", batch.events)
-            db.executemany(
-                "INSERT INTO rejects(topic, message_id, reason, payload, at) VALUES (?, ?, ?, ?, ?)", batch.rejects
-            )
-            db.executemany(
-                "INSERT INTO hourly VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(thing, metric, hour) DO UPDATE SET "
-                "count = count + excluded.count, min = MIN(min, excluded.min), max = MAX(max, excluded.max), "
-                "sum = sum + excluded.sum",
-                [(t, m, h, int(c[0]), c[1], c[2], c[3]) for (t, m, h), c in batch.hourly.items()],
-            )
-            db.execute("COMMIT")
+            try:
+                stored = self._store_batch(batch)
+            except Exception as exc:  # any error: roll back, count, keep the messages, go on
+                self._rollback()
+                self.failed_batches += 1
+                self._store_failed(exc, f"a batch of {len(batch.rows) + len(batch.rejects)} messages")
+                stored = self._store_one_by_one(batch)
+        self._account(stored)
+
+    def _store_batch(self, batch: _Batch) -> list[_Row]:
+        db = self._db
+        db.execute("BEGIN")
+        fresh = self._fresh(batch.rows)
+        db.executemany(_INSERT_RAW, [row.raw for row in fresh])
+        db.executemany(_INSERT_EVENT, [row.event for row in fresh if row.event is not None])
+        db.executemany(_INSERT_REJECT, batch.rejects)
+        cells = _cells_of(fresh)
+        if batch.hourly:
+            for key, cell in self._hourly.items():
+                _add_cell(cells, key, cell)
+            db.executemany(_UPSERT_HOURLY, [(*key, int(c[0]), c[1], c[2], c[3]) for key, c in cells.items()])
+        db.execute("COMMIT")
+        if batch.hourly:
+            self._hourly = {}
+        else:
+            for key, cell in cells.items():
+                _add_cell(self._hourly, key, cell)
+        return fresh
+
+    def _fresh(self, rows: list[_Row]) -> list[_Row]:
+        """The rows whose message id is neither in the store nor earlier in ``rows``; the rest are duplicates."""
+        stored: set[str] = set()
+        ids = [row.message_id for row in rows]
+        for i in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[i : i + _LOOKUP_CHUNK]
+            sql = "SELECT message_id FROM raw WHERE message_id IN (" + ",".join("?" * len(chunk)) + ")"  # noqa: S608 - placeholders only
+            stored.update(r[0] for r in self._db.execute(sql, chunk))
+        fresh: list[_Row] = []
+        for row in rows:
+            if row.message_id in stored:
+                self.duplicates += 1
+            else:
+                stored.add(row.message_id)
+                fresh.append(row)
+        return fresh
+
+    def _store_one_by_one(self, batch: _Batch) -> list[_Row]:
+        """Retry a failed batch: each message in its own transaction; one that fails becomes a reject."""
+        stored: list[_Row] = []
+        for row in batch.rows:
+            try:
+                with self._transaction():
+                    fresh = self._fresh([row])
+                    if fresh:
+                        self._db.execute(_INSERT_RAW, row.raw)
+                        if row.event is not None:
+                            self._db.execute(_INSERT_EVENT, row.event)
+            except Exception as exc:  # this message cannot be stored: keep it as a reject, with the reason
+                reason = f"could not be stored: {type(exc).__name__}: {exc}"
+                self._count_reject(reason)
+                self._keep_reject((row.raw[0], row.raw[1], row.raw[2], row.raw[6], row.raw[5]), reason)
+                continue
+            stored.extend(fresh)
+        for reject in batch.rejects:
+            self._keep_reject(reject, None)
+        cells = _cells_of(stored)
+        if batch.hourly:
+            for key, cell in self._hourly.items():
+                _add_cell(cells, key, cell)
+            self._hourly = {}
+            for key, cell in cells.items():
+                try:
+                    with self._transaction():
+                        self._db.execute(_UPSERT_HOURLY, (*key, int(cell[0]), cell[1], cell[2], cell[3]))
+                except Exception as exc:  # counted: these messages are stored but missing from the hourly table
+                    self.hourly_not_stored += int(cell[0])
+                    self._store_failed(exc, f"the hourly cell {key}")
+        else:
+            for key, cell in cells.items():
+                _add_cell(self._hourly, key, cell)
+        return stored
+
+    def _count_reject(self, reason: str) -> None:
+        """Count a reject by its reason; past :data:`MAX_REASONS` distinct reasons, under one key."""
+        self.rejected[reason if reason in self.rejected or len(self.rejected) < MAX_REASONS else OTHER_REASONS] += 1
+
+    def _keep_reject(self, reject: tuple[Any, ...], reason: str | None) -> None:
+        """Store one reject (``reason`` replaces the one it has); if even that fails, count it as not stored."""
+        row = reject if reason is None else (*reject[:2], reason, *reject[3:])
+        try:
+            with self._transaction():
+                self._db.execute(_INSERT_REJECT, row)
+        except Exception:  # the store cannot be written at all; the failure is already recorded
+            self.not_stored += 1
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # SQLite may have rolled back already (a full disk does)
+                self.failures.record(f"ingest {self.region} store", exc)
+
+    def _store_failed(self, exc: Exception, what: str) -> None:
+        self.store_error = f"ingest store {self.path}: {what} could not be written ({type(exc).__name__}: {exc})"
+        if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "readonly" in str(exc)):
+            self.store_error += ": free disk space or make the store writable"
+        self.failures.record(f"ingest {self.region} store", self.store_error)
+
+    def _account(self, stored: list[_Row]) -> None:
+        self.ingested += len(stored)
+        for row in stored:
+            thing, seq, sent_at, now = row.raw[1], row.raw[3], row.raw[4], row.raw[5]
+            seqs = self.by_device.get(thing)
+            if seqs is None:
+                seqs = self.by_device[thing] = SeqSet()
+            seqs.add(seq)
+            if sent_at:
+                self.e2e.add(max(0.0, (now - sent_at) * 1000))
+
+    # ---------------------------------------------------------------- reading
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the store (after a :meth:`flush`), e.g. ``SELECT * FROM hourly_avg``."""
@@ -219,18 +400,61 @@ class IngestService(RegionService):
             return self._db.execute(sql, args).fetchall()
 
     def stats(self) -> dict[str, Any]:
+        """The figures, as copies (call on the writer thread, as :meth:`settle` does, or after :meth:`close`)."""
         return {
             "region": self.region,
             "received": self.received,
             "ingested": self.ingested,
             "duplicates": self.duplicates,
             "rejected": dict(self.rejected),
-            "e2e": self.e2e,
-            "by_device": self.by_device,
+            "failed_batches": self.failed_batches,
+            "not_stored": self.not_stored,
+            "hourly_not_stored": self.hourly_not_stored,
+            "store_error": self.store_error,
+            "e2e": Histogram.from_dict(self.e2e.to_dict()),
+            "by_device": {k: SeqSet.from_dict(v.to_dict()) for k, v in self.by_device.items()},
         }
 
     def close(self) -> None:
-        self.flush()
-        self._writer.shutdown(wait=True)
-        with self._lock:
-            self._db.close()
+        """Write what is left and close the store; a store that cannot be written is counted, not raised."""
+        try:
+            self.flush()
+        finally:
+            self._writer.shutdown(wait=True)
+            with self._lock:
+                self._db.close()
+
+
+class _Transaction:
+    """``BEGIN`` ... ``COMMIT``, rolled back on any error (the connection is in autocommit mode)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN")
+        return self._db
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        elif self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+
+def _open_store(path: Path, max_store_bytes: int | None) -> sqlite3.Connection:
+    """Open (or create) the store; an error names the path and what to do."""
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        if max_store_bytes is not None:
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {max(1, max_store_bytes // page_size)}")
+    except sqlite3.Error as exc:
+        raise CloudError(
+            f"cannot open the ingest store {path}: {exc}; check that its directory exists, is writable "
+            "and has free space"
+        ) from exc
+    return db

@@ -5,6 +5,8 @@ Requests arrive on ``$aws/things/<thing>/shadow[/name/<name>]/{get,update,delete
 when desired and reported differ, ``.../update/delta``. The document rules live in
 :mod:`iotfleet.shadow.document`; this module adds the topics, the registry check (404 "Thing not found"),
 persistence in the region's SQLite file, per-thing request rate (429) and an operator API for tests.
+A request the store cannot serve gets IoT Core's 500 "Internal service failure"; the failure is
+recorded in the cloud's failures (never silent), and the service goes on.
 """
 
 from __future__ import annotations
@@ -150,11 +152,22 @@ class ShadowService(RegionService):
                 answers.append(_Answer(topics.delta, outcome.delta))
             return answers
         except ShadowRejected as exc:
-            self.rejected[exc.code] += 1
-            body: dict[str, Any] = {"code": exc.code, "message": exc.error, "timestamp": seconds}
-            if exc.client_token is not None:
-                body["clientToken"] = exc.client_token
-            return [_Answer(topics.rejected(op), body)]
+            return [self._rejection(topics, op, exc, seconds)]
+        except Exception as exc:  # the store failed: answer 500 as IoT Core does, record it and go on
+            self.failures.record(f"shadow {self.region} store", exc)
+            _, token = _token_of(payload)
+            return [
+                self._rejection(
+                    topics, op, ShadowRejected(500, "Internal service failure", client_token=token), seconds
+                )
+            ]
+
+    def _rejection(self, topics: ShadowTopics, op: ShadowOp, exc: ShadowRejected, seconds: int) -> _Answer:
+        self.rejected[exc.code] += 1
+        body: dict[str, Any] = {"code": exc.code, "message": exc.error, "timestamp": seconds}
+        if exc.client_token is not None:
+            body["clientToken"] = exc.client_token
+        return _Answer(topics.rejected(op), body)
 
 
 def _token_of(payload: bytes) -> tuple[dict[str, Any], str | None]:
