@@ -240,6 +240,9 @@ def test_a_full_store_ends_the_run_with_what_was_stored_and_a_count_of_what_was_
         send_all(cloud, lamp, sent)
         assert wait_until(lambda: cloud.ingest_stats()[0]["received"] == len(sent))
         path = cloud.region("eu-west-1").directory / "ingest.sqlite"
+        live = cloud.ingest_stats()[0]  # shown while the cloud runs, too
+        assert live["not_stored"] > 0
+        assert live["failures"][0].startswith(f"ingest eu-west-1 store: ingest store {path}: a batch of")
     problems = cloud.stop()  # already stopped by the with block: the summary is kept
     assert problems == cloud.problems
     [final] = cloud.final_ingest_stats

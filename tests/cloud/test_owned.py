@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
+from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.owned import KEEP, Failures
 from iotfleet.cloud.registry import Registration, Replicator
 from iotfleet.cloud.services.base import ServiceHost
 from iotfleet.errors import RegistryError
+from tests.conftest import wait_until
 
 
 async def _fail(message: str) -> None:
@@ -91,3 +94,17 @@ def test_replication_errors_are_recorded_as_failures() -> None:
     replicator.close()  # joins the thread, after it recorded the failure
     assert failures.counts() == {"replicator to us-east-1": 1}
     assert replicator.errors == ["replicating  to us-east-1: disk full"]
+
+
+def test_a_cloud_reports_a_replication_that_failed_at_stop(tmp_path: Path) -> None:
+    """Replication errors were kept in a list nothing read; now stop() returns and logs them."""
+    cloud = LocalCloud(["eu-west-1", "us-east-1"], workdir=tmp_path / "cloud", replication_lag=0.5)
+    with cloud:
+        # two regions register lamp-1 before either copy arrives: each copy then meets another lamp-1 identity
+        cloud.register_thing("lamp-1", tenant="acme", site="hq", region="us-east-1")
+        cloud.register_thing("lamp-1", tenant="acme", site="hq", region="eu-west-1")
+        assert wait_until(lambda: len(cloud.failures.counts("replicator")) == 2)
+    assert len(cloud.problems) == 2
+    for line, target in zip(cloud.problems, ("eu-west-1", "us-east-1"), strict=True):
+        assert line.startswith(f"replicator to {target}: failed 1 time; first: replicating lamp-1 to {target}: ")
+        assert "another certificate already uses the identity 'lamp-1'" in line
