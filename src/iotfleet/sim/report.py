@@ -132,6 +132,9 @@ def build_report(
             ingest_duplicates += stats["duplicates"]
             counts = regions.setdefault(stats["region"], Counter())
             counts.update({"ingested": stats["ingested"], "rejected": sum(stats["rejected"].values())})
+            # what the cloud lost or could not do, shown only when it happened (LocalCloud.ingest_stats)
+            trouble = {"not_stored": stats.get("not_stored", 0), "broker_dropped": stats.get("broker_dropped", 0)}
+            counts.update({k: v for k, v in {**trouble, "failures": len(stats.get("failures", []))}.items() if v})
             _union(ingested, stats["by_device"])
     raw = {
         "acked": {k: v.to_dict() for k, v in acked.items()},
