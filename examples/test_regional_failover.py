@@ -28,6 +28,7 @@ QUICK = ReconnectPolicy(
     failover_after_failures=2,
     failover_after_s=2,
     failback_probe_s=0.5,
+    stable_after_s=1,
 )
 
 

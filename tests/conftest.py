@@ -184,7 +184,7 @@ FAST = ReconnectPolicy(
     failover_after_failures=2,
     failover_after_s=3.0,
     failback_probe_s=0.5,
-    stable_after_s=5.0,
+    stable_after_s=1.0,  # below failover_after_s: a session on the secondary proves stable before the time rule
 )
 UNLIMITED = PublishLimits(enabled=False)
 

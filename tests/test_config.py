@@ -25,6 +25,11 @@ PEM = Path("/nonexistent")
         (ReconnectPolicy, {"min_backoff_s": 10, "max_backoff_s": 1}, "max_backoff_s (1.0) must be >= min_backoff_s"),
         (
             ReconnectPolicy,
+            {"stable_after_s": 5, "failover_after_s": 3},
+            "stable_after_s (5.0) must be less than failover_after_s (3.0)",
+        ),
+        (
+            ReconnectPolicy,
             {"stable_after_s": "soon"},
             "ReconnectPolicy: stable_after_s: Input should be a valid",
         ),

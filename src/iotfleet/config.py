@@ -273,6 +273,12 @@ class ReconnectPolicy(_Frozen):
     def _check_backoff(self) -> Self:
         if self.max_backoff_s < self.min_backoff_s:
             raise ValueError(f"max_backoff_s ({self.max_backoff_s}) must be >= min_backoff_s ({self.min_backoff_s})")
+        if self.stable_after_s >= self.failover_after_s:
+            raise ValueError(
+                f"stable_after_s ({self.stable_after_s}) must be less than failover_after_s ({self.failover_after_s}):"
+                " a session has to be able to prove stable before the time rule moves the device on;"
+                " lower stable_after_s"
+            )
         return self
 
 

@@ -53,7 +53,7 @@ LOCAL_RECONNECT = ReconnectPolicy(
     failover_after_failures=2,
     failover_after_s=3.0,
     failback_probe_s=5.0,
-    stable_after_s=10.0,
+    stable_after_s=2.0,  # below failover_after_s, so a hiccup right after a failover does not bounce back
 )
 OPERATOR_QUIET_S = 3.0
 AWS_ACCOUNT_PUBLISH_RATE = 20_000.0  # inbound publishes/s per account, the larger Regions' default quota
