@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -396,3 +397,34 @@ def test_aws_identity_client_v2_provisions_against_the_local_cloud(
         ).result(10)
     error = rejected.value.modeled_error
     assert (error.status_code, error.error_code) == (409, "ResourceConflict")
+
+
+def test_a_failed_commit_is_a_500_recorded_and_the_next_registration_works(local_cloud: LocalCloud) -> None:
+    service = local_cloud.region("eu-west-1").provisioning
+    assert service is not None
+    commit, calls = service.commit, []
+
+    def broken_once(batch: Any) -> None:  # stands in for a disk error while the batch is written
+        calls.append(batch)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        commit(batch)
+
+    service.commit = broken_once
+
+    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+        answers = []
+        async with ClaimClient(local_cloud) as claim:
+            for serial in ("lamp-100", "lamp-101"):
+                token = (await claim.certificate())["certificateOwnershipToken"]
+                parameters = {**PARAMS, "SerialNumber": serial}
+                answers.append(
+                    await claim.ask(REGISTER_TOPIC, {"certificateOwnershipToken": token, "parameters": parameters})
+                )
+        return answers
+
+    failed, later = run(scenario())
+    expect_rejected(failed, 500, "InternalFailure", "OperationalError: disk I/O error")
+    assert later == ("accepted", {"deviceConfiguration": {}, "thingName": "lamp-101"})
+    assert not registered(local_cloud, "lamp-100")
+    assert local_cloud.failures.counts() == {"provisioning eu-west-1 RegisterThing": 1}

@@ -33,7 +33,7 @@ from iotfleet.cloud.registry import CertificateRecord, CertificateStatus, Regist
 from iotfleet.cloud.services.base import RegionService
 from iotfleet.cloud.templates import STEP as REGISTER_STEP
 from iotfleet.cloud.templates import Override, PreProvisioningHook, ProvisioningPlan, ProvisioningTemplate
-from iotfleet.errors import CertificateError, ConfigError, IotFleetError, ProvisioningRejected, TopicError
+from iotfleet.errors import CertificateError, ConfigError, ProvisioningRejected, TopicError
 from iotfleet.topics import ThingScope
 from iotfleet.transport.base import InboundMessage
 
@@ -165,6 +165,13 @@ class ProvisioningService(RegionService):
             answer(self.create_certificate(step, body))
         except ProvisioningRejected as rejection:
             answer(rejection)
+        except Exception as exc:  # a bug or a broken store: recorded, and the device gets IoT Core's 500
+            answer(self._internal_failure(step, exc))
+
+    def _internal_failure(self, step: str, exc: Exception) -> ProvisioningRejected:
+        """Record an unexpected error of a provisioning step; the answer is IoT Core's 500 InternalFailure."""
+        self.failures.record(f"provisioning {self.region} {step}", exc)
+        return ProvisioningRejected(step, 500, "InternalFailure", f"internal failure: {type(exc).__name__}: {exc}")
 
     def _reply(self, topic: str, body: Mapping[str, Any], fmt: str, client_id: str) -> None:
         if self.connection is not None:
@@ -277,6 +284,11 @@ class ProvisioningService(RegionService):
                 self._tokens[token] = entry  # a fixable request may be sent again with the same token
             answer(exc if isinstance(exc, ProvisioningRejected) else _invalid(exc.message))
             return
+        except Exception as exc:
+            if token is not None and entry is not None:
+                self._tokens[token] = entry
+            answer(self._internal_failure(REGISTER_STEP, exc))
+            return
         self._queue.put_nowait(_Pending(registration, plan, token, answer))
 
     async def _ask_hook(
@@ -343,11 +355,12 @@ class ProvisioningService(RegionService):
                 batch.append(queue.get_nowait())
             try:
                 await asyncio.to_thread(self.commit, tuple(p.registration for p in batch))
-            except (IotFleetError, OSError) as exc:
+            except Exception as exc:  # the store failed: nothing of the batch was registered; each asker gets a 500
+                rejection = self._internal_failure(REGISTER_STEP, exc)
                 log.warning("region %s: committing %d registrations failed: %s", self.region, len(batch), exc)
                 for pending in batch:
                     self._registering.discard(pending.plan.thing_name)
-                    pending.answer(ProvisioningRejected(REGISTER_STEP, 500, "InternalFailure", str(exc)))
+                    pending.answer(rejection)
                 continue
             self.registered += len(batch)
             for pending in batch:
