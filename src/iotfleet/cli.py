@@ -21,7 +21,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from pydantic import ValidationError
 
 from iotfleet import policy
 from iotfleet.errors import ConfigError, IotFleetError
@@ -757,10 +756,7 @@ def policy_render(
         if claim_template:
             document = policy.render_claim(claim_template, region=region, account=account)
         else:
-            try:
-                scheme = TopicScheme(data=data_template, command=command_template)
-            except ValidationError as exc:
-                raise ConfigError("; ".join(str(e["msg"]) for e in exc.errors())) from exc
+            scheme = TopicScheme(data=data_template, command=command_template)  # ConfigError names the problem
             document = policy.render(scheme, region=region, account=account)
         click.echo(json.dumps(document, indent=2))
 

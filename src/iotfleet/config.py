@@ -9,14 +9,16 @@ import re
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from iotfleet._files import write_private
+from iotfleet._model import FrozenModel as _Frozen
+from iotfleet._model import validation_problems
 from iotfleet.errors import CertificateError, ConfigError
 from iotfleet.topics import validate_thing_name
 
@@ -40,59 +42,6 @@ def validate_region(name: str) -> str:
     if not isinstance(name, str) or not _REGION.fullmatch(name):
         raise ConfigError(f"region name {name!r}: use 1-32 characters from a-z 0-9 -, e.g. eu-west-1")
     return name
-
-
-def validation_problems(model: type[BaseModel], exc: ValidationError) -> str:
-    """One line per problem of ``exc``: ``Model: field: what is wrong (got value)``, joined by ``; ``."""
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"])
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            what = f"unknown field; known: {', '.join(model.model_fields)}"
-        elif kind == "missing":
-            what = "required"
-        else:
-            what = str(error["msg"]).removeprefix("Value error, ")
-            if kind != "value_error":
-                what += f" (got {error['input']!r})"
-        problems.append(f"{model.__name__}: {where + ': ' if where else ''}{what}")
-    return "; ".join(problems)
-
-
-class _Frozen(BaseModel):
-    """Frozen, keyword-only, unknown fields refused; invalid values raise :class:`ConfigError`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(type(self), exc)) from exc
-
-    # Tell pydantic this __init__ only wraps its own (as RootModel does): validation as a field of another
-    # model then keeps pydantic's per-field errors instead of calling this and nesting a ConfigError.
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise ConfigError(
-            f"{type(self).__name__} is frozen: build a new one, e.g. .model_copy(update={{{name!r}: ...}})"
-        )
-
-    @classmethod
-    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
-        try:
-            return super().model_validate(obj, **kwargs)
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(cls, exc)) from exc
-
-    @classmethod
-    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
-        try:
-            return super().model_validate_json(json_data, **kwargs)
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(cls, exc)) from exc
 
 
 class Endpoint(_Frozen):

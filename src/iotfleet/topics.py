@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import field_validator
 
+from iotfleet._model import FrozenModel
 from iotfleet.errors import TopicError
 
 __all__ = [
@@ -255,7 +256,7 @@ def _template_levels(template: str, allowed: frozenset[str], last: str) -> list[
     return fields
 
 
-class TopicScheme(BaseModel):
+class TopicScheme(FrozenModel):
     """Tenant/site/thing scoped topic names for device data and commands.
 
     Each template is a ``/``-separated list of levels; a level is either a literal id or exactly one
@@ -263,8 +264,6 @@ class TopicScheme(BaseModel):
     (commands, last level). The same scheme renders the AWS IoT policy and the local broker's ACL
     (:mod:`iotfleet.policy`), so what is tested locally is what is deployed.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     data: str = "dt/{tenant}/{site}/{thing}/{stream}"
     command: str = "cmd/{tenant}/{site}/{thing}/{command}"
