@@ -165,8 +165,10 @@ class Region:
         server: tuple[Path, Path],
         service: TlsFiles,
         claim_policy: dict[str, Any],
+        failures: Failures | None = None,
     ) -> None:
         self.name = validate_region(name)
+        self.failures = failures or Failures()
         self.directory = directory
         self.registry = Registry(directory / "registry.sqlite")
         self._service = service
@@ -258,8 +260,7 @@ class Region:
 
     def start(self) -> None:
         self.write_acl()
-        self._kicker = threading.Thread(target=self._kick_loop, name=f"iotfleet-guard-{self.name}", daemon=True)
-        self._kicker.start()
+        self._kicker = self.failures.thread(self._kick_loop, f"guard {self.name}")
         self.broker.start()
 
     def stop(self) -> None:
@@ -355,8 +356,11 @@ class Region:
         while (client_id := self._kicks.get()) is not None:
             try:
                 self._take_over(client_id)
-            except Exception:  # the broker may be down; the guard runs again on the next connection
-                log.exception("region %s could not evict %r", self.name, client_id)
+            except Exception as exc:  # the guard runs again on the next connection
+                if self.broker.state is BrokerState.RUNNING:  # not a chaos outage: something is wrong
+                    self.failures.record(f"guard {self.name} evicting {client_id!r}", exc)
+                else:
+                    log.info("region %s is %s: could not evict %r (%s)", self.name, self.broker.state, client_id, exc)
 
     def _take_over(self, client_id: str, timeout: float = 5.0) -> None:
         """Evict ``client_id`` by connecting with the same client id (MQTT5 session takeover, 0x8E)."""
@@ -471,6 +475,7 @@ class LocalCloud:
                     server=(server / "server.pem", server / "server.key"),
                     service=self.service,
                     claim_policy=claim_policy,
+                    failures=self.failures,
                 )
                 self._regions[name] = region
                 region.start()
