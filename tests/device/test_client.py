@@ -14,8 +14,9 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, PublishLimits
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
-from iotfleet.device.client import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY, _RateLimiter
+from iotfleet.device.client import _RateLimiter
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
+from iotfleet.topics import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY
 from tests.conftest import FAST, UNLIMITED, Watcher
 
 
