@@ -52,9 +52,19 @@ from iotfleet.errors import (
     PublishRejected,
     RequestTimeout,
 )
-from iotfleet.topics import ThingScope, TopicScheme, filter_matches, validate_filter, validate_topic
+from iotfleet.topics import (
+    MESSAGE_ID_PROPERTY,
+    SENT_AT_PROPERTY,
+    SEQUENCE_PROPERTY,
+    ThingScope,
+    TopicScheme,
+    filter_matches,
+    validate_filter,
+    validate_topic,
+)
 from iotfleet.transport.base import (
     ConnectOptions,
+    DisconnectReason,
     InboundMessage,
     Session,
     Transport,
@@ -77,13 +87,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MESSAGE_ID_PROPERTY = "iotfleet-msg-id"
-SEQUENCE_PROPERTY = "iotfleet-seq"
-SENT_AT_PROPERTY = "iotfleet-sent-at"  # epoch milliseconds of the first send, for end-to-end latency
 ENVELOPE_KEY = "_iotfleet"
 MAX_FILTERS_PER_SUBSCRIBE = 8  # IoT Core's limit (IOT_CORE.md section 3)
 INBOUND_QUEUE = 10_000
-SILENT_REASONS = frozenset({"ack-timeout", "ping-timeout", "0x8d"})  # the endpoint stopped answering
+SILENT_REASONS = frozenset(  # the endpoint stopped answering
+    {DisconnectReason.ACK_TIMEOUT, DisconnectReason.PING_TIMEOUT, DisconnectReason.KEEP_ALIVE_TIMEOUT}
+)
 
 Payload = bytes | str | Mapping[str, Any]
 SessionHook = Callable[["DeviceClient", Endpoint], Awaitable[None]]
@@ -796,7 +805,7 @@ class DeviceClient:
                     break
                 if self._ack_overdue():
                     await session.close()
-                    self._last_reason = "ack-timeout"
+                    self._last_reason = DisconnectReason.ACK_TIMEOUT
                     self._emit(Disconnected(self.thing, session.endpoint, self._last_reason))
                     self._went_offline()
                     return None
