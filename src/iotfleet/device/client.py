@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
 from iotfleet.device.events import (
@@ -71,9 +71,6 @@ from iotfleet.transport.base import (
     reason_name,
     resolve_transport,
 )
-
-if TYPE_CHECKING:
-    from iotfleet.shadow.client import Shadow
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
@@ -234,7 +231,6 @@ class DeviceClient:
         self._session_hooks: list[SessionHook] = []
         self._subscriptions: dict[str, int] = {}
         self._stream_topics: dict[str, str] = {}
-        self._shadows: dict[str | None, Shadow] = {}
         self._inbound: list[tuple[str | None, Stream[Any], Callable[[InboundMessage], Any]]] = []
         self._streams: set[Stream[Any]] = set()  # every open stream, ended when the client closes
         self._handlers: list[tuple[str, Callable[[InboundMessage], None]]] = []
@@ -372,15 +368,6 @@ class DeviceClient:
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every :mod:`~iotfleet.device.events` event, on the event loop."""
         self._listeners.append(listener)
-
-    def shadow(self, name: str | None = None) -> Shadow:
-        """This thing's classic shadow, or its named shadow ``name`` (one object per name)."""
-        from iotfleet.shadow.client import Shadow  # noqa: PLC0415 - shadow builds on this module
-
-        shadow = self._shadows.get(name)
-        if shadow is None:
-            shadow = self._shadows[name] = Shadow(self, name)
-        return shadow
 
     def add_session_hook(self, hook: SessionHook) -> None:
         """Run ``await hook(device, endpoint)`` on every new session, after subscriptions are restored.
