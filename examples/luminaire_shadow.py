@@ -20,7 +20,7 @@ from pathlib import Path
 
 from iotfleet import DeviceClient
 from iotfleet.cloud import CloudInfo
-from iotfleet.shadow.client import ShadowSync
+from iotfleet.shadow.client import Shadow, ShadowSync
 
 
 class Luminaire:
@@ -41,17 +41,18 @@ async def main(info_file: Path) -> None:
     async with DeviceClient(
         identity=identity, endpoints=cloud.endpoints, tenant=thing.tenant, site=thing.site
     ) as device:
-        sync = ShadowSync(device.shadow(), handlers={"dim": lamp.set_dim}, state_file=state_file)
+        shadow = Shadow(device)  # build it once: each Shadow subscribes to its topics
+        sync = ShadowSync(shadow, handlers={"dim": lamp.set_dim}, state_file=state_file)
         await sync.start()
-        await device.shadow().update(reported={"dim": lamp.dim})
+        await shadow.update(reported={"dim": lamp.dim})
         print(f"reported dim {lamp.dim}")
         # The operator's side: any client allowed to update the shadow. Here the device's own connection
         # stands in, asking for levels the lamp then applies through its handler.
         for level in (40, 75, 120):
             print(f"operator: desired dim {level}")
-            await device.shadow().update(desired={"dim": level})
+            await shadow.update(desired={"dim": level})
             for _ in range(100):
-                doc = await device.shadow().get()
+                doc = await shadow.get()
                 if (doc.state.reported or {}).get("dim") == min(level, 100):
                     break
                 await asyncio.sleep(0.05)

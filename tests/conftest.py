@@ -22,7 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from iotfleet.cloud.broker import TlsFiles
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
-from iotfleet.device.client import MESSAGE_ID_PROPERTY
+from iotfleet.topics import MESSAGE_ID_PROPERTY
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
 

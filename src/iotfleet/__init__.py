@@ -25,6 +25,7 @@ from iotfleet.device import (
     DeviceClient,
     DeviceEvent,
     DeviceState,
+    DisconnectReason,
     EventKind,
     PublishReceipt,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "DeviceClient",
     "DeviceEvent",
     "DeviceState",
+    "DisconnectReason",
     "Durability",
     "Endpoint",
     "EventKind",

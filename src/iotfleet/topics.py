@@ -9,6 +9,7 @@ cannot smuggle ``/``, ``+``, ``#``, ``$`` or a policy variable.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from iotfleet.errors import TopicError
 __all__ = [
     "MAX_TOPIC_BYTES",
     "MAX_TOPIC_SLASHES",
+    "MESSAGE_ID_PROPERTY",
+    "SENT_AT_PROPERTY",
+    "SEQUENCE_PROPERTY",
     "PayloadFormat",
     "ShadowOp",
     "ShadowTopics",
@@ -45,6 +49,11 @@ MAX_TOPIC_BYTES: Final = 256
 MAX_TOPIC_SLASHES: Final = 7
 BASIC_INGEST_PREFIX: Final = "$aws/rules/"
 SHARED_PREFIX: Final = "$share/"
+
+# MQTT5 user properties a device puts on every outbox publish; the ingest service reads them.
+MESSAGE_ID_PROPERTY: Final = "iotfleet-msg-id"  # unique per message: ingest dedupes on it
+SEQUENCE_PROPERTY: Final = "iotfleet-seq"  # per-device sequence: loss, duplicates and reordering
+SENT_AT_PROPERTY: Final = "iotfleet-sent-at"  # epoch milliseconds of the first send: end-to-end latency
 
 _THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _SHADOW_NAME = re.compile(r"[$a-zA-Z0-9:_-]{1,64}")
@@ -224,7 +233,8 @@ _DATA_FIELDS: Final = frozenset({"tenant", "site", "thing", "stream"})
 _COMMAND_FIELDS: Final = frozenset({"tenant", "site", "thing", "command"})
 
 
-def _template_levels(template: str, allowed: frozenset[str], last: str) -> list[str | None]:
+@functools.lru_cache(maxsize=64)  # parsing a topic (ingest's hot path) reuses its template's levels
+def _template_levels(template: str, allowed: frozenset[str], last: str) -> tuple[str | None, ...]:
     """Split a topic template into levels: a field name, or ``None`` for a literal level."""
     fields: list[str | None] = []
     for level in template.split("/"):
@@ -253,7 +263,7 @@ def _template_levels(template: str, allowed: frozenset[str], last: str) -> list[
         )
     if fields[-1] != last:
         raise ValueError(f"{template!r} must end with {{{last}}}")
-    return fields
+    return tuple(fields)
 
 
 class TopicScheme(FrozenModel):

@@ -14,8 +14,10 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, PublishLimits
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
-from iotfleet.device.client import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY, _RateLimiter
+from iotfleet.device.client import _RateLimiter
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
+from iotfleet.shadow.client import Shadow
+from iotfleet.topics import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY
 from tests.conftest import FAST, UNLIMITED, Watcher
 
 
@@ -373,7 +375,7 @@ def test_streams_end_when_the_client_closes(local_cloud: LocalCloud, lamp: Ident
             readers = [
                 asyncio.ensure_future(drain(commands)),
                 asyncio.ensure_future(drain(dev.messages())),
-                asyncio.ensure_future(drain(await dev.shadow().deltas())),
+                asyncio.ensure_future(drain(await Shadow(dev).deltas())),
             ]
             probe = dev.messages("cmd/#")
             await operator.sessions["eu-west-1"].publish("cmd/acme/hq/lamp-1/dim", b"{}", 1)

@@ -15,7 +15,7 @@ from iotfleet.cloud.services import shadow as shadow_service
 from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import PublishRejected, ShadowRejected
-from iotfleet.shadow.client import ShadowSync
+from iotfleet.shadow.client import Shadow, ShadowSync
 from tests.conftest import FAST, UNLIMITED, Watcher
 
 
@@ -51,7 +51,7 @@ def run(coro: Awaitable[Any]) -> Any:
 def test_get_update_delete_and_rejections(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
     async def scenario() -> None:
         async with connect(local_cloud, lamp, transport) as device:
-            shadow = device.shadow()
+            shadow = Shadow(device)
             with pytest.raises(ShadowRejected) as missing:
                 await shadow.get()
             assert (missing.value.code, missing.value.error) == (404, "No shadow exists with name: 'lamp-1'")
@@ -69,7 +69,7 @@ def test_get_update_delete_and_rejections(local_cloud: LocalCloud, lamp: Identit
             deleted = await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.delete, "lamp-1")
             assert deleted["version"] == 1
             assert isinstance(deleted["timestamp"], int)
-            named = await device.shadow("config").update(reported={"fw": "2.1"})
+            named = await Shadow(device, "config").update(reported={"fw": "2.1"})
             assert named.version == 1
 
     run(scenario())
@@ -78,7 +78,7 @@ def test_get_update_delete_and_rejections(local_cloud: LocalCloud, lamp: Identit
 def test_deltas_stream_operator_changes(local_cloud: LocalCloud, lamp: Identity) -> None:
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            deltas = await device.shadow().deltas()  # subscribed on return: no sleep
+            deltas = await Shadow(device).deltas()  # subscribed on return: no sleep
             await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.update, "lamp-1", desired={"dim": 55})
             delta = await asyncio.wait_for(anext(deltas), 5)
             assert (delta.state, delta.version) == ({"dim": 55}, 1)
@@ -93,7 +93,7 @@ def test_sync_applies_desired_values_and_reports_them(local_cloud: LocalCloud, l
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append}, state_file=tmp_path / "lamp.json")
+            sync = ShadowSync(Shadow(device), handlers={"dim": applied.append}, state_file=tmp_path / "lamp.json")
             await sync.start()
             await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": 30})
             assert await until(lambda: operator.get("lamp-1")["state"].get("reported") == {"dim": 30})
@@ -112,7 +112,7 @@ def test_sync_drops_stale_deltas(local_cloud: LocalCloud, lamp: Identity) -> Non
         watcher = Watcher(local_cloud)
         await watcher.watch(local_cloud.endpoints[0])
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            sync = ShadowSync(Shadow(device), handlers={"dim": applied.append})
             await sync.start()
             await asyncio.to_thread(local_cloud.region("eu-west-1").shadows.update, "lamp-1", desired={"dim": 60})
             assert await until(lambda: applied == [60])
@@ -134,7 +134,7 @@ def test_reported_state_survives_a_restart_and_is_republished(
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), state_file=state)
+            sync = ShadowSync(Shadow(device), state_file=state)
             await sync.start()
             await sync.stop()
 
@@ -150,7 +150,7 @@ def test_desired_change_made_while_offline_is_applied_on_reconnect(
 
     async def session(start: bool) -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append}, state_file=tmp_path / "s.json")
+            sync = ShadowSync(Shadow(device), handlers={"dim": applied.append}, state_file=tmp_path / "s.json")
             await sync.start()
             await sync.stop()
 
@@ -169,7 +169,7 @@ def test_after_failover_the_device_reconciles_with_the_second_regions_shadow(
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            sync = ShadowSync(Shadow(device), handlers={"dim": applied.append})
             await sync.start()
             await asyncio.to_thread(eu.shadows.update, "lamp-1", desired={"dim": 10})
             assert await until(lambda: applied == [10])
@@ -195,7 +195,7 @@ def test_a_first_resync_that_fails_is_retried_on_the_next_session(
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            sync = ShadowSync(Shadow(device), handlers={"dim": applied.append})
             monkeypatch.setattr(shadow_service, "RATE_PER_THING", 0)  # the service throttles every request
             with pytest.raises(ShadowRejected) as throttled:
                 await sync.start()
@@ -218,7 +218,7 @@ def test_a_desired_change_that_causes_a_version_conflict_is_applied(local_cloud:
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": applied.append})
+            sync = ShadowSync(Shadow(device), handlers={"dim": applied.append})
             await sync.resync()  # not started: no delta follower, so only the conflict path can see the change
             await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": 70})
             await sync.report({"lux": 5})
@@ -234,7 +234,7 @@ def test_report_recovers_from_a_version_conflict(local_cloud: LocalCloud, lamp: 
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow())
+            sync = ShadowSync(Shadow(device))
             await sync.start()
             for level in (1, 2, 3):  # someone else moves the shadow on: our version is now stale
                 await asyncio.to_thread(operator.update, "lamp-1", reported={"lux": level})
@@ -260,7 +260,7 @@ def test_a_handler_that_raises_is_counted_and_the_sync_goes_on(local_cloud: Loca
 
     async def scenario() -> None:
         async with connect(local_cloud, lamp) as device:
-            sync = ShadowSync(device.shadow(), handlers={"dim": set_dim})
+            sync = ShadowSync(Shadow(device), handlers={"dim": set_dim})
             await sync.start()
             await asyncio.to_thread(operator.update, "lamp-1", desired={"dim": -5})
             assert await until(lambda: sync.handler_errors == 1)

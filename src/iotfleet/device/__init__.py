@@ -12,6 +12,7 @@ from iotfleet.device.events import (
     PublishAcked,
     PublishFailed,
 )
+from iotfleet.transport.base import DisconnectReason
 
 __all__ = [
     "BlockingDeviceClient",
@@ -21,6 +22,7 @@ __all__ = [
     "DeviceClient",
     "DeviceEvent",
     "DeviceState",
+    "DisconnectReason",
     "Disconnected",
     "EventKind",
     "FailedOver",

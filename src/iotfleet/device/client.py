@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
 from iotfleet.device.events import (
@@ -52,18 +52,25 @@ from iotfleet.errors import (
     PublishRejected,
     RequestTimeout,
 )
-from iotfleet.topics import ThingScope, TopicScheme, filter_matches, validate_filter, validate_topic
+from iotfleet.topics import (
+    MESSAGE_ID_PROPERTY,
+    SENT_AT_PROPERTY,
+    SEQUENCE_PROPERTY,
+    ThingScope,
+    TopicScheme,
+    filter_matches,
+    validate_filter,
+    validate_topic,
+)
 from iotfleet.transport.base import (
     ConnectOptions,
+    DisconnectReason,
     InboundMessage,
     Session,
     Transport,
     reason_name,
     resolve_transport,
 )
-
-if TYPE_CHECKING:
-    from iotfleet.shadow.client import Shadow
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
@@ -77,13 +84,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MESSAGE_ID_PROPERTY = "iotfleet-msg-id"
-SEQUENCE_PROPERTY = "iotfleet-seq"
-SENT_AT_PROPERTY = "iotfleet-sent-at"  # epoch milliseconds of the first send, for end-to-end latency
 ENVELOPE_KEY = "_iotfleet"
 MAX_FILTERS_PER_SUBSCRIBE = 8  # IoT Core's limit (IOT_CORE.md section 3)
 INBOUND_QUEUE = 10_000
-SILENT_REASONS = frozenset({"ack-timeout", "ping-timeout", "0x8d"})  # the endpoint stopped answering
+SILENT_REASONS = frozenset(  # the endpoint stopped answering
+    {DisconnectReason.ACK_TIMEOUT, DisconnectReason.PING_TIMEOUT, DisconnectReason.KEEP_ALIVE_TIMEOUT}
+)
 
 Payload = bytes | str | Mapping[str, Any]
 SessionHook = Callable[["DeviceClient", Endpoint], Awaitable[None]]
@@ -225,7 +231,6 @@ class DeviceClient:
         self._session_hooks: list[SessionHook] = []
         self._subscriptions: dict[str, int] = {}
         self._stream_topics: dict[str, str] = {}
-        self._shadows: dict[str | None, Shadow] = {}
         self._inbound: list[tuple[str | None, Stream[Any], Callable[[InboundMessage], Any]]] = []
         self._streams: set[Stream[Any]] = set()  # every open stream, ended when the client closes
         self._handlers: list[tuple[str, Callable[[InboundMessage], None]]] = []
@@ -363,15 +368,6 @@ class DeviceClient:
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` for every :mod:`~iotfleet.device.events` event, on the event loop."""
         self._listeners.append(listener)
-
-    def shadow(self, name: str | None = None) -> Shadow:
-        """This thing's classic shadow, or its named shadow ``name`` (one object per name)."""
-        from iotfleet.shadow.client import Shadow  # noqa: PLC0415 - shadow builds on this module
-
-        shadow = self._shadows.get(name)
-        if shadow is None:
-            shadow = self._shadows[name] = Shadow(self, name)
-        return shadow
 
     def add_session_hook(self, hook: SessionHook) -> None:
         """Run ``await hook(device, endpoint)`` on every new session, after subscriptions are restored.
@@ -796,7 +792,7 @@ class DeviceClient:
                     break
                 if self._ack_overdue():
                     await session.close()
-                    self._last_reason = "ack-timeout"
+                    self._last_reason = DisconnectReason.ACK_TIMEOUT
                     self._emit(Disconnected(self.thing, session.endpoint, self._last_reason))
                     self._went_offline()
                     return None

@@ -55,6 +55,8 @@ class ConnectFailed:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
+    """A session ended; ``reason`` is a :class:`~iotfleet.transport.base.DisconnectReason` (``0x..`` if unlisted)."""
+
     thing: str
     endpoint: Endpoint
     reason: str

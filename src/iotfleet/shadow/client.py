@@ -2,7 +2,7 @@
 
 ::
 
-    shadow = device.shadow()                       # classic; device.shadow("config") for a named one
+    shadow = Shadow(device)                        # classic; Shadow(device, "config") for a named one
     doc = await shadow.get()                       # ShadowDocument, or ShadowRejected(404)
     await shadow.update(reported={"dim": 40})
     async for delta in shadow.deltas(): ...
@@ -77,7 +77,11 @@ class ShadowDelta(_Wire):
 
 
 class Shadow:
-    """One shadow of the device's thing. Get it with ``device.shadow(name=None)``."""
+    """One shadow of the device's thing: ``Shadow(device)`` (classic) or ``Shadow(device, name)``.
+
+    Build one per shadow and keep it: each registers its handlers with the device and subscribes
+    to its answer topics once.
+    """
 
     def __init__(self, device: DeviceClient, name: str | None = None, *, timeout: float = 10.0) -> None:
         self.device = device

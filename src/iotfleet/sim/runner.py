@@ -48,7 +48,7 @@ from iotfleet.device.events import (
 from iotfleet.errors import ClientError, IotFleetError
 from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
-from iotfleet.shadow.client import ShadowSync
+from iotfleet.shadow.client import Shadow, ShadowSync
 from iotfleet.sim.fleet import SimDevice
 from iotfleet.sim.workload import DEVICE_TYPES, ShadowSpec
 
@@ -275,7 +275,7 @@ class _DeviceShadow:
 
     def __init__(self, client: DeviceClient, spec: ShadowSpec, state: Any, metrics: WorkerMetrics) -> None:
         handlers = {key: functools.partial(apply, state) for key, apply in spec.apply.items()}
-        self.sync = ShadowSync(client.shadow(), handlers=handlers)
+        self.sync = ShadowSync(Shadow(client), handlers=handlers)
         self.sync.reported = spec.reported(state)
         self.client = client
         self.metrics = metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
 from iotfleet.config import Endpoint, Identity
@@ -20,6 +20,7 @@ __all__ = [
     "ALPN_IOT_CORE",
     "ConnectOptions",
     "DisconnectInfo",
+    "DisconnectReason",
     "InboundMessage",
     "PubackCode",
     "PublishCallback",
@@ -98,9 +99,62 @@ class InboundMessage:
         return next((v for k, v in self.user_properties if k == name), None)
 
 
+class DisconnectReason(StrEnum):
+    """Why a session ended (or an attempt failed), short and stable: what ``Disconnected.reason`` says.
+
+    The ``0x..`` members are MQTT5 DISCONNECT reason codes a broker sends (:meth:`of_code`); a code the
+    MQTT5 specification does not list stays its plain ``0x..`` string.
+    """
+
+    CLOSED = "closed"  # by this client
+    RESET = "reset"  # the connection dropped (the broker died, a reset, an EOF)
+    REFUSED = "refused"  # the TCP connection was refused
+    TLS = "tls"  # the TLS handshake or a TLS record failed
+    IO = "io"  # another socket error
+    TIMEOUT = "timeout"  # no CONNACK in time
+    PING_TIMEOUT = "ping-timeout"  # the broker stopped answering pings
+    ACK_TIMEOUT = "ack-timeout"  # the broker stopped answering publishes (closed by the device client)
+    UNSPECIFIED_ERROR = "0x80"
+    MALFORMED_PACKET = "0x81"
+    PROTOCOL_ERROR = "0x82"
+    IMPLEMENTATION_SPECIFIC_ERROR = "0x83"
+    NOT_AUTHORIZED = "0x87"
+    SERVER_BUSY = "0x89"
+    SERVER_SHUTTING_DOWN = "0x8b"
+    KEEP_ALIVE_TIMEOUT = "0x8d"  # the broker heard nothing from us for 1.5 keepalives
+    SESSION_TAKEN_OVER = "0x8e"  # another connection with the same client id
+    TOPIC_FILTER_INVALID = "0x8f"
+    TOPIC_NAME_INVALID = "0x90"
+    RECEIVE_MAXIMUM_EXCEEDED = "0x93"
+    TOPIC_ALIAS_INVALID = "0x94"
+    PACKET_TOO_LARGE = "0x95"
+    MESSAGE_RATE_TOO_HIGH = "0x96"
+    QUOTA_EXCEEDED = "0x97"
+    ADMINISTRATIVE_ACTION = "0x98"
+    PAYLOAD_FORMAT_INVALID = "0x99"
+    RETAIN_NOT_SUPPORTED = "0x9a"
+    QOS_NOT_SUPPORTED = "0x9b"
+    USE_ANOTHER_SERVER = "0x9c"
+    SERVER_MOVED = "0x9d"
+    SHARED_SUBSCRIPTIONS_NOT_SUPPORTED = "0x9e"
+    CONNECTION_RATE_EXCEEDED = "0x9f"
+    MAXIMUM_CONNECT_TIME = "0xa0"
+    SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED = "0xa1"
+    WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED = "0xa2"
+
+    @classmethod
+    def of_code(cls, code: int) -> str:
+        """The member for a DISCONNECT reason code, or ``0x..`` for one MQTT5 does not list."""
+        text = f"0x{code:02x}"
+        try:
+            return cls(text)
+        except ValueError:
+            return text
+
+
 @dataclass(frozen=True, slots=True)
 class DisconnectInfo:
-    """Why a session ended: ``reason`` is short and stable (``reset``, ``ping-timeout``, ``0x8e`` ...)."""
+    """Why a session ended: ``reason`` is a :class:`DisconnectReason`, or ``0x..`` for an unlisted code."""
 
     reason: str
     detail: str = ""

@@ -27,6 +27,7 @@ from iotfleet.transport.base import (
     ALPN_IOT_CORE,
     ConnectOptions,
     DisconnectInfo,
+    DisconnectReason,
     InboundMessage,
     PublishCallback,
     connect_failed,
@@ -117,16 +118,16 @@ _SHARED_RUNTIME: CrtRuntime | None = None
 
 def _reason(exc: BaseException | None) -> str:
     if exc is None:
-        return "closed"
+        return DisconnectReason.CLOSED
     name = getattr(exc, "name", type(exc).__name__)
     for needle, reason in (
-        ("CONNECTION_REFUSED", "refused"),
-        ("PING", "ping-timeout"),
-        ("TIMEOUT", "timeout"),
-        ("TLS", "tls"),
-        ("CLOSED", "reset"),
-        ("RESET", "reset"),
-        ("USER_REQUESTED_STOP", "closed"),
+        ("CONNECTION_REFUSED", DisconnectReason.REFUSED),
+        ("PING", DisconnectReason.PING_TIMEOUT),
+        ("TIMEOUT", DisconnectReason.TIMEOUT),
+        ("TLS", DisconnectReason.TLS),
+        ("CLOSED", DisconnectReason.RESET),
+        ("RESET", DisconnectReason.RESET),
+        ("USER_REQUESTED_STOP", DisconnectReason.CLOSED),
     ):
         if needle in name:
             return reason
@@ -183,14 +184,14 @@ class CrtSession:
         self._stop()
 
     def _ended(self, exc: BaseException | None, code: mqtt5.DisconnectReasonCode | None) -> None:
-        reason = f"0x{int(code):02x}" if code is not None else _reason(exc)
+        reason = DisconnectReason.of_code(int(code)) if code is not None else _reason(exc)
         if not self.closed.done():
             self.closed.set_result(DisconnectInfo(reason, str(exc or "")))
         self._stop()
 
     def _on_stopped(self) -> None:
         if not self.closed.done():
-            self.closed.set_result(DisconnectInfo("closed", by_client=True))
+            self.closed.set_result(DisconnectInfo(DisconnectReason.CLOSED, by_client=True))
         if not self._stopped.done():
             self._stopped.set_result(None)
         if self._stopping is not None:
@@ -241,7 +242,7 @@ class CrtSession:
         if self.client is not None:
             self._stop(mqtt5.DisconnectPacket())
             if not self.closed.done():
-                self.closed.set_result(DisconnectInfo("closed", by_client=True))
+                self.closed.set_result(DisconnectInfo(DisconnectReason.CLOSED, by_client=True))
         with contextlib.suppress(TimeoutError):  # the CRT stops asynchronously; it is freed with its last reference
             await asyncio.wait_for(asyncio.shield(self._stopped), timeout=5)
 

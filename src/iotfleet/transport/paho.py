@@ -30,6 +30,7 @@ from iotfleet.transport.base import (
     ALPN_IOT_CORE,
     ConnectOptions,
     DisconnectInfo,
+    DisconnectReason,
     InboundMessage,
     PublishCallback,
     connect_failed,
@@ -163,7 +164,7 @@ class PahoSession:
         self.client.loop_misc()
         silent = time.monotonic() - self._last_read
         if self.connected.done() and silent > self._options.keepalive_s + self._options.ping_timeout_s:
-            self._end(DisconnectInfo("ping-timeout", f"nothing read for {silent:.1f}s"))
+            self._end(DisconnectInfo(DisconnectReason.PING_TIMEOUT, f"nothing read for {silent:.1f}s"))
             self.client.disconnect()
             self._close_socket()
             return
@@ -183,7 +184,12 @@ class PahoSession:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None) -> None:
         by_client = rc.value == 0
-        reason = "closed" if by_client else ("reset" if rc.getName() == "Unspecified error" else f"0x{rc.value:02x}")
+        if by_client:
+            reason: str = DisconnectReason.CLOSED
+        elif rc.getName() == "Unspecified error":
+            reason = DisconnectReason.RESET
+        else:
+            reason = DisconnectReason.of_code(rc.value)
         self._end(DisconnectInfo(reason, str(rc), by_client))
 
     def _end(self, info: DisconnectInfo) -> None:
@@ -280,7 +286,7 @@ class PahoSession:
             self.client.disconnect()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.closed), timeout=2)
-            self._end(DisconnectInfo("closed", by_client=True))
+            self._end(DisconnectInfo(DisconnectReason.CLOSED, by_client=True))
         self._close_socket()
 
 
@@ -317,7 +323,7 @@ class PahoTransport:
             await asyncio.wait_for(asyncio.shield(session.connected), options.connect_timeout_s)
         except TimeoutError:  # the TCP connect or the handshake (socket.timeout), or no CONNACK in time
             session.connected.cancel()
-            session._end(DisconnectInfo("timeout"))
+            session._end(DisconnectInfo(DisconnectReason.TIMEOUT))
             session._close_socket()
             raise connect_timed_out(endpoint, options.connect_timeout_s) from None
         except asyncio.CancelledError:
@@ -328,11 +334,11 @@ class PahoTransport:
         except (OSError, ssl.SSLError) as exc:
             session._close_socket()
             reason = (
-                "refused"
+                DisconnectReason.REFUSED
                 if isinstance(exc, ConnectionRefusedError)
-                else "tls"
+                else DisconnectReason.TLS
                 if isinstance(exc, ssl.SSLError)
-                else "io"
+                else DisconnectReason.IO
             )
             raise connect_failed(endpoint, reason, str(exc)) from exc
         except ConnectError:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import re
 import sqlite3
 import threading
 import time
@@ -40,13 +39,12 @@ from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, valid
 from iotfleet.cloud.services.base import RegionService
 from iotfleet.errors import CloudError
 from iotfleet.metrics import Histogram, SeqSet
-from iotfleet.topics import TopicScheme
+from iotfleet.topics import MESSAGE_ID_PROPERTY, SENT_AT_PROPERTY, SEQUENCE_PROPERTY, TopicScheme
 from iotfleet.transport.base import InboundMessage
 
 __all__ = ["IngestService"]
 
 SHARE_GROUP: Final = "iotfleet-ingest"
-MESSAGE_ID, SEQ, SENT_AT = "iotfleet-msg-id", "iotfleet-seq", "iotfleet-sent-at"
 FLUSH_EVERY_S: Final = 0.2
 HOURLY_EVERY_S: Final = 2.0
 MAX_REASONS: Final = 200  # distinct reject reasons counted; the rest are counted together
@@ -77,13 +75,6 @@ CREATE VIEW IF NOT EXISTS hourly_avg AS
 
 
 Cell = list[float]  # count, min, max, sum
-
-
-def _topic_pattern(scheme: TopicScheme) -> re.Pattern[str]:
-    pattern = re.escape(scheme.data)
-    for name in ("tenant", "site", "thing", "stream"):
-        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
-    return re.compile(pattern)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +143,6 @@ class IngestService(RegionService):
         self.path = path
         self.scheme = scheme or TopicScheme()
         self.filters = (f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",)
-        self._topic = _topic_pattern(self.scheme)
         self._lock = threading.Lock()  # the connection is shared by the writer thread and query()
         self._db = _open_store(path, max_store_bytes)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"iotfleet-ingest-{region}")
@@ -181,11 +171,11 @@ class IngestService(RegionService):
         now = time.time()
         self.received += 1
         self.last_message_at = now
-        match = self._topic.fullmatch(message.topic)
+        parsed = self.scheme.parse_data_topic(message.topic)
         props = dict(message.user_properties)
-        message_id = props.get(MESSAGE_ID)
-        seq_text = props.get(SEQ, "")
-        if match is None:
+        message_id = props.get(MESSAGE_ID_PROPERTY)
+        seq_text = props.get(SEQUENCE_PROPERTY, "")
+        if parsed is None:
             self._reject(message, message_id, "topic does not follow the data scheme", now)
             return
         if message_id is None or not seq_text.isdigit():
@@ -194,7 +184,7 @@ class IngestService(RegionService):
         if len(seq_text) > _MAX_SEQ_DIGITS:
             self._reject(message, message_id, f"iotfleet-seq has more than {_MAX_SEQ_DIGITS} digits", now)
             return
-        thing, stream = match.group("thing"), match.group("stream")
+        thing, stream = parsed[0].thing, parsed[1]
         try:
             text = message.payload.decode()
             body = loads_strict(text)
@@ -208,7 +198,7 @@ class IngestService(RegionService):
         if reason is not None:
             self._reject(message, message_id, reason, now)
             return
-        sent_text = props.get(SENT_AT, "")
+        sent_text = props.get(SENT_AT_PROPERTY, "")
         sent_at = int(sent_text) / 1000 if sent_text.isdigit() and len(sent_text) <= _MAX_SEQ_DIGITS else 0.0
         ts = body["ts"]
         self._pending.rows.append(
