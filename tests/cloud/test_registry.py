@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -40,7 +42,8 @@ def test_registry_survives_reopen_in_wal_mode(tmp_path: Path) -> None:
     Registry(tmp_path / "r.sqlite").put(registration("lamp-1", "c1"))
     reopened = Registry(tmp_path / "r.sqlite")
     assert reopened.thing("lamp-1") == Thing("lamp-1", {"tenant": "acme", "site": "hq"}, "device")
-    assert reopened._query("PRAGMA journal_mode")[0][0] == "wal"
+    with contextlib.closing(sqlite3.connect(tmp_path / "r.sqlite")) as db:  # WAL is a setting of the file
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_batch_is_one_transaction(tmp_path: Path) -> None:

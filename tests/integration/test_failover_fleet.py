@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from iotfleet.transport.base import resolve_transport
 from tests.conftest import FAST, UNLIMITED, Watcher
 
 pytestmark = pytest.mark.integration
+
+log = logging.getLogger(__name__)
 
 DEVICES = 200
 RATE_HZ = 5.0
@@ -126,7 +129,7 @@ def test_fleet_fails_over_and_loses_nothing(local_cloud: LocalCloud, transport: 
         else:  # nothing is reset: only the liveness checks notice a blackhole
             assert set(lost_sessions) <= {"ack-timeout", "ping-timeout", "0x8d"}, lost_sessions
         summary = f"{len(receipts)} acked, {watcher.duplicates} duplicates, sessions lost: {dict(lost_sessions)}"
-        print(f"{transport}/{fault}: {summary}")
+        log.info("%s/%s: %s", transport, fault, summary)  # shown with the test's output when it fails
 
     asyncio.run(scenario())
 

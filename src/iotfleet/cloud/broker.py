@@ -130,7 +130,7 @@ class _Spawner:
                         start_new_session=True,
                     )
                 )
-            except BaseException as exc:  # handed back to the caller, which re-raises it
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller, which re-raises it
                 reply.put(exc)
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:

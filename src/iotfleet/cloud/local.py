@@ -356,7 +356,7 @@ class Region:
         while (client_id := self._kicks.get()) is not None:
             try:
                 self._take_over(client_id)
-            except Exception as exc:  # the guard runs again on the next connection
+            except Exception as exc:  # noqa: BLE001 - recorded below; the guard goes on to the next connection
                 if self.broker.state is BrokerState.RUNNING:  # not a chaos outage: something is wrong
                     self.failures.record(f"guard {self.name} evicting {client_id!r}", exc)
                 else:
@@ -558,7 +558,7 @@ class LocalCloud:
         for region in self._regions.values():
             try:
                 region.stop()
-            except Exception as exc:  # keep stopping the others; nothing may outlive the cloud
+            except Exception as exc:  # noqa: BLE001 - recorded; keep stopping the others, nothing may outlive the cloud
                 self.failures.record(f"stopping region {region.name}", exc)
             if region.ingest is not None:
                 final.append(self._with_cloud_figures(region.ingest.stats()))

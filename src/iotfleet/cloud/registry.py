@@ -311,7 +311,7 @@ class Replicator:
                 _, _, target, registrations = heapq.heappop(self._heap)
             try:
                 self._apply(target, registrations)
-            except Exception as exc:  # kept and reported by LocalCloud, never lost silently
+            except Exception as exc:  # noqa: BLE001 - recorded, surfaced by LocalCloud; next copies go on
                 names = ", ".join(r.thing.name for r in registrations[:5])
                 more = f" and {len(registrations) - 5} more" if len(registrations) > 5 else ""
                 error = f"replicating {names}{more} to {target}: {exc}"

@@ -105,7 +105,7 @@ class ServiceConnection:
         """Hand one message to the handler; a handler that raises is recorded and the next message goes on."""
         try:
             self._handler(message)
-        except Exception as exc:  # one bad message must not stop the others (recorded, never silent)
+        except Exception as exc:  # noqa: BLE001 - recorded; one bad message must not stop the others
             self.handler_failures += 1
             self._failures.record(f"{self.client_id} handler", exc)
 
