@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from iotfleet.cli import cli
@@ -101,6 +102,14 @@ def test_doctor_names_a_missing_mosquitto_and_the_fix(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "FAIL  mosquitto" in result.stdout
     assert "apt-get install -y mosquitto" in result.stdout
+
+
+def test_doctor_without_awsiotsdk_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "awsiot", None)  # what an install without the test extra looks like
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: iotfleet doctor needs the awsiotsdk package")
+    assert "pip install awsiotsdk" in result.output
 
 
 def test_bad_configuration_exits_2_with_one_clear_line() -> None:
