@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
@@ -99,16 +100,28 @@ def test_replicator_without_lag_applies_before_returning() -> None:
     assert applied == ["r2"]
 
 
-def test_replication_failures_are_kept() -> None:
+def test_replication_failures_are_kept_and_the_next_copies_go_on() -> None:
+    later_copy_applied = threading.Event()
+
+    def apply(target: str, regs: tuple[Registration, ...]) -> None:
+        if target == "r2":
+            raise RegistryError("disk full")
+        later_copy_applied.set()
+
+    failures = Failures()
+    rep = Replicator(apply, lag=0.01, failures=failures)
+    rep.replicate((registration("a", "1"), registration("b", "2")), ["r2", "r3"])  # applied in this order
+    assert later_copy_applied.wait(10)
+    assert rep.errors == ["replicating a, b to r2: disk full"]
+    assert [str(f) for f in failures.kept()] == ["replicator to r2: replicating a, b to r2: disk full"]
+    rep.close()
+
+
+def test_without_lag_a_failed_copy_raises_to_the_caller() -> None:
     def apply(target: str, regs: tuple[Registration, ...]) -> None:
         raise RegistryError("disk full")
 
-    rep = Replicator(apply, lag=0.01)
-    rep.replicate((registration("a", "1"), registration("b", "2")), ["r2"])
-    deadline = threading.Event()
-    for _ in range(200):
-        if rep.errors:
-            break
-        deadline.wait(0.01)
-    assert rep.errors == ["replicating a, b to r2: disk full"]
-    rep.close()
+    failures = Failures()
+    with pytest.raises(RegistryError, match="disk full"):
+        Replicator(apply, failures=failures).replicate((registration("a", "1"),), ["r2"])
+    assert failures.count == 0  # the caller has the error; nothing happened in the background

@@ -259,10 +259,13 @@ def _cert(row: tuple[Any, ...]) -> CertificateRecord:
 class Replicator:
     """Copies batches of registrations from one region to the others after ``lag`` seconds.
 
-    With ``lag == 0`` the copy happens before :meth:`replicate` returns. Otherwise one background
-    thread, owned by ``failures``, applies copies when they fall due, in order. ``apply(region,
-    registration)`` does the copy. A copy that fails is kept in :attr:`errors` and recorded in
-    ``failures`` (logged, counted and reported by the cloud); the next copies go on.
+    ``apply(region, registrations)`` does the copy. With ``lag == 0`` the copy happens before
+    :meth:`replicate` returns, and a copy that fails raises to its caller (the registration that asked
+    for it fails). Otherwise one background thread, owned by ``failures``, applies copies when they fall
+    due, in order; a copy that fails is kept in :attr:`errors` (the first :data:`~iotfleet.cloud.owned.KEEP`)
+    and recorded in ``failures``, which logs it and counts it, and the next copies go on. The cloud's
+    ``failures`` are surfaced by ``LocalCloud.ingest_stats()`` while it runs and ``LocalCloud.stop()``'s
+    problems.
     """
 
     def __init__(

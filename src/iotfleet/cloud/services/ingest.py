@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, validate
+from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, rejection_reason
 from iotfleet.cloud.services.base import RegionService
 from iotfleet.errors import CloudError
 from iotfleet.metrics import Histogram, SeqSet
@@ -204,7 +204,7 @@ class IngestService(RegionService):
         except ValueError:
             self._reject(message, message_id, "payload is not valid JSON", now)
             return
-        reason = validate(stream, body)
+        reason = rejection_reason(stream, body)
         if reason is not None:
             self._reject(message, message_id, reason, now)
             return
