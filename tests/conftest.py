@@ -25,17 +25,11 @@ from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.device.client import MESSAGE_ID_PROPERTY
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
-
-
-def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    if cert_file is not None and key_file is not None:
-        ctx.load_cert_chain(str(cert_file), str(key_file))
-    return ctx
+from iotfleet.transport.tls import tls_client_context
 
 
 def identity_context(identity: Identity | TlsFiles) -> ssl.SSLContext:
-    return tls_context(identity.ca_file, identity.cert_file, identity.key_file)
+    return tls_client_context(identity.ca_file, identity.cert_file, identity.key_file)
 
 
 @dataclass

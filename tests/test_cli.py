@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from iotfleet.cli import cli
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
-from tests.conftest import process_alive, tls_context
+from iotfleet.transport.tls import tls_client_context
+from tests.conftest import process_alive
 
 IOTFLEET = [sys.executable, "-m", "iotfleet"]
 
@@ -51,7 +52,7 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
                 Path(info[k]).is_absolute() and Path(info[k]).exists() for k in ("ca_file", "claim_cert", "claim_key")
             )
             assert info["template"] == "iotfleet-default"
-            ctx = tls_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
+            ctx = tls_client_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
             for region in info["regions"]:
                 with socket.create_connection(("127.0.0.1", region["port"]), timeout=2) as raw:
                     ctx.wrap_socket(raw, server_hostname="localhost").close()

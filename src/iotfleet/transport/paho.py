@@ -37,6 +37,7 @@ from iotfleet.transport.base import (
     publish_via_send,
     uses_alpn,
 )
+from iotfleet.transport.tls import tls_client_context
 
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike
@@ -48,16 +49,14 @@ def _tls_context(identity: Identity, *, alpn: bool) -> ssl.SSLContext:
     """mTLS with the identity's files (checked first, so a bad file is named), offering ALPN on port 443."""
     identity.check()
     try:
-        ctx = ssl.create_default_context(cafile=str(identity.ca_file))
-        ctx.load_cert_chain(str(identity.cert_file), str(identity.key_file))
+        return tls_client_context(
+            identity.ca_file, identity.cert_file, identity.key_file, alpn=[ALPN_IOT_CORE] if alpn else []
+        )
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise CertificateError(
             f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
             f"{identity.ca_file}): {exc}; check the files exist and belong together"
         ) from exc
-    if alpn:
-        ctx.set_alpn_protocols([ALPN_IOT_CORE])
-    return ctx
 
 
 class _Client(mqtt.Client):
