@@ -79,16 +79,10 @@ def thing_factory(local_cloud: LocalCloud) -> Callable[..., Identity]:
 @pytest.fixture
 def provisioned_device(local_cloud: LocalCloud, tmp_path: Path) -> Callable[..., Awaitable[Identity]]:
     """Provision devices by claim against ``local_cloud`` (an async factory: ``await provisioned_device()``)."""
-    from iotfleet.config import Identity  # noqa: PLC0415
     from iotfleet.provisioning import FleetProvisioner, IdentityStore  # noqa: PLC0415
 
     counter = itertools.count(1)
-    claim = Identity(
-        thing_name="claim",
-        cert_file=local_cloud.claim.cert_file,
-        key_file=local_cloud.claim.key_file,
-        ca_file=local_cloud.ca_file,
-    )
+    claim = local_cloud.claim_identity
 
     async def make(
         serial: str | None = None, *, tenant: str = "acme", site: str = "site-1", transport: str = "crt"

@@ -27,17 +27,11 @@ T = TypeVar("T")
 PARAMS = {"Tenant": "acme", "Site": "hq", "SerialNumber": "lamp-7"}
 
 
-def claim_of(cloud: LocalCloud) -> Identity:
-    return Identity(
-        thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=cloud.ca_file
-    )
-
-
 def provisioner(cloud: LocalCloud, transport: str = "crt", **kwargs: object) -> FleetProvisioner:
     options: dict[str, object] = {"parameters": PARAMS, "timeout": 5.0, "transport": transport, **kwargs}
     return FleetProvisioner(
         endpoints=cloud.endpoints,
-        claim=claim_of(cloud),
+        claim=cloud.claim_identity,
         template=DEFAULT_TEMPLATE,
         **options,  # type: ignore[arg-type]
     )
@@ -155,11 +149,11 @@ def test_no_answer_is_a_timeout_naming_the_step(local_cloud: LocalCloud) -> None
 
 def test_bad_configuration_is_named(local_cloud: LocalCloud) -> None:
     with pytest.raises(ConfigError, match="at least one endpoint"):
-        FleetProvisioner(endpoints=[], claim=claim_of(local_cloud), template=DEFAULT_TEMPLATE)
+        FleetProvisioner(endpoints=[], claim=local_cloud.claim_identity, template=DEFAULT_TEMPLATE)
     with pytest.raises(ConfigError, match="must be strings"):
         FleetProvisioner(
             endpoints=local_cloud.endpoints,
-            claim=claim_of(local_cloud),
+            claim=local_cloud.claim_identity,
             template="t",
             parameters={"n": 1},  # type: ignore[dict-item]
         )

@@ -117,6 +117,10 @@ class CloudRegion(BaseModel):
     port: int
 
 
+def _claim_identity(cert_file: Path, key_file: Path, ca_file: Path) -> Identity:
+    return Identity(thing_name="claim", cert_file=cert_file, key_file=key_file, ca_file=ca_file)
+
+
 class CloudInfo(BaseModel):
     """The JSON line ``iotfleet cloud up --json`` prints: what a device needs to reach a running cloud."""
 
@@ -141,6 +145,11 @@ class CloudInfo(BaseModel):
     @property
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(region=r.name, host=r.host, port=r.port) for r in self.regions]
+
+    @property
+    def claim_identity(self) -> Identity:
+        """The claim credentials as an :class:`Identity`, for a ``FleetProvisioner``."""
+        return _claim_identity(self.claim_cert, self.claim_key, self.ca_file)
 
     def identity(self, name: str | None = None) -> tuple[Identity, CloudThing]:
         """The identity of thing ``name`` (default: the first listed) and where it belongs."""
@@ -449,6 +458,11 @@ class LocalCloud:
     @property
     def ca_file(self) -> Path:
         return self.ca.cert_file
+
+    @property
+    def claim_identity(self) -> Identity:
+        """The claim credentials as an :class:`Identity`, for a ``FleetProvisioner`` (provisioning by claim)."""
+        return _claim_identity(self.claim.cert_file, self.claim.key_file, self.ca_file)
 
     # ------------------------------------------------------------------ life cycle
 
