@@ -21,7 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfleet.cloud.broker import TlsFiles
 from iotfleet.cloud.local import LocalCloud
-from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
+from iotfleet.config import Endpoint, Identity, PublishLimits
 from iotfleet.device.client import MESSAGE_ID_PROPERTY
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
@@ -168,18 +168,6 @@ def _comm(pid: int) -> str:
 
 # --------------------------------------------------------------------------- device tests
 
-# Local-cloud timings: seconds instead of IoT Core's minutes.
-FAST = ReconnectPolicy(
-    keepalive_s=2,
-    ping_timeout_s=1.0,
-    connect_timeout_s=1.0,
-    min_backoff_s=0.05,
-    max_backoff_s=0.5,
-    failover_after_failures=2,
-    failover_after_s=3.0,
-    failback_probe_s=0.5,
-    stable_after_s=1.0,  # below failover_after_s: a session on the secondary proves stable before the time rule
-)
 UNLIMITED = PublishLimits(enabled=False)
 
 

@@ -16,7 +16,8 @@ from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, Pu
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
 from iotfleet.device.client import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY, _RateLimiter
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
-from tests.conftest import FAST, UNLIMITED, Watcher
+from iotfleet.testing import LOCAL_FAST
+from tests.conftest import UNLIMITED, Watcher
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -28,7 +29,7 @@ def device(lamp: Identity, cloud: LocalCloud, transport: str, **kw: Any) -> Devi
         "tenant": "acme",
         "site": "hq",
         "transport": transport,
-        "reconnect": FAST,
+        "reconnect": LOCAL_FAST,
         "limits": UNLIMITED,
     }
     return DeviceClient(identity=lamp, endpoints=cloud.endpoints, **{**options, **kw})
@@ -190,7 +191,7 @@ def test_overflow_drop_oldest_reports_every_evicted_message(
             tenant="acme",
             site="hq",
             transport=transport,
-            reconnect=FAST,
+            reconnect=LOCAL_FAST,
             outbox=policy,
             listeners=[events.append],
             connect_wait_s=0,
@@ -211,7 +212,12 @@ def test_overflow_drop_oldest_reports_every_evicted_message(
 
 def test_blocking_facade_publishes_and_receives(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
     with BlockingDeviceClient(
-        identity=lamp, endpoints=local_cloud.endpoints, tenant="acme", site="hq", transport=transport, reconnect=FAST
+        identity=lamp,
+        endpoints=local_cloud.endpoints,
+        tenant="acme",
+        site="hq",
+        transport=transport,
+        reconnect=LOCAL_FAST,
     ) as dev:
         receipt = dev.publish("power", {"watts": 3})
         assert receipt.reason_code < 0x80
@@ -307,7 +313,7 @@ def test_an_unanswered_publish_ends_the_session_long_before_keepalive_would(
     local_cloud: LocalCloud, lamp: Identity, transport: str
 ) -> None:
     """Only the per-device ack timer can notice here: keepalive is 60 s, the PUBACK deadline 1 s."""
-    policy = FAST.model_copy(update={"keepalive_s": 60, "ping_timeout_s": 1.0})
+    policy = LOCAL_FAST.model_copy(update={"keepalive_s": 60, "ping_timeout_s": 1.0})
     eu = local_cloud.region("eu-west-1")
     reasons: list[str] = []
 
@@ -337,7 +343,7 @@ def test_a_certificate_revoked_in_one_region_fails_over_to_the_region_where_it_i
     eu.registry.set_status(lamp.certificate_id, CertificateStatus.REVOKED)
     eu.sync_acl()
     events: list[Any] = []
-    policy = FAST.model_copy(update={"failback_probe_s": 60.0})
+    policy = LOCAL_FAST.model_copy(update={"failback_probe_s": 60.0})
 
     async def scenario() -> None:
         failed_over = asyncio.Event()
@@ -394,7 +400,12 @@ def test_blocking_commands_are_subscribed_on_return_and_end_on_close(
     local_cloud: LocalCloud, lamp: Identity, transport: str
 ) -> None:
     with BlockingDeviceClient(
-        identity=lamp, endpoints=local_cloud.endpoints, tenant="acme", site="hq", transport=transport, reconnect=FAST
+        identity=lamp,
+        endpoints=local_cloud.endpoints,
+        tenant="acme",
+        site="hq",
+        transport=transport,
+        reconnect=LOCAL_FAST,
     ) as dev:
         commands = dev.commands()  # no timeout: only the close ends it
         assert asyncio.run(_publish_once(local_cloud, "cmd/acme/hq/lamp-1/reboot")) == 0x00

@@ -17,8 +17,9 @@ import pytest
 
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.device import DeviceClient, EventKind, PublishReceipt
+from iotfleet.testing import LOCAL_FAST
 from iotfleet.transport.base import resolve_transport
-from tests.conftest import FAST, UNLIMITED, Watcher
+from tests.conftest import UNLIMITED, Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ class Fleet:
                 tenant="acme",
                 site=spec.site,
                 transport=shared,
-                reconnect=FAST,
+                reconnect=LOCAL_FAST,
                 limits=UNLIMITED,
                 listeners=[self.events.append],
             )

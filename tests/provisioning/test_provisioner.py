@@ -18,10 +18,11 @@ from iotfleet.device.client import DeviceClient
 from iotfleet.errors import CertificateError, ConfigError, ProvisioningRejected, RequestTimeout
 from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method, ProvisionedDevice
 from iotfleet.provisioning.keys import new_private_key, private_key_pem
+from iotfleet.testing import LOCAL_FAST
 from iotfleet.topics import PayloadFormat
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
-from tests.conftest import FAST, Watcher
+from tests.conftest import Watcher
 
 T = TypeVar("T")
 PARAMS = {"Tenant": "acme", "Site": "hq", "SerialNumber": "lamp-7"}
@@ -54,7 +55,7 @@ def test_claim_to_identity_to_publishing_in_both_regions(
                 tenant="acme",
                 site="hq",
                 transport=transport,
-                reconnect=FAST,
+                reconnect=LOCAL_FAST,
             ) as lamp:
                 receipt = await lamp.publish("telemetry", {"power_w": 9.5}, timeout=10)
                 assert receipt.endpoint == endpoints[0]

@@ -16,7 +16,8 @@ from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import PublishRejected, ShadowRejected
 from iotfleet.shadow.client import ShadowSync
-from tests.conftest import FAST, UNLIMITED, Watcher
+from iotfleet.testing import LOCAL_FAST
+from tests.conftest import UNLIMITED, Watcher
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def connect(cloud: LocalCloud, lamp: Identity, transport: str = "crt") -> Device
         tenant="acme",
         site="hq",
         transport=transport,
-        reconnect=FAST,
+        reconnect=LOCAL_FAST,
         limits=UNLIMITED,
     )
 
