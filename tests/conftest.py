@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import ssl
@@ -130,13 +131,30 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+# --------------------------------------------------------------------------- the one poll
+# Poll only what has no event to wait for: the state of another thread or process, or of the cloud. When
+# the thing awaited is a message, wait for it (Watcher.wait_for) instead.
+
+
+def _polls(predicate: Callable[[], bool], timeout: float) -> Iterator[None]:
+    """Yields (the caller then pauses) while ``predicate()`` is false and ``timeout`` seconds have not passed."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
+    while not predicate() and time.monotonic() < deadline:
+        yield
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Whether ``predicate()`` came true within ``timeout`` seconds, checked every ``interval`` (blocking)."""
+    for _ in _polls(predicate, timeout):
         time.sleep(interval)
-    return True
+    return predicate()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """:func:`wait_until` from a coroutine: the event loop runs between the checks."""
+    for _ in _polls(predicate, timeout):
+        await asyncio.sleep(interval)
+    return predicate()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -186,6 +204,7 @@ class Watcher:
         self.messages: list[tuple[str, InboundMessage]] = []
         self.ids: collections.Counter[str] = collections.Counter()
         self.sessions: dict[str, Session] = {}
+        self._arrived = asyncio.Event()
         self._identity = Identity(
             thing_name="watcher",
             cert_file=cloud.service.cert_file,
@@ -199,6 +218,7 @@ class Watcher:
             message_id = message.property(MESSAGE_ID_PROPERTY)
             if message_id:
                 self.ids[message_id] += 1
+            self._arrived.set()  # paho's callbacks run on the event loop
 
         options = ConnectOptions(client_id=f"watcher-{endpoint.region}", identity=self._identity, on_message=on_message)
         session = await PahoTransport().connect(endpoint, options)
@@ -209,6 +229,17 @@ class Watcher:
         for endpoint in self.cloud.endpoints:
             await self.watch(endpoint)
         return self
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Whether ``predicate()`` came true within ``timeout`` seconds, checked each time a message arrives."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         for session in self.sessions.values():

@@ -43,7 +43,7 @@ def test_publish_reaches_the_cloud_with_message_id_and_sequence(
         async with device(lamp, local_cloud, transport) as dev:
             first = await dev.publish("power", {"watts": 12.5})
             second = await dev.publish("power", b"raw")
-        await asyncio.sleep(0.1)
+        await watcher.wait_for(lambda: len(watcher.messages) >= 2)
         await watcher.close()
         assert (first.topic, first.reason_code, first.endpoint.region) == ("dt/acme/hq/lamp-1/power", 0x00, "eu-west-1")
         assert (first.seq, second.seq) == (1, 2)
@@ -280,10 +280,7 @@ def test_envelope_carries_id_and_sequence_in_json_payloads(local_cloud: LocalClo
         async with device(lamp, local_cloud, "crt", outbox=OutboxPolicy(envelope=True)) as dev:
             receipt = await dev.publish("power", {"watts": 3})
             await dev.publish("power", b"raw bytes stay as they are")
-        for _ in range(50):
-            if len(watcher.messages) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await watcher.wait_for(lambda: len(watcher.messages) >= 2)
         await watcher.close()
         enveloped = json.loads(watcher.messages[0][1].payload)
         assert enveloped == {"watts": 3, "_iotfleet": {"id": receipt.message_id, "seq": 1}}
@@ -299,10 +296,7 @@ def test_qos0_publish_is_sent_and_not_queued(local_cloud: LocalCloud, lamp: Iden
             receipt = await dev.publish("power", b"fire-and-forget", qos=0)
             assert (receipt.reason_code, receipt.seq) == (0, 0)
             assert len(dev.outbox) == 0
-        for _ in range(50):
-            if watcher.messages:
-                break
-            await asyncio.sleep(0.05)
+        await watcher.wait_for(lambda: len(watcher.messages) >= 1)
         await watcher.close()
         assert [m.payload for _, m in watcher.messages] == [b"fire-and-forget"]
 

@@ -88,10 +88,7 @@ def test_sigkilled_device_resends_everything_unacknowledged(tmp_path: Path) -> N
                 out, _ = await asyncio.to_thread(second.communicate, timeout=60)
             assert second.returncode == 0, out
             assert "flushed, outbox 0" in out
-            for _ in range(100):
-                if unacked <= watcher.ids.keys():
-                    break
-                await asyncio.sleep(0.05)
+            await watcher.wait_for(lambda: unacked <= watcher.ids.keys())
             await watcher.close()
             return watcher
 

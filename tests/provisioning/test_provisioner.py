@@ -59,7 +59,7 @@ def test_claim_to_identity_to_publishing_in_both_regions(
             ) as lamp:
                 receipt = await lamp.publish("telemetry", {"power_w": 9.5}, timeout=10)
                 assert receipt.endpoint == endpoints[0]
-        await asyncio.sleep(0.2)
+        await watcher.wait_for(lambda: len({region for region, _ in watcher.messages}) == 2)
         await watcher.close()
         return watcher
 
