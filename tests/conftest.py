@@ -17,6 +17,7 @@ import pytest
 from awscrt import mqtt5, mqtt_request_response
 from awsiot import mqtt5_client_builder
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -53,7 +54,7 @@ class Probe:
         self.client.tls_set_context(self.context)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, msg: self.messages.append((msg.topic, msg.payload))
+        self.client.on_message = lambda _c, _u, msg: self.messages.append((msg.topic, bytes(msg.payload)))
         self.client.on_publish = lambda _c, _u, mid, rc, _p: self.pubacks.__setitem__(mid, rc.value)
         self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self.subacks.__setitem__(mid, [r.value for r in rcs])
 
@@ -72,7 +73,7 @@ class Probe:
             try:
                 self.client.loop(timeout=0.02)
             except (OSError, ssl.SSLError):
-                self.disconnected = self.disconnected or ReasonCode(mqtt.PacketTypes.DISCONNECT, "Unspecified error")
+                self.disconnected = self.disconnected or ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
                 return until()
         return True
 

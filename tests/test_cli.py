@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -191,7 +192,10 @@ def test_report_merge_names_a_damaged_report_and_an_unwritable_output(tmp_path: 
     result = CliRunner().invoke(cli, ["report", "merge", str(damaged)])
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: {damaged}: the report lacks errors, failed, histograms")
-    empty = {"duration_s": 1.0, "raw": {k: {} for k in ("acked", "ingested", "histograms", "regions", "totals")}}
+    empty: dict[str, Any] = {
+        "duration_s": 1.0,
+        "raw": {k: {} for k in ("acked", "ingested", "histograms", "regions", "totals")},
+    }
     empty["raw"].update({k: {} for k in ("sent", "errors", "failed", "rejects", "failovers")}, ingest_duplicates=0)
     (tmp_path / "empty.json").write_text(json.dumps(empty))
     result = CliRunner().invoke(cli, ["report", "merge", str(tmp_path / "empty.json"), "--out", "/dev/full"])

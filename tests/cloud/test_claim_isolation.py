@@ -45,7 +45,7 @@ def spy(cloud: LocalCloud, probes: Any, client_id: str = "spy") -> Probe:
 
 def publish_with(probe: Probe, topic: str, payload: bytes, props: dict[str, str]) -> int | None:
     """Publish QoS 1 carrying user properties of the client's choosing; the PUBACK reason code."""
-    properties = Properties(PacketTypes.PUBLISH)
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
     properties.UserProperty = list(props.items())
     info = probe.client.publish(topic, payload, qos=1, properties=properties)
     probe.pump(lambda: info.mid in probe.pubacks or probe.disconnected is not None)

@@ -233,7 +233,7 @@ def test_invalid_thing_name_and_topic_breaking_attributes(local_cloud: LocalClou
 
 
 def test_a_second_register_thing_for_an_existing_serial_fails(local_cloud: LocalCloud) -> None:
-    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+    async def scenario() -> list[tuple[str, tuple[str, dict[str, Any]]]]:
         async with ClaimClient(local_cloud) as claim:
             answers = []
             for _ in range(2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,15 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iotfleet.config import Durability, OutboxPolicy, OverflowPolicy
-from iotfleet.device.outbox import MemoryOutbox, SqliteOutbox, open_outbox
+from iotfleet.device.outbox import MemoryOutbox, Outbox, SqliteOutbox, open_outbox
 from iotfleet.errors import ConfigError, OutboxFull
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def make(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    def factory(**kw: object) -> MemoryOutbox | SqliteOutbox:
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Outbox]:
+    def factory(**kw: object) -> Outbox:
         path = tmp_path / "outbox.sqlite" if request.param == "sqlite" else None
-        return open_outbox(OutboxPolicy(path=path, **kw))  # type: ignore[arg-type]
+        return open_outbox(OutboxPolicy(path=path, **kw))
 
     return factory
 
