@@ -15,7 +15,8 @@ from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import CertificateError, IotFleetError
 from iotfleet.testing import LOCAL_FAST
-from iotfleet.transport.base import ConnectOptions, resolve_transport
+from iotfleet.transport import resolve_transport
+from iotfleet.transport.base import ConnectOptions
 
 
 def copy_of(identity: Identity, directory: Path) -> Identity:

@@ -17,7 +17,7 @@ import pytest
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.device import DeviceClient, EventKind, PublishReceipt
 from iotfleet.testing import LOCAL_FAST
-from iotfleet.transport.base import resolve_transport
+from iotfleet.transport import resolve_transport
 from tests.conftest import UNLIMITED, Watcher, until
 
 pytestmark = pytest.mark.integration

@@ -53,13 +53,13 @@ from iotfleet.errors import (
     RequestTimeout,
 )
 from iotfleet.topics import ThingScope, TopicScheme, filter_matches, validate_filter, validate_topic
+from iotfleet.transport import resolve_transport
 from iotfleet.transport.base import (
     ConnectOptions,
     InboundMessage,
     Session,
     Transport,
     reason_name,
-    resolve_transport,
 )
 
 if TYPE_CHECKING:
