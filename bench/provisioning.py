@@ -52,9 +52,7 @@ async def measure(count: int, concurrency: int, job: Callable[[int], Awaitable[N
 async def run(cloud: LocalCloud, count: int, concurrency: int) -> None:
     transport = CrtTransport(CrtRuntime())
     endpoint = cloud.endpoints[0]
-    claim = Identity(
-        thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=cloud.ca_file
-    )
+    claim = cloud.claim_identity
     things = cloud.register_things([ThingSpec(f"base-{n:05d}", "bench", "hq") for n in range(count)])
 
     async def connect_twice(n: int) -> None:

@@ -18,13 +18,12 @@ from pathlib import Path
 
 from iotfleet import DeviceClient
 from iotfleet.cloud import CloudInfo
-from iotfleet.config import Identity
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
 
 
 async def main(info_file: Path, serial: str, directory: Path) -> None:
     cloud = CloudInfo.load(info_file)
-    claim = Identity(thing_name="claim", cert_file=cloud.claim_cert, key_file=cloud.claim_key, ca_file=cloud.ca_file)
+    claim = cloud.claim_identity
     store = IdentityStore(directory)
     print("identity already on disk" if store.exists() else f"provisioning {serial} by claim")
     provisioner = FleetProvisioner(

@@ -12,24 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from iotfleet import DeviceClient, ReconnectPolicy
+from iotfleet import DeviceClient
 from iotfleet.cloud import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.device.events import DeviceEvent, FailedOver
-from iotfleet.testing import RegionFaults
-
-# Seconds instead of IoT Core's minutes, so the test runs quickly against the local cloud.
-QUICK = ReconnectPolicy(
-    keepalive_s=2,
-    ping_timeout_s=1,
-    connect_timeout_s=1,
-    min_backoff_s=0.05,
-    max_backoff_s=0.5,
-    failover_after_failures=2,
-    failover_after_s=2,
-    failback_probe_s=0.5,
-    stable_after_s=1,
-)
+from iotfleet.testing import LOCAL_FAST, RegionFaults  # LOCAL_FAST: seconds instead of IoT Core's minutes
 
 
 def test_a_lamp_keeps_publishing_through_a_regional_outage(
@@ -49,7 +36,7 @@ def test_a_lamp_keeps_publishing_through_a_regional_outage(
             endpoints=local_cloud.endpoints,
             tenant="acme",
             site="hq",
-            reconnect=QUICK,
+            reconnect=LOCAL_FAST,
             listeners=[watch],
         ) as lamp:
             acked_by.append((await lamp.publish("telemetry", {"power_w": 12.0})).endpoint.region)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import ssl
@@ -16,26 +17,21 @@ import pytest
 from awscrt import mqtt5, mqtt_request_response
 from awsiot import mqtt5_client_builder
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfleet.cloud.broker import TlsFiles
 from iotfleet.cloud.local import LocalCloud
-from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
+from iotfleet.config import Endpoint, Identity, PublishLimits
 from iotfleet.topics import MESSAGE_ID_PROPERTY
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
-
-
-def tls_context(ca_file: Path, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    if cert_file is not None and key_file is not None:
-        ctx.load_cert_chain(str(cert_file), str(key_file))
-    return ctx
+from iotfleet.transport.tls import tls_client_context
 
 
 def identity_context(identity: Identity | TlsFiles) -> ssl.SSLContext:
-    return tls_context(identity.ca_file, identity.cert_file, identity.key_file)
+    return tls_client_context(identity.ca_file, identity.cert_file, identity.key_file)
 
 
 @dataclass
@@ -58,7 +54,7 @@ class Probe:
         self.client.tls_set_context(self.context)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = lambda _c, _u, msg: self.messages.append((msg.topic, msg.payload))
+        self.client.on_message = lambda _c, _u, msg: self.messages.append((msg.topic, bytes(msg.payload)))
         self.client.on_publish = lambda _c, _u, mid, rc, _p: self.pubacks.__setitem__(mid, rc.value)
         self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self.subacks.__setitem__(mid, [r.value for r in rcs])
 
@@ -77,7 +73,7 @@ class Probe:
             try:
                 self.client.loop(timeout=0.02)
             except (OSError, ssl.SSLError):
-                self.disconnected = self.disconnected or ReasonCode(mqtt.PacketTypes.DISCONNECT, "Unspecified error")
+                self.disconnected = self.disconnected or ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
                 return until()
         return True
 
@@ -136,13 +132,30 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+# --------------------------------------------------------------------------- the one poll
+# Poll only what has no event to wait for: the state of another thread or process, or of the cloud. When
+# the thing awaited is a message, wait for it (Watcher.wait_for) instead.
+
+
+def _polls(predicate: Callable[[], bool], timeout: float) -> Iterator[None]:
+    """Yields (the caller then pauses) while ``predicate()`` is false and ``timeout`` seconds have not passed."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
+    while not predicate() and time.monotonic() < deadline:
+        yield
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Whether ``predicate()`` came true within ``timeout`` seconds, checked every ``interval`` (blocking)."""
+    for _ in _polls(predicate, timeout):
         time.sleep(interval)
-    return True
+    return predicate()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """:func:`wait_until` from a coroutine: the event loop runs between the checks."""
+    for _ in _polls(predicate, timeout):
+        await asyncio.sleep(interval)
+    return predicate()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -174,18 +187,6 @@ def _comm(pid: int) -> str:
 
 # --------------------------------------------------------------------------- device tests
 
-# Local-cloud timings: seconds instead of IoT Core's minutes.
-FAST = ReconnectPolicy(
-    keepalive_s=2,
-    ping_timeout_s=1.0,
-    connect_timeout_s=1.0,
-    min_backoff_s=0.05,
-    max_backoff_s=0.5,
-    failover_after_failures=2,
-    failover_after_s=3.0,
-    failback_probe_s=0.5,
-    stable_after_s=1.0,  # below failover_after_s: a session on the secondary proves stable before the time rule
-)
 UNLIMITED = PublishLimits(enabled=False)
 
 
@@ -204,6 +205,7 @@ class Watcher:
         self.messages: list[tuple[str, InboundMessage]] = []
         self.ids: collections.Counter[str] = collections.Counter()
         self.sessions: dict[str, Session] = {}
+        self._arrived = asyncio.Event()
         self._identity = Identity(
             thing_name="watcher",
             cert_file=cloud.service.cert_file,
@@ -217,6 +219,7 @@ class Watcher:
             message_id = message.property(MESSAGE_ID_PROPERTY)
             if message_id:
                 self.ids[message_id] += 1
+            self._arrived.set()  # paho's callbacks run on the event loop
 
         options = ConnectOptions(client_id=f"watcher-{endpoint.region}", identity=self._identity, on_message=on_message)
         session = await PahoTransport().connect(endpoint, options)
@@ -227,6 +230,17 @@ class Watcher:
         for endpoint in self.cloud.endpoints:
             await self.watch(endpoint)
         return self
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Whether ``predicate()`` came true within ``timeout`` seconds, checked each time a message arrives."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         for session in self.sessions.values():

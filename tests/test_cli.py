@@ -10,12 +10,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from iotfleet.cli import cli
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
-from tests.conftest import process_alive, tls_context
+from iotfleet.transport.tls import tls_client_context
+from tests.conftest import process_alive
 
 IOTFLEET = [sys.executable, "-m", "iotfleet"]
 
@@ -50,7 +53,7 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
                 Path(info[k]).is_absolute() and Path(info[k]).exists() for k in ("ca_file", "claim_cert", "claim_key")
             )
             assert info["template"] == "iotfleet-default"
-            ctx = tls_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
+            ctx = tls_client_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
             for region in info["regions"]:
                 with socket.create_connection(("127.0.0.1", region["port"]), timeout=2) as raw:
                     ctx.wrap_socket(raw, server_hostname="localhost").close()
@@ -101,6 +104,14 @@ def test_doctor_names_a_missing_mosquitto_and_the_fix(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "FAIL  mosquitto" in result.stdout
     assert "apt-get install -y mosquitto" in result.stdout
+
+
+def test_doctor_without_awsiotsdk_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "awsiot", None)  # what an install without the test extra looks like
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: iotfleet doctor needs the awsiotsdk package")
+    assert "pip install awsiotsdk" in result.output
 
 
 def test_bad_configuration_exits_2_with_one_clear_line() -> None:
@@ -181,7 +192,10 @@ def test_report_merge_names_a_damaged_report_and_an_unwritable_output(tmp_path: 
     result = CliRunner().invoke(cli, ["report", "merge", str(damaged)])
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: {damaged}: the report lacks errors, failed, histograms")
-    empty = {"duration_s": 1.0, "raw": {k: {} for k in ("acked", "ingested", "histograms", "regions", "totals")}}
+    empty: dict[str, Any] = {
+        "duration_s": 1.0,
+        "raw": {k: {} for k in ("acked", "ingested", "histograms", "regions", "totals")},
+    }
     empty["raw"].update({k: {} for k in ("sent", "errors", "failed", "rejects", "failovers")}, ingest_duplicates=0)
     (tmp_path / "empty.json").write_text(json.dumps(empty))
     result = CliRunner().invoke(cli, ["report", "merge", str(tmp_path / "empty.json"), "--out", "/dev/full"])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError, field_validator
 
-from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
+from iotfleet.config import LOCAL_FAST, Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError, IotFleetError
 
 PEM = Path("/nonexistent")
@@ -62,7 +62,7 @@ def test_every_problem_is_listed_at_once() -> None:
 def test_a_frozen_model_refuses_assignment_with_config_error() -> None:
     policy = ReconnectPolicy()
     with pytest.raises(ConfigError, match=r"ReconnectPolicy is frozen: .*model_copy\(update=\{'keepalive_s'"):
-        policy.keepalive_s = 5
+        policy.keepalive_s = 5  # type: ignore[misc]  # the assignment the type checker refuses too
 
 
 def test_a_config_model_inside_a_users_model_still_validates_as_its_field() -> None:
@@ -80,7 +80,14 @@ def test_a_config_model_inside_a_users_model_still_validates_as_its_field() -> N
             return value
 
     with pytest.raises(ValidationError, match=r"policy\.keepalive_s"):
-        Device(policy={"keepalive_s": 0})  # type: ignore[arg-type]
+        Device(policy={"keepalive_s": 0})
     with pytest.raises(ValidationError, match="address") as info:
         Device.model_validate({"policy": {}, "address": "localhost:99999"})
     assert "Endpoint: port" in str(info.value)
+
+
+def test_the_local_preset_proves_stable_before_it_fails_over_and_variants_are_validated() -> None:
+    assert LOCAL_FAST.stable_after_s < LOCAL_FAST.failover_after_s
+    assert LOCAL_FAST.model_copy(update={"keepalive_s": 30}).keepalive_s == 30
+    with pytest.raises(ConfigError, match=r"stable_after_s \(5.0\) must be less than failover_after_s"):
+        LOCAL_FAST.model_copy(update={"stable_after_s": 5.0})  # pydantic's own copy would not have checked

@@ -28,7 +28,7 @@ ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-"
 THING_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-"
 ids = st.text(ID_CHARS, min_size=1, max_size=20)
 things = st.text(THING_CHARS, min_size=1, max_size=40)
-levels = st.text(st.characters(exclude_characters="/+#\x00", exclude_categories=("Cs",)), max_size=12)
+levels = st.text(st.characters(exclude_characters="/+#\x00", exclude_categories=["Cs"]), max_size=12)
 
 
 def rule_of(call: object) -> str:

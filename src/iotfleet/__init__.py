@@ -5,10 +5,9 @@ the local cloud (mosquitto, POSIX only) loads on first use of one of its names, 
 works on macOS and Windows laptops as well.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from iotfleet.config import (
     Durability,
@@ -22,11 +21,17 @@ from iotfleet.config import (
 from iotfleet.device import (
     BlockingDeviceClient,
     Command,
+    Connected,
+    ConnectFailed,
     DeviceClient,
     DeviceEvent,
     DeviceState,
+    Disconnected,
     DisconnectReason,
     EventKind,
+    FailedOver,
+    PublishAcked,
+    PublishFailed,
     PublishReceipt,
 )
 from iotfleet.errors import (
@@ -49,14 +54,22 @@ from iotfleet.errors import (
     ShadowRejected,
     TopicError,
 )
-from iotfleet.shadow import Shadow, ShadowSync
+from iotfleet.provisioning import (
+    FleetProvisioner,
+    IdentityStore,
+    KeyType,
+    Method,
+    ProvisionedDevice,
+    StoredIdentity,
+)
+from iotfleet.shadow import Shadow, ShadowDelta, ShadowDocument, ShadowLimits, ShadowState, ShadowSync
 from iotfleet.topics import ShadowTopics, ThingScope, TopicScheme
 
-if TYPE_CHECKING:
-    from iotfleet.cloud.local import LocalCloud, Region, ThingSpec
+if _TYPE_CHECKING:
+    from iotfleet.cloud.local import CloudInfo, LocalCloud, Region, ThingSpec
 
 # names loaded on first use: module that defines them
-_LAZY = {"LocalCloud": "iotfleet.cloud.local", "Region": "iotfleet.cloud.local", "ThingSpec": "iotfleet.cloud.local"}
+_LAZY = dict.fromkeys(("CloudInfo", "LocalCloud", "Region", "ThingSpec"), "iotfleet.cloud.local")
 
 __version__ = "0.1.0"
 
@@ -68,25 +81,37 @@ __all__ = [
     "ClientError",
     "ClientStateError",
     "CloudError",
+    "CloudInfo",
     "Command",
     "ConfigError",
     "ConnectError",
+    "ConnectFailed",
+    "Connected",
     "ConnectionLost",
     "DeviceClient",
     "DeviceEvent",
     "DeviceState",
     "DisconnectReason",
+    "Disconnected",
     "Durability",
     "Endpoint",
     "EventKind",
+    "FailedOver",
+    "FleetProvisioner",
     "Identity",
+    "IdentityStore",
     "IotFleetError",
+    "KeyType",
     "LocalCloud",
+    "Method",
     "OutboxFull",
     "OutboxPolicy",
     "OverflowPolicy",
     "PolicyError",
+    "ProvisionedDevice",
     "ProvisioningRejected",
+    "PublishAcked",
+    "PublishFailed",
     "PublishLimits",
     "PublishReceipt",
     "PublishRejected",
@@ -95,9 +120,14 @@ __all__ = [
     "RegistryError",
     "RequestTimeout",
     "Shadow",
+    "ShadowDelta",
+    "ShadowDocument",
+    "ShadowLimits",
     "ShadowRejected",
+    "ShadowState",
     "ShadowSync",
     "ShadowTopics",
+    "StoredIdentity",
     "ThingScope",
     "ThingSpec",
     "TopicError",
@@ -105,15 +135,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     """Load the local cloud's names on first use (PEP 562); they need POSIX-only modules."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'iotfleet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """What is here, the names loaded on first use included."""
+    return sorted({*globals(), *_LAZY})

@@ -7,6 +7,7 @@ the problem, never a bare pydantic ``ValidationError``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -53,6 +54,12 @@ class FrozenModel(BaseModel):
         raise ConfigError(
             f"{type(self).__name__} is frozen: build a new one, e.g. .model_copy(update={{{name!r}: ...}})"
         )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied, validated like a new model (pydantic's own copy skips validation)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return self.model_validate({**self.model_dump(exclude_unset=True), **update})
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> Self:

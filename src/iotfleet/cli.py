@@ -154,9 +154,23 @@ def _check_cloud() -> Check:
     return Check("local cloud", True, f"a region started with mTLS on localhost:{port} and stopped")
 
 
+def _require_awsiot() -> None:
+    """``doctor`` also checks AWS's own device SDK (the test suite runs it against the local cloud)."""
+    try:
+        import awsiot  # noqa: F401, PLC0415
+    except ModuleNotFoundError as exc:
+        if exc.name != "awsiot":
+            return  # awsiot is there but something it imports is not: the awscrt check names it
+        _fail(
+            "iotfleet doctor needs the awsiotsdk package (AWS's device SDK, which the test suite runs against "
+            "the local cloud), and it is not installed: pip install awsiotsdk, or pip install 'iotfleet[test]'"
+        )
+
+
 @cli.command()
 def doctor() -> None:
     """Check that this machine can run iotfleet; print what is wrong and how to fix it."""
+    _require_awsiot()
     checks = [_check_mosquitto(), _check_setpriv(), _check_awscrt(), _check_open_files()]
     if checks[0].ok:
         checks.append(_check_plugin())

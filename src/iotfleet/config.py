@@ -9,7 +9,7 @@ import re
 import tempfile
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Final, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +23,7 @@ from iotfleet.errors import CertificateError, ConfigError
 from iotfleet.topics import validate_thing_name
 
 __all__ = [
+    "LOCAL_FAST",
     "Durability",
     "Endpoint",
     "Identity",
@@ -229,6 +230,23 @@ class ReconnectPolicy(_Frozen):
                 " lower stable_after_s"
             )
         return self
+
+
+LOCAL_FAST: Final = ReconnectPolicy(
+    keepalive_s=2,
+    ping_timeout_s=1.0,
+    connect_timeout_s=1.0,
+    min_backoff_s=0.05,
+    max_backoff_s=0.5,
+    failover_after_failures=2,
+    failover_after_s=3.0,
+    failback_probe_s=0.5,
+    stable_after_s=1.0,
+)
+"""Reconnect timings for tests against the local cloud: a dead or frozen region is noticed and left within
+seconds, not IoT Core's minutes. A session proves stable after 1 s, well before the 3 s time rule fails
+over, so a hiccup on the secondary right after a failover does not send the device back to the dead region.
+Exported by :mod:`iotfleet.testing`; for other numbers use ``LOCAL_FAST.model_copy(update={...})``."""
 
 
 class OverflowPolicy(StrEnum):

@@ -25,6 +25,12 @@ Fixtures:
     ``with region_faults.outage(region, mode="kill"):`` which restores on exit; every region is
     restored when the test ends.
 
+Presets:
+
+``LOCAL_FAST``
+    A :class:`~iotfleet.ReconnectPolicy` with local-cloud timings (seconds, not IoT Core's minutes), for
+    the devices of your tests: ``DeviceClient(..., reconnect=LOCAL_FAST)``.
+
 See ``examples/test_regional_failover.py`` for a whole regional-failover test written with them.
 """
 
@@ -38,13 +44,22 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from iotfleet.config import LOCAL_FAST  # importing iotfleet has loaded the config models already
 from iotfleet.errors import ConfigError
 
 if TYPE_CHECKING:
     from iotfleet.cloud.local import LocalCloud
     from iotfleet.config import Identity
 
-__all__ = ["RegionFaults", "iotfleet_regions", "local_cloud", "provisioned_device", "region_faults", "thing_factory"]
+__all__ = [
+    "LOCAL_FAST",
+    "RegionFaults",
+    "iotfleet_regions",
+    "local_cloud",
+    "provisioned_device",
+    "region_faults",
+    "thing_factory",
+]
 
 
 @pytest.fixture
@@ -79,16 +94,10 @@ def thing_factory(local_cloud: LocalCloud) -> Callable[..., Identity]:
 @pytest.fixture
 def provisioned_device(local_cloud: LocalCloud, tmp_path: Path) -> Callable[..., Awaitable[Identity]]:
     """Provision devices by claim against ``local_cloud`` (an async factory: ``await provisioned_device()``)."""
-    from iotfleet.config import Identity  # noqa: PLC0415
     from iotfleet.provisioning import FleetProvisioner, IdentityStore  # noqa: PLC0415
 
     counter = itertools.count(1)
-    claim = Identity(
-        thing_name="claim",
-        cert_file=local_cloud.claim.cert_file,
-        key_file=local_cloud.claim.key_file,
-        ca_file=local_cloud.ca_file,
-    )
+    claim = local_cloud.claim_identity
 
     async def make(
         serial: str | None = None, *, tenant: str = "acme", site: str = "site-1", transport: str = "crt"

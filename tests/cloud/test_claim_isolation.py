@@ -27,7 +27,6 @@ from tests.cloud.test_provisioning_service import (
     CSR_TOPIC,
     KEYS_TOPIC,
     ClaimClient,
-    claim_identity,
     run,
 )
 from tests.conftest import Probe, identity_context
@@ -46,7 +45,7 @@ def spy(cloud: LocalCloud, probes: Any, client_id: str = "spy") -> Probe:
 
 def publish_with(probe: Probe, topic: str, payload: bytes, props: dict[str, str]) -> int | None:
     """Publish QoS 1 carrying user properties of the client's choosing; the PUBACK reason code."""
-    properties = Properties(PacketTypes.PUBLISH)
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
     properties.UserProperty = list(props.items())
     info = probe.client.publish(topic, payload, qos=1, properties=properties)
     probe.pump(lambda: info.mid in probe.pubacks or probe.disconnected is not None)
@@ -120,7 +119,7 @@ def test_forged_answers_during_a_real_provisioning_do_not_hijack_the_thing(
     own = attacker.messages[-1][1]  # the attacker's genuine certificate and ownership token
     provisioner = FleetProvisioner(
         endpoints=local_cloud.endpoints[:1],
-        claim=claim_identity(local_cloud),
+        claim=local_cloud.claim_identity,
         template=DEFAULT_TEMPLATE,
         parameters={"Tenant": "acme", "Site": "hq", "SerialNumber": "victim-1"},
         client_id="victim-1",

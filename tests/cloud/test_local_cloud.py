@@ -19,7 +19,8 @@ from iotfleet.cloud.ca import CertificateAuthority
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.errors import CloudError, ConfigError, RegistryError
-from tests.conftest import Probe, identity_context, process_alive, tls_context, wait_until
+from iotfleet.transport.tls import tls_client_context
+from tests.conftest import Probe, identity_context, process_alive, wait_until
 
 NOT_AUTHORIZED = 0x87
 SUCCESS_CODES = {0x00, 0x10}  # 0x10: no matching subscribers, what mosquitto says when nobody listens
@@ -43,7 +44,7 @@ def test_registered_thing_connects_with_mtls_and_publishes_its_own_topics(
 
 
 def test_client_without_certificate_is_refused(local_cloud: LocalCloud, probes: Probes) -> None:
-    probe = probes(local_cloud.region("eu-west-1").endpoint, "anon", tls_context(local_cloud.ca_file))
+    probe = probes(local_cloud.region("eu-west-1").endpoint, "anon", tls_client_context(local_cloud.ca_file))
     assert not probe.connect(timeout=3)
     assert probe.connack is None
 
@@ -51,7 +52,7 @@ def test_client_without_certificate_is_refused(local_cloud: LocalCloud, probes: 
 def test_certificate_from_another_ca_is_refused(local_cloud: LocalCloud, tmp_path: Path, probes: Probes) -> None:
     foreign = CertificateAuthority.open(tmp_path / "foreign")
     foreign.issue("lamp-1").write(tmp_path / "f.pem", tmp_path / "f.key")
-    ctx = tls_context(local_cloud.ca_file, tmp_path / "f.pem", tmp_path / "f.key")
+    ctx = tls_client_context(local_cloud.ca_file, tmp_path / "f.pem", tmp_path / "f.key")
     probe = probes(local_cloud.region("eu-west-1").endpoint, "lamp-1", ctx)
     assert not probe.connect(timeout=3)
     assert probe.connack is None

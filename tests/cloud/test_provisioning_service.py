@@ -17,7 +17,6 @@ from awsiot import V2ServiceException, iotidentity
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
-from iotfleet.config import Identity
 from iotfleet.provisioning.keys import csr_pem, new_private_key
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
@@ -27,12 +26,6 @@ CSR_TOPIC = "$aws/certificates/create-from-csr/json"
 KEYS_TOPIC = "$aws/certificates/create/json"
 REGISTER_TOPIC = f"$aws/provisioning-templates/{DEFAULT_TEMPLATE}/provision/json"
 PARAMS = {"Tenant": "acme", "Site": "hq", "SerialNumber": "lamp-100"}
-
-
-def claim_identity(cloud: LocalCloud) -> Identity:
-    return Identity(
-        thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=cloud.ca_file
-    )
 
 
 class ClaimClient:
@@ -47,7 +40,7 @@ class ClaimClient:
 
     async def __aenter__(self) -> ClaimClient:
         options = ConnectOptions(
-            client_id=self.client_id, identity=claim_identity(self.cloud), on_message=self.inbox.put_nowait
+            client_id=self.client_id, identity=self.cloud.claim_identity, on_message=self.inbox.put_nowait
         )
         self.session = await PahoTransport().connect(self.cloud.region(self.region).endpoint, options)
         topics = [CSR_TOPIC, KEYS_TOPIC, REGISTER_TOPIC, CSR_TOPIC.replace("json", "cbor")]
@@ -240,7 +233,7 @@ def test_invalid_thing_name_and_topic_breaking_attributes(local_cloud: LocalClou
 
 
 def test_a_second_register_thing_for_an_existing_serial_fails(local_cloud: LocalCloud) -> None:
-    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+    async def scenario() -> list[tuple[str, tuple[str, dict[str, Any]]]]:
         async with ClaimClient(local_cloud) as claim:
             answers = []
             for _ in range(2):

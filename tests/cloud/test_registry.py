@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
+from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
@@ -40,7 +43,8 @@ def test_registry_survives_reopen_in_wal_mode(tmp_path: Path) -> None:
     Registry(tmp_path / "r.sqlite").put(registration("lamp-1", "c1"))
     reopened = Registry(tmp_path / "r.sqlite")
     assert reopened.thing("lamp-1") == Thing("lamp-1", {"tenant": "acme", "site": "hq"}, "device")
-    assert reopened._query("PRAGMA journal_mode")[0][0] == "wal"
+    with contextlib.closing(sqlite3.connect(tmp_path / "r.sqlite")) as db:  # WAL is a setting of the file
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
@@ -96,16 +100,28 @@ def test_replicator_without_lag_applies_before_returning() -> None:
     assert applied == ["r2"]
 
 
-def test_replication_failures_are_kept() -> None:
+def test_replication_failures_are_kept_and_the_next_copies_go_on() -> None:
+    later_copy_applied = threading.Event()
+
+    def apply(target: str, regs: tuple[Registration, ...]) -> None:
+        if target == "r2":
+            raise RegistryError("disk full")
+        later_copy_applied.set()
+
+    failures = Failures()
+    rep = Replicator(apply, lag=0.01, failures=failures)
+    rep.replicate((registration("a", "1"), registration("b", "2")), ["r2", "r3"])  # applied in this order
+    assert later_copy_applied.wait(10)
+    assert rep.errors == ["replicating a, b to r2: disk full"]
+    assert [str(f) for f in failures.kept()] == ["replicator to r2: replicating a, b to r2: disk full"]
+    rep.close()
+
+
+def test_without_lag_a_failed_copy_raises_to_the_caller() -> None:
     def apply(target: str, regs: tuple[Registration, ...]) -> None:
         raise RegistryError("disk full")
 
-    rep = Replicator(apply, lag=0.01)
-    rep.replicate((registration("a", "1"), registration("b", "2")), ["r2"])
-    deadline = threading.Event()
-    for _ in range(200):
-        if rep.errors:
-            break
-        deadline.wait(0.01)
-    assert rep.errors == ["replicating a, b to r2: disk full"]
-    rep.close()
+    failures = Failures()
+    with pytest.raises(RegistryError, match="disk full"):
+        Replicator(apply, failures=failures).replicate((registration("a", "1"),), ["r2"])
+    assert failures.count == 0  # the caller has the error; nothing happened in the background

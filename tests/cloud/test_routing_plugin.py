@@ -22,12 +22,7 @@ def test_answers_reach_only_the_asking_connection(local_cloud: LocalCloud) -> No
 
     async def scenario() -> None:
         endpoint = local_cloud.endpoints[0]
-        claim = Identity(
-            thing_name="claim",
-            cert_file=local_cloud.claim.cert_file,
-            key_file=local_cloud.claim.key_file,
-            ca_file=local_cloud.ca_file,
-        )
+        claim = local_cloud.claim_identity
         service = Identity(
             thing_name="service",
             cert_file=local_cloud.service.cert_file,

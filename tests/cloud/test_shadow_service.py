@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from awscrt import mqtt_request_response
 from awsiot import V2ServiceException, iotshadow
 
 from iotfleet.cloud.local import LocalCloud
@@ -117,8 +118,15 @@ def test_aws_shadow_client_v2_get_update_and_delta_stream(
         deltas.append(event)
         got_delta.set()
 
+    subscribed = threading.Event()
+
+    def on_status(event: mqtt_request_response.SubscriptionStatusEvent) -> None:
+        status = mqtt_request_response.SubscriptionStatusEventType(event.type)  # the CRT hands over a plain int
+        if status is mqtt_request_response.SubscriptionStatusEventType.SUBSCRIPTION_ESTABLISHED:
+            subscribed.set()
+
     stream = aws_client.create_shadow_delta_updated_stream(
-        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name="lamp-1"), awsiot_stream_options(on_delta)
+        iotshadow.ShadowDeltaUpdatedSubscriptionRequest(thing_name="lamp-1"), awsiot_stream_options(on_delta, on_status)
     )
     stream.open()
 
@@ -132,17 +140,19 @@ def test_aws_shadow_client_v2_get_update_and_delta_stream(
     got = aws_client.get_shadow(iotshadow.GetShadowRequest(thing_name="lamp-1")).result(10)
     assert (got.version, got.state.desired, got.state.reported, got.state.delta) == (1, {"dim": 10}, {"dim": 10}, None)
 
-    for _ in range(50):  # the stream's subscription settles asynchronously
-        local_cloud.region("eu-west-1").shadows.update("lamp-1", desired={"dim": 80})
-        if got_delta.wait(0.2):
-            break
+    assert subscribed.wait(10), "the delta stream's subscription was not established"
+    local_cloud.region("eu-west-1").shadows.update("lamp-1", desired={"dim": 80})
+    assert got_delta.wait(10)
     assert deltas[0].state == {"dim": 80}
 
 
-def awsiot_stream_options(callback: Callable[[Any], None]) -> Any:
+def awsiot_stream_options(
+    callback: Callable[[Any], None],
+    on_status: Callable[[mqtt_request_response.SubscriptionStatusEvent], None] | None = None,
+) -> Any:
     import awsiot  # noqa: PLC0415 - ServiceStreamOptions lives on the package root
 
-    return awsiot.ServiceStreamOptions(callback)
+    return awsiot.ServiceStreamOptions(callback, on_status)
 
 
 def test_classic_shadows_replicate_only_when_asked(tmp_path: Any) -> None:

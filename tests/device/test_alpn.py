@@ -10,7 +10,8 @@ import pytest
 
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConnectError
-from iotfleet.transport.base import ALPN_IOT_CORE, ConnectOptions, resolve_transport
+from iotfleet.transport import resolve_transport
+from iotfleet.transport.base import ALPN_IOT_CORE, ConnectOptions
 
 ALPN_EXTENSION = 0x0010
 

@@ -15,10 +15,12 @@ from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, PublishLimits
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
 from iotfleet.device.client import _RateLimiter
+from iotfleet.device.events import Disconnected
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
 from iotfleet.shadow.client import Shadow
+from iotfleet.testing import LOCAL_FAST
 from iotfleet.topics import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY
-from tests.conftest import FAST, UNLIMITED, Watcher
+from tests.conftest import UNLIMITED, Watcher
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -30,7 +32,7 @@ def device(lamp: Identity, cloud: LocalCloud, transport: str, **kw: Any) -> Devi
         "tenant": "acme",
         "site": "hq",
         "transport": transport,
-        "reconnect": FAST,
+        "reconnect": LOCAL_FAST,
         "limits": UNLIMITED,
     }
     return DeviceClient(identity=lamp, endpoints=cloud.endpoints, **{**options, **kw})
@@ -44,7 +46,7 @@ def test_publish_reaches_the_cloud_with_message_id_and_sequence(
         async with device(lamp, local_cloud, transport) as dev:
             first = await dev.publish("power", {"watts": 12.5})
             second = await dev.publish("power", b"raw")
-        await asyncio.sleep(0.1)
+        await watcher.wait_for(lambda: len(watcher.messages) >= 2)
         await watcher.close()
         assert (first.topic, first.reason_code, first.endpoint.region) == ("dt/acme/hq/lamp-1/power", 0x00, "eu-west-1")
         assert (first.seq, second.seq) == (1, 2)
@@ -104,7 +106,7 @@ def test_misuse_raises_an_error_that_says_what_to_do(local_cloud: LocalCloud, la
             assert dev.state is DeviceState.CONNECTED
             with pytest.raises(ClientStateError, match="entered once"):
                 await dev.__aenter__()
-        assert dev.state is DeviceState.CLOSED
+        assert dev.state is DeviceState.CLOSED  # type: ignore[comparison-overlap]  # mypy keeps the narrowing above
         with pytest.raises(ClientStateError, match="closed; create a new DeviceClient"):
             await dev.publish("power", b"x")
 
@@ -192,7 +194,7 @@ def test_overflow_drop_oldest_reports_every_evicted_message(
             tenant="acme",
             site="hq",
             transport=transport,
-            reconnect=FAST,
+            reconnect=LOCAL_FAST,
             outbox=policy,
             listeners=[events.append],
             connect_wait_s=0,
@@ -213,7 +215,12 @@ def test_overflow_drop_oldest_reports_every_evicted_message(
 
 def test_blocking_facade_publishes_and_receives(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
     with BlockingDeviceClient(
-        identity=lamp, endpoints=local_cloud.endpoints, tenant="acme", site="hq", transport=transport, reconnect=FAST
+        identity=lamp,
+        endpoints=local_cloud.endpoints,
+        tenant="acme",
+        site="hq",
+        transport=transport,
+        reconnect=LOCAL_FAST,
     ) as dev:
         receipt = dev.publish("power", {"watts": 3})
         assert receipt.reason_code < 0x80
@@ -276,10 +283,7 @@ def test_envelope_carries_id_and_sequence_in_json_payloads(local_cloud: LocalClo
         async with device(lamp, local_cloud, "crt", outbox=OutboxPolicy(envelope=True)) as dev:
             receipt = await dev.publish("power", {"watts": 3})
             await dev.publish("power", b"raw bytes stay as they are")
-        for _ in range(50):
-            if len(watcher.messages) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await watcher.wait_for(lambda: len(watcher.messages) >= 2)
         await watcher.close()
         enveloped = json.loads(watcher.messages[0][1].payload)
         assert enveloped == {"watts": 3, "_iotfleet": {"id": receipt.message_id, "seq": 1}}
@@ -295,10 +299,7 @@ def test_qos0_publish_is_sent_and_not_queued(local_cloud: LocalCloud, lamp: Iden
             receipt = await dev.publish("power", b"fire-and-forget", qos=0)
             assert (receipt.reason_code, receipt.seq) == (0, 0)
             assert len(dev.outbox) == 0
-        for _ in range(50):
-            if watcher.messages:
-                break
-            await asyncio.sleep(0.05)
+        await watcher.wait_for(lambda: len(watcher.messages) >= 1)
         await watcher.close()
         assert [m.payload for _, m in watcher.messages] == [b"fire-and-forget"]
 
@@ -309,13 +310,13 @@ def test_an_unanswered_publish_ends_the_session_long_before_keepalive_would(
     local_cloud: LocalCloud, lamp: Identity, transport: str
 ) -> None:
     """Only the per-device ack timer can notice here: keepalive is 60 s, the PUBACK deadline 1 s."""
-    policy = FAST.model_copy(update={"keepalive_s": 60, "ping_timeout_s": 1.0})
+    policy = LOCAL_FAST.model_copy(update={"keepalive_s": 60, "ping_timeout_s": 1.0})
     eu = local_cloud.region("eu-west-1")
     reasons: list[str] = []
 
     async def scenario() -> None:
         async with device(lamp, local_cloud, transport, reconnect=policy) as dev:
-            dev.add_listener(lambda e: reasons.append(e.reason) if e.kind is EventKind.DISCONNECTED else None)
+            dev.add_listener(lambda e: reasons.append(e.reason) if isinstance(e, Disconnected) else None)
             await asyncio.sleep(1.5)  # idle on the preferred endpoint: nothing to wake for
             assert reasons == []
             eu.blackhole()
@@ -339,7 +340,7 @@ def test_a_certificate_revoked_in_one_region_fails_over_to_the_region_where_it_i
     eu.registry.set_status(lamp.certificate_id, CertificateStatus.REVOKED)
     eu.sync_acl()
     events: list[Any] = []
-    policy = FAST.model_copy(update={"failback_probe_s": 60.0})
+    policy = LOCAL_FAST.model_copy(update={"failback_probe_s": 60.0})
 
     async def scenario() -> None:
         failed_over = asyncio.Event()
@@ -396,7 +397,12 @@ def test_blocking_commands_are_subscribed_on_return_and_end_on_close(
     local_cloud: LocalCloud, lamp: Identity, transport: str
 ) -> None:
     with BlockingDeviceClient(
-        identity=lamp, endpoints=local_cloud.endpoints, tenant="acme", site="hq", transport=transport, reconnect=FAST
+        identity=lamp,
+        endpoints=local_cloud.endpoints,
+        tenant="acme",
+        site="hq",
+        transport=transport,
+        reconnect=LOCAL_FAST,
     ) as dev:
         commands = dev.commands()  # no timeout: only the close ends it
         assert asyncio.run(_publish_once(local_cloud, "cmd/acme/hq/lamp-1/reboot")) == 0x00

@@ -14,8 +14,9 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import CertificateError, IotFleetError
-from iotfleet.transport.base import ConnectOptions, resolve_transport
-from tests.conftest import FAST
+from iotfleet.testing import LOCAL_FAST
+from iotfleet.transport import resolve_transport
+from iotfleet.transport.base import ConnectOptions
 
 
 def copy_of(identity: Identity, directory: Path) -> Identity:
@@ -98,7 +99,11 @@ def test_entering_a_device_with_a_mismatched_key_fails_at_once(
 
     async def scenario() -> None:
         device = DeviceClient(
-            identity=ident, endpoints=local_cloud.endpoints, transport=transport, reconnect=FAST, connect_wait_s=10
+            identity=ident,
+            endpoints=local_cloud.endpoints,
+            transport=transport,
+            reconnect=LOCAL_FAST,
+            connect_wait_s=10,
         )
         started = time.monotonic()
         with pytest.raises(IotFleetError) as info:

@@ -24,13 +24,14 @@ DEVICE = textwrap.dedent(
     """
     import asyncio, json, sys
     from pathlib import Path
-    from iotfleet import DeviceClient, Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
+    from iotfleet import DeviceClient, Endpoint, Identity, OutboxPolicy, PublishLimits
+    from iotfleet.config import LOCAL_FAST
 
     args = json.loads(sys.argv[1])
     identity = Identity(**args["identity"])
     endpoints = [Endpoint(**e) for e in args["endpoints"]]
-    policy = ReconnectPolicy(keepalive_s=2, ping_timeout_s=1, connect_timeout_s=1, min_backoff_s=0.05,
-                             max_backoff_s=0.5, failover_after_failures=100, failover_after_s=1000)
+    # one region: the device waits for it to come back instead of failing over
+    policy = LOCAL_FAST.model_copy(update={"failover_after_failures": 100, "failover_after_s": 1000})
 
     async def main() -> None:
         async with DeviceClient(identity=identity, endpoints=endpoints, tenant="acme", site="hq", reconnect=policy,
@@ -87,10 +88,7 @@ def test_sigkilled_device_resends_everything_unacknowledged(tmp_path: Path) -> N
                 out, _ = await asyncio.to_thread(second.communicate, timeout=60)
             assert second.returncode == 0, out
             assert "flushed, outbox 0" in out
-            for _ in range(100):
-                if unacked <= watcher.ids.keys():
-                    break
-                await asyncio.sleep(0.05)
+            await watcher.wait_for(lambda: unacked <= watcher.ids.keys())
             await watcher.close()
             return watcher
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +16,13 @@ import pytest
 
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.device import DeviceClient, EventKind, PublishReceipt
-from iotfleet.transport.base import resolve_transport
-from tests.conftest import FAST, UNLIMITED, Watcher
+from iotfleet.testing import LOCAL_FAST
+from iotfleet.transport import resolve_transport
+from tests.conftest import UNLIMITED, Watcher, until
 
 pytestmark = pytest.mark.integration
+
+log = logging.getLogger(__name__)
 
 DEVICES = 200
 RATE_HZ = 5.0
@@ -44,7 +47,7 @@ class Fleet:
                 tenant="acme",
                 site=spec.site,
                 transport=shared,
-                reconnect=FAST,
+                reconnect=LOCAL_FAST,
                 limits=UNLIMITED,
                 listeners=[self.events.append],
             )
@@ -80,19 +83,11 @@ class Fleet:
         return collections.Counter(getattr(e, "reason", "") for e in self.events if e.kind is kind)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
-
-
 async def assert_nothing_lost(receipts: list[PublishReceipt], watcher: Watcher) -> None:
     """Every acknowledged message reached a watcher. A PUBACK means mosquitto already wrote the message to
     the watcher's socket (it delivers before it acknowledges), so give the watcher time to read it all."""
     acked = {r.message_id for r in receipts}
-    await wait_for(lambda: acked <= watcher.ids.keys(), 20)
+    await watcher.wait_for(lambda: acked <= watcher.ids.keys(), 20)
     missing = acked - set(watcher.ids)
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages never reached the cloud"
 
@@ -109,7 +104,7 @@ def test_fleet_fails_over_and_loses_nothing(local_cloud: LocalCloud, transport: 
         getattr(local_cloud.region("eu-west-1"), fault)()
         await publishing
         receipts = await fleet.settle()
-        assert await wait_for(lambda: fleet.on_region("us-east-1") == DEVICES, 10)
+        assert await until(lambda: fleet.on_region("us-east-1") == DEVICES, 10)
         await fleet.close()
         await assert_nothing_lost(receipts, watcher)
         local_cloud.region("eu-west-1").restore()
@@ -126,7 +121,7 @@ def test_fleet_fails_over_and_loses_nothing(local_cloud: LocalCloud, transport: 
         else:  # nothing is reset: only the liveness checks notice a blackhole
             assert set(lost_sessions) <= {"ack-timeout", "ping-timeout", "0x8d"}, lost_sessions
         summary = f"{len(receipts)} acked, {watcher.duplicates} duplicates, sessions lost: {dict(lost_sessions)}"
-        print(f"{transport}/{fault}: {summary}")
+        log.info("%s/%s: %s", transport, fault, summary)  # shown with the test's output when it fails
 
     asyncio.run(scenario())
 
@@ -138,11 +133,11 @@ def test_fleet_fails_back_to_the_preferred_region_after_restore(local_cloud: Loc
         await fleet.start()
         eu = local_cloud.region("eu-west-1")
         eu.kill()
-        assert await wait_for(lambda: fleet.on_region("us-east-1") == DEVICES, 15)
+        assert await until(lambda: fleet.on_region("us-east-1") == DEVICES, 15)
         eu.restore()
         await watcher.watch(eu.endpoint)  # the old watcher session died with the broker
         publishing = asyncio.ensure_future(fleet.publish_for(3.0))
-        assert await wait_for(lambda: fleet.on_region("eu-west-1") == DEVICES, 15)
+        assert await until(lambda: fleet.on_region("eu-west-1") == DEVICES, 15)
         await publishing
         receipts = await fleet.settle()
         await fleet.close()

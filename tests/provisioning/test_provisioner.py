@@ -18,26 +18,21 @@ from iotfleet.device.client import DeviceClient
 from iotfleet.errors import CertificateError, ConfigError, ProvisioningRejected, RequestTimeout
 from iotfleet.provisioning import FleetProvisioner, IdentityStore, KeyType, Method, ProvisionedDevice
 from iotfleet.provisioning.keys import new_private_key, private_key_pem
+from iotfleet.testing import LOCAL_FAST
 from iotfleet.topics import PayloadFormat
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
-from tests.conftest import FAST, Watcher
+from tests.conftest import Watcher
 
 T = TypeVar("T")
 PARAMS = {"Tenant": "acme", "Site": "hq", "SerialNumber": "lamp-7"}
-
-
-def claim_of(cloud: LocalCloud) -> Identity:
-    return Identity(
-        thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=cloud.ca_file
-    )
 
 
 def provisioner(cloud: LocalCloud, transport: str = "crt", **kwargs: object) -> FleetProvisioner:
     options: dict[str, object] = {"parameters": PARAMS, "timeout": 5.0, "transport": transport, **kwargs}
     return FleetProvisioner(
         endpoints=cloud.endpoints,
-        claim=claim_of(cloud),
+        claim=cloud.claim_identity,
         template=DEFAULT_TEMPLATE,
         **options,  # type: ignore[arg-type]
     )
@@ -60,11 +55,11 @@ def test_claim_to_identity_to_publishing_in_both_regions(
                 tenant="acme",
                 site="hq",
                 transport=transport,
-                reconnect=FAST,
+                reconnect=LOCAL_FAST,
             ) as lamp:
                 receipt = await lamp.publish("telemetry", {"power_w": 9.5}, timeout=10)
                 assert receipt.endpoint == endpoints[0]
-        await asyncio.sleep(0.2)
+        await watcher.wait_for(lambda: len({region for region, _ in watcher.messages}) == 2)
         await watcher.close()
         return watcher
 
@@ -155,11 +150,11 @@ def test_no_answer_is_a_timeout_naming_the_step(local_cloud: LocalCloud) -> None
 
 def test_bad_configuration_is_named(local_cloud: LocalCloud) -> None:
     with pytest.raises(ConfigError, match="at least one endpoint"):
-        FleetProvisioner(endpoints=[], claim=claim_of(local_cloud), template=DEFAULT_TEMPLATE)
+        FleetProvisioner(endpoints=[], claim=local_cloud.claim_identity, template=DEFAULT_TEMPLATE)
     with pytest.raises(ConfigError, match="must be strings"):
         FleetProvisioner(
             endpoints=local_cloud.endpoints,
-            claim=claim_of(local_cloud),
+            claim=local_cloud.claim_identity,
             template="t",
             parameters={"n": 1},  # type: ignore[dict-item]
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import PublishRejected, ShadowRejected
 from iotfleet.shadow.client import Shadow, ShadowSync
-from tests.conftest import FAST, UNLIMITED, Watcher
+from iotfleet.testing import LOCAL_FAST
+from tests.conftest import UNLIMITED, Watcher, until
 
 
 @pytest.fixture
@@ -31,17 +32,9 @@ def connect(cloud: LocalCloud, lamp: Identity, transport: str = "crt") -> Device
         tenant="acme",
         site="hq",
         transport=transport,
-        reconnect=FAST,
+        reconnect=LOCAL_FAST,
         limits=UNLIMITED,
     )
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 def run(coro: Awaitable[Any]) -> Any:

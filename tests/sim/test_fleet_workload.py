@@ -11,7 +11,7 @@ from iotfleet.errors import ConfigError
 from iotfleet.sim.fleet import FleetShape, build_fleet, shard_of
 from iotfleet.sim.settings import load_settings
 from iotfleet.sim.simulate import drill_speed, parse_chaos, parse_duration
-from iotfleet.sim.workload import DEVICE_TYPES, LUMINAIRE, bytes_per_site_day, validate
+from iotfleet.sim.workload import DEVICE_TYPES, LUMINAIRE, bytes_per_site_day, rejection_reason
 from iotfleet.topics import ThingScope
 
 
@@ -49,14 +49,14 @@ def test_every_task_payload_passes_its_schema_and_broken_ones_say_why() -> None:
     for task in (t for t in LUMINAIRE.tasks if not t.to_shadow):
         for i in range(20):
             body = task.build(state, rng, 1.7e9 + i)
-            assert validate(task.stream, body) is None
-    assert validate("telemetry", {"ts": 1}) == "missing field 'power_w'"
+            assert rejection_reason(task.stream, body) is None
+    assert rejection_reason("telemetry", {"ts": 1}) == "missing field 'power_w'"
     good = LUMINAIRE.tasks[0].build(state, rng, 1.7e9)
     assert good is not None
-    assert validate("telemetry", {**good, "dim": 140}) == "dim 140 is outside 0-100"
-    assert validate("telemetry", {**good, "occupancy": "yes"}) == "field 'occupancy' has type str"
-    assert validate("telemetry", [1]) == "payload is not a JSON object"
-    assert validate("weather", {}) == "unknown stream 'weather'"
+    assert rejection_reason("telemetry", {**good, "dim": 140}) == "dim 140 is outside 0-100"
+    assert rejection_reason("telemetry", {**good, "occupancy": "yes"}) == "field 'occupancy' has type str"
+    assert rejection_reason("telemetry", [1]) == "payload is not a JSON object"
+    assert rejection_reason("weather", {}) == "unknown stream 'weather'"
 
 
 def test_the_luminaire_applies_desired_dim_levels_and_keeps_its_own_on_nonsense() -> None:

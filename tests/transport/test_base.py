@@ -4,9 +4,12 @@ from iotfleet.transport.base import DisconnectReason
 
 
 def test_disconnect_reasons_compare_equal_to_their_strings() -> None:
-    assert DisconnectReason.ACK_TIMEOUT == "ack-timeout"
-    assert DisconnectReason.PING_TIMEOUT == "ping-timeout"
-    assert DisconnectReason.KEEP_ALIVE_TIMEOUT == "0x8d"
+    as_strings: list[str] = [
+        DisconnectReason.ACK_TIMEOUT,
+        DisconnectReason.PING_TIMEOUT,
+        DisconnectReason.KEEP_ALIVE_TIMEOUT,
+    ]
+    assert as_strings == ["ack-timeout", "ping-timeout", "0x8d"]
     assert {DisconnectReason.RESET: 1} == {"reset": 1}
 
 

@@ -36,6 +36,7 @@ from typing import IO, Final
 
 from iotfleet.cloud.plugin import plugin_path
 from iotfleet.errors import BrokerNotInstalled, BrokerStartError, CloudError
+from iotfleet.transport.tls import tls_client_context
 
 __all__ = ["Broker", "BrokerState", "TlsFiles", "find_mosquitto", "free_port"]
 
@@ -81,9 +82,7 @@ class TlsFiles:
     key_file: Path
 
     def client_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
-        return ctx
+        return tls_client_context(self.ca_file, self.cert_file, self.key_file)
 
 
 class BrokerState(StrEnum):
@@ -130,7 +129,7 @@ class _Spawner:
                         start_new_session=True,
                     )
                 )
-            except BaseException as exc:  # handed back to the caller, which re-raises it
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller, which re-raises it
                 reply.put(exc)
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:

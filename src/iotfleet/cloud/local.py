@@ -117,6 +117,10 @@ class CloudRegion(BaseModel):
     port: int
 
 
+def _claim_identity(cert_file: Path, key_file: Path, ca_file: Path) -> Identity:
+    return Identity(thing_name="claim", cert_file=cert_file, key_file=key_file, ca_file=ca_file)
+
+
 class CloudInfo(BaseModel):
     """The JSON line ``iotfleet cloud up --json`` prints: what a device needs to reach a running cloud."""
 
@@ -141,6 +145,11 @@ class CloudInfo(BaseModel):
     @property
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(region=r.name, host=r.host, port=r.port) for r in self.regions]
+
+    @property
+    def claim_identity(self) -> Identity:
+        """The claim credentials as an :class:`Identity`, for a ``FleetProvisioner``."""
+        return _claim_identity(self.claim_cert, self.claim_key, self.ca_file)
 
     def identity(self, name: str | None = None) -> tuple[Identity, CloudThing]:
         """The identity of thing ``name`` (default: the first listed) and where it belongs."""
@@ -356,7 +365,7 @@ class Region:
         while (client_id := self._kicks.get()) is not None:
             try:
                 self._take_over(client_id)
-            except Exception as exc:  # the guard runs again on the next connection
+            except Exception as exc:  # noqa: BLE001 - recorded below; the guard goes on to the next connection
                 if self.broker.state is BrokerState.RUNNING:  # not a chaos outage: something is wrong
                     self.failures.record(f"guard {self.name} evicting {client_id!r}", exc)
                 else:
@@ -449,6 +458,11 @@ class LocalCloud:
     @property
     def ca_file(self) -> Path:
         return self.ca.cert_file
+
+    @property
+    def claim_identity(self) -> Identity:
+        """The claim credentials as an :class:`Identity`, for a ``FleetProvisioner`` (provisioning by claim)."""
+        return _claim_identity(self.claim.cert_file, self.claim.key_file, self.ca_file)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -558,7 +572,7 @@ class LocalCloud:
         for region in self._regions.values():
             try:
                 region.stop()
-            except Exception as exc:  # keep stopping the others; nothing may outlive the cloud
+            except Exception as exc:  # noqa: BLE001 - recorded; keep stopping the others, nothing may outlive the cloud
                 self.failures.record(f"stopping region {region.name}", exc)
             if region.ingest is not None:
                 final.append(self._with_cloud_figures(region.ingest.stats()))

@@ -65,7 +65,7 @@ class Failures:
         def run() -> None:
             try:
                 target()
-            except Exception as exc:  # recorded, logged and surfaced: never lost
+            except Exception as exc:  # noqa: BLE001 - the thread's owner: recorded, logged, surfaced
                 self.record(source, exc)
 
         thread = threading.Thread(target=run, name=f"iotfleet {source}", daemon=True)

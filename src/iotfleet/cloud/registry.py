@@ -259,10 +259,13 @@ def _cert(row: tuple[Any, ...]) -> CertificateRecord:
 class Replicator:
     """Copies batches of registrations from one region to the others after ``lag`` seconds.
 
-    With ``lag == 0`` the copy happens before :meth:`replicate` returns. Otherwise one background
-    thread, owned by ``failures``, applies copies when they fall due, in order. ``apply(region,
-    registration)`` does the copy. A copy that fails is kept in :attr:`errors` and recorded in
-    ``failures`` (logged, counted and reported by the cloud); the next copies go on.
+    ``apply(region, registrations)`` does the copy. With ``lag == 0`` the copy happens before
+    :meth:`replicate` returns, and a copy that fails raises to its caller (the registration that asked
+    for it fails). Otherwise one background thread, owned by ``failures``, applies copies when they fall
+    due, in order; a copy that fails is kept in :attr:`errors` (the first :data:`~iotfleet.cloud.owned.KEEP`)
+    and recorded in ``failures``, which logs it and counts it, and the next copies go on. The cloud's
+    ``failures`` are surfaced by ``LocalCloud.ingest_stats()`` while it runs and ``LocalCloud.stop()``'s
+    problems.
     """
 
     def __init__(
@@ -311,7 +314,7 @@ class Replicator:
                 _, _, target, registrations = heapq.heappop(self._heap)
             try:
                 self._apply(target, registrations)
-            except Exception as exc:  # kept and reported by LocalCloud, never lost silently
+            except Exception as exc:  # noqa: BLE001 - recorded, surfaced by LocalCloud; next copies go on
                 names = ", ".join(r.thing.name for r in registrations[:5])
                 more = f" and {len(registrations) - 5} more" if len(registrations) > 5 else ""
                 error = f"replicating {names}{more} to {target}: {exc}"

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from iotfleet.shadow.document import NotJson, loads_strict
 
-__all__ = ["EVENTS", "METRICS", "RANGES", "SCHEMAS", "NotJson", "loads_strict", "validate"]
+__all__ = ["EVENTS", "METRICS", "RANGES", "SCHEMAS", "NotJson", "loads_strict", "rejection_reason"]
 
 _NUMBER = (int, float)
 SCHEMAS: Final[dict[str, dict[str, tuple[type, ...]]]] = {
@@ -52,7 +52,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def validate(stream: str, body: Any) -> str | None:  # noqa: PLR0911 - one return per rule
+def rejection_reason(stream: str, body: Any) -> str | None:  # noqa: PLR0911 - one return per rule
     """None when ``body`` fits the stream's schema, else the reason (kept with the reject)."""
     schema = SCHEMAS.get(stream)
     if schema is None:

@@ -134,7 +134,7 @@ class BlockingDeviceClient:
             try:
                 async for item in stream:
                     items.put(item)
-            except Exception as exc:  # handed to the reading thread, raised there
+            except Exception as exc:  # noqa: BLE001 - handed to the reading thread, raised there
                 items.put(_Failed(exc))
             finally:
                 items.put(_END)

@@ -62,6 +62,7 @@ from iotfleet.topics import (
     validate_filter,
     validate_topic,
 )
+from iotfleet.transport import resolve_transport
 from iotfleet.transport.base import (
     ConnectOptions,
     DisconnectReason,
@@ -69,7 +70,6 @@ from iotfleet.transport.base import (
     Session,
     Transport,
     reason_name,
-    resolve_transport,
 )
 
 __all__ = [

@@ -60,7 +60,8 @@ from iotfleet.topics import (
     register_thing_topic,
     validate_thing_name,
 )
-from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name, resolve_transport
+from iotfleet.transport import resolve_transport
+from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport, reason_name
 
 __all__ = ["FleetProvisioner", "Method", "ProvisionedDevice"]
 

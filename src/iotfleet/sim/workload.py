@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from iotfleet.cloud.schemas import SCHEMAS, validate
+from iotfleet.cloud.schemas import SCHEMAS, rejection_reason
 from iotfleet.sim.fleet import SimDevice
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "ShadowSpec",
     "Task",
     "bytes_per_site_day",
-    "validate",
+    "rejection_reason",
 ]
 
 Builder = Callable[[Any, random.Random, float], Mapping[str, Any] | None]

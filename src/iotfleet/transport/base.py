@@ -14,7 +14,7 @@ from enum import IntEnum, StrEnum
 from typing import Protocol
 
 from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import ClientError, ConfigError, ConnectError
+from iotfleet.errors import ClientError, ConnectError
 
 __all__ = [
     "ALPN_IOT_CORE",
@@ -30,7 +30,6 @@ __all__ = [
     "connect_timed_out",
     "publish_via_send",
     "reason_name",
-    "resolve_transport",
     "uses_alpn",
 ]
 
@@ -242,24 +241,3 @@ class Transport(Protocol):
         ``options.connect_timeout_s``.
         """
         ...
-
-
-_default_transports: dict[str, Transport] = {}
-
-
-def resolve_transport(transport: Transport | str) -> Transport:
-    """``"crt"`` (the default) or ``"paho"`` name a process-wide shared transport; or pass your own."""
-    if not isinstance(transport, str):
-        return transport
-    if transport not in _default_transports:
-        if transport == "crt":
-            from iotfleet.transport.crt import CrtTransport  # noqa: PLC0415 - load awscrt only when used
-
-            _default_transports[transport] = CrtTransport()
-        elif transport == "paho":
-            from iotfleet.transport.paho import PahoTransport  # noqa: PLC0415
-
-            _default_transports[transport] = PahoTransport()
-        else:
-            raise ConfigError(f"unknown transport {transport!r}: use 'crt' (awscrt, the default) or 'paho'")
-    return _default_transports[transport]

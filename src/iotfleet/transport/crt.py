@@ -207,6 +207,10 @@ class CrtSession:
             _STOPPING.add(client)
             client.stop(packet)
 
+    def abort(self) -> None:
+        """Stop the client of a connect attempt that failed, timed out or was cancelled."""
+        self._stop()
+
     # ---- Session protocol
 
     def send(
@@ -365,9 +369,9 @@ class CrtTransport:
             await asyncio.wait_for(asyncio.shield(session.connected), options.connect_timeout_s)
         except TimeoutError:
             session.connected.cancel()  # a late failure callback finds it done and stays quiet
-            session._stop()
+            session.abort()
             raise connect_timed_out(endpoint, options.connect_timeout_s) from None
         except BaseException:  # a failed or *cancelled* attempt: a running client dropped here would be
-            session._stop()  # freed while still connecting, which crashes the process on a CRT thread
+            session.abort()  # freed while still connecting, which crashes the process on a CRT thread
             raise
         return session

@@ -38,6 +38,7 @@ from iotfleet.transport.base import (
     publish_via_send,
     uses_alpn,
 )
+from iotfleet.transport.tls import tls_client_context
 
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike
@@ -49,16 +50,14 @@ def _tls_context(identity: Identity, *, alpn: bool) -> ssl.SSLContext:
     """mTLS with the identity's files (checked first, so a bad file is named), offering ALPN on port 443."""
     identity.check()
     try:
-        ctx = ssl.create_default_context(cafile=str(identity.ca_file))
-        ctx.load_cert_chain(str(identity.cert_file), str(identity.key_file))
+        return tls_client_context(
+            identity.ca_file, identity.cert_file, identity.key_file, alpn=[ALPN_IOT_CORE] if alpn else []
+        )
     except (ssl.SSLError, OSError, ValueError) as exc:
         raise CertificateError(
             f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
             f"{identity.ca_file}): {exc}; check the files exist and belong together"
         ) from exc
-    if alpn:
-        ctx.set_alpn_protocols([ALPN_IOT_CORE])
-    return ctx
 
 
 class _Client(mqtt.Client):
@@ -237,6 +236,23 @@ class PahoSession:
                 self._loop.remove_writer(sock)
             sock.close()
 
+    # ---- the connect attempt (PahoTransport.connect)
+
+    def start_ticking(self) -> None:
+        """Start the keepalive ticks, once the blocking connect has opened the socket."""
+        self._ticker = self._loop.call_later(0.25, self._tick)
+
+    def abort(self, info: DisconnectInfo | None = None) -> None:
+        """Give up a connect attempt: end the session with ``info`` (when given) and close the socket."""
+        if info is not None:
+            self._end(info)
+        self._close_socket()
+
+    def abandon(self, connecting: asyncio.Future[None]) -> None:
+        """The device closes mid-connect: close the socket now, and the one the blocking connect may open later."""
+        connecting.add_done_callback(self._abandon)
+        self._close_socket()
+
     # ---- Session protocol
 
     def _track(self, rc: MQTTErrorCode, mid: int | None) -> asyncio.Future[Any]:
@@ -319,20 +335,18 @@ class PahoTransport:
             # paho bounds the TCP connect and the TLS handshake by connect_timeout inside the thread; the
             # time spent queued for a thread is not the endpoint's fault and must not count against it
             await asyncio.shield(connecting)
-            session._ticker = loop.call_later(0.25, session._tick)
+            session.start_ticking()
             await asyncio.wait_for(asyncio.shield(session.connected), options.connect_timeout_s)
         except TimeoutError:  # the TCP connect or the handshake (socket.timeout), or no CONNACK in time
             session.connected.cancel()
-            session._end(DisconnectInfo(DisconnectReason.TIMEOUT))
-            session._close_socket()
+            session.abort(DisconnectInfo(DisconnectReason.TIMEOUT))
             raise connect_timed_out(endpoint, options.connect_timeout_s) from None
         except asyncio.CancelledError:
             # the device is closing: the blocking connect may still finish later; close what it opens then
-            connecting.add_done_callback(session._abandon)
-            session._close_socket()
+            session.abandon(connecting)
             raise
         except (OSError, ssl.SSLError) as exc:
-            session._close_socket()
+            session.abort()
             reason = (
                 DisconnectReason.REFUSED
                 if isinstance(exc, ConnectionRefusedError)
@@ -342,6 +356,6 @@ class PahoTransport:
             )
             raise connect_failed(endpoint, reason, str(exc)) from exc
         except ConnectError:
-            session._close_socket()
+            session.abort()
             raise
         return session

@@ -11,12 +11,11 @@ nothing a service runs in the background can die silently.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
+from iotfleet._loop_thread import LoopThread
 from iotfleet.cloud.owned import Failures
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConnectError, ConnectionLost
@@ -42,29 +41,21 @@ class ServiceHost:
 
     def __init__(self, failures: Failures | None = None) -> None:
         self.failures = failures or Failures()
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_exception_handler(self.failures.loop_handler("service host loop"))
+        self._loop_thread = LoopThread(
+            "service host loop",
+            start=self.failures.thread,
+            exception_handler=self.failures.loop_handler("service host loop"),
+        )
+        self.loop = self._loop_thread.loop
         self.transport: Transport = CrtTransport()
-        self._thread = self.failures.thread(self.loop.run_forever, "service host loop")
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run ``coro`` on the services' loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self._loop_thread.call(coro, timeout)
 
     def stop(self) -> None:
-        async def finish() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        if self.loop.is_closed():
-            return
-        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            self.call(finish(), timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        """Cancel the services' tasks (each may take 10 s to unwind), stop the loop and close it."""
+        self._loop_thread.stop(unwind_s=10)
 
 
 class ServiceConnection:
@@ -105,7 +96,7 @@ class ServiceConnection:
         """Hand one message to the handler; a handler that raises is recorded and the next message goes on."""
         try:
             self._handler(message)
-        except Exception as exc:  # one bad message must not stop the others (recorded, never silent)
+        except Exception as exc:  # noqa: BLE001 - recorded; one bad message must not stop the others
             self.handler_failures += 1
             self._failures.record(f"{self.client_id} handler", exc)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, validate
+from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, rejection_reason
 from iotfleet.cloud.services.base import RegionService
 from iotfleet.errors import CloudError
 from iotfleet.metrics import Histogram, SeqSet
@@ -194,7 +194,7 @@ class IngestService(RegionService):
         except ValueError:
             self._reject(message, message_id, "payload is not valid JSON", now)
             return
-        reason = validate(stream, body)
+        reason = rejection_reason(stream, body)
         if reason is not None:
             self._reject(message, message_id, reason, now)
             return
@@ -230,7 +230,7 @@ class IngestService(RegionService):
             if batch.rows or batch.rejects or batch.hourly:
                 try:
                     await loop.run_in_executor(self._writer, self._write, batch)
-                except Exception as exc:  # _write keeps its own failures; this is a bug, recorded, and we go on
+                except Exception as exc:  # noqa: BLE001 - a bug (_write records store errors): recorded, go on
                     self.failures.record(f"ingest {self.region} flush", exc)
 
     async def settle(self) -> dict[str, Any]:
@@ -262,7 +262,7 @@ class IngestService(RegionService):
         with self._lock:
             try:
                 stored = self._store_batch(batch)
-            except Exception as exc:  # any error: roll back, count, keep the messages, go on
+            except Exception as exc:  # noqa: BLE001 - any error: roll back, record, retry the messages one by one
                 self._rollback()
                 self.failed_batches += 1
                 self._store_failed(exc, f"a batch of {len(batch.rows) + len(batch.rejects)} messages")
@@ -317,7 +317,7 @@ class IngestService(RegionService):
                         self._db.execute(_INSERT_RAW, row.raw)
                         if row.event is not None:
                             self._db.execute(_INSERT_EVENT, row.event)
-            except Exception as exc:  # this message cannot be stored: keep it as a reject, with the reason
+            except sqlite3.Error as exc:  # this message cannot be stored: keep it as a reject, with the reason
                 reason = f"could not be stored: {type(exc).__name__}: {exc}"
                 self._count_reject(reason)
                 self._keep_reject((row.raw[0], row.raw[1], row.raw[2], row.raw[6], row.raw[5]), reason)
@@ -334,7 +334,7 @@ class IngestService(RegionService):
                 try:
                     with self._transaction():
                         self._db.execute(_UPSERT_HOURLY, (*key, int(cell[0]), cell[1], cell[2], cell[3]))
-                except Exception as exc:  # counted: these messages are stored but missing from the hourly table
+                except sqlite3.Error as exc:  # counted: these messages are stored but missing from the hourly table
                     self.hourly_not_stored += int(cell[0])
                     self._store_failed(exc, f"the hourly cell {key}")
         else:
@@ -352,7 +352,7 @@ class IngestService(RegionService):
         try:
             with self._transaction():
                 self._db.execute(_INSERT_REJECT, row)
-        except Exception:  # the store cannot be written at all; the failure is already recorded
+        except sqlite3.Error:  # the store cannot be written at all; the failure is already recorded
             self.not_stored += 1
 
     def _transaction(self) -> _Transaction:

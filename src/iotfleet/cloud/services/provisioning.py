@@ -165,7 +165,7 @@ class ProvisioningService(RegionService):
             answer(self.create_certificate(step, body))
         except ProvisioningRejected as rejection:
             answer(rejection)
-        except Exception as exc:  # a bug or a broken store: recorded, and the device gets IoT Core's 500
+        except Exception as exc:  # noqa: BLE001 - a bug or a broken store: recorded; the device gets IoT Core's 500
             answer(self._internal_failure(step, exc))
 
     def _internal_failure(self, step: str, exc: Exception) -> ProvisioningRejected:
@@ -284,7 +284,7 @@ class ProvisioningService(RegionService):
                 self._tokens[token] = entry  # a fixable request may be sent again with the same token
             answer(exc if isinstance(exc, ProvisioningRejected) else _invalid(exc.message))
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded by _internal_failure; the device gets IoT Core's 500
             if token is not None and entry is not None:
                 self._tokens[token] = entry
             answer(self._internal_failure(REGISTER_STEP, exc))
@@ -311,7 +311,7 @@ class ProvisioningService(RegionService):
             verdict = await asyncio.wait_for(asyncio.to_thread(hook, request), template.hook_timeout)
         except TimeoutError:
             raise _denied(f"the pre-provisioning hook did not answer within {template.hook_timeout}s") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the user's hook: any error is a denial, like a failing Lambda
             raise _denied(f"the pre-provisioning hook failed: {exc}") from None
         if not isinstance(verdict, Mapping) or verdict.get("allowProvisioning") is not True:
             raise _denied("the pre-provisioning hook did not allow provisioning")
@@ -355,7 +355,7 @@ class ProvisioningService(RegionService):
                 batch.append(queue.get_nowait())
             try:
                 await asyncio.to_thread(self.commit, tuple(p.registration for p in batch))
-            except Exception as exc:  # the store failed: nothing of the batch was registered; each asker gets a 500
+            except Exception as exc:  # noqa: BLE001 - recorded; nothing was registered, each asker gets a 500
                 rejection = self._internal_failure(REGISTER_STEP, exc)
                 log.warning("region %s: committing %d registrations failed: %s", self.region, len(batch), exc)
                 for pending in batch:

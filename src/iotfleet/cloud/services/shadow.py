@@ -101,8 +101,14 @@ class ShadowService(RegionService):
             return
         thing, name, op = match.group(1), match.group(2), ShadowOp(match.group(3))
         self.requests += 1
-        for answer in self.handle(thing, name, op, message.payload, now=time.time()):
+        self.serve(thing, name, op, message.payload, now=time.time())
+
+    def serve(self, thing: str, name: str | None, op: ShadowOp, payload: bytes, *, now: float) -> list[_Answer]:
+        """Handle one request and publish its answers, as a request over MQTT is (the operator's way in)."""
+        answers = self.handle(thing, name, op, payload, now=now)
+        for answer in answers:
             self._send(answer)
+        return answers
 
     def _keep(self, thing: str, name: str | None, shadow: StoredShadow) -> None:
         """Persist a shadow; a classic one is also copied to the replica regions (as the AWS DR solution does)."""
@@ -153,7 +159,7 @@ class ShadowService(RegionService):
             return answers
         except ShadowRejected as exc:
             return [self._rejection(topics, op, exc, seconds)]
-        except Exception as exc:  # the store failed: answer 500 as IoT Core does, record it and go on
+        except Exception as exc:  # noqa: BLE001 - the store failed: recorded, answered 500 as IoT Core does, go on
             self.failures.record(f"shadow {self.region} store", exc)
             _, token = _token_of(payload)
             return [
@@ -214,10 +220,7 @@ class ShadowOperator:
         service = self._service
 
         async def apply() -> list[_Answer]:
-            answers = service.handle(thing, name, op, payload, now=time.time())
-            for answer in answers:
-                service._send(answer)
-            return answers
+            return service.serve(thing, name, op, payload, now=time.time())
 
         first = self._host.call(apply())[0]
         if first.topic.endswith("/rejected"):
