@@ -34,6 +34,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
+from iotfleet._rate import TokenBucket
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.device.client import DeviceClient
 from iotfleet.device.events import (
@@ -375,21 +376,8 @@ class _Pacer:
         self._wake: asyncio.Future[None] | None = None
         self._stopped = False
         self.rate = rate
-        self._capacity = max(1.0, (rate or 0.0) / 10)
-        self._tokens = self._capacity
-        self._filled_at = 0.0
+        self._bucket = None if rate is None else TokenBucket(rate, capacity=max(1.0, rate / 10))
         self.waits = 0
-
-    def _token_wait(self, now: float) -> float:
-        """0 when a task may fire now (its token taken), else the seconds until one may."""
-        if self.rate is None:
-            return 0.0
-        self._tokens = min(self._capacity, self._tokens + (now - self._filled_at) * self.rate)
-        self._filled_at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate
 
     def add(self, plan: _DevicePlan) -> None:
         at = plan.next_at()
@@ -411,7 +399,7 @@ class _Pacer:
             now = loop.time()
             wake_at = None
             while self._heap and self._heap[0][0] <= now:
-                wait = self._token_wait(now)
+                wait = 0.0 if self._bucket is None else self._bucket.acquire(now)
                 if wait > 0:
                     self.waits += 1
                     wake_at = now + wait
