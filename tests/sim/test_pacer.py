@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from iotfleet.config import Endpoint, Identity
-from iotfleet.sim.runner import WorkerMetrics, _Pacer
+from iotfleet.sim.runner.pacer import Pacer
 from iotfleet.sim.simulate import AWS_ACCOUNT_PUBLISH_RATE, SimConfig, Target
 
 
@@ -16,7 +16,7 @@ class AlwaysDue:
     def __init__(self) -> None:
         self.active = True
         self.fired = 0
-        self.metrics = WorkerMetrics()
+        self.errors: list[Exception] = []
 
     def next_at(self) -> float:
         return 0.0
@@ -24,15 +24,18 @@ class AlwaysDue:
     def fire(self) -> None:
         self.fired += 1
 
+    def failed(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
 
 def test_the_account_rate_bounds_what_fires_and_late_tasks_still_fire() -> None:
     rate = 200.0
     plans = [AlwaysDue() for _ in range(3)]
 
     async def scenario() -> float:
-        pacer = _Pacer(rate)
+        pacer = Pacer(rate)
         for plan in plans:
-            pacer.add(plan)  # type: ignore[arg-type]
+            pacer.add(plan)
         loop = asyncio.get_running_loop()
         started = loop.time()
         running = loop.create_task(pacer.run())
@@ -46,6 +49,40 @@ def test_the_account_rate_bounds_what_fires_and_late_tasks_still_fire() -> None:
     fired = sum(p.fired for p in plans)
     assert fired <= rate * elapsed + rate / 10 + 1  # the rate plus 0.1 s of burst, however fast the machine
     assert min(p.fired for p in plans) > 0  # held back, never starved
+    assert not any(p.errors for p in plans)
+
+
+class Broken(AlwaysDue):
+    """A device type with a bug: every task raises."""
+
+    def fire(self) -> None:
+        super().fire()
+        raise RuntimeError("bug")
+
+
+class StopsAfter(AlwaysDue):
+    """A healthy device that stops the pacer after its ``n``-th task."""
+
+    def __init__(self, pacer: Pacer, n: int) -> None:
+        super().__init__()
+        self.pacer, self.n = pacer, n
+
+    def fire(self) -> None:
+        super().fire()
+        if self.fired == self.n:
+            self.pacer.stop()
+
+
+def test_a_task_that_raises_is_handed_to_its_plan_and_the_other_devices_go_on() -> None:
+    pacer = Pacer(1000.0)
+    broken, fine = Broken(), StopsAfter(pacer, 5)
+    pacer.add(broken)
+    pacer.add(fine)
+    asyncio.run(pacer.run())
+    assert broken.fired >= 4  # it stayed scheduled, its turn after each of the other's
+    assert len(broken.errors) == broken.fired
+    assert all(isinstance(e, RuntimeError) for e in broken.errors)
+    assert (fine.fired, fine.errors) == (5, [])
 
 
 def test_a_real_target_gets_iot_cores_account_quota_unless_told_otherwise(tmp_path: Path) -> None:

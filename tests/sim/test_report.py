@@ -1,10 +1,13 @@
-"""Merging the report's shadow figures across workers and shards."""
+"""The report: shadow figures merged across workers and shards; the JSON a run and a merge write."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from iotfleet.sim.report import _add_shadow
+from iotfleet.sim.report import _add_shadow, build_report, merge_reports
+from tests.sim import report_parts as parts
 
 
 def test_shadow_figures_add_up_and_a_zero_stays_a_measured_zero() -> None:
@@ -23,3 +26,67 @@ def test_shadow_figures_add_up_and_a_zero_stays_a_measured_zero() -> None:
         "pending_devices": ["lamp-9"],
         "errors": {"ShadowRejected": 0},
     }
+
+
+# The golden reports were written by build_report and merge_reports before the report became a typed
+# model: the JSON a run or a merge writes must stay the same, key for key and in the same order.
+GOLDEN = Path(__file__).parent.parent / "golden" / "reports"
+
+
+def golden(name: str) -> str:
+    return (GOLDEN / f"report-{name}.json").read_text()
+
+
+def written(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=1) + "\n"
+
+
+def one_run() -> dict[str, Any]:
+    return build_report(
+        workers=[parts.worker(0, parts.SHARD_A), parts.worker(1, parts.SHARD_B)],
+        ingest=[
+            parts.ingest("eu-west-1", parts.SHARD_A + parts.SHARD_B, skip=5),
+            parts.ingest("us-east-1", parts.SHARD_A, trouble=True),
+        ],
+        operator=parts.operator(),
+        duration_s=12.34567,
+        config=parts.CONFIG,
+        chaos=parts.CHAOS,
+    )
+
+
+def shards() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    a = build_report(
+        workers=[parts.worker(0, parts.SHARD_A)],
+        ingest=[parts.ingest("eu-west-1", parts.SHARD_A)],
+        operator=parts.operator(),
+        duration_s=8.5,
+        config={**parts.CONFIG, "shard": "0/2"},
+        chaos=parts.CHAOS,
+    )
+    b = build_report(
+        workers=[parts.worker(1, parts.SHARD_B)],
+        ingest=[
+            parts.ingest("eu-west-1", parts.SHARD_B, skip=2),
+            parts.ingest("us-east-1", parts.SHARD_B, trouble=True),
+        ],
+        operator=None,
+        duration_s=8.25,
+        config={**parts.CONFIG, "shard": "1/2"},
+    )
+    bare = build_report(
+        workers=[parts.worker(0, parts.SHARD_A)], ingest=None, duration_s=3.0, config={**parts.CONFIG, "shard": "0/2"}
+    )
+    return a, b, bare
+
+
+def test_a_run_writes_the_same_json_as_before() -> None:
+    assert written(one_run()) == golden("one")
+    a, b, bare = shards()
+    assert (written(a), written(b), written(bare)) == (golden("shard_a"), golden("shard_b"), golden("bare"))
+
+
+def test_merged_shards_write_the_same_json_as_before() -> None:
+    a, b, bare = (json.loads(written(r)) for r in shards())
+    assert written(merge_reports([a, b])) == golden("merged")
+    assert written(merge_reports([a, bare])) == golden("merged_no_ingest")  # no ingest in one shard: none at all

@@ -21,13 +21,14 @@ import logging
 import re
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
 
+from iotfleet._rate import TokenBucket
 from iotfleet.cloud.ca import CertificateAuthority, certificate_id
 from iotfleet.cloud.registry import CertificateRecord, CertificateStatus, Registration, Registry, Thing
 from iotfleet.cloud.services.base import RegionService
@@ -123,7 +124,8 @@ class ProvisioningService(RegionService):
         self._tokens: dict[str, _Token] = {}
         self._registering: set[str] = set()  # thing names in a batch not yet committed
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._recent: deque[float] = deque()
+        # one second of burst, then ``rate_limit`` a second (IoT Core's API limits are token buckets too)
+        self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now=time.monotonic())
         self.requests: Counter[str] = Counter()  # by step
         self.rejected: Counter[str] = Counter()  # by errorCode
         self.registered = 0
@@ -179,14 +181,7 @@ class ProvisioningService(RegionService):
             self.connection.publish(topic, _encode(body, fmt), props)
 
     def _throttled(self, now: float) -> bool:
-        if self.rate_limit is None:
-            return False
-        while self._recent and now - self._recent[0] >= 1.0:
-            self._recent.popleft()
-        if len(self._recent) >= self.rate_limit:
-            return True
-        self._recent.append(now)
-        return False
+        return self._bucket is not None and self._bucket.acquire(now) > 0
 
     # ---------------------------------------------------------------- certificates
 

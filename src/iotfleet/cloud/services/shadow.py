@@ -16,11 +16,12 @@ import re
 import sqlite3
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iotfleet._rate import TokenBucket
 from iotfleet.cloud.registry import Registry
 from iotfleet.cloud.services.base import RegionService, ServiceHost
 from iotfleet.errors import ShadowRejected
@@ -91,7 +92,7 @@ class ShadowService(RegionService):
         self.replicas: list[ShadowStore] = []  # other regions' stores, when classic shadows replicate
         self.requests = 0
         self.rejected: dict[int, int] = defaultdict(int)
-        self._recent: dict[str, deque[float]] = defaultdict(deque)
+        self._buckets: dict[str, TokenBucket] = {}  # per thing: a second of burst, then RATE_PER_THING a second
 
     # ---- the MQTT path
 
@@ -122,11 +123,10 @@ class ShadowService(RegionService):
             self.connection.publish(answer.topic, json.dumps(answer.body, separators=(",", ":")).encode())
 
     def _rate_limited(self, thing: str, now: float) -> bool:
-        window = self._recent[thing]
-        while window and now - window[0] >= 1.0:
-            window.popleft()
-        window.append(now)
-        return len(window) > RATE_PER_THING
+        bucket = self._buckets.get(thing)
+        if bucket is None or bucket.rate != RATE_PER_THING:  # the limit changed (a test's): start a new bucket
+            bucket = self._buckets[thing] = TokenBucket(RATE_PER_THING, now=now)
+        return bucket.acquire(now) > 0
 
     def handle(self, thing: str, name: str | None, op: ShadowOp, payload: bytes, *, now: float) -> list[_Answer]:
         """Apply one request; return the messages to publish (accepted/rejected, documents, delta)."""

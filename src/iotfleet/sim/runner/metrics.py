@@ -1,0 +1,117 @@
+"""What one worker measures, from its devices' events; the parent merges every worker's into the report."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotfleet.device.events import (
+    Connected,
+    ConnectFailed,
+    DeviceEvent,
+    Disconnected,
+    FailedOver,
+    PublishAcked,
+    PublishFailed,
+)
+from iotfleet.metrics import Histogram, SeqSet
+
+__all__ = ["SHADOW_PREFIX", "WorkerMetrics"]
+
+SHADOW_PREFIX = "$aws/things/"  # shadow requests; never a data topic
+
+
+@dataclass
+class WorkerMetrics:
+    """What one worker measured; merged by the parent. Latencies in ms."""
+
+    devices: int = 0
+    connected: int = 0
+    sent: int = 0
+    acked: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    connects: int = 0
+    disconnects: Counter[str] = field(default_factory=Counter)
+    failovers: Counter[str] = field(default_factory=Counter)  # "from->to"
+    failbacks: int = 0
+    by_region: dict[str, Counter[str]] = field(default_factory=dict)  # region -> acked, connected, connects
+    connect_ms: Histogram = field(default_factory=Histogram)
+    ack_ms: Histogram = field(default_factory=Histogram)
+    provision_ms: Histogram = field(default_factory=Histogram)
+    acked_seqs: dict[str, SeqSet] = field(default_factory=dict)
+    sent_by_device: dict[str, int] = field(default_factory=dict)
+    first_ack_at: dict[str, dict[str, float]] = field(default_factory=dict)  # thing -> region -> epoch s
+    outbox_depth: int = 0
+    provisioned: int = 0
+    started: int = 0
+    cpu_s: float = 0.0  # the worker process's CPU time, all of it
+    steady_cpu_s: float = 0.0  # CPU from every device running (plus 2 s) to the stop
+    steady_wall_s: float = 0.0
+    max_rss_kb: int = 0
+    # shadow traffic: acknowledged requests by operation ("get", "update"), deltas applied, resyncs, ...
+    shadow: Counter[str] = field(default_factory=Counter)
+    account_rate_waits: int = 0  # times the account publish rate held the worker's tasks back
+
+    def region(self, name: str) -> Counter[str]:
+        counters = self.by_region.get(name)
+        if counters is None:
+            counters = self.by_region[name] = Counter()
+        return counters
+
+    def on_event(self, event: DeviceEvent) -> None:  # noqa: PLR0912 - one branch per event kind
+        if isinstance(event, PublishAcked | PublishFailed) and event.topic.startswith(SHADOW_PREFIX):
+            op = event.topic.rsplit("/", 1)[-1]
+            if isinstance(event, PublishAcked):
+                self.shadow[op] += 1
+            else:
+                self.errors[f"shadow {op}: {event.reason}"] += 1
+        elif isinstance(event, PublishAcked):
+            self.acked += 1
+            self.ack_ms.add(event.latency_s * 1000)
+            region = event.endpoint.region
+            self.region(region)["acked"] += 1
+            seqs = self.acked_seqs.get(event.thing)
+            if seqs is None:
+                seqs = self.acked_seqs[event.thing] = SeqSet()
+            seqs.add(event.seq)
+            firsts = self.first_ack_at.setdefault(event.thing, {})
+            if region not in firsts:
+                firsts[region] = time.time()
+        elif isinstance(event, Connected):
+            self.connects += 1
+            self.connected += 1
+            self.connect_ms.add(event.connect_s * 1000)
+            self.region(event.endpoint.region)["connected"] += 1
+            self.region(event.endpoint.region)["connects"] += 1
+        elif isinstance(event, Disconnected):
+            self.connected -= 1
+            self.region(event.endpoint.region)["connected"] -= 1
+            self.disconnects[event.reason] += 1
+        elif isinstance(event, ConnectFailed):
+            self.errors[f"connect: {event.reason}"] += 1
+        elif isinstance(event, FailedOver):
+            if event.failback:
+                self.failbacks += 1
+            else:
+                self.failovers[f"{event.from_endpoint.region}->{event.to_endpoint.region}"] += 1
+        elif isinstance(event, PublishFailed):
+            self.failed[event.reason] += 1
+            self.errors[f"publish: {event.reason}"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The small live figures sent every second (no per-device data)."""
+        return {
+            "devices": self.devices,
+            "started": self.started,
+            "provisioned": self.provisioned,
+            "connected": self.connected,
+            "sent": self.sent,
+            "acked": self.acked,
+            "errors": sum(self.errors.values()),
+            "outbox": self.outbox_depth,
+            "p99_ack_ms": self.ack_ms.quantile(0.99),
+            "by_region": {r: c["connected"] for r, c in self.by_region.items()},
+        }

@@ -1,0 +1,323 @@
+"""The worker process: one event loop running its share of the fleet, one DeviceClient per device.
+
+It ramps its devices up at ``ramp_per_s``, runs each device's tasks (:mod:`iotfleet.sim.workload`) in
+simulated time through one :class:`~iotfleet.sim.runner.pacer.Pacer`, and every second puts a snapshot
+of its counters on the results queue. On stop it drains its devices' outboxes (``drain_s``), closes
+them and puts its final :class:`~iotfleet.sim.runner.metrics.WorkerMetrics`. It dies with its parent.
+
+A device type with a shadow (:class:`~iotfleet.sim.workload.ShadowSpec`) also runs a
+:class:`~iotfleet.shadow.client.ShadowSync`: it reports its state when connected, applies the operator's
+desired values from deltas, and resyncs after every new session (so after a failover). Shadow requests
+go through the same outbox but are counted apart (``shadow``), never as data messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
+
+from iotfleet.config import Identity
+from iotfleet.device.client import DeviceClient
+from iotfleet.errors import ClientError, IotFleetError
+from iotfleet.provisioning import FleetProvisioner, IdentityStore
+from iotfleet.shadow.client import Shadow, ShadowSync
+from iotfleet.sim.fleet import SimDevice
+from iotfleet.sim.runner.messages import WorkerMessage, WorkerSpec
+from iotfleet.sim.runner.metrics import WorkerMetrics
+from iotfleet.sim.runner.pacer import Pacer
+from iotfleet.sim.workload import DEVICE_TYPES, ShadowSpec
+
+__all__ = ["LEFT_TO_PARENT", "worker_entry"]
+
+log = logging.getLogger(__name__)
+SNAPSHOT_EVERY_S = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+LEFT_TO_PARENT = {signal.SIGINT, signal.SIGTERM}  # signals a worker ignores: the parent stops the run
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when the parent dies, even by SIGKILL (Linux; elsewhere the
+    worker's watch notices a new parent pid)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415 - Linux only
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d; the parent-pid watch remains", ctypes.get_errno())
+
+
+def _parent_pid() -> int | None:
+    parent = multiprocessing.parent_process()
+    return None if parent is None else parent.pid
+
+
+def worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
+    from iotfleet.transport.crt import skip_system_trust_store  # noqa: PLC0415 - in the child only
+
+    # Ctrl-C (and `timeout`'s SIGTERM) reach the whole process group: the parent alone decides (it sets
+    # `stop`, the workers drain and report). They were blocked while the parent started us, so none
+    # kills us before this point.
+    for signum in LEFT_TO_PARENT:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_PARENT)
+    _die_with_parent()
+    parent = _parent_pid()
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the parent died before the death signal was armed: nobody would read our results
+    skip_system_trust_store()
+    try:
+        import resource  # noqa: PLC0415 - POSIX only; the SDK never needs it
+    except ImportError:
+        resource = None  # type: ignore[assignment]
+    if resource is not None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        with contextlib.suppress(ValueError, OSError):  # one socket per device
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        metrics = asyncio.run(_worker(spec, results, stop, parent))
+    except BaseException as exc:  # reported to the parent, which fails the run with it
+        results.put((WorkerMessage.ERROR, spec.index, f"{type(exc).__name__}: {exc}"))
+        raise
+    if resource is not None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        metrics.cpu_s = usage.ru_utime + usage.ru_stime
+        metrics.max_rss_kb = usage.ru_maxrss
+    results.put((WorkerMessage.FINAL, spec.index, metrics))
+
+
+async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics) -> Identity:
+    if spec.claim is None:
+        directory = spec.identity_dir / device.thing
+        return Identity(
+            thing_name=device.thing,
+            cert_file=directory / "cert.pem",
+            key_file=directory / "key.pem",
+            ca_file=spec.ca_file,
+        )
+    store = IdentityStore(spec.identity_dir / device.thing)
+    if store.exists():
+        return store.load().identity
+    started = time.perf_counter()
+    provisioner = FleetProvisioner(
+        endpoints=spec.endpoints,
+        claim=spec.claim.claim,
+        template=spec.claim.template,
+        parameters={"Tenant": device.tenant, "Site": device.site, "SerialNumber": device.thing},
+        transport=spec.transport,
+        timeout=30,
+        attempts=8,
+    )
+    stored = await provisioner.provision_into(store, verify=False)
+    metrics.provision_ms.add((time.perf_counter() - started) * 1000)
+    metrics.provisioned += 1
+    return stored.identity
+
+
+class _DeviceShadow:
+    """One simulated device's shadow: synced once connected, reports in the background, stopped before close."""
+
+    def __init__(self, client: DeviceClient, spec: ShadowSpec, state: Any, metrics: WorkerMetrics) -> None:
+        handlers = {key: functools.partial(apply, state) for key, apply in spec.apply.items()}
+        self.sync = ShadowSync(Shadow(client), handlers=handlers)
+        self.sync.reported = spec.reported(state)
+        self.client = client
+        self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn(self._start())
+
+    async def _start(self) -> None:
+        await self.client.wait_connected()
+        await self.sync.start()
+
+    def report(self, values: Mapping[str, Any]) -> None:
+        self._spawn(self.sync.report(values))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.metrics.errors[f"shadow: {type(exc).__name__}"] += 1
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sync.stop()
+        for key in ("applied", "stale_dropped", "report_failures", "resyncs"):
+            self.metrics.shadow[key] += getattr(self.sync, key)
+
+
+class _DevicePlan:
+    """One device's tasks in simulated time: which is due next, and what it sends."""
+
+    def __init__(
+        self,
+        device: SimDevice,
+        client: DeviceClient,
+        spec: WorkerSpec,
+        metrics: WorkerMetrics,
+        *,
+        origin: float,
+    ) -> None:
+        self.device = device
+        self.client = client
+        self.spec = spec
+        self.metrics = metrics
+        self.shadow: _DeviceShadow | None = None
+        self.rng = random.Random(device.seed)
+        self.kind = DEVICE_TYPES[device.device_type]
+        self.state = self.kind.new_state(device, self.rng)
+        self.origin = origin  # loop time when this device's simulated clock started
+        self.due = [task.next_gap(self.rng) * self.rng.random() for task in self.kind.tasks]  # random phase
+        self.active = True
+
+    def next_at(self) -> float:
+        """Loop time of the next task."""
+        return self.origin + min(self.due) / self.spec.speed
+
+    def fire(self) -> None:
+        """Run the task that is due: build its payload and queue it (or report it to the shadow)."""
+        index = min(range(len(self.due)), key=self.due.__getitem__)
+        task = self.kind.tasks[index]
+        now = self.spec.start_at + self.due[index]
+        self.due[index] += task.next_gap(self.rng)
+        payload = task.build(self.state, self.rng, now)
+        if payload is None:
+            return
+        if task.to_shadow:
+            if self.shadow is not None:
+                self.shadow.report(payload)
+            return
+        metrics = self.metrics
+        try:
+            self.client.enqueue(task.stream, payload).add_done_callback(_consume)
+        except ClientError as exc:
+            metrics.errors[f"enqueue: {type(exc).__name__}"] += 1
+            return
+        metrics.sent += 1
+        thing = self.device.thing
+        metrics.sent_by_device[thing] = metrics.sent_by_device.get(thing, 0) + 1
+
+    def failed(self, exc: Exception) -> None:
+        self.metrics.errors[f"task: {type(exc).__name__}"] += 1
+        log.error("%s: a task failed", self.device.thing, exc_info=exc)
+
+
+@dataclass
+class _Worker:
+    """What every device of one worker shares."""
+
+    spec: WorkerSpec
+    metrics: WorkerMetrics
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    clients: list[DeviceClient] = field(default_factory=list)
+    pacer: Pacer = field(default_factory=Pacer)
+
+
+async def _run_device(device: SimDevice, worker: _Worker) -> None:
+    spec, metrics = worker.spec, worker.metrics
+    try:
+        identity = await _identity(device, spec, metrics)
+    except IotFleetError as exc:
+        metrics.errors[f"provision: {type(exc).__name__}"] += 1
+        log.warning("%s: provisioning failed: %s", device.thing, exc)
+        return
+    client = DeviceClient(
+        identity=identity,
+        endpoints=spec.endpoints,
+        tenant=device.tenant,
+        site=device.site,
+        transport=spec.transport,
+        reconnect=spec.reconnect,
+        limits=spec.limits,
+        listeners=[metrics.on_event],
+        connect_wait_s=0,
+        drain_on_close_s=spec.drain_s,
+    )
+    worker.clients.append(client)
+    metrics.started += 1
+    async with client:
+        kind = DEVICE_TYPES[device.device_type]
+        plan = _DevicePlan(device, client, spec, metrics, origin=asyncio.get_running_loop().time())
+        if spec.shadow and kind.shadow is not None:
+            plan.shadow = _DeviceShadow(client, kind.shadow, plan.state, metrics)
+        worker.pacer.add(plan)
+        await worker.stopping.wait()
+        plan.active = False
+        if plan.shadow is not None:
+            await plan.shadow.stop()
+        await client.close(spec.drain_s)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Receipts are counted by the PublishAcked/PublishFailed events; retrieve the outcome so none is logged."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _worker(
+    spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent, parent: int | None = None
+) -> WorkerMetrics:
+    worker = _Worker(spec, WorkerMetrics(devices=len(spec.devices)), pacer=Pacer(spec.publish_rate))
+    metrics, stopping = worker.metrics, worker.stopping
+    loop = asyncio.get_running_loop()
+    deadline = None if spec.duration_s is None else loop.time() + spec.duration_s
+
+    steady: list[float] = []  # (cpu, wall) when the whole fleet of this worker runs
+
+    async def watch() -> None:
+        while not stopping.is_set():
+            await asyncio.sleep(SNAPSHOT_EVERY_S)
+            if not steady and ramped.is_set() and loop.time() >= ramped_at[0] + 2.0:
+                steady.extend((time.process_time(), loop.time()))
+            metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
+            results.put((WorkerMessage.SNAPSHOT, spec.index, metrics.snapshot()))
+            if stop.is_set() or (deadline is not None and loop.time() >= deadline):
+                stopping.set()
+            if parent is not None and os.getppid() != parent:
+                log.error("worker %d: the parent process is gone; exiting", spec.index)
+                os._exit(1)  # nobody reads the results; draining would only keep the devices running
+
+    ramped = asyncio.Event()
+    ramped_at = [0.0]
+    watcher = loop.create_task(watch())
+    pacing = loop.create_task(worker.pacer.run())
+    runs = []
+    gap = 1.0 / spec.ramp_per_s if spec.ramp_per_s > 0 else 0.0
+    for device in spec.devices:
+        if stopping.is_set():
+            break
+        runs.append(loop.create_task(_run_device(device, worker)))
+        if gap:
+            await asyncio.sleep(gap)
+    ramped_at[0] = loop.time()
+    ramped.set()
+    await stopping.wait()
+    worker.pacer.stop()
+    if steady:
+        metrics.steady_cpu_s = time.process_time() - steady[0]
+        metrics.steady_wall_s = loop.time() - steady[1]
+    await asyncio.gather(*runs, return_exceptions=False)
+    await watcher
+    await pacing
+    metrics.account_rate_waits = worker.pacer.waits
+    metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
+    return metrics
