@@ -12,14 +12,12 @@ Nothing here re-implements the client: each call runs the async method on the pr
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
 import queue
-import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from iotfleet._loop_thread import LoopThread
 from iotfleet.device.client import Command, DeviceClient, Payload, PublishReceipt
 from iotfleet.device.stream import Stream
 from iotfleet.errors import ClientStateError
@@ -35,16 +33,15 @@ class BlockingDeviceClient:
 
     def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: LoopThread | None = None
         self._device: DeviceClient | None = None
         self._pumps: set[concurrent.futures.Future[None]] = set()
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self._loop is None:
+        if self._runner is None:
             coro.close()
             raise ClientStateError("use 'with BlockingDeviceClient(...) as device:' first")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self._runner.call(coro, timeout)
 
     @property
     def device(self) -> DeviceClient:
@@ -53,11 +50,9 @@ class BlockingDeviceClient:
         return self._device
 
     def __enter__(self) -> BlockingDeviceClient:
-        if self._loop is not None:
+        if self._runner is not None:
             raise ClientStateError("a BlockingDeviceClient is entered once; create a new one")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="iotfleet-blocking-device", daemon=True)
-        self._thread.start()
+        self._runner = LoopThread("iotfleet-blocking-device")
 
         async def start() -> DeviceClient:
             device = DeviceClient(**self._kwargs)
@@ -82,22 +77,9 @@ class BlockingDeviceClient:
         self._stop_loop()
 
     def _stop_loop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
-        async def finish() -> None:  # let cancelled iterators unwind before the loop stops
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(finish(), loop).result(timeout=5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        self._loop = self._thread = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.stop(unwind_s=5)  # cancelled iterators unwind before the loop stops
 
     def publish(self, stream: str, payload: Payload, *, qos: int = 1, timeout: float | None = None) -> PublishReceipt:
         """Publish to this thing's ``stream`` and wait for the PUBACK (see DeviceClient.publish)."""
@@ -139,12 +121,12 @@ class BlockingDeviceClient:
             finally:
                 items.put(_END)
 
-        if self._loop is None:
+        if self._runner is None:
             raise ClientStateError("use 'with BlockingDeviceClient(...) as device:' first")
-        task = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        task = self._runner.submit(pump())
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)
-        loop = self._loop
+        loop = self._runner.loop
 
         def generate() -> Iterator[Any]:
             try:

@@ -9,9 +9,11 @@
 
 One connection manager task owns the session: it connects to the current endpoint, restores every
 subscription, runs the session hooks, replays the outbox in order, and on a lost session backs off,
-fails over or fails back (:mod:`iotfleet.device.failover`). One sender task moves the outbox onto the
-session, at most ``max_inflight`` unacknowledged at once and within the rate limits. A publish leaves
-the outbox only on a PUBACK: success, or a failure code such as 0x87, which is final.
+fails over or fails back (:mod:`iotfleet.device.failover`). There is no sender task: the outbox is moved
+onto the session synchronously (``_pump``) from each enqueue, each PUBACK and each session start, at most
+``max_inflight`` unacknowledged at once and within the rate limits (a timer only when the limits make a
+message wait). A publish leaves the outbox only on a PUBACK: success, or a failure code such as 0x87,
+which is final.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
+from iotfleet._rate import TokenBucket
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
 from iotfleet.device.events import (
     Connected,
@@ -156,27 +159,24 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 class _RateLimiter:
-    """Token buckets for publishes/s and bytes/s; ``wait`` says how long until ``nbytes`` may go."""
+    """A connection's publish limits: one token bucket for publishes/s and one for bytes/s (a publish
+    larger than a second's bytes waits for a full bucket, then goes into debt); ``wait`` says how long
+    until ``nbytes`` may go, and takes the tokens when that is now."""
 
     def __init__(self, limits: PublishLimits) -> None:
-        self._limits = limits
-        self._msgs = limits.max_publishes_per_s
-        self._bytes = limits.max_bytes_per_s
-        self._at = time.monotonic()
+        self._enabled = limits.enabled
+        now = time.monotonic()
+        self._msgs = TokenBucket(limits.max_publishes_per_s, now=now)
+        self._bytes = TokenBucket(limits.max_bytes_per_s, now=now)
 
     def wait(self, nbytes: int) -> float:
-        if not self._limits.enabled:
+        if not self._enabled:
             return 0.0
         now = time.monotonic()
-        elapsed, self._at = now - self._at, now
-        rate_m, rate_b = self._limits.max_publishes_per_s, self._limits.max_bytes_per_s
-        self._msgs = min(rate_m, self._msgs + elapsed * rate_m)
-        self._bytes = min(rate_b, self._bytes + elapsed * rate_b)
-        need = max((1 - self._msgs) / rate_m, (min(nbytes, rate_b) - self._bytes) / rate_b, 0.0)
-        if need < 1e-9:  # float residue of refilling, not a real shortfall
-            need = 0.0
-            self._msgs -= 1
-            self._bytes -= nbytes
+        need = max(self._msgs.wait(now), self._bytes.wait(now, min(nbytes, self._bytes.capacity)))
+        if need == 0.0:
+            self._msgs.take()
+            self._bytes.take(nbytes)
         return need
 
 
