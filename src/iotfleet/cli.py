@@ -643,9 +643,9 @@ def _run_simulation(config: SimConfig) -> dict[str, Any]:
 
 
 def _thresholds(report: dict[str, Any], max_lost: int, max_error_rate: float | None) -> list[str]:
-    from iotfleet.sim.report import thresholds_hold  # noqa: PLC0415
+    from iotfleet.sim.report import threshold_breaches  # noqa: PLC0415
 
-    breaches = thresholds_hold(report, max_lost=max_lost, max_error_rate=max_error_rate)
+    breaches = threshold_breaches(report, max_lost=max_lost, max_error_rate=max_error_rate)
     report["thresholds"] = {"held": not breaches, "breaches": breaches}
     return breaches
 

@@ -139,8 +139,11 @@ class RegionFaults:
 
     @contextlib.contextmanager
     def outage(self, region: str, mode: str = "kill") -> Iterator[None]:
-        """The region is down (``kill`` or ``blackhole``) inside the block and restored after it."""
-        if mode not in ("kill", "blackhole"):
+        """The region is down (``kill`` or ``blackhole``, an :class:`~iotfleet.cloud.control.Outage`) inside the
+        block and restored after it."""
+        from iotfleet.cloud.control import Outage  # noqa: PLC0415 - the plugin loads in every pytest run
+
+        if mode not in tuple(Outage):
             raise ConfigError(f"outage mode {mode!r}: use 'kill' (a reset at once) or 'blackhole' (silence)")
         getattr(self, mode)(region)
         try:

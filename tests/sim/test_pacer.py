@@ -7,7 +7,7 @@ from pathlib import Path
 
 from iotfleet.config import Endpoint, Identity
 from iotfleet.sim.runner.pacer import Pacer
-from iotfleet.sim.simulate import AWS_ACCOUNT_PUBLISH_RATE, SimConfig, Target
+from iotfleet.sim.simulate import AWS_ACCOUNT_PUBLISH_RATE, ProvisionMode, SimConfig, Target
 
 
 class AlwaysDue:
@@ -89,5 +89,5 @@ def test_a_real_target_gets_iot_cores_account_quota_unless_told_otherwise(tmp_pa
     identity = Identity(thing_name="claim", cert_file=tmp_path / "c", key_file=tmp_path / "k", ca_file=tmp_path / "a")
     target = Target([Endpoint(region="eu-west-1", host="example.invalid", port=8883)], tmp_path / "a", identity, "t")
     assert SimConfig().publish_rate() is None  # the local cloud: unlimited
-    assert SimConfig(target=target, provision="claim").publish_rate() == AWS_ACCOUNT_PUBLISH_RATE
-    assert SimConfig(target=target, provision="claim", account_publish_rate=2000).publish_rate() == 2000
+    assert SimConfig(target=target, provision=ProvisionMode.CLAIM).publish_rate() == AWS_ACCOUNT_PUBLISH_RATE
+    assert SimConfig(target=target, provision=ProvisionMode.CLAIM, account_publish_rate=2000).publish_rate() == 2000

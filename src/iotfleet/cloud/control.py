@@ -23,14 +23,26 @@ from pathlib import Path
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.errors import CloudError, ConfigError, IotFleetError
 
-__all__ = ["Action", "ControlServer", "send", "socket_path"]
+__all__ = ["Action", "ControlServer", "Outage", "send", "socket_path"]
 
 
 class Action(StrEnum):
+    """What can be done to a region: the chaos actions (all but STATUS) and asking for its state."""
+
     KILL = "kill"
     BLACKHOLE = "blackhole"
     RESTORE = "restore"
     STATUS = "status"
+
+
+class Outage(StrEnum):
+    """The two ways a region goes down: killed (connections reset at once) or blackholed (silence)."""
+
+    KILL = "kill"
+    BLACKHOLE = "blackhole"
+
+
+CHAOS_ACTIONS = (Action.KILL, Action.BLACKHOLE, Action.RESTORE)
 
 
 REQUEST_TIMEOUT_S = 5.0

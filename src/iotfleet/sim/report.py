@@ -28,7 +28,7 @@ from iotfleet.errors import ConfigError
 from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.sim.runner import WorkerMetrics
 
-__all__ = ["build_report", "load_report", "merge_reports", "summary_lines", "thresholds_hold"]
+__all__ = ["build_report", "load_report", "merge_reports", "summary_lines", "threshold_breaches"]
 
 REQUIRED = ("devices", "duration_s", "sent", "acked", "ingested", "lost", "duplicates", "throughput_msgs_per_s")
 
@@ -265,7 +265,9 @@ def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     )
 
 
-def thresholds_hold(report: Mapping[str, Any], *, max_lost: int = 0, max_error_rate: float | None = None) -> list[str]:
+def threshold_breaches(
+    report: Mapping[str, Any], *, max_lost: int = 0, max_error_rate: float | None = None
+) -> list[str]:
     """The thresholds the run breached (empty when all hold)."""
     breaches = []
     lost = report.get("lost")

@@ -26,6 +26,7 @@ from iotfleet.sim.fleet import FleetShape
 from iotfleet.sim.simulate import (
     LOCAL_RECONNECT,
     ChaosEvent,
+    ProvisionMode,
     SimConfig,
     Target,
     parse_chaos,
@@ -123,7 +124,7 @@ class RunOptions(BaseModel):
 
     workers: int | None = Field(default=None, ge=1)
     transport: Literal["crt", "paho"] = "crt"
-    provision: Literal["direct", "claim"] = "direct"
+    provision: ProvisionMode = ProvisionMode.DIRECT
     ramp_per_s: float = Field(default=500.0, gt=0)
     no_limits: bool = False
     account_rate: float | None = Field(default=None, gt=0)
@@ -172,7 +173,7 @@ class SimSettings(BaseModel):
             duration_s=workload.duration,
             speed=workload.speed,
             transport=run.transport,
-            provision="claim" if target is not None else run.provision,
+            provision=ProvisionMode.CLAIM if target is not None else run.provision,
             ramp_per_s=run.ramp_per_s,
             limits=PublishLimits(enabled=False) if run.no_limits else PublishLimits(),
             reconnect=reconnect,

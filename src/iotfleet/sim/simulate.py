@@ -15,9 +15,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from iotfleet.cloud.control import CHAOS_ACTIONS, Action, Outage
 from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
@@ -30,6 +32,7 @@ from iotfleet.sim.workload import DEVICE_TYPES
 
 __all__ = [
     "ChaosEvent",
+    "ProvisionMode",
     "SimConfig",
     "Target",
     "drill_speed",
@@ -67,11 +70,18 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+class ProvisionMode(StrEnum):
+    """Where the simulated devices' identities come from."""
+
+    DIRECT = "direct"  # the local cloud issues each a certificate
+    CLAIM = "claim"  # each provisions itself with the claim certificate (fleet provisioning)
+
+
 @dataclass(frozen=True, slots=True)
 class ChaosEvent:
     """``kill:eu-west-1@30s``: at 30 s into the run, kill region eu-west-1."""
 
-    action: str
+    action: Action  # one of CHAOS_ACTIONS
     region: str
     at_s: float
 
@@ -82,12 +92,12 @@ class ChaosEvent:
 def parse_chaos(text: str) -> ChaosEvent:
     action, sep, rest = text.partition(":")
     region, at, when = rest.partition("@")
-    if not sep or not at or action not in ("kill", "blackhole", "restore") or not region:
+    if not sep or not at or action not in CHAOS_ACTIONS or not region:
         raise ConfigError(
             f"chaos event {text!r} is not ACTION:REGION@TIME with ACTION kill, blackhole or restore "
             "(e.g. kill:eu-west-1@30s)"
         )
-    return ChaosEvent(action, region, parse_duration(when) if when.strip() not in ("0", "0s") else 0.0)
+    return ChaosEvent(Action(action), region, parse_duration(when) if when.strip() not in ("0", "0s") else 0.0)
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class SimConfig:
     speed: float = 1.0
     workers: int = field(default_factory=default_workers)
     transport: str = "crt"
-    provision: str = "direct"
+    provision: ProvisionMode = ProvisionMode.DIRECT
     ramp_per_s: float = 500.0
     limits: PublishLimits = field(default_factory=PublishLimits)
     reconnect: ReconnectPolicy | None = None
@@ -133,7 +143,7 @@ class SimConfig:
             raise ConfigError("--speed must be greater than 0")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
-        if self.provision not in ("direct", "claim"):
+        if self.provision not in tuple(ProvisionMode):
             raise ConfigError("--provision is direct or claim")
         if self.target is not None and self.provision == "direct":
             raise ConfigError(
@@ -225,12 +235,12 @@ class _Director:
         while self.pending and self.pending[0].at_s <= elapsed and self.cloud is not None:
             event = self.pending.pop(0)
             getattr(self.cloud.region(event.region), event.action)()
-            if event.action == "restore":
+            if event.action is Action.RESTORE:
                 progress.failed.discard(event.region)
             else:
                 progress.failed.add(event.region)
             progress.chaos_done.append({**event.to_dict(), "done_at_s": round(elapsed, 3), "epoch": time.time()})
-            if operator is not None and event.action != "restore" and self.config.operator_on_fault > 0:
+            if operator is not None and event.action is not Action.RESTORE and self.config.operator_on_fault > 0:
                 operator.change(self.config.operator_on_fault, progress.failed)
         if operator is not None:
             operator.tick(elapsed, progress.failed, until_s=self.operator_until)
@@ -262,7 +272,7 @@ def run_simulation(
                 cloud.template,
             )
             identity_dir = cloud.workdir / "things"
-            if config.provision == "direct":
+            if config.provision == ProvisionMode.DIRECT:
                 cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in devices])
         elif config.target is not None:
             endpoints, ca_file = config.target.endpoints, config.target.ca_file
@@ -270,7 +280,7 @@ def run_simulation(
             identity_dir = workdir / "identities"
         else:
             raise ConfigError("no target: the local cloud did not start and no [target] was given")
-        if config.provision == "claim":
+        if config.provision == ProvisionMode.CLAIM:
             identity_dir = workdir / "identities"
         start_at = time.time()
         chunks = _split(devices, config.workers)
@@ -289,7 +299,7 @@ def run_simulation(
                 limits=config.limits,
                 transport=config.transport,
                 drain_s=config.drain_s,
-                claim=claim if config.provision == "claim" else None,
+                claim=claim if config.provision == ProvisionMode.CLAIM else None,
                 start_at=start_at,
                 shadow=config.shadow,
                 publish_rate=None if account_rate is None else account_rate / len(chunks),
@@ -376,7 +386,7 @@ def run_drill(
 
     RTO of a device: from the fault to its first publish acknowledged by region 2.
     """
-    if mode not in ("kill", "blackhole"):
+    if mode not in tuple(Outage):
         raise ConfigError("--mode is kill or blackhole")
     if devices < 1 or rate <= 0:
         raise ConfigError("--devices must be >= 1 and --rate > 0")
@@ -391,7 +401,7 @@ def run_drill(
         speed=drill_speed(rate),
         workers=workers or default_workers(),
         transport=transport,
-        chaos=[ChaosEvent(mode, regions[0], warmup_s)],
+        chaos=[ChaosEvent(Action(mode), regions[0], warmup_s)],
         regions=regions,
         reconnect=policy,
         limits=PublishLimits(enabled=False),
@@ -423,7 +433,7 @@ def run_drill(
         "detection": f"{mode}: "
         + (
             "connection reset"
-            if mode == "kill"
+            if mode == Outage.KILL
             else f"PUBACK or PINGRESP {policy.ping_timeout_s} s late (keepalive {policy.keepalive_s} s)"
         ),
         "shadow": _drill_shadow(report),
