@@ -43,6 +43,7 @@ from iotfleet.device.events import (
     PublishFailed,
 )
 from iotfleet.device.failover import EndpointSelector
+from iotfleet.device.inbound import Inbound
 from iotfleet.device.outbox import Outbox, OutboxEntry, open_outbox
 from iotfleet.device.stream import Stream
 from iotfleet.errors import (
@@ -61,7 +62,6 @@ from iotfleet.topics import (
     SEQUENCE_PROPERTY,
     ThingScope,
     TopicScheme,
-    filter_matches,
     validate_filter,
     validate_topic,
 )
@@ -88,8 +88,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENVELOPE_KEY = "_iotfleet"
-MAX_FILTERS_PER_SUBSCRIBE = 8  # IoT Core's limit (IOT_CORE.md section 3)
-INBOUND_QUEUE = 10_000
 SILENT_REASONS = frozenset(  # the endpoint stopped answering
     {DisconnectReason.ACK_TIMEOUT, DisconnectReason.PING_TIMEOUT, DisconnectReason.KEEP_ALIVE_TIMEOUT}
 )
@@ -229,11 +227,8 @@ class DeviceClient:
         self.drain_on_close_s = drain_on_close_s
         self._listeners: list[Listener] = list(listeners)
         self._session_hooks: list[SessionHook] = []
-        self._subscriptions: dict[str, int] = {}
-        self._stream_topics: dict[str, str] = {}
-        self._inbound: list[tuple[str | None, Stream[Any], Callable[[InboundMessage], Any]]] = []
-        self._streams: set[Stream[Any]] = set()  # every open stream, ended when the client closes
-        self._handlers: list[tuple[str, Callable[[InboundMessage], None]]] = []
+        self._in = Inbound(self.thing, self.counters)  # subscriptions, streams, handlers, dispatch
+        self._stream_topics: dict[str, str] = {}  # data stream name -> its topic
         self._deliveries: dict[int, _Delivery] = {}
         self._unsent: collections.deque[int] = collections.deque()
         self._inflight: dict[int, float] = {}
@@ -326,8 +321,7 @@ class DeviceClient:
                     self._emit(PublishFailed(self.thing, entry.message_id, seq, entry.topic, "closed"))
         self._deliveries.clear()
         self.outbox.close()
-        for stream in list(self._streams):  # readers get what was received, then the end
-            stream.end()
+        self._in.end_streams()  # readers get what was received, then the end
 
     async def flush(self, timeout: float | None = None, *, raise_on_timeout: bool = True) -> None:
         """Wait until every message in the outbox now (queued here or restored from disk) has left it."""
@@ -604,27 +598,11 @@ class DeviceClient:
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and on every future session."""
         self._require_running()
-        validate_filter(topic_filter)
-        self._subscriptions[topic_filter] = qos
-        session = self._session
-        if session is not None:
-            with contextlib.suppress(ConnectionLost):  # restored with the next session
-                await self._subscribe(session, [(topic_filter, qos)])
+        await self._in.subscribe(self._session, topic_filter, qos)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         self._require_running()
-        self._subscriptions.pop(topic_filter, None)
-        if self._session is not None:
-            with contextlib.suppress(ConnectionLost):
-                await self._session.unsubscribe([topic_filter])
-
-    async def _subscribe(self, session: Session, filters: list[tuple[str, int]]) -> None:
-        for i in range(0, len(filters), MAX_FILTERS_PER_SUBSCRIBE):
-            chunk = filters[i : i + MAX_FILTERS_PER_SUBSCRIBE]
-            codes = await session.subscribe(chunk)
-            refused = [(f, c) for (f, _), c in zip(chunk, codes, strict=False) if c >= 0x80]
-            if refused:
-                log.warning("%s: subscriptions refused: %s", self.thing, refused)
+        await self._in.unsubscribe(self._session, topic_filter)
 
     def open_stream(self, name: str, subscribe: Callable[[], Awaitable[None]] | None = None) -> Stream[Any]:
         """A :class:`~iotfleet.device.stream.Stream` that ends when this client closes.
@@ -633,10 +611,7 @@ class DeviceClient:
         ``await stream`` and before the first item.
         """
         self._require_running()
-        stream: Stream[Any] = Stream(f"{self.thing} {name}", maxsize=INBOUND_QUEUE, subscribe=subscribe)
-        self._streams.add(stream)
-        stream.on_end(self._streams.discard)
-        return stream
+        return self._in.open_stream(name, subscribe)
 
     def messages(self, topic_filter: str | None = None) -> Stream[InboundMessage]:
         """Every inbound message (matching ``topic_filter``, if given) from now until the client closes.
@@ -645,7 +620,8 @@ class DeviceClient:
         """
         if topic_filter is not None:
             validate_filter(topic_filter)
-        return self._inbound_stream(f"messages {topic_filter or '#'}", topic_filter, None, lambda message: message)
+        self._require_running()
+        return self._in.route(f"messages {topic_filter or '#'}", topic_filter, None, lambda message: message)
 
     def commands(self) -> Stream[Command]:
         """Commands sent to this thing (``cmd/{tenant}/{site}/{thing}/{command}`` by default).
@@ -661,41 +637,15 @@ class DeviceClient:
             parsed = self.scheme.parse_command_topic(message.topic)
             return Command(parsed[1], message.payload, message.topic) if parsed is not None else None
 
-        return self._inbound_stream("commands", command_filter, partial(self.subscribe, command_filter), command)
-
-    def _inbound_stream(
-        self,
-        name: str,
-        topic_filter: str | None,
-        subscribe: Callable[[], Awaitable[None]] | None,
-        convert: Callable[[InboundMessage], Any],
-    ) -> Stream[Any]:
-        stream = self.open_stream(name, subscribe)
-        entry = (topic_filter, stream, convert)
-        self._inbound.append(entry)
-        stream.on_end(lambda _stream: self._inbound.remove(entry))
-        return stream
+        self._require_running()
+        return self._in.route("commands", command_filter, partial(self.subscribe, command_filter), command)
 
     def add_message_handler(self, topic_filter: str, handler: Callable[[InboundMessage], None]) -> None:
         """Call ``handler(message)`` on the event loop for every inbound message matching ``topic_filter``.
 
         For components built on the client (the shadow client); it does not subscribe by itself.
         """
-        self._handlers.append((topic_filter, handler))
-
-    def _dispatch(self, message: InboundMessage) -> None:
-        self.counters.inbound += 1
-        for handled, handler in self._handlers:
-            if filter_matches(handled, message.topic):
-                try:
-                    handler(message)
-                except Exception:  # one component's bug must not stop delivery to the others
-                    log.exception("%s: message handler for %s failed", self.thing, handled)
-        for topic_filter, stream, convert in self._inbound:
-            if topic_filter is None or filter_matches(topic_filter, message.topic):
-                item = convert(message)
-                if item is not None and not stream.put(item):
-                    self.counters.inbound_dropped += 1
+        self._in.add_handler(topic_filter, handler)
 
     # ------------------------------------------------------------------ connection management
 
@@ -707,7 +657,7 @@ class DeviceClient:
             ping_timeout_s=self.policy.ping_timeout_s,
             connect_timeout_s=self.policy.connect_timeout_s,
             receive_maximum=self.limits.max_inflight,
-            on_message=self._dispatch,
+            on_message=self._in.dispatch,
         )
 
     async def _attempt(self, endpoint: Endpoint) -> Session | None:
@@ -769,11 +719,8 @@ class DeviceClient:
         self.state = DeviceState.CONNECTED
         self._inflight.clear()
         self._unsent = collections.deque(e.seq for e in self.outbox.pending())
-        try:
-            if self._subscriptions:
-                await self._subscribe(session, list(self._subscriptions.items()))
-        except ConnectionLost:
-            pass  # the session died at once; closed is already set
+        with contextlib.suppress(ConnectionLost):  # the session died at once; closed is already set
+            await self._in.restore(session)
         for hook in self._session_hooks:
             asyncio.get_running_loop().create_task(self._run_hook(hook, session.endpoint))
         self._connected.set()
