@@ -12,9 +12,8 @@ import pytest
 
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
-from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy, PublishLimits
+from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
-from iotfleet.device.client import _RateLimiter
 from iotfleet.device.events import Disconnected
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
 from iotfleet.shadow.client import Shadow
@@ -239,20 +238,6 @@ async def _publish_once(cloud: LocalCloud, topic: str) -> int:
     code = await watcher.sessions["eu-west-1"].publish(topic, b"{}", 1)
     await watcher.close()
     return code
-
-
-def test_rate_limiter_paces_publishes_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [100.0]
-    monkeypatch.setattr("iotfleet.device.client.time.monotonic", lambda: now[0])
-    limiter = _RateLimiter(PublishLimits(max_publishes_per_s=10, max_bytes_per_s=1000))
-    assert [limiter.wait(10) for _ in range(10)] == [0.0] * 10  # a full bucket of 10 messages
-    assert limiter.wait(10) == pytest.approx(0.1)  # the 11th waits for one token
-    now[0] += 0.1
-    assert limiter.wait(10) == 0.0
-    now[0] += 10
-    assert limiter.wait(900) == 0.0
-    assert limiter.wait(200) == pytest.approx(0.1)  # bytes, not messages, are short now
-    assert _RateLimiter(PublishLimits(enabled=False)).wait(10**9) == 0.0
 
 
 Factory = Callable[..., Identity]

@@ -1,59 +1,21 @@
 """The device's inbound part against a fake session: kept subscriptions, routing, handlers, stream ends.
 
-The fake implements our own Session protocol (transport.base); the real transports are exercised against
-mosquitto in test_client.py. Here each rule of Inbound is checked on its own.
+The fake (tests/device/fakes.py) implements our own Session protocol (transport.base); the real
+transports are exercised against mosquitto in test_client.py. Here each rule of Inbound is checked on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import pytest
 
-from iotfleet.config import Endpoint
 from iotfleet.device.client import DeviceCounters
 from iotfleet.device.inbound import INBOUND_QUEUE, MAX_FILTERS_PER_SUBSCRIBE, Inbound
-from iotfleet.errors import ConnectionLost, TopicError
-from iotfleet.transport.base import DisconnectInfo, InboundMessage, PublishCallback
-
-
-@dataclass
-class FakeSession:
-    """Records SUBSCRIBE and UNSUBSCRIBE packets; refuses the filters in ``refuse``; ``lost`` ends it."""
-
-    refuse: set[str] = field(default_factory=set)
-    lost: bool = False
-    subscribes: list[list[tuple[str, int]]] = field(default_factory=list)
-    unsubscribes: list[list[str]] = field(default_factory=list)
-    endpoint: Endpoint = field(default_factory=lambda: Endpoint(region="eu-west-1", host="127.0.0.1", port=1))
-    closed: asyncio.Future[DisconnectInfo] = field(default_factory=asyncio.Future)
-
-    def send(
-        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
-    ) -> None:
-        raise AssertionError("the inbound part never publishes")
-
-    async def publish(
-        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
-    ) -> int:
-        raise AssertionError("the inbound part never publishes")
-
-    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
-        if self.lost:
-            raise ConnectionLost("the session ended")
-        self.subscribes.append(list(filters))
-        return [0x87 if f in self.refuse else q for f, q in filters]
-
-    async def unsubscribe(self, filters: Sequence[str]) -> None:
-        if self.lost:
-            raise ConnectionLost("the session ended")
-        self.unsubscribes.append(list(filters))
-
-    async def close(self) -> None:
-        self.lost = True
+from iotfleet.errors import TopicError
+from iotfleet.transport.base import InboundMessage
+from tests.device.fakes import FakeSession
 
 
 def message(topic: str, payload: bytes = b"{}") -> InboundMessage:

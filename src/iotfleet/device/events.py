@@ -6,7 +6,8 @@ block. The SDK counts nothing on an observer's behalf: it states what happened, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,9 +21,12 @@ __all__ = [
     "EventKind",
     "FailedOver",
     "Listener",
+    "Listeners",
     "PublishAcked",
     "PublishFailed",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class EventKind(StrEnum):
@@ -108,3 +112,26 @@ class PublishFailed:
 
 DeviceEvent = Connected | ConnectFailed | Disconnected | FailedOver | PublishAcked | PublishFailed
 Listener = Callable[[DeviceEvent], None]
+
+
+class Listeners:
+    """A device's observers: ``emit`` calls each in turn; one that raises is logged and the rest still
+    run. It is false while nobody listens, so a hot path can skip building an event."""
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners = list(listeners)
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
+    def emit(self, event: DeviceEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # an observer's bug must not break the device
+                log.exception("listener %r failed on %s", listener, event.kind)

@@ -1,0 +1,243 @@
+"""A device's session loop: connect, serve, and reconnect, fail over or fail back until the client closes.
+
+:class:`SessionLoop` is one part of :class:`~iotfleet.device.client.DeviceClient`. It connects to the
+endpoint the :class:`~iotfleet.device.failover.EndpointSelector` chooses; on each new session it gives
+the session to the publisher, restores the inbound part's subscriptions, starts the session hooks and
+lets the outbox move. A session ends when the broker or the network ends it, when the oldest in-flight
+publish goes unanswered past its deadline (the publisher wakes the loop), or when a failback probe to
+the preferred endpoint connects. Then the selector says how long to wait and where to go next. It knows
+the network only through the :class:`~iotfleet.transport.base.Transport` and
+:class:`~iotfleet.transport.base.Session` protocols, so it is tested against fake ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from iotfleet.config import Endpoint
+from iotfleet.device.events import Connected, ConnectFailed, Disconnected, FailedOver, Listeners
+from iotfleet.device.failover import EndpointSelector, NextAttempt
+from iotfleet.device.inbound import Inbound
+from iotfleet.device.publisher import Publisher
+from iotfleet.errors import CertificateError, ConnectError, ConnectionLost
+from iotfleet.transport.base import ConnectOptions, DisconnectReason, Session, Transport
+
+__all__ = ["SILENT_REASONS", "SessionLoop"]
+
+log = logging.getLogger(__name__)
+
+SILENT_REASONS = frozenset(  # the endpoint stopped answering
+    {DisconnectReason.ACK_TIMEOUT, DisconnectReason.PING_TIMEOUT, DisconnectReason.KEEP_ALIVE_TIMEOUT}
+)
+
+SessionStart = Callable[[Endpoint], Awaitable[None]]
+
+
+class SessionCounts(Protocol):
+    """Where :class:`SessionLoop` counts connections, failed attempts, short sessions and failovers."""
+
+    connects: int
+    connect_failures: int
+    short_sessions: int
+    failovers: int
+
+
+class SessionLoop:
+    """Owns the device's one live session and the decisions about the next one.
+
+    ``options`` are the CONNECT's (client id, identity, keepalive, ...); ``publisher`` and ``inbound``
+    are the parts a session serves; ``hooks`` run as tasks on every new session, after the
+    subscriptions are restored. ``stop`` ends the loop.
+    """
+
+    def __init__(
+        self,
+        thing: str,
+        transport: Transport,
+        selector: EndpointSelector,
+        options: ConnectOptions,
+        *,
+        publisher: Publisher,
+        inbound: Inbound,
+        counts: SessionCounts,
+        listeners: Listeners,
+    ) -> None:
+        self.thing = thing
+        self.transport = transport
+        self.selector = selector
+        self.policy = selector.policy
+        self.options = options
+        self.publisher = publisher
+        self.inbound = inbound
+        self.counts = counts
+        self.listeners = listeners
+        self.hooks: list[SessionStart] = []
+        self.session: Session | None = None
+        self.sessions = 0  # sessions opened so far
+        self.served = False  # whether any session has been served (the device is reconnecting, not new)
+        self.connected = asyncio.Event()  # set while a session is live
+        self.stop = asyncio.Event()
+        self.last_error: ConnectError | None = None  # why the last attempt failed
+        self.last_reason = ""  # why the last session ended
+        self._look: asyncio.Future[None] | None = None  # wakes the loop: an ack is overdue
+        self._hook_tasks: set[asyncio.Task[None]] = set()  # running hooks (each logs its own failure)
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect / fail over / fail back until :attr:`stop` is set."""
+        delay = 0.0
+        while not self.stop.is_set():
+            if delay > 0 and await _wait_or(self.stop, delay):
+                return
+            session = await self.attempt(self.selector.current)
+            if session is None:
+                delay = self._moved(self.selector.failed())
+                continue
+            self.selector.connected()
+            while session is not None:
+                session = await self.serve(session)
+            if not self.selector.stable() and not self.stop.is_set():
+                self.counts.short_sessions += 1
+                log.info(
+                    "%s: the session to %s ended within %.0fs (%s): a failed attempt",
+                    self.thing,
+                    self.selector.current,
+                    self.policy.stable_after_s,
+                    self.last_reason,
+                )
+            delay = self._moved(self.selector.disconnected(silent=self.last_reason in SILENT_REASONS))
+
+    def _moved(self, step: NextAttempt) -> float:
+        """Count and tell a failover the selector decided on; return how long to wait before the next try."""
+        if step.failover_from is not None:
+            self.counts.failovers += 1
+            self.listeners.emit(FailedOver(self.thing, step.failover_from, step.endpoint, failback=False))
+        return step.delay_s
+
+    async def attempt(self, endpoint: Endpoint) -> Session | None:
+        """One CONNECT to ``endpoint``: the session, or None (counted, told, and kept as ``last_error``)."""
+        started = time.monotonic()
+        try:
+            session = await self.transport.connect(endpoint, self.options)
+        except ConnectError as exc:
+            self.counts.connect_failures += 1
+            self.last_error = exc
+            self.listeners.emit(ConnectFailed(self.thing, endpoint, exc.reason))
+            return None
+        except CertificateError as exc:  # a file changed under a running client: keep trying, loudly
+            log.error("%s: %s", self.thing, exc.message)
+            self.counts.connect_failures += 1
+            self.last_error = ConnectError(exc.message, endpoint=str(endpoint), reason="identity")
+            self.listeners.emit(ConnectFailed(self.thing, endpoint, "identity"))
+            return None
+        self.counts.connects += 1
+        self.sessions += 1
+        self.listeners.emit(Connected(self.thing, endpoint, time.monotonic() - started, self.sessions))
+        return session
+
+    async def serve(self, session: Session) -> Session | None:
+        """Run one session until it ends; return a replacement session if a failback probe connected."""
+        self.session = session
+        self.served = True
+        self.publisher.attach(session, self._wake)
+        with contextlib.suppress(ConnectionLost):  # the session died at once; closed is already set
+            await self.inbound.restore(session)
+        loop = asyncio.get_running_loop()
+        for hook in self.hooks:
+            task = loop.create_task(self._run_hook(hook, session.endpoint))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+        self.connected.set()
+        self.publisher.pump()
+        ended = asyncio.ensure_future(_settled(session.closed))
+        stop = asyncio.ensure_future(self.stop.wait())
+        try:
+            while not ended.done() and not stop.done():
+                look: asyncio.Future[None] = loop.create_future()
+                self._look = look
+                waits: set[asyncio.Future[Any]] = {ended, stop, look}
+                await asyncio.wait(waits, timeout=self._probe_tick_s(), return_when=asyncio.FIRST_COMPLETED)
+                if ended.done() or stop.done():
+                    break
+                if self.publisher.ack_overdue():
+                    await session.close()
+                    self.last_reason = DisconnectReason.ACK_TIMEOUT
+                    self.listeners.emit(Disconnected(self.thing, session.endpoint, self.last_reason))
+                    self._went_offline()
+                    return None
+                if self.selector.failback_due():
+                    replacement = await self._probe_preferred()
+                    if replacement is not None:
+                        self._went_offline()
+                        back = FailedOver(self.thing, session.endpoint, replacement.endpoint, failback=True)
+                        self.listeners.emit(back)
+                        self.counts.failovers += 1
+                        await session.close()
+                        return replacement
+        finally:
+            stop.cancel()
+            if not ended.done():
+                ended.cancel()
+            self._look = None
+            self.publisher.detach()
+        if session.closed.done():
+            self.last_reason = session.closed.result().reason
+            self.listeners.emit(Disconnected(self.thing, session.endpoint, self.last_reason))
+        self._went_offline()
+        return None
+
+    async def close(self) -> None:
+        """Close the live session, if any (the loop's task is cancelled by its owner)."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
+
+    def _wake(self) -> None:
+        if self._look is not None and not self._look.done():
+            self._look.set_result(None)
+
+    def _went_offline(self) -> None:
+        self.session = None
+        self.connected.clear()
+        self.publisher.detach()
+
+    def _probe_tick_s(self) -> float | None:
+        """How long the loop may sleep: for ever on the preferred endpoint (the publisher's ack timer
+        wakes it), else until the next failback probe may be due. Idle devices never wake: a large
+        fleet of them costs no CPU."""
+        if self.selector.failback_due() or self.selector.current != self.selector.preferred:
+            return max(0.05, self.policy.failback_probe_s / 4)
+        return None
+
+    async def _probe_preferred(self) -> Session | None:
+        session = await self.attempt(self.selector.preferred)
+        if session is None:
+            self.selector.probe_failed()
+            return None
+        self.selector.failed_back()
+        return session
+
+    async def _run_hook(self, hook: SessionStart, endpoint: Endpoint) -> None:
+        try:
+            await hook(endpoint)
+        except Exception:  # a hook's failure is logged; the session goes on
+            log.exception("%s: session hook %r failed", self.thing, hook)
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` without raising its exception."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.shield(future)
+
+
+async def _wait_or(event: asyncio.Event, delay: float) -> bool:
+    """Sleep ``delay`` seconds unless ``event`` is set first; return whether it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), delay)
+    except TimeoutError:
+        return False
+    return True

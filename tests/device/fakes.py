@@ -1,0 +1,108 @@
+"""Fakes of our own transport protocols (transport.base), for testing the device's parts without a broker.
+
+The real transports are exercised against mosquitto in test_client.py; these let each part's rules be
+checked on their own, with the test deciding when a PUBACK arrives and when a session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from iotfleet.config import Endpoint
+from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.transport.base import ConnectOptions, DisconnectInfo, PublishCallback, Session
+
+EU = Endpoint(region="eu-west-1", host="127.0.0.1", port=1)
+US = Endpoint(region="us-east-1", host="127.0.0.1", port=2)
+
+
+@dataclass
+class Sent:
+    """One publish handed to a fake session; ``ack(code)`` answers it the way a transport would."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    properties: Sequence[tuple[str, str]]
+    done: PublishCallback
+    answered: bool = False
+
+    def ack(self, code: int = 0) -> None:
+        assert not self.answered, "a transport answers each publish once"
+        self.answered = True
+        self.done(code, None)
+
+    def lose(self) -> None:
+        assert not self.answered, "a transport answers each publish once"
+        self.answered = True
+        self.done(0, ConnectionLost("the session ended"))
+
+
+@dataclass
+class FakeSession:
+    """Records publishes, SUBSCRIBEs and UNSUBSCRIBEs; refuses the filters in ``refuse``; ``end`` ends it."""
+
+    endpoint: Endpoint = EU
+    refuse: set[str] = field(default_factory=set)
+    lost: bool = False
+    sent: list[Sent] = field(default_factory=list)
+    subscribes: list[list[tuple[str, int]]] = field(default_factory=list)
+    unsubscribes: list[list[str]] = field(default_factory=list)
+    closed: asyncio.Future[DisconnectInfo] = field(default_factory=asyncio.Future)
+
+    def send(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
+    ) -> None:
+        if self.lost:
+            raise ConnectionLost("the session ended")
+        self.sent.append(Sent(topic, payload, qos, user_properties, done))
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        raise NotImplementedError("the device's parts publish through send()")
+
+    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
+        if self.lost:
+            raise ConnectionLost("the session ended")
+        self.subscribes.append(list(filters))
+        return [0x87 if f in self.refuse else q for f, q in filters]
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        if self.lost:
+            raise ConnectionLost("the session ended")
+        self.unsubscribes.append(list(filters))
+
+    def end(self, reason: str, *, by_client: bool = False) -> None:
+        """The session ends (the broker or the network ended it): in-flight publishes get ConnectionLost."""
+        self.lost = True
+        if not self.closed.done():
+            self.closed.set_result(DisconnectInfo(reason, by_client=by_client))
+        for publish in self.sent:
+            if not publish.answered:
+                publish.lose()
+
+    async def close(self) -> None:
+        self.end("closed", by_client=True)
+
+
+@dataclass
+class FakeTransport:
+    """Opens a FakeSession per CONNECT to an endpoint in ``up``; refuses the others with ConnectError."""
+
+    up: set[Endpoint] = field(default_factory=set)
+    name: str = "fake"
+    sessions: list[FakeSession] = field(default_factory=list)
+    attempts: list[Endpoint] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)  # set on each new session
+
+    async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> Session:
+        self.attempts.append(endpoint)
+        if endpoint not in self.up:
+            raise ConnectError(f"{endpoint} refused the connection", endpoint=str(endpoint), reason="refused")
+        session = FakeSession(endpoint=endpoint)
+        self.sessions.append(session)
+        self.connected.set()
+        return session

@@ -1,0 +1,229 @@
+"""The device's session loop against a fake transport: serve, reconnect, fail over, ack timeout, failback.
+
+The fake transport (tests/device/fakes.py) refuses CONNECTs to endpoints that are not ``up``; each test
+ends sessions and moves endpoints up and down itself. The endpoint choices are EndpointSelector's
+(tested in test_failover.py); here the loop's part is checked: what it does with each session, what it
+tells and counts, and that it asks the selector at the right moments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+import pytest
+
+from iotfleet.config import LOCAL_FAST, Endpoint, Identity, OutboxPolicy, PublishLimits, ReconnectPolicy
+from iotfleet.device.client import DeviceCounters
+from iotfleet.device.events import (
+    Connected,
+    ConnectFailed,
+    DeviceEvent,
+    Disconnected,
+    FailedOver,
+    Listeners,
+)
+from iotfleet.device.failover import EndpointSelector
+from iotfleet.device.inbound import Inbound
+from iotfleet.device.outbox import open_outbox
+from iotfleet.device.publisher import Publisher
+from iotfleet.device.session_loop import SessionLoop
+from iotfleet.transport.base import ConnectOptions, DisconnectReason
+from tests.conftest import until
+from tests.device.fakes import EU, US, FakeTransport
+
+E = TypeVar("E", Disconnected, ConnectFailed)
+
+TOPIC = "dt/acme/hq/lamp-1/power"
+FAST = LOCAL_FAST.model_copy(update={"stable_after_s": 0.0, "failover_after_failures": 1, "failback_probe_s": 0.2})
+
+
+class Rig:
+    """A SessionLoop with real parts (publisher, inbound, selector) over a fake transport."""
+
+    def __init__(self, policy: ReconnectPolicy, up: set[Endpoint], endpoints: tuple[Endpoint, ...] = (EU, US)):
+        self.transport = FakeTransport(up=set(up))
+        self.counters = DeviceCounters()
+        self.events: list[DeviceEvent] = []
+        listeners = Listeners([self.events.append])
+        self.inbound = Inbound("lamp-1", self.counters)
+        self.publisher = Publisher(
+            "lamp-1",
+            open_outbox(OutboxPolicy()),
+            PublishLimits(enabled=False),
+            ack_timeout_s=policy.ping_timeout_s,
+            counts=self.counters,
+            listeners=listeners,
+        )
+        identity = Identity(thing_name="lamp-1", cert_file="c.pem", key_file="k.pem", ca_file="ca.pem")
+        self.loop = SessionLoop(
+            "lamp-1",
+            self.transport,
+            EndpointSelector(endpoints, policy),
+            ConnectOptions(client_id="lamp-1", identity=identity),
+            publisher=self.publisher,
+            inbound=self.inbound,
+            counts=self.counters,
+            listeners=listeners,
+        )
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def moves(self) -> list[tuple[Endpoint, Endpoint, bool]]:
+        return [(e.from_endpoint, e.to_endpoint, e.failback) for e in self.events if isinstance(e, FailedOver)]
+
+
+@contextlib.asynccontextmanager
+async def running(rig: Rig) -> AsyncIterator[Rig]:
+    task = asyncio.create_task(rig.loop.run())
+    try:
+        yield rig
+    finally:
+        rig.loop.stop.set()
+        await asyncio.wait_for(task, 5)
+        await rig.loop.close()
+
+
+def test_a_session_restores_subscriptions_runs_hooks_then_sends_the_outbox() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={EU})
+        await rig.inbound.subscribe(None, "cmd/acme/hq/lamp-1/+", 1)
+        queued = rig.publisher.enqueue(TOPIC, b"queued offline", 1)
+        hooked: list[tuple[Endpoint, int]] = []
+
+        async def hook(endpoint: Endpoint) -> None:
+            session = rig.transport.sessions[-1]
+            hooked.append((endpoint, len(session.subscribes)))
+
+        rig.loop.hooks.append(hook)
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            session = rig.transport.sessions[0]
+            assert session.subscribes == [[("cmd/acme/hq/lamp-1/+", 1)]]
+            assert [s.payload for s in session.sent] == [b"queued offline"]
+            session.sent[0].ack()
+            assert (await queued).endpoint == EU
+            assert await until(lambda: hooked == [(EU, 1)])  # after the subscriptions were restored
+            assert [type(e) for e in rig.events[:1]] == [Connected]
+            assert rig.counters.connects == 1
+            assert rig.loop.sessions == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_hook_is_logged_and_the_session_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={EU})
+
+        async def broken(endpoint: Endpoint) -> None:
+            raise RuntimeError("hook bug")
+
+        rig.loop.hooks.append(broken)
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert await until(lambda: "session hook" in caplog.text)
+            assert rig.loop.session is rig.transport.sessions[0]
+            assert not rig.transport.sessions[0].lost
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert "hook bug" in caplog.text
+
+
+def test_a_lost_session_is_told_with_its_reason_and_the_device_reconnects() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={EU}, endpoints=(EU,))
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            rig.transport.connected.clear()
+            rig.transport.sessions[0].end(DisconnectReason.RESET)
+            await asyncio.wait_for(rig.transport.connected.wait(), 5)
+            assert await until(lambda: rig.loop.session is rig.transport.sessions[1])
+            disconnected = rig.of(Disconnected)
+            assert [(e.endpoint, e.reason) for e in disconnected] == [(EU, DisconnectReason.RESET)]
+            assert rig.loop.last_reason == DisconnectReason.RESET
+            assert rig.counters.connects == 2
+            assert rig.loop.served
+
+    asyncio.run(scenario())
+
+
+def test_refused_attempts_are_counted_and_the_device_fails_over_to_the_next_endpoint() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert rig.transport.attempts[:2] == [EU, US]
+            assert rig.loop.session is not None
+            assert rig.loop.session.endpoint == US
+            assert [(e.endpoint, e.reason) for e in rig.of(ConnectFailed)] == [(EU, "refused")]
+            assert rig.moves() == [(EU, US, False)]
+            assert rig.counters.connect_failures == 1
+            assert rig.counters.failovers == 1
+            assert rig.loop.last_error is not None
+            assert rig.loop.last_error.reason == "refused"
+
+    asyncio.run(scenario())
+
+
+def test_an_unanswered_publish_ends_a_silent_session_as_an_ack_timeout() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST.model_copy(update={"ping_timeout_s": 0.1}), up={EU, US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            rig.transport.connected.clear()
+            future = rig.publisher.enqueue(TOPIC, b"into the void", 1)  # EU never answers it
+            await asyncio.wait_for(rig.transport.connected.wait(), 5)  # a new session: the next endpoint
+            assert [(e.endpoint, e.reason) for e in rig.of(Disconnected)] == [(EU, DisconnectReason.ACK_TIMEOUT)]
+            assert rig.transport.sessions[0].lost  # closed by the loop
+            replay = await until(lambda: len(rig.transport.sessions[1].sent) == 1)
+            assert replay
+            assert rig.transport.sessions[1].endpoint == US
+            rig.transport.sessions[1].sent[0].ack()
+            assert (await future).endpoint == US
+
+    asyncio.run(scenario())
+
+
+def test_the_device_fails_back_once_the_preferred_endpoint_answers_again() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            secondary = rig.transport.sessions[0]
+            assert secondary.endpoint == US
+            rig.transport.up.add(EU)
+            assert await until(lambda: rig.loop.session is not None and rig.loop.session.endpoint == EU)
+            assert secondary.lost  # the old session is closed once the new one is served
+            assert rig.moves() == [(EU, US, False), (US, EU, True)]
+            assert rig.counters.failovers == 2
+
+    asyncio.run(scenario())
+
+
+def test_no_probe_while_on_the_preferred_endpoint() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={EU, US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert rig.loop._probe_tick_s() is None  # noqa: SLF001 - the loop sleeps until something happens
+            assert rig.transport.attempts == [EU]
+
+    asyncio.run(scenario())
+
+
+def test_a_session_that_ends_before_it_is_stable_counts_as_a_failed_attempt() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST.model_copy(update={"stable_after_s": 60.0, "failover_after_s": 120.0}), up={EU}, endpoints=(EU,))
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            rig.transport.connected.clear()
+            rig.transport.sessions[0].end(DisconnectReason.RESET)
+            await asyncio.wait_for(rig.transport.connected.wait(), 5)
+            assert rig.counters.short_sessions == 1
+
+    asyncio.run(scenario())
