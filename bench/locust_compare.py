@@ -3,7 +3,7 @@
 For each device count in ``--devices``, both tools drive that many luminaires, each with its own mTLS
 identity and connection, publishing the simulator's telemetry payload at QoS 1 (MQTT 5) at ``--rate``
 messages per second per device to a local-cloud broker. iotfleet runs one worker process
-(``run_simulation`` with ``workers=1``, no shadow traffic, so both send only telemetry); Locust runs
+(a ``Simulation`` with ``workers=1``, no shadow traffic, so both send only telemetry); Locust runs
 headless in one process with ``bench/locust_mqtt_user.py`` (its ``MqttUser``, one paho client each).
 Both ramp at ``--ramp`` devices per second.
 
@@ -41,7 +41,7 @@ from typing import Any
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.config import PublishLimits
 from iotfleet.sim.fleet import FleetShape, build_fleet
-from iotfleet.sim.simulate import Progress, SimConfig, run_simulation
+from iotfleet.sim.simulate import Progress, SimConfig, Simulation
 
 LOCUSTFILE = Path(__file__).with_name("locust_mqtt_user.py")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -124,7 +124,7 @@ def run_iotfleet(devices: int, rate: float, seconds: float, ramp: float) -> dict
         shadow=False,
         settle_s=5.0,
     )
-    report = run_simulation(config, on_progress=sample)
+    report = Simulation(config).run(on_progress=sample)
     return {**samples.result(), "lost": report["lost"], "errors": report["errors"]["total"]}
 
 

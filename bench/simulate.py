@@ -1,6 +1,6 @@
 """The simulator end to end: devices publish, mosquitto routes, the ingest stores; what arrives, how fast.
 
-Runs ``run_simulation`` (the code behind ``iotfleet simulate``) on the embedded two-region local cloud
+Runs a ``Simulation`` (the code behind ``iotfleet simulate``) on the embedded two-region local cloud
 for each offered load in ``--speeds`` (telemetry every 10 simulated seconds per device, so the offered
 rate is ``devices x speed / 10`` msg/s). Side by side, in the same run: offered (sent) msg/s against
 acknowledged and ingested msg/s, with loss and latency, so the knee is visible. Also the simulator's
@@ -18,7 +18,7 @@ import platform
 
 from iotfleet.config import PublishLimits
 from iotfleet.sim.fleet import FleetShape
-from iotfleet.sim.simulate import LOCAL_RECONNECT, SimConfig, run_simulation
+from iotfleet.sim.simulate import LOCAL_RECONNECT, SimConfig, Simulation
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
             shadow=not args.no_shadow,
             reconnect=LOCAL_RECONNECT.model_copy(update={"keepalive_s": args.keepalive}),
         )
-        report = run_simulation(config)
+        report = Simulation(config).run()
         steady = report["duration_s"]
         lat = report["latency_ms"]
         res = report["resources"]

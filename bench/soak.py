@@ -1,6 +1,6 @@
 """Soak: a long simulation at high speed, with the memory of every process sampled over time.
 
-Runs ``run_simulation`` (the code behind ``iotfleet simulate``) on the embedded two-region local cloud
+Runs a ``Simulation`` (the code behind ``iotfleet simulate``) on the embedded two-region local cloud
 for ``--minutes`` and samples, every ``--every`` seconds, the RSS of the parent (the simulator's parent
 process, which also runs the local cloud's services: the ingest, its writer thread and SQLite, the
 shadow and provisioning services), of the brokers and of the simulator's workers, with the messages
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from iotfleet.config import PublishLimits
 from iotfleet.sim.fleet import FleetShape
-from iotfleet.sim.simulate import SimConfig, run_simulation
+from iotfleet.sim.simulate import SimConfig, Simulation
 
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6
 
@@ -148,7 +148,7 @@ def main() -> None:
         thread = threading.Thread(target=sampler, name="soak-sampler", daemon=True)
         thread.start()
         try:
-            report = run_simulation(config, on_progress=lambda p: acked.__setitem__(0, int(p.total("acked"))))
+            report = Simulation(config).run(on_progress=lambda p: acked.__setitem__(0, int(p.total("acked"))))
         finally:
             done.set()
             thread.join()

@@ -28,7 +28,7 @@ from iotfleet.topics import TopicScheme
 
 if TYPE_CHECKING:
     from iotfleet.sim.settings import SimSettings
-    from iotfleet.sim.simulate import SimConfig
+    from iotfleet.sim.simulate import Simulation
 
 __all__ = ["main"]
 
@@ -545,15 +545,17 @@ def simulate(ctx: click.Context, /, **options: Any) -> None:
     Exit code: 0 when the thresholds hold, 1 when breached, 2 for bad usage or configuration (or a
     report that could not be written: the summary is printed anyway).
     """
+    from iotfleet.sim.simulate import Simulation  # noqa: PLC0415
+
     with _errors():
         settings = _sim_settings(ctx, options)
-        config = settings.sim_config()
+        simulation = Simulation(settings.sim_config())
         if settings.run.report is not None:
             _check_writable(settings.run.report)
         if options["check_only"]:
             click.echo(json.dumps(settings.model_dump(mode="json", exclude={"source"}), indent=1))
             return
-        report = _run_simulation(config)
+        report = _run(simulation)
         breaches = _thresholds(report, settings.thresholds.max_lost, settings.thresholds.max_error_rate)
         failed_write = None
         if settings.run.report is not None:
@@ -619,15 +621,14 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"--report: cannot create files in {parent} (read-only or no permission)")
 
 
-def _run_simulation(config: SimConfig) -> dict[str, Any]:
+def _run(simulation: Simulation) -> dict[str, Any]:
     """Run with the live view (or one line on stderr once running); Ctrl-C stops it and it still reports."""
     import multiprocessing  # noqa: PLC0415
 
     from iotfleet.sim.live import LiveView  # noqa: PLC0415
-    from iotfleet.sim.simulate import run_simulation  # noqa: PLC0415
 
     stop = multiprocessing.get_context("spawn").Event()
-    with _until_signalled() as signalled, LiveView(config.shape.devices) as live:
+    with _until_signalled() as signalled, LiveView(simulation.config.shape.devices) as live:
         announced = live.enabled
 
         def progress(p: Any) -> None:
@@ -639,7 +640,7 @@ def _run_simulation(config: SimConfig) -> dict[str, Any]:
                 click.echo("running: messages are being acknowledged; Ctrl-C stops the run and reports", err=True)
             live(p)
 
-        return run_simulation(config, on_progress=progress, stop=stop)
+        return simulation.run(on_progress=progress, stop=stop)
 
 
 def _thresholds(report: dict[str, Any], max_lost: int, max_error_rate: float | None) -> list[str]:
@@ -709,12 +710,13 @@ def drill_failover(
 
     Exit code 1 when anything was lost or a device never failed over.
     """
-    from iotfleet.sim.simulate import run_drill  # noqa: PLC0415
+    from iotfleet.sim.drill import drill_config, run_drill  # noqa: PLC0415
 
     with _errors():
-        result = run_drill(
+        config = drill_config(
             devices=devices, rate=rate, mode=mode, warmup_s=warmup, observe_s=observe, transport=transport
         )
+        result = run_drill(config)
     if as_json:
         click.echo(json.dumps(result))
     else:

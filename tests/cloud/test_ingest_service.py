@@ -17,7 +17,7 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.config import Identity
 from iotfleet.errors import CloudError
-from iotfleet.sim.report import build_report
+from iotfleet.sim.report import Report
 from iotfleet.transport.base import ConnectOptions, InboundMessage
 from iotfleet.transport.paho import PahoTransport
 from tests.conftest import wait_until
@@ -254,6 +254,6 @@ def test_a_full_store_ends_the_run_with_what_was_stored_and_a_count_of_what_was_
     assert any(p.startswith("ingest eu-west-1 store: failed") for p in problems)
     with sqlite3.connect(path) as db:  # what was stored is there
         assert db.execute("SELECT count(*) FROM raw").fetchone() == (final["ingested"],)
-    report = build_report(workers=[], ingest=cloud.final_ingest_stats, duration_s=1.0, config={})
+    report = Report.of_run(workers=[], ingest=cloud.final_ingest_stats, duration_s=1.0, config={}).to_dict()
     counts = report["regions"]["eu-west-1"]  # the simulator's report shows it too
     assert (counts["not_stored"], counts["failures"]) == (final["not_stored"], len(final["failures"]))

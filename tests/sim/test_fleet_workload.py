@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from iotfleet.errors import ConfigError
+from iotfleet.sim.drill import drill_speed
 from iotfleet.sim.fleet import FleetShape, build_fleet, shard_of
 from iotfleet.sim.settings import load_settings
-from iotfleet.sim.simulate import drill_speed, parse_chaos, parse_duration
+from iotfleet.sim.simulate import parse_chaos, parse_duration
 from iotfleet.sim.workload import DEVICE_TYPES, LUMINAIRE, bytes_per_site_day, rejection_reason
 from iotfleet.topics import ThingScope
 

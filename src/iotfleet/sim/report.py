@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,24 @@ from iotfleet.errors import ConfigError
 from iotfleet.metrics import Histogram, SeqSet
 from iotfleet.sim.runner import WorkerMetrics
 
-__all__ = ["build_report", "load_report", "merge_reports", "summary_lines", "threshold_breaches"]
+__all__ = [
+    "Raw",
+    "Report",
+    "load_report",
+    "merge_reports",
+    "summary_lines",
+    "threshold_breaches",
+]
 
 REQUIRED = ("devices", "duration_s", "sent", "acked", "ingested", "lost", "duplicates", "throughput_msgs_per_s")
 
 
-def _seqs(data: Mapping[str, Any]) -> dict[str, SeqSet]:
-    return {thing: SeqSet.from_dict(d) for thing, d in data.items()}
+HISTOGRAMS = ("connect", "ack", "e2e", "provision", "shadow_sync")
+COUNTS = ("sent", "errors", "failed", "rejects", "failovers")
+
+
+def _copy(seqs: SeqSet) -> SeqSet:
+    return SeqSet.from_dict(seqs.to_dict())
 
 
 def _union(target: dict[str, SeqSet], source: Mapping[str, SeqSet]) -> None:
@@ -42,7 +54,7 @@ def _union(target: dict[str, SeqSet], source: Mapping[str, SeqSet]) -> None:
         if thing in target:
             target[thing].update(seqs)
         else:
-            target[thing] = SeqSet.from_dict(seqs.to_dict())
+            target[thing] = _copy(seqs)
 
 
 def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
@@ -66,139 +78,243 @@ def _add_shadow(total: dict[str, Any], part: Mapping[str, Any]) -> None:
     total["operator"] = mine
 
 
-def build_report(
-    *,
-    workers: Sequence[WorkerMetrics],
-    ingest: Sequence[Mapping[str, Any]] | None,
-    operator: Mapping[str, Any] | None = None,
-    duration_s: float,
-    config: Mapping[str, Any],
-    chaos: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
-    """Merge the workers' and ingest regions' figures into the raw form, then compute the report."""
-    acked: dict[str, SeqSet] = {}
-    sent: Counter[str] = Counter()
-    hist = {
-        "connect": Histogram(),
-        "ack": Histogram(),
-        "e2e": Histogram(),
-        "provision": Histogram(),
-        "shadow_sync": operator["lag"] if operator is not None else Histogram(),
-    }
-    shadow: dict[str, Any] = {"device": {}, "operator": None}
-    if operator is not None:
-        _add_shadow(shadow, {"operator": {k: v for k, v in operator.items() if k != "lag"}})
-    errors: Counter[str] = Counter()
-    failed: Counter[str] = Counter()
-    regions: dict[str, Counter[str]] = {}
-    failovers: Counter[str] = Counter()
-    totals: dict[str, float] = {"steady_wall_s": 0.0}
-    first_ack: dict[str, dict[str, float]] = {}
-    for w in workers:
-        _union(acked, w.acked_seqs)
-        sent.update(w.sent_by_device)
-        hist["connect"].merge(w.connect_ms)
-        hist["ack"].merge(w.ack_ms)
-        hist["provision"].merge(w.provision_ms)
-        errors.update(w.errors)
-        failed.update(w.failed)
-        failovers.update(w.failovers)
-        _add_shadow(shadow, {"device": w.shadow})
-        for key, value in (
-            {
-                "devices": w.devices,
-                "connects": w.connects,
-                "failbacks": w.failbacks,
-                "unacked": w.outbox_depth,
-                "worker_cpu_s": w.cpu_s,
-                "steady_cpu_s": w.steady_cpu_s,
-                "worker_rss_kb": w.max_rss_kb,
-                "account_rate_waits": w.account_rate_waits,
-            }
-        ).items():
-            totals[key] = totals.get(key, 0) + value
-        totals["steady_wall_s"] = max(totals["steady_wall_s"], w.steady_wall_s)
-        for region, counters in w.by_region.items():
-            regions.setdefault(region, Counter()).update({"acked": counters["acked"], "connects": counters["connects"]})
-        first_ack.update(w.first_ack_at)
+@dataclass
+class Raw:
+    """What a report is made of, in the form that merges exactly: per-device sequence sets, histograms,
+    counts and totals. A run's raw figures are the merge of its parts (each worker, each region's
+    ingest, the operator); a merged report's are the merge of its shards'.
+
+    ``ingested`` is None where nothing measured the ingest (a real target): loss is then unknowable.
+    """
+
+    acked: dict[str, SeqSet] = field(default_factory=dict)
     ingested: dict[str, SeqSet] | None = None
-    rejects: Counter[str] = Counter()
-    ingest_duplicates = 0
-    if ingest is not None:
-        ingested = {}
-        for stats in ingest:
-            hist["e2e"].merge(stats["e2e"])
-            rejects.update(stats["rejected"])
-            ingest_duplicates += stats["duplicates"]
-            counts = regions.setdefault(stats["region"], Counter())
-            counts.update({"ingested": stats["ingested"], "rejected": sum(stats["rejected"].values())})
-            # what the cloud lost or could not do, shown only when it happened (LocalCloud.ingest_stats)
-            trouble = {"not_stored": stats.get("not_stored", 0), "broker_dropped": stats.get("broker_dropped", 0)}
-            counts.update({k: v for k, v in {**trouble, "failures": len(stats.get("failures", []))}.items() if v})
-            _union(ingested, stats["by_device"])
-    raw = {
-        "acked": {k: v.to_dict() for k, v in acked.items()},
-        "ingested": None if ingested is None else {k: v.to_dict() for k, v in ingested.items()},
-        "sent": dict(sent),
-        "histograms": {k: v.to_dict() for k, v in hist.items()},
-        "errors": dict(errors),
-        "failed": dict(failed),
-        "rejects": dict(rejects),
-        "regions": {k: dict(v) for k, v in regions.items()},
-        "failovers": dict(failovers),
-        "totals": dict(totals),
-        "ingest_duplicates": ingest_duplicates,
-        "first_ack_at": first_ack,
-        "shadow": shadow,
-    }
-    return finish({"duration_s": round(duration_s, 3), "config": dict(config), "chaos": list(chaos), "raw": raw})
+    counts: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in COUNTS})
+    histograms: dict[str, Histogram] = field(default_factory=lambda: {k: Histogram() for k in HISTOGRAMS})
+    regions: dict[str, Counter[str]] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=lambda: {"steady_wall_s": 0.0})  # summed; the wall: max
+    ingest_duplicates: int = 0
+    first_ack_at: dict[str, dict[str, float]] = field(default_factory=dict)  # thing -> region -> epoch s
+    shadow: dict[str, Any] = field(default_factory=lambda: {"device": {}, "operator": None})
+
+    # ------------------------------------------------------------------ the parts of a run
+
+    @classmethod
+    def of_worker(cls, w: WorkerMetrics) -> Raw:
+        raw = cls(acked=w.acked_seqs, first_ack_at=w.first_ack_at, shadow={"device": dict(w.shadow), "operator": None})
+        counts = raw.counts
+        counts["sent"].update(w.sent_by_device)
+        counts["errors"].update(w.errors)
+        counts["failed"].update(w.failed)
+        counts["failovers"].update(w.failovers)
+        for name, histogram in (("connect", w.connect_ms), ("ack", w.ack_ms), ("provision", w.provision_ms)):
+            raw.histograms[name] = histogram
+        raw.totals = {
+            "steady_wall_s": w.steady_wall_s,
+            "devices": w.devices,
+            "connects": w.connects,
+            "failbacks": w.failbacks,
+            "unacked": w.outbox_depth,
+            "worker_cpu_s": w.cpu_s,
+            "steady_cpu_s": w.steady_cpu_s,
+            "worker_rss_kb": w.max_rss_kb,
+            "account_rate_waits": w.account_rate_waits,
+        }
+        raw.regions = {
+            region: Counter({"acked": counters["acked"], "connects": counters["connects"]})
+            for region, counters in w.by_region.items()
+        }
+        return raw
+
+    @classmethod
+    def of_ingest(cls, stats: Mapping[str, Any]) -> Raw:
+        """One region's ingest (LocalCloud.ingest_stats); what the cloud lost or could not do is shown
+        only when it happened."""
+        raw = cls(ingested=dict(stats["by_device"]), ingest_duplicates=stats["duplicates"])
+        raw.histograms["e2e"] = stats["e2e"]
+        raw.counts["rejects"].update(stats["rejected"])
+        counts = Counter({"ingested": stats["ingested"], "rejected": sum(stats["rejected"].values())})
+        trouble = {"not_stored": stats.get("not_stored", 0), "broker_dropped": stats.get("broker_dropped", 0)}
+        counts.update({k: v for k, v in {**trouble, "failures": len(stats.get("failures", []))}.items() if v})
+        raw.regions = {stats["region"]: counts}
+        return raw
+
+    @classmethod
+    def of_operator(cls, operator: Mapping[str, Any]) -> Raw:
+        """The operator's desired-state changes and how they were reconciled (``lag``: the sync histogram)."""
+        raw = cls()
+        raw.histograms["shadow_sync"] = operator["lag"]
+        _add_shadow(raw.shadow, {"operator": {k: v for k, v in operator.items() if k != "lag"}})
+        return raw
+
+    # ------------------------------------------------------------------ merging
+
+    @classmethod
+    def merged(cls, parts: Iterable[Raw]) -> Raw:
+        """The union of ``parts``; none of them is changed."""
+        total = cls()
+        for part in parts:
+            total.merge(part)
+        return total
+
+    def merge(self, other: Raw) -> Raw:
+        """Add ``other`` in place: sets unite, histograms and counts add, ``steady_wall_s`` takes the max."""
+        _union(self.acked, other.acked)
+        if other.ingested is not None:
+            if self.ingested is None:
+                self.ingested = {}
+            _union(self.ingested, other.ingested)
+        for key, counter in other.counts.items():
+            self.counts.setdefault(key, Counter()).update(counter)
+        for name, histogram in other.histograms.items():
+            self.histograms.setdefault(name, Histogram(histogram.precision)).merge(histogram)
+        for region, counts in other.regions.items():
+            self.regions.setdefault(region, Counter()).update(counts)
+        for key, value in other.totals.items():
+            mine = self.totals.get(key, 0)
+            self.totals[key] = max(mine, value) if key == "steady_wall_s" else mine + value
+        self.ingest_duplicates += other.ingest_duplicates
+        self.first_ack_at.update(other.first_ack_at)
+        _add_shadow(self.shadow, other.shadow)
+        return self
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "acked": {k: v.to_dict() for k, v in self.acked.items()},
+            "ingested": None if self.ingested is None else {k: v.to_dict() for k, v in self.ingested.items()},
+            "sent": dict(self.counts["sent"]),
+            "histograms": {k: v.to_dict() for k, v in self.histograms.items()},
+            "errors": dict(self.counts["errors"]),
+            "failed": dict(self.counts["failed"]),
+            "rejects": dict(self.counts["rejects"]),
+            "regions": {k: dict(v) for k, v in self.regions.items()},
+            "failovers": dict(self.counts["failovers"]),
+            "totals": dict(self.totals),
+            "ingest_duplicates": self.ingest_duplicates,
+            "first_ack_at": self.first_ack_at,
+            "shadow": self.shadow,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Raw:
+        def seqs(part: Mapping[str, Any]) -> dict[str, SeqSet]:
+            return {thing: SeqSet.from_dict(d) for thing, d in part.items()}
+
+        return cls(
+            acked=seqs(data["acked"]),
+            ingested=None if data["ingested"] is None else seqs(data["ingested"]),
+            counts={k: Counter(data[k]) for k in COUNTS},
+            histograms={k: Histogram.from_dict(v) for k, v in data["histograms"].items()},
+            regions={k: Counter(v) for k, v in data["regions"].items()},
+            totals=dict(data["totals"]),
+            ingest_duplicates=int(data["ingest_duplicates"]),
+            first_ack_at=dict(data.get("first_ack_at", {})),
+            shadow=data.get("shadow", {"device": {}, "operator": None}),
+        )
 
 
-def finish(report: dict[str, Any]) -> dict[str, Any]:
-    """Compute every headline figure of ``report`` from its ``raw`` section (also after a merge)."""
-    raw = report["raw"]
-    acked = _seqs(raw["acked"])
-    ingested = None if raw["ingested"] is None else _seqs(raw["ingested"])
-    hist = {k: Histogram.from_dict(v) for k, v in raw["histograms"].items()}
-    sent = sum(raw["sent"].values())
-    acked_n = sum(len(s) for s in acked.values())
-    totals = raw["totals"]
-    report.update(
-        {
-            "devices": totals.get("devices", 0),
+@dataclass
+class Report:
+    """One run's (or a merge of shards') report: its raw figures, how long it ran, what it was asked to do
+    and the chaos it went through. :meth:`to_dict` computes every headline figure from ``raw``."""
+
+    raw: Raw
+    duration_s: float
+    config: dict[str, Any] = field(default_factory=dict)
+    chaos: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of_run(
+        cls,
+        *,
+        workers: Sequence[WorkerMetrics],
+        ingest: Sequence[Mapping[str, Any]] | None,
+        operator: Mapping[str, Any] | None = None,
+        duration_s: float,
+        config: Mapping[str, Any],
+        chaos: Sequence[Mapping[str, Any]] = (),
+    ) -> Report:
+        """A run's report: the merge of its workers', its regions' ingest and its operator's figures."""
+        parts = [Raw.of_worker(w) for w in workers]
+        parts += [Raw.of_ingest(stats) for stats in ingest or ()]
+        if operator is not None:
+            parts.append(Raw.of_operator(operator))
+        raw = Raw.merged(parts)
+        if ingest is not None and raw.ingested is None:
+            raw.ingested = {}  # measured, and nothing arrived
+        return cls(raw, round(duration_s, 3), dict(config), [dict(event) for event in chaos])
+
+    @classmethod
+    def merge(cls, reports: Iterable[Report]) -> Report:
+        """One report from shard reports: sums, unions of sequence sets, merged histograms. A shard that
+        measured no ingest makes the merge's ingest (and so its loss) unknown."""
+        items = list(reports)
+        if not items:
+            raise ConfigError("name at least one report to merge")
+        raw = Raw.merged(r.raw for r in items)
+        if any(r.raw.ingested is None for r in items):
+            raw.ingested = None
+        shards = [r.config.get("shard") for r in items]
+        config = {"merged_from": len(items), "shards": shards}
+        return cls(raw, max(r.duration_s for r in items), config, [])
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        return cls(
+            Raw.from_dict(data["raw"]),
+            float(data["duration_s"]),
+            dict(data.get("config", {})),
+            list(data.get("chaos", [])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document: the headline figures (module docstring) computed from ``raw``, and ``raw``."""
+        raw, totals, counts = self.raw, self.raw.totals, self.raw.counts
+        sent = sum(counts["sent"].values())
+        failed = sum(counts["failed"].values())
+        acked = sum(len(s) for s in raw.acked.values())
+        devices = totals.get("devices", 0)
+        report: dict[str, Any] = {
+            "duration_s": self.duration_s,
+            "config": self.config,
+            "chaos": self.chaos,
+            "raw": raw.to_dict(),
+            "devices": devices,
             "sent": sent,
-            "acked": acked_n,
-            "unacked": max(0, sent - acked_n - sum(raw["failed"].values())),
-            "failed": sum(raw["failed"].values()),
-            "throughput_msgs_per_s": round(acked_n / report["duration_s"], 1) if report["duration_s"] else 0.0,
-            "latency_ms": {k: v.summary() for k, v in hist.items()},
-            "errors": {"total": sum(raw["errors"].values()), **raw["errors"]},
-            "failovers": sum(raw["failovers"].values()),
-            "failovers_by_route": raw["failovers"],
+            "acked": acked,
+            "unacked": max(0, sent - acked - failed),
+            "failed": failed,
+            "throughput_msgs_per_s": round(acked / self.duration_s, 1) if self.duration_s else 0.0,
+            "latency_ms": {k: v.summary() for k, v in raw.histograms.items()},
+            "errors": {"total": sum(counts["errors"].values()), **counts["errors"]},
+            "failovers": sum(counts["failovers"].values()),
+            "failovers_by_route": dict(counts["failovers"]),
             "failbacks": totals.get("failbacks", 0),
-            "reconnects": max(0, totals.get("connects", 0) - totals.get("devices", 0)),
+            "reconnects": max(0, totals.get("connects", 0) - devices),
             "account_rate_waits": totals.get("account_rate_waits", 0),
-            "regions": raw["regions"],
-            "rejects": raw["rejects"],
-            "shadow": raw.get("shadow", {"device": {}, "operator": None}),
+            "regions": {k: dict(v) for k, v in raw.regions.items()},
+            "rejects": dict(counts["rejects"]),
+            "shadow": raw.shadow,
             "resources": {
                 "worker_cpu_s": round(totals.get("worker_cpu_s", 0), 3),
                 "steady_cpu_core_fraction": round(totals["steady_cpu_s"] / totals["steady_wall_s"], 4)
                 if totals.get("steady_wall_s")
                 else None,
                 "worker_rss_kb": totals.get("worker_rss_kb", 0),
-                "rss_kb_per_device": round(totals.get("worker_rss_kb", 0) / max(1, totals.get("devices", 0)), 1),
+                "rss_kb_per_device": round(totals.get("worker_rss_kb", 0) / max(1, devices), 1),
             },
         }
-    )
-    if ingested is None:
-        report.update({"ingested": None, "lost": None, "duplicates": None, "out_of_order": None})
-    else:
-        report["ingested"] = sum(len(s) for s in ingested.values())
-        report["lost"] = sum(seqs.missing_from(ingested.get(thing, SeqSet())) for thing, seqs in acked.items())
-        report["duplicates"] = raw["ingest_duplicates"] + sum(s.duplicates for s in ingested.values())
-        report["out_of_order"] = sum(s.out_of_order for s in ingested.values())
-    return report
+        ingested = raw.ingested
+        if ingested is None:
+            report.update({"ingested": None, "lost": None, "duplicates": None, "out_of_order": None})
+        else:
+            report["ingested"] = sum(len(s) for s in ingested.values())
+            report["lost"] = sum(s.missing_from(ingested.get(t, SeqSet())) for t, s in raw.acked.items())
+            report["duplicates"] = raw.ingest_duplicates + sum(s.duplicates for s in ingested.values())
+            report["out_of_order"] = sum(s.out_of_order for s in ingested.values())
+        return report
 
 
 RAW_KEYS = ("acked", "ingested", "histograms", "regions", "ingest_duplicates", "totals", "sent", "errors", "failed")
@@ -221,48 +337,8 @@ def load_report(path: Path) -> dict[str, Any]:
 
 
 def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """One report from shard reports: sums, unions of sequence sets, merged histograms."""
-    items = list(reports)
-    if not items:
-        raise ConfigError("name at least one report to merge")
-    raws = [r["raw"] for r in items]
-    acked: dict[str, SeqSet] = {}
-    ingested: dict[str, SeqSet] | None = {} if all(r["ingested"] is not None for r in raws) else None
-    hist: dict[str, Histogram] = {}
-    merged: dict[str, Counter[str]] = {
-        k: Counter() for k in ("sent", "errors", "failed", "rejects", "failovers", "totals")
-    }
-    regions: dict[str, Counter[str]] = {}
-    first_ack: dict[str, dict[str, float]] = {}
-    shadow: dict[str, Any] = {"device": {}, "operator": None}
-    for raw in raws:
-        _add_shadow(shadow, raw.get("shadow", {}))
-        _union(acked, _seqs(raw["acked"]))
-        if ingested is not None:
-            _union(ingested, _seqs(raw["ingested"]))
-        for name, data in raw["histograms"].items():
-            hist.setdefault(name, Histogram(int(data["precision"]))).merge(Histogram.from_dict(data))
-        for key, counter in merged.items():
-            counter.update(raw[key])
-        for region, counts in raw["regions"].items():
-            regions.setdefault(region, Counter()).update(counts)
-        first_ack.update(raw.get("first_ack_at", {}))
-    raw_out = {
-        "acked": {k: v.to_dict() for k, v in acked.items()},
-        "ingested": None if ingested is None else {k: v.to_dict() for k, v in ingested.items()},
-        "histograms": {k: v.to_dict() for k, v in hist.items()},
-        "regions": {k: dict(v) for k, v in regions.items()},
-        "ingest_duplicates": sum(r["ingest_duplicates"] for r in raws),
-        "first_ack_at": first_ack,
-        "shadow": shadow,
-        **{k: dict(v) for k, v in merged.items()},
-    }
-    raw_out["totals"]["steady_wall_s"] = max(float(r["totals"].get("steady_wall_s", 0)) for r in raws)
-    duration = max(float(r["duration_s"]) for r in items)
-    shards = [r.get("config", {}).get("shard") for r in items]
-    return finish(
-        {"duration_s": duration, "config": {"merged_from": len(items), "shards": shards}, "chaos": [], "raw": raw_out}
-    )
+    """One report's JSON document from shard reports' (:meth:`Report.merge`)."""
+    return Report.merge(Report.from_dict(r) for r in reports).to_dict()
 
 
 def threshold_breaches(

@@ -168,7 +168,7 @@ class SimSettings(BaseModel):
         if run.keepalive is not None:
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
             reconnect = base.model_copy(update={"keepalive_s": run.keepalive})
-        config = SimConfig(
+        return SimConfig(
             shape=self.fleet,
             duration_s=workload.duration,
             speed=workload.speed,
@@ -186,11 +186,8 @@ class SimSettings(BaseModel):
             operator_fraction=workload.operator_fraction,
             operator_every_s=workload.operator_every,
             account_publish_rate=run.account_rate,
+            **({} if run.workers is None else {"workers": run.workers}),
         )
-        if run.workers is not None:
-            config.workers = run.workers
-        config.check()
-        return config
 
     def _base(self) -> Path:
         return Path() if self.source is None else self.source.parent

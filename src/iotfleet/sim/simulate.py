@@ -1,4 +1,4 @@
-"""``iotfleet simulate`` and ``iotfleet drill failover``: set up the target, run the workers, report.
+"""``iotfleet simulate``: one :class:`Simulation` sets up the target, runs the workers and reports.
 
 The default target is an embedded two-region local cloud with its ingestion pipeline, started and
 stopped by the run. ``--config fleet.toml`` with a ``[target]`` section names real endpoints instead
@@ -8,38 +8,36 @@ stopped by the run. ``--config fleet.toml`` with a ``[target]`` section names re
 from __future__ import annotations
 
 import contextlib
-import math
 import multiprocessing
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from iotfleet.cloud.control import CHAOS_ACTIONS, Action, Outage
+from iotfleet.cloud.control import CHAOS_ACTIONS, Action
 from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.metrics import SeqSet
 from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
 from iotfleet.sim.operator import Operator
-from iotfleet.sim.report import build_report
+from iotfleet.sim.report import Report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
-from iotfleet.sim.workload import DEVICE_TYPES
 
 __all__ = [
+    "LOCAL_RECONNECT",
     "ChaosEvent",
+    "Progress",
     "ProvisionMode",
     "SimConfig",
+    "Simulation",
     "Target",
-    "drill_speed",
     "parse_chaos",
     "parse_duration",
-    "run_drill",
-    "run_simulation",
 ]
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
@@ -110,9 +108,9 @@ class Target:
     template: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimConfig:
-    """Everything ``iotfleet simulate`` takes."""
+    """Everything one simulation is asked to do, checked when it is made (:class:`ConfigError`)."""
 
     shape: FleetShape = field(default_factory=FleetShape)
     duration_s: float | None = None
@@ -138,7 +136,7 @@ class SimConfig:
     # IoT Core's default inbound quota (IOT_CORE.md section 4) against a real target
     account_publish_rate: float | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ConfigError("--speed must be greater than 0")
         if self.workers < 1:
@@ -199,13 +197,6 @@ def _split(devices: Sequence[SimDevice], workers: int) -> list[list[SimDevice]]:
     return [b for b in buckets if b]
 
 
-@contextlib.contextmanager
-def _local_cloud(config: SimConfig, workdir: Path) -> Iterator[LocalCloud]:
-    cloud = LocalCloud(config.regions, workdir=workdir / "cloud", ingest=True, replicate_shadows=True)
-    with cloud:
-        yield cloud
-
-
 class _Director:
     """What the parent does while the workers run: the chaos schedule and the operator's rounds."""
 
@@ -246,102 +237,129 @@ class _Director:
             operator.tick(elapsed, progress.failed, until_s=self.operator_until)
 
 
-def run_simulation(
-    config: SimConfig,
-    *,
-    on_progress: Callable[[Progress], None] = lambda _p: None,
-    stop: Any = None,
-) -> dict[str, Any]:
-    """Run the fleet and return the report. ``stop`` (a multiprocessing Event) ends it early (Ctrl-C)."""
-    config.check()
-    devices = shard_of(build_fleet(config.shape), *config.shard)
-    if not devices:
-        raise ConfigError(f"shard {config.shard[0]}/{config.shard[1]} holds no site of this fleet")
-    stop = stop or multiprocessing.get_context("spawn").Event()
-    with contextlib.ExitStack() as stack:
-        workdir = config.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="iotfleet-sim-")))
-        workdir.mkdir(parents=True, exist_ok=True)
-        cloud = None if config.target is not None else stack.enter_context(_local_cloud(config, workdir))
-        if cloud is not None:
-            endpoints: Sequence[Endpoint] = cloud.endpoints
-            ca_file = cloud.ca_file
-            claim = ClaimSettings(
-                Identity(
-                    thing_name="claim", cert_file=cloud.claim.cert_file, key_file=cloud.claim.key_file, ca_file=ca_file
-                ),
-                cloud.template,
-            )
-            identity_dir = cloud.workdir / "things"
-            if config.provision == ProvisionMode.DIRECT:
-                cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in devices])
-        elif config.target is not None:
-            endpoints, ca_file = config.target.endpoints, config.target.ca_file
+@dataclass(frozen=True)
+class Reached:
+    """What the devices connect to and trust, how they get identities, and the local cloud if it is one."""
+
+    endpoints: Sequence[Endpoint]
+    ca_file: Path
+    claim: ClaimSettings
+    identity_dir: Path
+    cloud: LocalCloud | None
+
+
+class Simulation:
+    """One run of the fleet, from one frozen :class:`SimConfig`: the composition root that the CLI, the
+    drill, the bench scripts and the tests all use, like locust's ``Environment``.
+
+    ``devices`` is this shard's part of the fleet, known before anything starts. :meth:`run` sets up the
+    target (the embedded local cloud, or the real endpoints), splits the devices over worker processes,
+    directs the chaos schedule and the operator while they run, waits for the ingest to settle and
+    returns the report.
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.devices = shard_of(build_fleet(config.shape), *config.shard)
+        if not self.devices:
+            raise ConfigError(f"shard {config.shard[0]}/{config.shard[1]} holds no site of this fleet")
+
+    def run(self, *, on_progress: Callable[[Progress], None] = lambda _p: None, stop: Any = None) -> dict[str, Any]:
+        """Run the fleet and return the report. ``stop`` (a multiprocessing Event) ends it early (Ctrl-C)."""
+        config = self.config
+        stop = stop or multiprocessing.get_context("spawn").Event()
+        with contextlib.ExitStack() as stack:
+            workdir = config.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="iotfleet-sim-")))
+            workdir.mkdir(parents=True, exist_ok=True)
+            reached = self._reach(stack, workdir)
+            specs = self.worker_specs(reached, start_at=time.time())
+            progress = Progress()
+            director = _Director(config, reached.cloud, self.devices, progress)
+
+            def tick() -> None:
+                director.tick()
+                on_progress(progress)
+
+            def snapshot(index: int, body: dict[str, Any]) -> None:
+                progress.snapshots[index] = body
+
+            timeout = None
+            if config.duration_s is not None:  # a generous bound: the run, its drain, and the connect ramp
+                timeout = config.duration_s + config.drain_s + 300 + len(self.devices) / 50
+            started = time.monotonic()
+            metrics = run_workers(specs, stop, snapshot, tick, timeout)
+            duration = time.monotonic() - started
+            ingest = None if reached.cloud is None else _settle(reached.cloud, metrics, config.settle_s)
+            shadow = None if director.operator is None else director.operator.reconcile(progress.failed)
+            return Report.of_run(
+                workers=metrics,
+                ingest=ingest,
+                operator=shadow,
+                duration_s=duration,
+                config=self.report_config(reached, len(specs)),
+                chaos=progress.chaos_done,
+            ).to_dict()
+
+    def _reach(self, stack: contextlib.ExitStack, workdir: Path) -> Reached:
+        """Start the embedded local cloud (stopped with ``stack``), or take the configured real target."""
+        config = self.config
+        identity_dir = workdir / "identities"  # where devices that provision by claim keep what they got
+        if config.target is not None:
             claim = ClaimSettings(config.target.claim, config.target.template)
-            identity_dir = workdir / "identities"
-        else:
-            raise ConfigError("no target: the local cloud did not start and no [target] was given")
-        if config.provision == ProvisionMode.CLAIM:
-            identity_dir = workdir / "identities"
-        start_at = time.time()
-        chunks = _split(devices, config.workers)
+            return Reached(config.target.endpoints, config.target.ca_file, claim, identity_dir, None)
+        cloud = stack.enter_context(
+            LocalCloud(config.regions, workdir=workdir / "cloud", ingest=True, replicate_shadows=True)
+        )
+        if config.provision == ProvisionMode.DIRECT:
+            cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in self.devices])
+            identity_dir = cloud.workdir / "things"
+        return Reached(
+            cloud.endpoints, cloud.ca_file, ClaimSettings(cloud.claim_identity, cloud.template), identity_dir, cloud
+        )
+
+    def worker_specs(self, reached: Reached, *, start_at: float) -> list[WorkerSpec]:
+        """Whole sites per worker process; the ramp and the account's publish rate split among them."""
+        config = self.config
+        chunks = _split(self.devices, config.workers)
         account_rate = config.publish_rate()
-        specs = [
+        reconnect = config.reconnect or (LOCAL_RECONNECT if reached.cloud is not None else ReconnectPolicy())
+        return [
             WorkerSpec(
                 index=i,
                 devices=chunk,
-                endpoints=list(endpoints),
-                identity_dir=identity_dir,
-                ca_file=ca_file,
+                endpoints=list(reached.endpoints),
+                identity_dir=reached.identity_dir,
+                ca_file=reached.ca_file,
                 speed=config.speed,
                 duration_s=config.duration_s,
                 ramp_per_s=config.ramp_per_s / config.workers,
-                reconnect=config.reconnect or (LOCAL_RECONNECT if cloud is not None else ReconnectPolicy()),
+                reconnect=reconnect,
                 limits=config.limits,
                 transport=config.transport,
                 drain_s=config.drain_s,
-                claim=claim if config.provision == ProvisionMode.CLAIM else None,
+                claim=reached.claim if config.provision == ProvisionMode.CLAIM else None,
                 start_at=start_at,
                 shadow=config.shadow,
                 publish_rate=None if account_rate is None else account_rate / len(chunks),
             )
             for i, chunk in enumerate(chunks)
         ]
-        progress = Progress()
-        director = _Director(config, cloud, devices, progress)
 
-        def tick() -> None:
-            director.tick()
-            on_progress(progress)
-
-        def snapshot(index: int, body: dict[str, Any]) -> None:
-            progress.snapshots[index] = body
-
-        timeout = None if config.duration_s is None else config.duration_s + config.drain_s + 300 + len(devices) / 50
-        started = time.monotonic()
-        metrics = run_workers(specs, stop, snapshot, tick, timeout)
-        duration = time.monotonic() - started
-        ingest = _settle(cloud, metrics, config.settle_s) if cloud is not None else None
-        shadow = None if director.operator is None else director.operator.reconcile(progress.failed)
-        report_config = {
+    def report_config(self, reached: Reached, workers: int) -> dict[str, Any]:
+        """What the report says the run was asked to do."""
+        config = self.config
+        return {
             "shape": config.shape.model_dump(),
             "speed": config.speed,
-            "workers": len(specs),
+            "workers": workers,
             "transport": config.transport,
             "provision": config.provision,
             "shard": f"{config.shard[0]}/{config.shard[1]}",
-            "target": "local-cloud" if cloud is not None else [str(e) for e in endpoints],
+            "target": "local-cloud" if reached.cloud is not None else [str(e) for e in reached.endpoints],
             "shadow": config.shadow,
             "operator": {"fraction": config.operator_fraction, "every_s": config.operator_every_s},
-            "account_publish_rate": account_rate,
+            "account_publish_rate": config.publish_rate(),
         }
-        return build_report(
-            workers=metrics,
-            ingest=ingest,
-            operator=shadow,
-            duration_s=duration,
-            config=report_config,
-            chaos=progress.chaos_done,
-        )
 
 
 def _settle(cloud: LocalCloud, metrics: Sequence[WorkerMetrics], settle_s: float) -> list[dict[str, Any]]:
@@ -357,100 +375,3 @@ def _settle(cloud: LocalCloud, metrics: Sequence[WorkerMetrics], settle_s: float
         if sum(len(v) for v in distinct.values()) >= acked or time.monotonic() > deadline:
             return stats
         time.sleep(0.1)
-
-
-# --------------------------------------------------------------------------- the failover drill
-
-
-def drill_speed(rate: float, device_type: str = "luminaire") -> float:
-    """The speed at which a device's telemetry comes ``rate`` times per real second.
-
-    Telemetry every 10 simulated s at speed 10 x rate: ``rate`` messages per real second.
-    """
-    telemetry = next(t for t in DEVICE_TYPES[device_type].tasks if t.stream == "telemetry")
-    return rate * telemetry.every_s
-
-
-def run_drill(
-    *,
-    devices: int,
-    rate: float,
-    mode: str,
-    warmup_s: float = 5.0,
-    observe_s: float = 15.0,
-    transport: str = "crt",
-    workers: int | None = None,
-    reconnect: ReconnectPolicy | None = None,
-) -> dict[str, Any]:
-    """Fleet on region 1; fail it (``kill`` or ``blackhole``) after ``warmup_s``; report RTO, loss, duplicates.
-
-    RTO of a device: from the fault to its first publish acknowledged by region 2.
-    """
-    if mode not in tuple(Outage):
-        raise ConfigError("--mode is kill or blackhole")
-    if devices < 1 or rate <= 0:
-        raise ConfigError("--devices must be >= 1 and --rate > 0")
-    assets = min(devices, 40)
-    sites = math.ceil(devices / assets)
-    shape = FleetShape(sites=sites, tenants=1, buildings=1, rooms=1, assets=assets)
-    regions = list(DEFAULT_REGIONS)
-    policy = reconnect or LOCAL_RECONNECT
-    config = SimConfig(
-        shape=shape,
-        duration_s=warmup_s + observe_s,
-        speed=drill_speed(rate),
-        workers=workers or default_workers(),
-        transport=transport,
-        chaos=[ChaosEvent(Action(mode), regions[0], warmup_s)],
-        regions=regions,
-        reconnect=policy,
-        limits=PublishLimits(enabled=False),
-        operator_fraction=0.0,
-        operator_on_fault=1.0,  # every device gets a new desired dim level while its region is down
-    )
-    report = run_simulation(config)
-    fault = next(e for e in report["chaos"] if e["action"] == mode)
-    rtos = sorted(
-        firsts[regions[1]] - fault["epoch"]
-        for firsts in report["raw"]["first_ack_at"].values()
-        if regions[1] in firsts and firsts[regions[1]] >= fault["epoch"]
-    )
-    failed_over = len(rtos)
-
-    def pick(q: float) -> float:
-        return round(rtos[min(len(rtos) - 1, max(0, math.ceil(q * len(rtos)) - 1))], 3) if rtos else 0.0
-
-    return {
-        "mode": mode,
-        "devices": report["devices"],
-        "sent": report["sent"],
-        "acked": report["acked"],
-        "ingested": report["ingested"],
-        "lost": report["lost"],
-        "duplicates": report["duplicates"],
-        "failed_over": failed_over,
-        "rto_s": {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(rtos[-1], 3) if rtos else 0.0},
-        "detection": f"{mode}: "
-        + (
-            "connection reset"
-            if mode == Outage.KILL
-            else f"PUBACK or PINGRESP {policy.ping_timeout_s} s late (keepalive {policy.keepalive_s} s)"
-        ),
-        "shadow": _drill_shadow(report),
-        "report": {k: v for k, v in report.items() if k != "raw"},
-    }
-
-
-def _drill_shadow(report: dict[str, Any]) -> dict[str, Any] | None:
-    """Shadow reconciliation in the drill: desired changes made during the fault, applied after failover."""
-    operator = report["shadow"]["operator"]
-    if operator is None:
-        return None
-    lag = report["latency_ms"]["shadow_sync"]
-    return {
-        "changed": operator["devices_changed"],
-        "reconciled": operator["reconciled"],
-        "pending": operator["pending"],
-        "sync_s": {k: round(lag[k] / 1000, 1) for k in ("p50", "p95", "max")} if lag["count"] else None,
-        "resyncs": report["shadow"]["device"].get("resyncs", 0),
-    }
