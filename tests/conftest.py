@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -23,7 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfleet.cloud.broker import TlsFiles
 from iotfleet.cloud.local import LocalCloud
-from iotfleet.config import Endpoint, Identity, PublishLimits
+from iotfleet.config import LOCAL_FAST, Endpoint, Identity, PublishLimits
 from iotfleet.topics import MESSAGE_ID_PROPERTY
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
@@ -188,6 +189,13 @@ def _comm(pid: int) -> str:
 # --------------------------------------------------------------------------- device tests
 
 UNLIMITED = PublishLimits(enabled=False)
+
+
+def lamp_options(cloud: LocalCloud, lamp: Identity, transport: str = "crt", **overrides: Any) -> dict[str, Any]:
+    """A device client's keyword arguments for the tests' thing in acme/hq on ``cloud``: fast reconnects and
+    no rate limits (for :class:`DeviceClient` and :class:`BlockingDeviceClient` alike)."""
+    options = {"tenant": "acme", "site": "hq", "transport": transport, "reconnect": LOCAL_FAST, "limits": UNLIMITED}
+    return {"identity": lamp, "endpoints": cloud.endpoints, **options, **overrides}
 
 
 @pytest.fixture(params=["crt", "paho"])

@@ -19,7 +19,7 @@ from iotfleet.errors import ClientStateError, ConfigError, ConnectError, Publish
 from iotfleet.shadow.client import Shadow
 from iotfleet.testing import LOCAL_FAST
 from iotfleet.topics import MESSAGE_ID_PROPERTY, SEQUENCE_PROPERTY
-from tests.conftest import UNLIMITED, Watcher
+from tests.conftest import Watcher, lamp_options
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -27,14 +27,7 @@ def run(coro: Awaitable[Any]) -> Any:
 
 
 def device(lamp: Identity, cloud: LocalCloud, transport: str, **kw: Any) -> DeviceClient:
-    options: dict[str, Any] = {
-        "tenant": "acme",
-        "site": "hq",
-        "transport": transport,
-        "reconnect": LOCAL_FAST,
-        "limits": UNLIMITED,
-    }
-    return DeviceClient(identity=lamp, endpoints=cloud.endpoints, **{**options, **kw})
+    return DeviceClient(**lamp_options(cloud, lamp, transport, **kw))
 
 
 def test_publish_reaches_the_cloud_with_message_id_and_sequence(
@@ -213,14 +206,7 @@ def test_overflow_drop_oldest_reports_every_evicted_message(
 
 
 def test_blocking_facade_publishes_and_receives(local_cloud: LocalCloud, lamp: Identity, transport: str) -> None:
-    with BlockingDeviceClient(
-        identity=lamp,
-        endpoints=local_cloud.endpoints,
-        tenant="acme",
-        site="hq",
-        transport=transport,
-        reconnect=LOCAL_FAST,
-    ) as dev:
+    with BlockingDeviceClient(**lamp_options(local_cloud, lamp, transport)) as dev:
         receipt = dev.publish("power", {"watts": 3})
         assert receipt.reason_code < 0x80
         commands = dev.commands(timeout=5)
@@ -381,14 +367,7 @@ def test_streams_end_when_the_client_closes(local_cloud: LocalCloud, lamp: Ident
 def test_blocking_commands_are_subscribed_on_return_and_end_on_close(
     local_cloud: LocalCloud, lamp: Identity, transport: str
 ) -> None:
-    with BlockingDeviceClient(
-        identity=lamp,
-        endpoints=local_cloud.endpoints,
-        tenant="acme",
-        site="hq",
-        transport=transport,
-        reconnect=LOCAL_FAST,
-    ) as dev:
+    with BlockingDeviceClient(**lamp_options(local_cloud, lamp, transport)) as dev:
         commands = dev.commands()  # no timeout: only the close ends it
         assert asyncio.run(_publish_once(local_cloud, "cmd/acme/hq/lamp-1/reboot")) == 0x00
         assert next(commands).name == "reboot"

@@ -16,8 +16,7 @@ from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import PublishRejected, ShadowRejected
 from iotfleet.shadow.client import Shadow, ShadowSync
-from iotfleet.testing import LOCAL_FAST
-from tests.conftest import UNLIMITED, Watcher, until
+from tests.conftest import Watcher, lamp_options, until
 
 
 @pytest.fixture
@@ -26,15 +25,7 @@ def lamp(local_cloud: LocalCloud) -> Identity:
 
 
 def connect(cloud: LocalCloud, lamp: Identity, transport: str = "crt") -> DeviceClient:
-    return DeviceClient(
-        identity=lamp,
-        endpoints=cloud.endpoints,
-        tenant="acme",
-        site="hq",
-        transport=transport,
-        reconnect=LOCAL_FAST,
-        limits=UNLIMITED,
-    )
+    return DeviceClient(**lamp_options(cloud, lamp, transport))
 
 
 def run(coro: Awaitable[Any]) -> Any:
