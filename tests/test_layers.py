@@ -2,8 +2,9 @@
 
 Every import counts: at the top of a module, inside a function, and under ``TYPE_CHECKING``. Lowest first:
 
-    errors, _files (and the other private helpers) -> topics -> policy, config, metrics -> transport -> device
-    -> shadow, provisioning -> cloud -> sim -> cli, testing, __main__, the facade (iotfleet/__init__.py)
+    errors, _files (and the other private helpers) -> topics -> policy, policy_engine, config, metrics
+    -> transport -> device -> shadow, provisioning -> cloud -> sim
+    -> cli, testing, __main__, the facade (iotfleet/__init__.py)
 
 No two modules, and no two packages, may import each other, directly or round a longer loop.
 ``python -m tests.test_layers`` prints today's package-level graph.
@@ -24,7 +25,7 @@ PACKAGE = "iotfleet"
 LAYERS: list[set[str]] = [
     {"iotfleet.errors", "iotfleet._files", "iotfleet._model", "iotfleet._loop_thread", "iotfleet._rate"},
     {"iotfleet.topics"},
-    {"iotfleet.policy", "iotfleet.config", "iotfleet.metrics"},
+    {"iotfleet.policy", "iotfleet.policy_engine", "iotfleet.config", "iotfleet.metrics"},
     {"iotfleet.transport"},
     {"iotfleet.device"},
     {"iotfleet.shadow", "iotfleet.provisioning"},

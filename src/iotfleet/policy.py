@@ -3,8 +3,8 @@
 :func:`render` gives the least-privilege device policy that is deployed to AWS IoT Core, written with
 thing policy variables. :func:`acl_lines` derives the local broker's ACL for one concrete thing from
 that very document, so the rules a test exercises on loopback are the rules that are deployed.
-:func:`evaluate` applies a policy the way IoT Core does (``*`` and ``?`` wildcards, ``+``/``#``
-literal, explicit Deny wins, unresolved variables deny), which tests use to prove the two agree.
+:func:`evaluate` applies a policy the way IoT Core does (:mod:`iotfleet.policy_engine`), which tests use
+to prove the two agree.
 
 Policy grammar: shared/IOT_CORE.md section 5.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from iotfleet.errors import PolicyError
+from iotfleet.policy_engine import PolicyDocument, RequestContext, authorize
 from iotfleet.topics import (
     ShadowOp,
     TopicScheme,
@@ -163,6 +164,14 @@ class ThingVariables:
             return self.attributes.get(match.group(1))
         return None
 
+    def context(self) -> RequestContext:
+        """The policy engine's view of this connection (thing variables resolve only when attached)."""
+        return RequestContext(
+            client_id=self.client_id if self.client_id is not None else self.thing_name,
+            thing_name=self.thing_name if self.attached else None,
+            attributes=self.attributes,
+        )
+
     def condition(self, key: str) -> str | None:
         if key == IS_ATTACHED:
             return "true" if self.attached else "false"
@@ -192,16 +201,6 @@ def _substitute(resource: str, variables: ThingVariables) -> str | None:
     return None if unresolved else out
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    parts: list[str] = []
-    for ch in pattern:
-        parts.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
-    text = "".join(parts)
-    for literal, marker in _ESCAPES.items():
-        text = text.replace(re.escape(marker), re.escape(literal))
-    return re.compile(text, re.DOTALL)
-
-
 def _listed(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
@@ -216,31 +215,11 @@ def _conditions_hold(conditions: Mapping[str, Any], variables: ThingVariables) -
     return True
 
 
-def _statement_matches(statement: Mapping[str, Any], action: str, resource: str, variables: ThingVariables) -> bool:
-    actions = _listed(statement.get("Action", []))
-    if not any(_glob(a).fullmatch(action) for a in actions):
-        return False
-    if not _conditions_hold(statement.get("Condition", {}), variables):
-        return False
-    for pattern in _listed(statement.get("Resource", [])):
-        concrete = _substitute(pattern, variables)
-        if concrete is not None and _glob(concrete).fullmatch(resource):
-            return True
-    return False
-
-
 def evaluate(policy: Policy, action: str, resource: str, variables: ThingVariables) -> bool:
-    """Whether ``policy`` allows ``action`` on ``resource`` (an ARN) for a thing's connection.
-
-    Explicit Deny wins over Allow; nothing allowed means denied.
-    """
-    allowed = False
-    for statement in policy.get("Statement", []):
-        if _statement_matches(statement, action, resource, variables):
-            if statement.get("Effect") == "Deny":
-                return False
-            allowed = True
-    return allowed
+    """Whether ``policy`` allows ``action`` on ``resource`` (an ARN) for a thing's connection: the policy
+    engine's answer (:func:`iotfleet.policy_engine.authorize`), for documents this module renders."""
+    document = PolicyDocument.parse(policy)
+    return authorize([document], action, resource, variables.context()).allowed
 
 
 # --------------------------------------------------------------------------- broker ACL
