@@ -84,7 +84,7 @@ def test_explicit_deny_wins_and_plus_is_literal_in_policies() -> None:
             {"Effect": "Deny", "Action": "iot:Publish", "Resource": arn("topic", "a/secret")},
             {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": arn("topicfilter", "b/+")},
             {"Effect": "Allow", "Action": "iot:Receive", "Resource": arn("topic", "c/${*}")},
-        ]
+        ],
     }
     assert evaluate(doc, "iot:Publish", arn("topic", "a/x/y"), LAMP)
     assert not evaluate(doc, "iot:Publish", arn("topic", "a/secret"), LAMP)
