@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import signal
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -184,6 +187,29 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- the CLI as a user runs it
+
+IOTFLEET = [sys.executable, "-m", "iotfleet"]
+
+
+@contextmanager
+def cloud_up(*args: str, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """``iotfleet cloud up ARGS`` in its own process, pipes for stdout and stderr; at the end it gets SIGTERM
+    if still running, and is killed by its PID if it does not stop (also when the test failed)."""
+    command = [*IOTFLEET, "cloud", "up", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 # --------------------------------------------------------------------------- device tests

@@ -18,9 +18,7 @@ from click.testing import CliRunner
 from iotfleet.cli import cli
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from iotfleet.transport.tls import tls_client_context
-from tests.conftest import process_alive
-
-IOTFLEET = [sys.executable, "-m", "iotfleet"]
+from tests.conftest import cloud_up, process_alive
 
 
 def children_of(pid: int) -> list[int]:
@@ -37,31 +35,24 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    with subprocess.Popen(
-        [*IOTFLEET, "cloud", "up", "--json", "--workdir", str(tmp_path / "w")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            info = json.loads(proc.stdout.readline())
-            assert set(info) == {"regions", "ca_file", "claim_cert", "claim_key", "template", "workdir"}
-            assert [r["name"] for r in info["regions"]] == ["eu-west-1", "us-east-1"]
-            assert all(r["host"] == "localhost" for r in info["regions"])
-            assert all(
-                Path(info[k]).is_absolute() and Path(info[k]).exists() for k in ("ca_file", "claim_cert", "claim_key")
-            )
-            assert info["template"] == "iotfleet-default"
-            ctx = tls_client_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
-            for region in info["regions"]:
-                with socket.create_connection(("127.0.0.1", region["port"]), timeout=2) as raw:
-                    ctx.wrap_socket(raw, server_hostname="localhost").close()
-            brokers = children_of(proc.pid)
-            assert len(brokers) == 2
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
+    with cloud_up("--json", "--workdir", str(tmp_path / "w")) as proc:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert set(info) == {"regions", "ca_file", "claim_cert", "claim_key", "template", "workdir"}
+        assert [r["name"] for r in info["regions"]] == ["eu-west-1", "us-east-1"]
+        assert all(r["host"] == "localhost" for r in info["regions"])
+        assert all(
+            Path(info[k]).is_absolute() and Path(info[k]).exists() for k in ("ca_file", "claim_cert", "claim_key")
+        )
+        assert info["template"] == "iotfleet-default"
+        ctx = tls_client_context(Path(info["ca_file"]), Path(info["claim_cert"]), Path(info["claim_key"]))
+        for region in info["regions"]:
+            with socket.create_connection(("127.0.0.1", region["port"]), timeout=2) as raw:
+                ctx.wrap_socket(raw, server_hostname="localhost").close()
+        brokers = children_of(proc.pid)
+        assert len(brokers) == 2
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out == ""  # exactly one JSON line, nothing else on stdout
     assert not [pid for pid in brokers if process_alive(pid)]

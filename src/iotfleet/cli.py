@@ -244,6 +244,20 @@ def cloud() -> None:
 )
 @click.option("--tenant", default="demo", show_default=True, help="Tenant of the --thing things.")
 @click.option("--site", default="hq", show_default=True, help="Site of the --thing things.")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="REGION=HOST:PORT",
+    help="Also listen on HOST:PORT for REGION (repeatable): 8883, or 443 (ALPN x-amzn-mqtt-ca) as root. "
+    "Regions share a port on distinct addresses (127.0.0.1, 127.0.0.2). Default: an ephemeral loopback port.",
+)
+@click.option(
+    "--san",
+    "sans",
+    multiple=True,
+    metavar="NAME",
+    help="Also name this host name or IP address in the brokers' certificate (repeatable), for devices on the LAN.",
+)
 def cloud_up(
     regions: str,
     workdir: Path | None,
@@ -252,16 +266,27 @@ def cloud_up(
     things: tuple[str, ...],
     tenant: str,
     site: str,
+    listen: tuple[str, ...],
+    sans: tuple[str, ...],
 ) -> None:
     """Start the local cloud and run until SIGINT or SIGTERM.
 
-    While it runs, 'iotfleet cloud chaos ACTION REGION --workdir DIR' injects faults into it.
+    While it runs, 'iotfleet cloud chaos ACTION REGION --workdir DIR' injects faults into it. Apps that
+    trust the system's CA store (AWS's samples) connect with SSL_CERT_FILE set to the printed CA.
     """
     from iotfleet.cloud.control import ControlServer  # noqa: PLC0415
     from iotfleet.cloud.local import LocalCloud, ThingSpec  # noqa: PLC0415
 
     with _errors(), _until_signalled() as stop:
-        local = LocalCloud(_regions(regions), workdir=workdir, replication_lag=replication_lag)
+        from iotfleet.config import Endpoint  # noqa: PLC0415
+
+        local = LocalCloud(
+            _regions(regions),
+            workdir=workdir,
+            replication_lag=replication_lag,
+            listen=[Endpoint.parse(text) for text in listen],
+            sans=sans,
+        )
         with local, ControlServer(local):
             info = local.info()
             if things:
@@ -280,8 +305,12 @@ def cloud_up(
                 click.echo(json.dumps(info))
             else:
                 for r in info["regions"]:
-                    click.echo(f"region {r['name']:<12} mqtts://{r['host']}:{r['port']}")
+                    main = f"{r['host']}:{r['port']}"
+                    also = [f"mqtts://{address}" for address in r["listeners"] if address != main]
+                    extra = f"  (also {', '.join(also)})" if also else ""
+                    click.echo(f"region {r['name']:<12} mqtts://{main}{extra}")
                 click.echo(f"CA          {info['ca_file']}")
+                click.echo(f"trust       SSL_CERT_FILE={info['ca_file']}  (for apps that use the system's CA store)")
                 click.echo(f"claim       {info['claim_cert']} {info['claim_key']}")
                 click.echo(f"template    {info['template']}")
                 click.echo(f"workdir     {info['workdir']}")

@@ -28,17 +28,17 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Final
 
 from iotfleet.cloud.plugin import plugin_path
-from iotfleet.errors import BrokerNotInstalled, BrokerStartError, CloudError
+from iotfleet.errors import BrokerNotInstalled, BrokerStartError, CloudError, ConfigError
 from iotfleet.transport.tls import tls_client_context
 
-__all__ = ["Broker", "BrokerState", "TlsFiles", "find_mosquitto", "free_port"]
+__all__ = ["Broker", "BrokerState", "TlsFiles", "check_bindable", "find_mosquitto", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,34 @@ def find_mosquitto() -> Path:
     if not found:
         raise BrokerNotInstalled(INSTALL_HINT)
     return Path(found)
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise :class:`~iotfleet.errors.ConfigError` naming the fix when ``host:port`` cannot be listened on
+    by this user: a port below ``net.ipv4.ip_unprivileged_port_start`` (1024 by default, so 443) needs
+    root or CAP_NET_BIND_SERVICE; a port in use or an address this machine lacks fails too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto does: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except PermissionError:
+            raise ConfigError(
+                f"listening on {host}:{port} needs root or CAP_NET_BIND_SERVICE (ports below "
+                f"{_unprivileged_port_start()} are privileged): run as root, or "
+                f"'sudo setcap cap_net_bind_service=+ep {find_mosquitto()}', or "
+                f"'sudo sysctl net.ipv4.ip_unprivileged_port_start={port}'; or listen on 8883"
+            ) from None
+        except OSError as exc:
+            problem = f"cannot listen on {host}:{port}: {exc.strerror}"
+            raise ConfigError(f"{problem}; choose another address or port") from None
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -160,6 +188,7 @@ class Broker:
         service: TlsFiles,
         host: str = "127.0.0.1",
         port: int | None = None,
+        listeners: Sequence[tuple[str, int]] = (),
         on_connect: Callable[[str, str | None], None] | None = None,
         start_timeout: float = 10.0,
         max_queued_messages: int = UNLIMITED_QUEUE,
@@ -168,6 +197,7 @@ class Broker:
         self.directory = directory
         self.host = host
         self.port = port or 0
+        self.listeners = list(listeners)  # fixed (host, port) listeners besides the main one, e.g. 8883, 443
         self._ca_file, self._cert_file, self._key_file, self._acl_file = (
             ca_file,
             cert_file,
@@ -228,13 +258,21 @@ class Broker:
                 "max_queued_bytes 0",
                 f"max_packet_size {MAX_PACKET_SIZE}",
                 "set_tcp_nodelay true",
-                f"listener {self.port} {self.host}",
-                f"cafile {self._ca_file}",
-                f"certfile {self._cert_file}",
-                f"keyfile {self._key_file}",
-                "require_certificate true",
                 # no use_identity_as_username: the plugin makes the certificate CN the username in its
-                # auth check, where it can also refuse a CONNECT in the CONNACK (see iotfleet_routing.c)
+                # auth check, where it can also refuse a CONNECT in the CONNACK (see iotfleet_routing.c).
+                # TLS settings belong to each listener. A client offering ALPN (x-amzn-mqtt-ca on 443)
+                # connects: mosquitto selects no protocol, which RFC 7301 allows and AWS's clients accept.
+                *(
+                    line
+                    for host, port in [(self.host, self.port), *self.listeners]
+                    for line in (
+                        f"listener {port} {host}",
+                        f"cafile {self._ca_file}",
+                        f"certfile {self._cert_file}",
+                        f"keyfile {self._key_file}",
+                        "require_certificate true",
+                    )
+                ),
                 "",
             ]
         )
@@ -245,6 +283,8 @@ class Broker:
             if self.state is not BrokerState.STOPPED and self.state is not BrokerState.KILLED:
                 raise CloudError(f"broker {self.name} is {self.state}: stop or restore it instead of starting")
             binary = find_mosquitto()
+            for host, port in self.listeners:
+                check_bindable(host, port)  # a clear error now, not a line in mosquitto's log
             fixed_port = self.port != 0
             for attempt in range(5):
                 if not fixed_port:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -178,9 +179,11 @@ class CertificateAuthority:
         pem = cert.public_bytes(serialization.Encoding.PEM)
         return Credentials(pem, _pem_key(key), certificate_id(pem))
 
-    def issue_server(self) -> Credentials:
-        """A broker certificate for loopback: SANs localhost, 127.0.0.1 and ::1."""
-        return self.issue("localhost", Usage.SERVER, hosts=("localhost", "127.0.0.1", "::1"))
+    def issue_server(self, extra_hosts: Iterable[str] = ()) -> Credentials:
+        """A broker certificate: SANs localhost, 127.0.0.1 and ::1, and ``extra_hosts`` (names or addresses
+        devices reach the brokers by, e.g. a LAN address or a host name for firmware on real hardware)."""
+        hosts = dict.fromkeys(("localhost", "127.0.0.1", "::1", *extra_hosts))
+        return self.issue("localhost", Usage.SERVER, hosts=tuple(hosts))
 
     def sign_csr(self, csr_pem: bytes | str, common_name: str) -> bytes:
         """Sign a device CSR, returning the certificate PEM.

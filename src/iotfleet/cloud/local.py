@@ -9,14 +9,17 @@ a thing in this region, or whose client id is not that thing's name (IoT Core's 
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import queue
+import re
 import shutil
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -121,6 +124,42 @@ def _claim_identity(cert_file: Path, key_file: Path, ca_file: Path) -> Identity:
     return Identity(thing_name="claim", cert_file=cert_file, key_file=key_file, ca_file=ca_file)
 
 
+def _loopback(region: Region) -> tuple[str, int]:
+    internal = region.internal_endpoint
+    return internal.host, internal.port
+
+
+_LABEL: Final = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME: Final = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}")
+
+
+def _checked_san(name: str) -> str:
+    """A server-certificate name: an IP address or a DNS host name (``*.`` allowed in front)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(name))
+    if len(name) > 253 or not _HOST_NAME.fullmatch(name):
+        raise ConfigError(f"--san {name!r} is neither an IP address nor a host name (e.g. 192.168.1.20, iot.lan)")
+    return name
+
+
+def _listeners(names: Sequence[str], listen: Iterable[Endpoint]) -> dict[str, list[tuple[str, int]]]:
+    """``listen`` by region, checked: known regions, and no address and port given twice."""
+    by_region: dict[str, list[tuple[str, int]]] = {}
+    seen: dict[tuple[str, int], str] = {}
+    for endpoint in listen:
+        if endpoint.region not in names:
+            raise ConfigError(f"--listen {endpoint}: no region {endpoint.region!r}; the regions are {', '.join(names)}")
+        address = (endpoint.host, endpoint.port)
+        if address in seen:
+            raise ConfigError(
+                f"--listen {endpoint}: {endpoint.host}:{endpoint.port} is already {seen[address]}'s; regions share "
+                "a port on distinct addresses (127.0.0.1, 127.0.0.2, ...)"
+            )
+        seen[address] = endpoint.region
+        by_region.setdefault(endpoint.region, []).append(address)
+    return by_region
+
+
 class CloudInfo(BaseModel):
     """The JSON line ``iotfleet cloud up --json`` prints: what a device needs to reach a running cloud."""
 
@@ -175,6 +214,7 @@ class Region:
         service: TlsFiles,
         claim_policy: dict[str, Any],
         failures: Failures | None = None,
+        listeners: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.name = validate_region(name)
         self.failures = failures or Failures()
@@ -201,11 +241,21 @@ class Region:
             key_file=server[1],
             acl_file=self.acl_file,
             service=service,
+            listeners=listeners,
             on_connect=self._guard,
         )
 
     @property
     def endpoint(self) -> Endpoint:
+        """Where devices connect: the first listener asked for (``listen``), else the loopback one."""
+        if self.broker.listeners:
+            host, port = self.broker.listeners[0]
+            return Endpoint(region=self.name, host=host, port=port)
+        return self.internal_endpoint
+
+    @property
+    def internal_endpoint(self) -> Endpoint:
+        """The ephemeral loopback listener every region has; the cloud's own services use it."""
         return Endpoint(region=self.name, host=LOCAL_HOST, port=self.broker.port)
 
     @property
@@ -242,14 +292,14 @@ class Region:
         )
         provisioner = self.provisioning = provisioning(self)
         connections = [
-            service.attach(self.endpoint, identity, host),
-            provisioner.attach(self.endpoint, identity, host),
+            service.attach(self.internal_endpoint, identity, host),
+            provisioner.attach(self.internal_endpoint, identity, host),
         ]
         if ingest is not None:
             self.ingest = IngestService(
                 region=self.name, path=self.directory / "ingest.sqlite", scheme=ingest, max_store_bytes=ingest_max_bytes
             )
-            connections.append(self.ingest.attach(self.endpoint, identity, host))
+            connections.append(self.ingest.attach(self.internal_endpoint, identity, host))
         pipeline = self.ingest
 
         async def start() -> None:
@@ -379,7 +429,7 @@ class Region:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.tls_set_context(self._service.client_context())
         client.on_connect = lambda *_args: done.set()
-        client.connect(LOCAL_HOST, self.broker.port, keepalive=30, clean_start=True)
+        client.connect(self.internal_endpoint.host, self.broker.port, keepalive=30, clean_start=True)
         while not done.is_set() and timeout > 0:
             client.loop(timeout=0.05)
             timeout -= 0.05
@@ -412,6 +462,8 @@ class LocalCloud:
         replicate_shadows: bool = False,
         ingest: bool = False,
         ingest_max_bytes: int | None = None,
+        listen: Iterable[Endpoint] = (),
+        sans: Iterable[str] = (),
     ) -> None:
         names = list(regions)
         if not names:
@@ -420,6 +472,8 @@ class LocalCloud:
             raise ConfigError(f"region names must be unique, got {names}")
         for name in names:
             validate_region(name)
+        self.listen = _listeners(names, listen)
+        self.sans = tuple(dict.fromkeys(_checked_san(name) for name in sans))
         self._own_workdir = workdir is None
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="iotfleet-cloud-"))).resolve()
         self.scheme = scheme or TopicScheme()
@@ -470,8 +524,9 @@ class LocalCloud:
         if self._started:
             return self
         server = self.workdir / "identities"
-        if not (server / "server.pem").exists():
-            self.ca.issue_server().write(server / "server.pem", server / "server.key")
+        # issued on every start, for the names and addresses of this run's listeners (the CA stays)
+        hosts = [host for listeners in self.listen.values() for host, _ in listeners]
+        self.ca.issue_server(extra_hosts=(*hosts, *self.sans)).write(server / "server.pem", server / "server.key")
         claim_policy = policy.render_claim(sorted(self.templates))
         self._services = ServiceHost(self.failures)
         service_identity = Identity(
@@ -490,6 +545,7 @@ class LocalCloud:
                     service=self.service,
                     claim_policy=claim_policy,
                     failures=self.failures,
+                    listeners=self.listen.get(name, ()),
                 )
                 self._regions[name] = region
                 region.start()
@@ -633,7 +689,15 @@ class LocalCloud:
     def info(self) -> dict[str, Any]:
         """What `iotfleet cloud up --json` prints: endpoints, CA, claim credentials and template."""
         return {
-            "regions": [{"name": e.region, "host": e.host, "port": e.port} for e in self.endpoints],
+            "regions": [
+                {
+                    "name": r.name,
+                    "host": r.endpoint.host,
+                    "port": r.endpoint.port,
+                    "listeners": [f"{host}:{port}" for host, port in [*r.broker.listeners, _loopback(r)]],
+                }
+                for r in self.regions
+            ],
             "ca_file": str(self.ca_file),
             "claim_cert": str(self.claim.cert_file),
             "claim_key": str(self.claim.key_file),
