@@ -252,6 +252,15 @@ def cloud() -> None:
     "Regions share a port on distinct addresses (127.0.0.1, 127.0.0.2). Default: an ephemeral loopback port.",
 )
 @click.option(
+    "--template",
+    "template_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Load a fleet-provisioning template (repeatable): AWS's template JSON, named after the file, or "
+    "'aws iot describe-provisioning-template' output. The claim policy covers every template.",
+)
+@click.option(
     "--san",
     "sans",
     multiple=True,
@@ -267,6 +276,7 @@ def cloud_up(
     tenant: str,
     site: str,
     listen: tuple[str, ...],
+    template_files: tuple[Path, ...],
     sans: tuple[str, ...],
 ) -> None:
     """Start the local cloud and run until SIGINT or SIGTERM.
@@ -278,10 +288,12 @@ def cloud_up(
     from iotfleet.cloud.local import LocalCloud, ThingSpec  # noqa: PLC0415
 
     with _errors(), _until_signalled() as stop:
+        from iotfleet.cloud.templates import ProvisioningTemplate  # noqa: PLC0415
         from iotfleet.config import Endpoint  # noqa: PLC0415
 
         local = LocalCloud(
             _regions(regions),
+            templates=[ProvisioningTemplate.from_file(path) for path in template_files],
             workdir=workdir,
             replication_lag=replication_lag,
             listen=[Endpoint.parse(text) for text in listen],
@@ -312,7 +324,7 @@ def cloud_up(
                 click.echo(f"CA          {info['ca_file']}")
                 click.echo(f"trust       SSL_CERT_FILE={info['ca_file']}  (for apps that use the system's CA store)")
                 click.echo(f"claim       {info['claim_cert']} {info['claim_key']}")
-                click.echo(f"template    {info['template']}")
+                click.echo(f"template    {info['template']} (default); all: {', '.join(info['templates'])}")
                 click.echo(f"workdir     {info['workdir']}")
                 for thing in info.get("things", []):
                     click.echo(f"thing       {thing['name']} {thing['cert']} {thing['key']}")

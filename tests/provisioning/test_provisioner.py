@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from click.testing import CliRunner
 
+from iotfleet.cli import cli
 from iotfleet.cloud.ca import CertificateAuthority
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
+from iotfleet.cloud.templates import ProvisioningTemplate
 from iotfleet.config import Identity
 from iotfleet.device.client import DeviceClient
 from iotfleet.errors import CertificateError, ConfigError, ProvisioningRejected, RequestTimeout
@@ -254,3 +257,65 @@ def test_a_forged_certificate_is_refused_before_registering_and_nothing_is_saved
     service = local_cloud.region("eu-west-1").provisioning
     assert service is not None
     assert service.requests["RegisterThing"] == 0
+
+
+# AWS's fleet-provisioning template shape (DG "Provisioning templates"), with a thing name built by Fn::Join
+SENSOR_TEMPLATE = {
+    "Parameters": {
+        "Tenant": {"Type": "String"},
+        "Site": {"Type": "String"},
+        "SerialNumber": {"Type": "String"},
+        "AWS::IoT::Certificate::Id": {"Type": "String"},
+    },
+    "Resources": {
+        "thing": {
+            "Type": "AWS::IoT::Thing",
+            "Properties": {
+                "ThingName": {"Fn::Join": ["", ["sensor-", {"Ref": "SerialNumber"}]]},
+                "AttributePayload": {"tenant": {"Ref": "Tenant"}, "site": {"Ref": "Site"}},
+            },
+        },
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
+        },
+        "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "iotfleet-device"}},
+    },
+}
+
+
+def test_templates_load_from_files_in_either_shape_and_provision(tmp_path: Path) -> None:
+    body_file = tmp_path / "sensors.json"  # a template body: named after the file
+    body_file.write_text(json.dumps(SENSOR_TEMPLATE))
+    described = tmp_path / "described.json"  # 'aws iot describe-provisioning-template' output
+    described.write_text(json.dumps({"templateName": "lamps-v2", "templateBody": json.dumps(SENSOR_TEMPLATE)}))
+    templates = [ProvisioningTemplate.from_file(body_file), ProvisioningTemplate.from_file(described)]
+    assert [t.name for t in templates] == ["sensors", "lamps-v2"]
+    with LocalCloud(workdir=tmp_path / "cloud", templates=templates) as cloud:
+        assert cloud.info()["templates"] == ["iotfleet-default", "lamps-v2", "sensors"]
+        for template, serial in (("sensors", "7"), ("lamps-v2", "8")):
+            params = {"Tenant": "acme", "Site": "hq", "SerialNumber": serial}
+            claim = FleetProvisioner(
+                endpoints=cloud.endpoints, claim=cloud.claim_identity, template=template, parameters=params, timeout=5.0
+            )
+            device = run(claim.provision())
+            assert device.thing_name == f"sensor-{serial}"  # the claim policy covers every loaded template
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{", "not valid JSON"),
+        ("[]", "must hold a JSON object"),
+        ('{"templateName": "x", "templateBody": "{oops"}', "templateBody is not valid JSON"),
+        ('{"Resources": {}}', "needs an AWS::IoT::Thing and an AWS::IoT::Certificate resource"),
+    ],
+)
+def test_a_bad_template_file_is_named_with_the_problem(tmp_path: Path, content: str, problem: str) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=f"template file {path}: .*{problem}"):
+        ProvisioningTemplate.from_file(path)
+    result = CliRunner().invoke(cli, ["cloud", "up", "--template", str(path), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 2
+    assert f"template file {path}" in result.output

@@ -702,6 +702,7 @@ class LocalCloud:
             "claim_cert": str(self.claim.cert_file),
             "claim_key": str(self.claim.key_file),
             "template": self.template,
+            "templates": sorted(self.templates),
             "workdir": str(self.workdir),
         }
 

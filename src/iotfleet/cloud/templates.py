@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final
 
 from iotfleet.errors import ConfigError, ProvisioningRejected, TopicError
@@ -146,6 +147,36 @@ class ProvisioningTemplate:
         for setting in thing.get("OverrideSettings", {}).values():
             Override(setting)
         object.__setattr__(self, "_resources", by_type)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ProvisioningTemplate:
+        """A template from a JSON file: AWS's template body (named after the file), or the shape of a
+        CreateProvisioningTemplate request or DescribeProvisioningTemplate answer (``templateName``,
+        ``templateBody`` as a JSON string or an object, ``enabled``), as ``aws iot`` prints and takes it."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"template file {path}: cannot read it: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"template file {path}: not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"template file {path}: must hold a JSON object (a template body, or templateBody)")
+        name, enabled, body = path.stem, True, data
+        if "templateBody" in data:
+            name, enabled, body = data.get("templateName", name), data.get("enabled", True), data["templateBody"]
+            if isinstance(body, str):
+                try:
+                    body = json.loads(body)
+                except ValueError as exc:
+                    raise ConfigError(f"template file {path}: templateBody is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict) or not isinstance(name, str) or not isinstance(enabled, bool):
+            raise ConfigError(
+                f"template file {path}: templateBody must be an object, templateName a string, enabled true or false"
+            )
+        try:
+            return cls(name, body, enabled=enabled)
+        except ConfigError as exc:
+            raise ConfigError(f"template file {path}: {exc.message}") from exc
 
     @property
     def arn(self) -> str:
