@@ -173,7 +173,9 @@ def test_provision_with_a_template_the_broker_refuses_exits_1_naming_the_step(
     args[args.index(DEFAULT_TEMPLATE)] = "no-such-template"
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output  # a refusal by the cloud is a rejection, as the README says
-    assert result.output.startswith("Error: RegisterThing: the broker refused the request")
+    # the claim policy covers the cloud's templates only: the SUBSCRIBE to this one's answers is refused first
+    assert result.output.startswith("Error: Subscribe rejected: 403 AccessDenied: the claim certificate may not")
+    assert "no-such-template/provision/json/rejected" in result.output
     assert not (tmp_path / "id").exists()
 
 

@@ -238,11 +238,10 @@ class _Condition:
         return self.operator == "NotIpAddress" or _STRING_OPS.get(self.operator, (False,))[0]
 
     def holds(self, context: RequestContext) -> bool:
-        if self.operator == "Null":
-            present = context.condition_values(self.key) is not None
-            return all((v.lower() == "true") != present for v in self.raw)
         request = context.condition_values(self.key)
-        if request is None or (self.quantifier and not request):
+        if self.operator == "Null":  # a key with no value counts as absent
+            return all((v.lower() == "true") != bool(request) for v in self.raw)
+        if not request:
             # a missing key: ForAllValues holds vacuously, IfExists and negated operators hold, others fail
             return self.quantifier == "ForAllValues" or (not self.quantifier and (self.if_exists or self.negated))
         matches = [self._matches_any(value, context) for value in request]

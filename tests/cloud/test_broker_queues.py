@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from iotfleet.cloud.authz import render_authz, write_authz
 from iotfleet.cloud.broker import Broker
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX
@@ -45,15 +46,15 @@ def test_a_queue_that_overflows_is_counted_for_its_client(
 ) -> None:
     """With a limit (mosquitto's default is 1,000), the drop mosquitto logs is counted per client id."""
     identities = local_cloud.workdir / "identities"
-    acl = tmp_path / "acl"
-    acl.write_text("user iotfleet-service\ntopic readwrite #\n")
+    authz = tmp_path / "authz"
+    write_authz(authz, render_authz("queue-test", "000000000000", [], []))  # only the (trusted) service connects
     broker = Broker(
         name="queue-test",
         directory=tmp_path / "broker",
         ca_file=local_cloud.ca_file,
         cert_file=identities / "server.pem",
         key_file=identities / "server.key",
-        acl_file=acl,
+        authz_file=authz,
         service=local_cloud.service,
         max_queued_messages=10,
     )

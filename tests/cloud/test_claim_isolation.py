@@ -35,11 +35,15 @@ NOT_AUTHORIZED = 0x87
 
 
 def spy(cloud: LocalCloud, probes: Any, client_id: str = "spy") -> Probe:
-    """A claim holder subscribed to every provisioning topic."""
+    """A claim holder subscribed to every provisioning topic its policy lets it subscribe to: the claim
+    policy allows the filters under each API (``+`` and ``#`` are literal in a policy, and ``*`` matches
+    them), not the whole ``$aws/certificates/#`` tree."""
     probe: Probe = probes(cloud.region("eu-west-1").endpoint, client_id, identity_context(cloud.claim))
     assert probe.connect()
-    assert probe.subscribe("$aws/certificates/#") == [1]
-    assert probe.subscribe("$aws/provisioning-templates/#") == [1]
+    assert probe.subscribe("$aws/certificates/#") == [NOT_AUTHORIZED]
+    assert probe.subscribe("$aws/certificates/create/#") == [1]
+    assert probe.subscribe("$aws/certificates/create-from-csr/#") == [1]
+    assert probe.subscribe(f"$aws/provisioning-templates/{DEFAULT_TEMPLATE}/provision/#") == [1]
     return probe
 
 

@@ -1,14 +1,13 @@
-"""One mosquitto process per region: generated config, mTLS listener on loopback, chaos operations.
+"""One mosquitto process per region: generated config, mTLS listeners, chaos operations.
 
 The broker is started through ``setpriv --pdeathsig KILL`` from one long-lived spawner thread, so the
 kernel kills it if the Python process dies for any reason, even SIGKILL; it runs in its own process
 group and is stopped by its PID, never by name. Readiness is a completed TLS handshake with a client
-certificate, not a sleep. Its log is read line by line: connection lines feed ``on_connect`` (the
-region's connection guard), ``Reloading config.`` confirms an ACL reload, and a queue that overflows
-(mosquitto logs "Outgoing messages are being dropped for client ...") is counted per client in
-:attr:`Broker.drops`. Queues are practically unlimited (:data:`UNLIMITED_QUEUE`; mosquitto's own
-default is 1,000 messages per client, beyond which it drops silently), so a slow cloud service falls
-behind but loses nothing.
+certificate, not a sleep. Its log is read line by line: ``Reloading config.`` confirms a reload of the
+plugin's authorization data, and a queue that overflows (mosquitto logs "Outgoing messages are being
+dropped for client ...") is counted per client in :attr:`Broker.drops`. Queues are practically
+unlimited (:data:`UNLIMITED_QUEUE`; mosquitto's own default is 1,000 messages per client, beyond which
+it drops silently), so a slow cloud service falls behind but loses nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -48,7 +47,6 @@ INSTALL_HINT: Final = (
 )
 # IoT Core's PUBLISH payload limit is 128 KiB; the packet may also carry the topic and properties.
 MAX_PACKET_SIZE: Final = 128 * 1024 + 4096
-_CONNECTED = re.compile(r"New client connected from \S+ as (?P<id>.*) \(p\d+, c\d+, k\d+(?:, u'(?P<user>.*)')?\)\.$")
 _RELOADED: Final = "Reloading config."
 # Queued messages per client: as good as no limit. Not 0 ("no maximum" in mosquitto.conf(5)): with 0,
 # mosquitto 2.0.11 disconnects a client right after refusing it a QoS 1 publish (seen in this project's
@@ -172,8 +170,7 @@ class _Spawner:
 class Broker:
     """A mosquitto process for one region, on a fixed loopback port for its whole life.
 
-    ``service`` is the identity used to probe readiness. ``on_connect(client_id, username)`` is called
-    from the log-reader thread for every accepted connection.
+    ``service`` is the identity used to probe readiness.
     """
 
     def __init__(
@@ -184,12 +181,11 @@ class Broker:
         ca_file: Path,
         cert_file: Path,
         key_file: Path,
-        acl_file: Path,
+        authz_file: Path,
         service: TlsFiles,
         host: str = "127.0.0.1",
         port: int | None = None,
         listeners: Sequence[tuple[str, int]] = (),
-        on_connect: Callable[[str, str | None], None] | None = None,
         start_timeout: float = 10.0,
         max_queued_messages: int = UNLIMITED_QUEUE,
     ) -> None:
@@ -198,14 +194,13 @@ class Broker:
         self.host = host
         self.port = port or 0
         self.listeners = list(listeners)  # fixed (host, port) listeners besides the main one, e.g. 8883, 443
-        self._ca_file, self._cert_file, self._key_file, self._acl_file = (
+        self._ca_file, self._cert_file, self._key_file, self._authz_file = (
             ca_file,
             cert_file,
             key_file,
-            acl_file,
+            authz_file,
         )
         self._service = service
-        self._on_connect = on_connect
         self._start_timeout = start_timeout
         self._max_queued_messages = max_queued_messages  # per client
         # times mosquitto started dropping a client's outgoing messages (its queue was full), by client id
@@ -250,7 +245,7 @@ class Broker:
                 "connection_messages true",
                 "log_timestamp false",
                 f"plugin {plugin_path()}",
-                f"acl_file {self._acl_file}",
+                f"plugin_opt_authz_file {self._authz_file}",  # no acl_file: the plugin's answer is final
                 "max_keepalive 1200",
                 "max_inflight_messages 100",
                 # a slow subscriber's queue grows instead of dropping: nothing acknowledged is lost unseen
@@ -363,15 +358,9 @@ class Broker:
                 self.drops[dropping.group("id")] += 1
                 log.warning("broker %s: %s", self.name, line)
                 continue
-            match = _CONNECTED.search(line)
-            if match and self._on_connect is not None:
-                try:
-                    self._on_connect(match.group("id"), match.group("user"))
-                except Exception:  # a guard failure must not stop the log from being drained
-                    log.exception("connection guard of %s failed on %r", self.name, line)
 
     def reload(self, timeout: float = 5.0) -> None:
-        """Re-read the ACL file (SIGHUP) and wait until mosquitto has reloaded it.
+        """Make the plugin re-read its authorization data (SIGHUP) and wait until mosquitto has reloaded.
 
         mosquitto 2.0 blocks signals while it sits in ``epoll_wait`` (up to 100 ms), so a TCP connect
         wakes it and the signal lands at once. The wait ends when the broker logs the reload and then
@@ -381,14 +370,14 @@ class Broker:
         with self._state_lock:
             proc = self._proc
             if proc is None or self.state is not BrokerState.RUNNING:
-                return  # a stopped, killed or blackholed broker reads the ACL file when it runs again
+                return  # a stopped, killed or blackholed broker reads the data when it runs again
             deadline = time.monotonic() + timeout
             with self._reload_cond:
                 target = self._reloads + 1
                 proc.send_signal(signal.SIGHUP)
                 while self._reloads < target:
                     if time.monotonic() > deadline:
-                        raise CloudError(f"broker {self.name} did not reload its ACL within {timeout}s")
+                        raise CloudError(f"broker {self.name} did not reload its authorization data within {timeout}s")
                     self._wake()
                     self._reload_cond.wait(timeout=0.05)
             self._handshake(timeout=timeout)

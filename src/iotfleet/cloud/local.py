@@ -1,10 +1,9 @@
 """LocalCloud: several regions on loopback, each a real mosquitto plus its registry.
 
 Every region's broker trusts the one local CA and maps a client certificate's CN to its username.
-What each identity may do comes from the registry: the ACL file is rendered from each thing's policy
-(:func:`iotfleet.policy.acl_lines`) and reloaded on every registration. The connection guard reads
-the broker's log and evicts any connection whose certificate is not an ACTIVE certificate attached to
-a thing in this region, or whose client id is not that thing's name (IoT Core's Connect policy).
+What each identity may do comes from the registry: every ACTIVE certificate's thing's AWS IoT policy
+is written for the broker plugin's policy engine (:mod:`iotfleet.cloud.authz`), which authorizes each
+CONNECT, SUBSCRIBE, PUBLISH and delivery as IoT Core does, and is reloaded on every registration.
 """
 
 from __future__ import annotations
@@ -13,22 +12,19 @@ import contextlib
 import ipaddress
 import json
 import logging
-import queue
 import re
 import shutil
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict
 
 from iotfleet import policy
+from iotfleet.cloud.authz import Principal, render_authz, write_authz
 from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id
 from iotfleet.cloud.owned import Failures
@@ -47,6 +43,7 @@ from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, Shadow
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
 from iotfleet.config import Endpoint, Identity, validate_region
 from iotfleet.errors import CloudError, ConfigError, RegistryError
+from iotfleet.policy_engine import PolicyDocument
 from iotfleet.topics import ThingScope, TopicScheme
 
 __all__ = [
@@ -57,7 +54,6 @@ __all__ = [
     "SERVICE_IDENTITY",
     "CloudInfo",
     "CloudThing",
-    "GuardEvent",
     "LocalCloud",
     "Region",
     "ThingSpec",
@@ -71,6 +67,7 @@ CLAIM_IDENTITY: Final = "iotfleet-claim"
 DEFAULT_TEMPLATE: Final = "iotfleet-default"
 DEVICE_POLICY: Final = "iotfleet-device"
 LOCAL_HOST: Final = "localhost"
+LOCAL_ACCOUNT: Final = "000000000000"  # the account id in the local cloud's ARNs
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,16 +85,6 @@ class ThingSpec:
     @property
     def all_attributes(self) -> dict[str, str]:
         return {**self.attributes, "tenant": self.tenant, "site": self.site}
-
-
-@dataclass(frozen=True, slots=True)
-class GuardEvent:
-    """A connection the guard evicted, and why."""
-
-    region: str
-    client_id: str
-    identity: str | None
-    reason: str
 
 
 class CloudThing(BaseModel):
@@ -202,7 +189,7 @@ class CloudInfo(BaseModel):
 
 
 class Region:
-    """One region: a broker, a registry, the ACL rendered from it and the connection guard."""
+    """One region: a broker, a registry, and the authorization data written from it for the broker."""
 
     def __init__(
         self,
@@ -222,27 +209,21 @@ class Region:
         self.registry = Registry(directory / "registry.sqlite")
         self._service = service
         self._claim_policy = claim_policy
-        self._acl_lock = threading.Lock()
-        self._acl_cache: dict[tuple[str, str, str, str], list[str]] = {}
-        self.acl_file = directory / "acl"
-        self.evictions: list[GuardEvent] = []
+        self._authz_lock = threading.Lock()
+        self.authz_file = directory / "authz"  # the plugin's authorization data
         self.shadow_service: ShadowService | None = None
         self.provisioning: ProvisioningService | None = None
         self.ingest: IngestService | None = None
         self._shadows: ShadowOperator | None = None
-        self.eviction_counts: Counter[str] = Counter()
-        self._kicks: queue.Queue[str | None] = queue.Queue()
-        self._kicker: threading.Thread | None = None
         self.broker = Broker(
             name=name,
             directory=directory,
             ca_file=ca.cert_file,
             cert_file=server[0],
             key_file=server[1],
-            acl_file=self.acl_file,
+            authz_file=self.authz_file,
             service=service,
             listeners=listeners,
-            on_connect=self._guard,
         )
 
     @property
@@ -318,8 +299,7 @@ class Region:
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        self.write_acl()
-        self._kicker = self.failures.thread(self._kick_loop, f"guard {self.name}")
+        self.write_authz_file()
         self.broker.start()
 
     def stop(self) -> None:
@@ -328,10 +308,6 @@ class Region:
             self.shadow_service.store.close()
         if self.ingest is not None:
             self.ingest.close()  # what cannot be written is counted in its stats, not raised
-        if self._kicker is not None:
-            self._kicks.put(None)
-            self._kicker.join(timeout=5)
-            self._kicker = None
         self.registry.close()
 
     def kill(self) -> None:
@@ -346,95 +322,36 @@ class Region:
         """Bring the broker back after :meth:`kill` or :meth:`blackhole`, on the same port."""
         self.broker.restore()
 
-    # ------------------------------------------------------------------ registry and ACL
+    # ------------------------------------------------------------------ registry and authorization
 
     def put(self, registrations: tuple[Registration, ...]) -> None:
-        """Record registrations and make them effective: rewrite the ACL and reload the broker once."""
+        """Record registrations and make them effective: rewrite the authorization data and reload the broker once."""
         self.registry.put(*registrations)
-        self.sync_acl()
+        self.sync_authz()
 
-    def sync_acl(self) -> None:
-        with self._acl_lock:
-            self.write_acl()
+    def sync_authz(self) -> None:
+        """Make the registry's state effective: rewrite the authorization data and reload the broker."""
+        with self._authz_lock:
+            self.write_authz_file()
             self.broker.reload()
 
-    def write_acl(self) -> None:
-        """Render the ACL: the service may do anything, the claim only provisioning, a thing its policy."""
-        lines = [
-            "# generated by iotfleet from the region's registry; do not edit",
-            f"user {SERVICE_IDENTITY}",
-            "topic readwrite #",
-            "topic readwrite $aws/#",
-            "",
-            *policy.acl_lines(self._claim_policy, CLAIM_IDENTITY, policy.ThingVariables("claim", {})),
-            "",
-        ]
-        cache: dict[tuple[str, str, str, str], list[str]] = {}
-        for row in self.registry.acl_rows():
-            rendered = self._acl_cache.get(row)
-            if rendered is None:
-                identity, thing, attributes, document = row
-                variables = policy.ThingVariables(thing, json.loads(attributes))
-                rendered = policy.acl_lines(json.loads(document), identity, variables)
-            cache[row] = rendered
-            lines.extend(rendered)
-            lines.append("")
-        self._acl_cache = cache
-        tmp = self.acl_file.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines))
-        tmp.replace(self.acl_file)
+    def write_authz_file(self) -> None:
+        """Write the broker plugin's authorization data: the claim's policy for the claim certificate, and
+        for every ACTIVE certificate its thing's policy (IoT Core's authorization, enforced by the plugin).
+        The service identity is trusted by the plugin itself."""
+        documents: dict[str, int] = {}
+        parsed: list[PolicyDocument] = []
 
-    # ------------------------------------------------------------------ connection guard
+        def index(text: str) -> int:
+            if text not in documents:
+                documents[text] = len(parsed)
+                parsed.append(PolicyDocument.parse(text, name=f"the policy of {self.name}'s registry"))
+            return documents[text]
 
-    def _guard(self, client_id: str, identity: str | None) -> None:
-        """Decide on an accepted connection (called from the broker's log reader)."""
-        if identity in (SERVICE_IDENTITY, CLAIM_IDENTITY):
-            return
-        reason = self._refusal(client_id, identity)
-        if reason is None:
-            return
-        event = GuardEvent(self.name, client_id, identity, reason)
-        self.evictions.append(event)
-        self.eviction_counts[reason] += 1
-        log.warning("region %s evicts client %r (identity %r): %s", self.name, client_id, identity, reason)
-        self._kicks.put(client_id)
-
-    def _refusal(self, client_id: str, identity: str | None) -> str | None:
-        if identity is None:
-            return "no certificate identity"
-        cert = self.registry.certificate_by_identity(identity)
-        if cert is None or cert.thing is None:
-            return "certificate not registered in this region"
-        if cert.status is not CertificateStatus.ACTIVE:
-            return f"certificate is {cert.status}"
-        if client_id != cert.thing:
-            return f"client id must be the thing name {cert.thing!r}"
-        return None
-
-    def _kick_loop(self) -> None:
-        while (client_id := self._kicks.get()) is not None:
-            try:
-                self._take_over(client_id)
-            except Exception as exc:  # noqa: BLE001 - recorded below; the guard goes on to the next connection
-                if self.broker.state is BrokerState.RUNNING:  # not a chaos outage: something is wrong
-                    self.failures.record(f"guard {self.name} evicting {client_id!r}", exc)
-                else:
-                    log.info("region %s is %s: could not evict %r (%s)", self.name, self.broker.state, client_id, exc)
-
-    def _take_over(self, client_id: str, timeout: float = 5.0) -> None:
-        """Evict ``client_id`` by connecting with the same client id (MQTT5 session takeover, 0x8E)."""
-        if self.broker.state is not BrokerState.RUNNING:
-            return
-        done = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        client.tls_set_context(self._service.client_context())
-        client.on_connect = lambda *_args: done.set()
-        client.connect(self.internal_endpoint.host, self.broker.port, keepalive=30, clean_start=True)
-        while not done.is_set() and timeout > 0:
-            client.loop(timeout=0.05)
-            timeout -= 0.05
-        client.disconnect()
-        client.loop(timeout=0.05)
+        principals = [Principal(CLAIM_IDENTITY, [index(json.dumps(self._claim_policy, sort_keys=True))])]
+        for identity, thing, attributes, document in self.registry.acl_rows():
+            principals.append(Principal(identity, [index(document)], thing=thing, attributes=json.loads(attributes)))
+        write_authz(self.authz_file, render_authz(self.name, LOCAL_ACCOUNT, parsed, principals))
 
 
 class LocalCloud:
@@ -726,7 +643,7 @@ class LocalCloud:
 
         Each thing gets the device policy rendered from the scheme; its certificate (CN = thing name)
         and key are written under ``workdir/things/<name>/``. The whole batch is one registry
-        transaction and one ACL reload per region, and replicates to the other regions after the
+        transaction and one authorization reload per region, and replicates to the other regions after the
         replication lag. A thing already registered with the same attributes keeps its identity.
         """
         home = self.region(region or self._names[0])

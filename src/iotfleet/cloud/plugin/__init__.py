@@ -1,6 +1,8 @@
-"""Build iotfleet's mosquitto plugin (``iotfleet_routing.c``) once per machine, into a cache.
+"""Build iotfleet's mosquitto plugin (``iotfleet_routing.c`` with the policy engine ``authz.c``) once per
+machine, into a cache.
 
-The plugin gives fleet-provisioning answers IoT Core's per-connection delivery (see the C file).
+The plugin authorizes every CONNECT, SUBSCRIBE, PUBLISH and delivery with the certificate's AWS IoT
+policies, and gives fleet-provisioning answers IoT Core's per-connection delivery (see the C files).
 Building needs a C compiler and mosquitto's plugin headers (Debian/Ubuntu: ``gcc``, ``libc6-dev``,
 ``mosquitto-dev``, ``libmosquitto-dev``); ``./dev`` installs them. The result is cached by the hash of
 the source under ``$XDG_CACHE_HOME/iotfleet`` (default ``~/.cache/iotfleet``).
@@ -20,6 +22,7 @@ from iotfleet.errors import BrokerStartError
 
 __all__ = ["BUILD_HINT", "plugin_path"]
 
+SOURCES = ("iotfleet_routing.c", "authz.c")  # the plugin includes the engine
 BUILD_HINT = (
     "install a C compiler and mosquitto's plugin headers: "
     "'sudo apt-get install -y gcc libc6-dev mosquitto-dev libmosquitto-dev'"
@@ -33,8 +36,9 @@ def _cache_dir() -> Path:
 
 def plugin_path() -> Path:
     """The built plugin, compiling it first if this machine has not yet; raise with the fix if it cannot."""
-    source = resources.files(__package__).joinpath("iotfleet_routing.c").read_bytes()
-    target = _cache_dir() / f"iotfleet_routing-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    sources = {name: resources.files(__package__).joinpath(name).read_bytes() for name in SOURCES}
+    digest = hashlib.sha256(b"".join(sources[name] for name in SOURCES)).hexdigest()[:16]
+    target = _cache_dir() / f"iotfleet_routing-{digest}.so"
     if target.exists():
         return target
     compiler = shutil.which("cc") or shutil.which("gcc")
@@ -42,8 +46,9 @@ def plugin_path() -> Path:
         raise BrokerStartError(f"the local cloud's mosquitto plugin needs a C compiler: {BUILD_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "iotfleet_routing.c"
-        src.write_bytes(source)
+        for name, text in sources.items():
+            (Path(tmp) / name).write_bytes(text)
+        src = Path(tmp) / SOURCES[0]
         built = Path(tmp) / target.name
         result = subprocess.run(
             [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(built), str(src)],

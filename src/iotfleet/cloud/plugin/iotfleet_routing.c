@@ -1,14 +1,27 @@
 /*
- * iotfleet's mosquitto plugin: who a connection is, and IoT Core's per-connection provisioning answers.
+ * iotfleet's mosquitto plugin: who a connection is, what its certificate's policies allow (IoT Core's
+ * authorization), and IoT Core's per-connection provisioning answers.
  *
  * Identity. The broker does not use use_identity_as_username: this plugin's basic-auth check reads the
- * client certificate's CN and makes it the connection's username (mosquitto verified the chain), so the
- * ACL file applies to the certificate, whatever username the client sent. The check can refuse in the
- * CONNACK, before mosquitto takes over an existing session with the same client id:
+ * client certificate's CN and makes it the connection's username (mosquitto verified the chain), whatever
+ * username the client sent. The check refuses in the CONNACK, before mosquitto takes over an existing
+ * session with the same client id, so the legitimate holder of a client id is never disturbed:
  *   - a connection without a certificate CN is refused;
  *   - client ids starting with "iotfleet-service" belong to the cloud's own services: any other
- *     certificate asking for one is refused (MQTT 5 0x87, 3.1.1 code 5), so no device or claim holder
- *     can take over a service's session.
+ *     certificate asking for one is refused (MQTT 5 0x87, 3.1.1 code 5);
+ *   - a certificate that is not ACTIVE in this region (revoked, inactive, unknown) is hung up on with no
+ *     CONNACK, as IoT Core fails such a TLS session;
+ *   - iot:Connect on client/<client id> is evaluated on the certificate's policies; denied: MQTT 5 0x87,
+ *     3.1.1 code 5 (IoT Core's DG says 7, a code 3.1.1 reserves; mosquitto sends the spec's 5).
+ *
+ * Authorization (authz.c, the policy engine; the data file is the plugin option authz_file, written by
+ * iotfleet and re-read on SIGHUP). With no acl_file, this plugin's answer is final for every check:
+ *   - SUBSCRIBE: iot:Subscribe on topicfilter/<filter as sent>; denied: SUBACK 0x87 for that filter on
+ *     MQTT 5, and the connection closed on 3.1.1 (IOT_CORE.md section 11);
+ *   - PUBLISH: iot:Publish on topic/<topic> (and iot:RetainPublish for a retained one); denied: PUBACK
+ *     0x87 on MQTT 5 (a QoS 0 message is dropped), the connection closed on 3.1.1;
+ *   - delivery: iot:Receive on topic/<topic>, checked per message; denied: not delivered.
+ *   - UNSUBSCRIBE is always allowed.
  *
  * Provisioning. On AWS IoT Core the answer to a request on $aws/certificates/... or
  * $aws/provisioning-templates/... reaches only the connection that sent it, although every device
@@ -29,6 +42,8 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
+
+#include "authz.c"
 
 /* The few OpenSSL calls needed to read a CN. The plugin runs inside mosquitto, which links libcrypto,
  * so the symbols resolve at load time without OpenSSL's headers on the build machine. */
@@ -51,6 +66,7 @@ extern void X509_free(X509 *cert);
 #define DELIVER_TO_PROPERTY "iotfleet-deliver-to"
 
 static mosquitto_plugin_id_t *plugin_id;
+static char authz_path[4096];
 static const void *answer_payload; /* the answer being routed right now, if any */
 static char answer_target[256];
 
@@ -104,6 +120,8 @@ static int common_name(struct mosquitto *client, char *buf, size_t size)
 	return rc;
 }
 
+static int authorize(struct mosquitto *client, const char *action, const char *kind, const char *name);
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
@@ -126,7 +144,21 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(mosquitto_set_username(ed->client, cn) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_AUTH;
 	}
-	return MOSQ_ERR_SUCCESS;
+	if(strcmp(cn, SERVICE_IDENTITY) == 0){
+		return MOSQ_ERR_SUCCESS;
+	}
+	switch(authorize(ed->client, "iot:Connect", "client", client_id ? client_id : "")){
+		case AUTHZ_ALLOW:
+			return MOSQ_ERR_SUCCESS;
+		case AUTHZ_NO_PRINCIPAL:
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: certificate %s is not ACTIVE in this region",
+					client_id ? client_id : "(no id)", cn);
+			return MOSQ_ERR_UNKNOWN; /* no CONNACK: the connection is closed */
+		default:
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: iot:Connect denied by the policies of %s",
+					client_id ? client_id : "(no id)", cn);
+			return MOSQ_ERR_AUTH;
+	}
 }
 
 static void take_target(struct mosquitto_evt_message *ed)
@@ -174,6 +206,29 @@ static int on_message(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* The policy engine's answer for the connection of client: action on arn:aws:iot:<region>:<account>:<kind>/<name>. */
+static int authorize(struct mosquitto *client, const char *action, const char *kind, const char *name)
+{
+	char resource[1024];
+	int n;
+	if(authz_current == NULL){
+		return AUTHZ_IMPLICIT_DENY;
+	}
+	n = snprintf(resource, sizeof(resource), "arn:aws:iot:%s:%s:%s/%s", authz_current->region,
+			authz_current->account, kind, name);
+	if(n < 0 || (size_t)n >= sizeof(resource)){
+		return AUTHZ_IMPLICIT_DENY; /* far beyond IoT Core's 256-byte topic limit */
+	}
+	return authz_check(authz_current, mosquitto_client_username(client), mosquitto_client_id(client),
+			mosquitto_client_address(client), action, resource);
+}
+
+/* A denied SUBSCRIBE or PUBLISH: a failure code on MQTT 5, the connection closed on 3.1.1 (as IoT Core). */
+static int refused(struct mosquitto *client)
+{
+	return mosquitto_client_protocol_version(client) == 5 ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_AUTH;
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *ed = event_data;
@@ -181,22 +236,63 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
-	if(!is_provisioning(ed->topic) || is_service(ed->client)){
-		return MOSQ_ERR_PLUGIN_DEFER; /* the ACL file decides */
+	if(is_service(ed->client)){
+		return MOSQ_ERR_SUCCESS;
 	}
-	if(ed->access == MOSQ_ACL_WRITE){
-		/* devices ask; only the service answers */
-		return is_answer(ed->topic) ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_PLUGIN_DEFER;
-	}
-	if(ed->access == MOSQ_ACL_READ){
-		/* a device receives exactly the answers addressed to it, never another device's request */
-		client_id = mosquitto_client_id(ed->client);
-		if(answer_payload == NULL || ed->payload != answer_payload || client_id == NULL
-				|| answer_target[0] == '\0' || strcmp(client_id, answer_target) != 0){
-			return MOSQ_ERR_ACL_DENIED;
+	if(is_provisioning(ed->topic)){
+		if(ed->access == MOSQ_ACL_WRITE && is_answer(ed->topic)){
+			return refused(ed->client); /* devices ask; only the service answers */
+		}
+		if(ed->access == MOSQ_ACL_READ){
+			/* a device receives exactly the answers addressed to it, never another device's request */
+			client_id = mosquitto_client_id(ed->client);
+			if(answer_payload == NULL || ed->payload != answer_payload || client_id == NULL
+					|| answer_target[0] == '\0' || strcmp(client_id, answer_target) != 0){
+				return MOSQ_ERR_ACL_DENIED;
+			}
 		}
 	}
-	return MOSQ_ERR_PLUGIN_DEFER; /* subscriptions, and the addressed answer: the ACL file decides */
+	switch(ed->access){
+		case MOSQ_ACL_SUBSCRIBE:
+			return authorize(ed->client, "iot:Subscribe", "topicfilter", ed->topic) == AUTHZ_ALLOW
+				? MOSQ_ERR_SUCCESS : refused(ed->client);
+		case MOSQ_ACL_WRITE:
+			if(authorize(ed->client, "iot:Publish", "topic", ed->topic) != AUTHZ_ALLOW
+					|| (ed->retain && authorize(ed->client, "iot:RetainPublish", "topic", ed->topic) != AUTHZ_ALLOW)){
+				return refused(ed->client);
+			}
+			return MOSQ_ERR_SUCCESS;
+		case MOSQ_ACL_READ:
+			return authorize(ed->client, "iot:Receive", "topic", ed->topic) == AUTHZ_ALLOW
+				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		default:
+			return MOSQ_ERR_SUCCESS; /* UNSUBSCRIBE */
+	}
+}
+
+/* Read the authorization data; on failure keep what was loaded (none at start: the broker refuses to run). */
+static int load_authz(void)
+{
+	char err[512];
+	struct authz_data *data = authz_load(authz_path, err, sizeof(err));
+	if(data == NULL){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "iotfleet: authorization data not loaded: %s", err);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	authz_free(authz_current);
+	authz_current = data;
+	mosquitto_log_printf(MOSQ_LOG_INFO, "iotfleet: authorization data loaded: %d policies, %lu principals",
+			data->policy_count, (unsigned long)data->principals);
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_reload(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	load_authz();
+	return MOSQ_ERR_SUCCESS;
 }
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
@@ -209,10 +305,21 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, struct mosquitto_opt *opts, int opt_count)
 {
 	(void)user_data;
-	(void)opts;
-	(void)opt_count;
 	plugin_id = identifier;
-	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL)
+	for(int i = 0; i < opt_count; i++){
+		if(strcmp(opts[i].key, "authz_file") == 0){
+			snprintf(authz_path, sizeof(authz_path), "%s", opts[i].value);
+		}
+	}
+	if(authz_path[0] == '\0'){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "iotfleet: the plugin needs 'plugin_opt_authz_file PATH'");
+		return MOSQ_ERR_INVAL;
+	}
+	if(load_authz() != MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_INVAL;
+	}
+	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL)
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL)){
 		return MOSQ_ERR_UNKNOWN;
@@ -228,5 +335,8 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
+	authz_free(authz_current);
+	authz_current = NULL;
 	return MOSQ_ERR_SUCCESS;
 }
