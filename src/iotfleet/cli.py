@@ -252,6 +252,14 @@ def cloud() -> None:
     "Regions share a port on distinct addresses (127.0.0.1, 127.0.0.2). Default: an ephemeral loopback port.",
 )
 @click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Attach this AWS IoT policy document to the --thing things instead of the rendered device policy "
+    "(named after the file). The brokers enforce it as IoT Core does.",
+)
+@click.option(
     "--template",
     "template_files",
     multiple=True,
@@ -278,6 +286,7 @@ def cloud_up(
     listen: tuple[str, ...],
     template_files: tuple[Path, ...],
     sans: tuple[str, ...],
+    policy_file: Path | None,
 ) -> None:
     """Start the local cloud and run until SIGINT or SIGTERM.
 
@@ -285,7 +294,7 @@ def cloud_up(
     trust the system's CA store (AWS's samples) connect with SSL_CERT_FILE set to the printed CA.
     """
     from iotfleet.cloud.control import ControlServer  # noqa: PLC0415
-    from iotfleet.cloud.local import LocalCloud, ThingSpec  # noqa: PLC0415
+    from iotfleet.cloud.local import DEVICE_POLICY, LocalCloud, ThingSpec  # noqa: PLC0415
 
     with _errors(), _until_signalled() as stop:
         from iotfleet.cloud.templates import ProvisioningTemplate  # noqa: PLC0415
@@ -302,7 +311,12 @@ def cloud_up(
         with local, ControlServer(local):
             info = local.info()
             if things:
-                identities = local.register_things([ThingSpec(name, tenant, site) for name in things])
+                policy_name = DEVICE_POLICY
+                if policy_file is not None:
+                    policy_name = policy_file.stem
+                    local.create_policy(policy_name, _read_text(policy_file, "--policy"))
+                specs = [ThingSpec(name, tenant, site, policy=policy_name) for name in things]
+                identities = local.register_things(specs)
                 info["things"] = [
                     {
                         "name": i.thing_name,
@@ -643,6 +657,13 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "report": options["report_path"],
     }
     return load_settings(options["config_file"], given, run)
+
+
+def _read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{option} {path}: cannot read it: {exc}") from exc
 
 
 def _check_writable(path: Path) -> None:

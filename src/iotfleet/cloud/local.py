@@ -72,12 +72,14 @@ LOCAL_ACCOUNT: Final = "000000000000"  # the account id in the local cloud's ARN
 
 @dataclass(frozen=True, slots=True)
 class ThingSpec:
-    """A thing to register: its name, tenant, site and any further attributes."""
+    """A thing to register: its name, tenant, site and any further attributes, and the name of the policy
+    its certificate gets (the device policy rendered from the scheme, or one made by ``create_policy``)."""
 
     name: str
     tenant: str
     site: str
     attributes: Mapping[str, str] = field(default_factory=dict)
+    policy: str = DEVICE_POLICY
 
     def __post_init__(self) -> None:
         ThingScope(self.tenant, self.site, self.name)  # validates all three
@@ -116,6 +118,7 @@ def _loopback(region: Region) -> tuple[str, int]:
     return internal.host, internal.port
 
 
+_POLICY_NAME: Final = re.compile(r"[\w+=,.@-]{1,128}")
 _LABEL: Final = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME: Final = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}")
 
@@ -396,6 +399,7 @@ class LocalCloud:
         self.scheme = scheme or TopicScheme()
         self.template = template
         self.device_policy = policy.render(self.scheme)
+        self.policies: dict[str, dict[str, Any]] = {DEVICE_POLICY: self.device_policy}
         self.templates = {t.name: t for t in templates}
         self.templates.setdefault(template, ProvisioningTemplate(template, default_template_body(DEVICE_POLICY)))
         self.token_ttl = token_ttl
@@ -520,7 +524,7 @@ class LocalCloud:
             registry=region.registry,
             ca=self.ca,
             templates=self.templates,
-            policies={DEVICE_POLICY: self.device_policy},
+            policies=self.policies,
             commit=commit,
             claim_certificate_id=certificate_id(self.claim.cert_file.read_bytes()),
             token_ttl=self.token_ttl,
@@ -663,8 +667,9 @@ class LocalCloud:
                         CertificateStatus.ACTIVE,
                         spec.name,
                     )
-                    thing = Thing(spec.name, spec.all_attributes, DEVICE_POLICY)
-                    fresh.append((Registration(thing, record, self.device_policy), creds, cert_file, key_file))
+                    thing = Thing(spec.name, spec.all_attributes, spec.policy)
+                    document = self._policy(spec.policy)
+                    fresh.append((Registration(thing, record, document), creds, cert_file, key_file))
                 identities.append(
                     Identity(
                         thing_name=spec.name,
@@ -682,6 +687,23 @@ class LocalCloud:
         if fresh:
             self.replicate(registrations, source=home.name)
         return identities
+
+    def create_policy(self, name: str, document: str | bytes | Mapping[str, Any]) -> None:
+        """Create (or replace) the AWS IoT policy ``name``: any valid document (validated as CreatePolicy
+        does: :class:`~iotfleet.errors.PolicyError` names each problem). Things registered with
+        ``ThingSpec(policy=name)`` and templates naming it get it; the broker enforces it exactly."""
+        if not _POLICY_NAME.fullmatch(name):
+            raise ConfigError(f"policy name {name!r} must be 1-128 characters of letters, digits and +=,.@-_")
+        parsed = PolicyDocument.parse(document, name=f"policy {name}")
+        self.policies[name] = json.loads(parsed.text)
+
+    def _policy(self, name: str) -> dict[str, Any]:
+        try:
+            return self.policies[name]
+        except KeyError:
+            raise ConfigError(
+                f"no policy {name!r}: create it first with create_policy() (there are {sorted(self.policies)})"
+            ) from None
 
     def _existing(self, home: Region, spec: ThingSpec, cert_file: Path, key_file: Path) -> CertificateRecord | None:
         """The certificate of an already registered thing, if its files are still in the workdir."""
