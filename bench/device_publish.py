@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from awscrt import io, mqtt5
 
@@ -38,6 +39,12 @@ from iotfleet.config import Endpoint
 from iotfleet.transport.crt import CrtRuntime, CrtTransport
 
 PAYLOAD = b'{"power_w":12.5,"dim":80,"lux":412,"occupied":true,"temp_c":21.4}' * 3
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of another process, e.g. the region's mosquitto."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu() -> float:
@@ -109,6 +116,7 @@ def raw_crt(endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, 
     done = threading.Event()
     lock = threading.Lock()
     remaining = [per_client * len(things)]
+    refused = [0]
     connected = threading.Semaphore(0)
     clients: list[mqtt5.Client] = []
 
@@ -119,9 +127,12 @@ def raw_crt(endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, 
         connected.acquire(timeout=60)
 
     def pump(client: mqtt5.Client, topic: str, left: list[int]) -> None:
-        def on_ack(_f: object) -> None:
+        def on_ack(future: Any) -> None:
+            puback = future.result().puback
             with lock:
                 remaining[0] -= 1
+                if puback is None or puback.reason_code >= 0x80:
+                    refused[0] += 1
                 if remaining[0] == 0:
                     done.set()
             if left[0] > 0:
@@ -142,6 +153,8 @@ def raw_crt(endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, 
         done.wait(timeout=600)
     for client in clients:
         client.stop()
+    if refused[0]:
+        raise SystemExit(f"{refused[0]} publishes were refused: the bench measures accepted messages only")
     return phase.cpu, phase.wall
 
 
@@ -222,6 +235,8 @@ def main() -> None:
         ids = cloud.register_things([ThingSpec(f"bench-{i:05d}", "bench", "hq") for i in range(args.clients)])
         things = [(i, f"dt/bench/hq/{i.thing_name}/telemetry") for i in ids]
         endpoint = cloud.endpoints[0]
+        broker_pid = cloud.region("bench-1").broker.pid
+        assert broker_pid is not None
         runs = {
             "raw awscrt (callbacks)": lambda: raw_crt(endpoint, things, total, args.window),
             "raw awscrt (asyncio)": lambda: asyncio.run(raw_asyncio(endpoint, things, total, args.window)),
@@ -230,11 +245,13 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in runs}
         for round_no in range(1, args.rounds + 1):
             for name, run in runs.items():
+                broker_before = process_cpu(broker_pid)
                 used, wall = run()
+                broker = process_cpu(broker_pid) - broker_before  # connects included: the same in every run
                 rates[name].append(total / used)
                 print(
                     f"round {round_no} {name:<23} {total / used:>7.0f} msg/CPU-s {total / wall:>7.0f} msg/s wall"
-                    f"  ({used:.2f} CPU-s, {wall:.2f} s)"
+                    f"  ({used:.2f} CPU-s, {wall:.2f} s; broker {broker:.2f} CPU-s, {broker / total * 1e6:.1f} µs/msg)"
                 )
         mean = {name: sum(r) / len(r) for name, r in rates.items()}
         for name, rate in mean.items():
