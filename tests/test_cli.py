@@ -38,7 +38,8 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
     with cloud_up("--json", "--workdir", str(tmp_path / "w")) as proc:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
-        assert set(info) == {"regions", "ca_file", "claim_cert", "claim_key", "template", "templates", "workdir"}
+        keys = {"regions", "ca_file", "claim_cert", "claim_key", "template", "templates", "account", "workdir"}
+        assert set(info) == keys
         assert [r["name"] for r in info["regions"]] == ["eu-west-1", "us-east-1"]
         assert all(r["host"] == "localhost" for r in info["regions"])
         assert all(

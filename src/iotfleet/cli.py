@@ -339,6 +339,7 @@ def cloud_up(
                 click.echo(f"trust       SSL_CERT_FILE={info['ca_file']}  (for apps that use the system's CA store)")
                 click.echo(f"claim       {info['claim_cert']} {info['claim_key']}")
                 click.echo(f"template    {info['template']} (default); all: {', '.join(info['templates'])}")
+                click.echo(f"account     {info['account']} (and region names as above, in policy ARNs)")
                 click.echo(f"workdir     {info['workdir']}")
                 for thing in info.get("things", []):
                     click.echo(f"thing       {thing['name']} {thing['cert']} {thing['key']}")

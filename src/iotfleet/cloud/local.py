@@ -624,6 +624,7 @@ class LocalCloud:
             "claim_key": str(self.claim.key_file),
             "template": self.template,
             "templates": sorted(self.templates),
+            "account": LOCAL_ACCOUNT,  # the account id in the local cloud's ARNs (fill AWS's sample policies)
             "workdir": str(self.workdir),
         }
 
