@@ -14,6 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotfleet.cloud.local import LocalCloud, ThingSpec
+from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConfigError, PolicyError
 from tests.conftest import Probe, cloud_up, identity_context, wait_until
@@ -175,3 +176,19 @@ def test_cloud_up_attaches_a_policy_file_to_its_things(tmp_path: Path, probes: P
         assert device.connect()
         assert device.publish("lab/lamp-1/on") in (0x00, 0x10)  # allowed by lab.json, not by the device policy
         assert device.publish("dt/demo/hq/lamp-1/power") == NOT_AUTHORIZED  # the device policy's topic: not here
+
+
+def test_a_certificate_leaving_active_loses_its_live_sessions_at_once(
+    lab: tuple[Identity, Endpoint], local_cloud: LocalCloud, probes: Probes
+) -> None:
+    lamp, endpoint = lab
+    region = local_cloud.region("eu-west-1")
+    device = probes(endpoint, "lamp-1", identity_context(lamp))
+    assert device.connect()
+    assert lamp.certificate_id is not None
+    region.registry.set_status(lamp.certificate_id, CertificateStatus.INACTIVE)
+    region.sync_authz()
+    assert device.pump(lambda: device.disconnected is not None)  # closed by the broker, not left to fail later
+    again = probes(endpoint, "lamp-1", identity_context(lamp))
+    assert not again.connect()
+    assert again.connack is None  # and new CONNECTs are hung up on

@@ -270,17 +270,27 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	}
 }
 
-/* Read the authorization data; on failure keep what was loaded (none at start: the broker refuses to run). */
+/* Read the authorization data; on failure keep what was loaded (none at start: the broker refuses to run).
+ * A certificate that was ACTIVE and is no longer (revoked, deactivated, deleted) loses its live sessions at
+ * once, its Will sent, as IoT Core closes them when a certificate leaves ACTIVE. */
 static int load_authz(void)
 {
 	char err[512];
-	struct authz_data *data = authz_load(authz_path, err, sizeof(err));
+	struct authz_data *data = authz_load(authz_path, err, sizeof(err)), *old = authz_current;
 	if(data == NULL){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "iotfleet: authorization data not loaded: %s", err);
 		return MOSQ_ERR_UNKNOWN;
 	}
-	authz_free(authz_current);
 	authz_current = data;
+	for(size_t b = 0; old != NULL && b < old->bucket_count; b++){
+		for(struct authz_principal *u = old->buckets[b]; u != NULL; u = u->next){
+			if(authz_find(data, u->cn) == NULL){
+				mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: certificate %s is no longer ACTIVE: closing its sessions", u->cn);
+				mosquitto_kick_client_by_username(u->cn, true);
+			}
+		}
+	}
+	authz_free(old);
 	mosquitto_log_printf(MOSQ_LOG_INFO, "iotfleet: authorization data loaded: %d policies, %lu principals",
 			data->policy_count, (unsigned long)data->principals);
 	return MOSQ_ERR_SUCCESS;
