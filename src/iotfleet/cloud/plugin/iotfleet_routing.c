@@ -271,26 +271,19 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 }
 
 /* Read the authorization data; on failure keep what was loaded (none at start: the broker refuses to run).
- * A certificate that was ACTIVE and is no longer (revoked, deactivated, deleted) loses its live sessions at
- * once, its Will sent, as IoT Core closes them when a certificate leaves ACTIVE. */
+ * After a reload mosquitto runs the basic-auth check again for every connection (security_default.c,
+ * mosquitto_security_apply_default), so a certificate that left ACTIVE (revoked, deactivated, deleted), or
+ * whose policies no longer allow its CONNECT, loses its live sessions at once, as IoT Core closes them. */
 static int load_authz(void)
 {
 	char err[512];
-	struct authz_data *data = authz_load(authz_path, err, sizeof(err)), *old = authz_current;
+	struct authz_data *data = authz_load(authz_path, err, sizeof(err));
 	if(data == NULL){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "iotfleet: authorization data not loaded: %s", err);
 		return MOSQ_ERR_UNKNOWN;
 	}
+	authz_free(authz_current);
 	authz_current = data;
-	for(size_t b = 0; old != NULL && b < old->bucket_count; b++){
-		for(struct authz_principal *u = old->buckets[b]; u != NULL; u = u->next){
-			if(authz_find(data, u->cn) == NULL){
-				mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: certificate %s is no longer ACTIVE: closing its sessions", u->cn);
-				mosquitto_kick_client_by_username(u->cn, true);
-			}
-		}
-	}
-	authz_free(old);
 	mosquitto_log_printf(MOSQ_LOG_INFO, "iotfleet: authorization data loaded: %d policies, %lu principals",
 			data->policy_count, (unsigned long)data->principals);
 	return MOSQ_ERR_SUCCESS;
