@@ -215,6 +215,14 @@ def _until_signalled() -> Iterator[threading.Event]:
             signal.signal(signum, old)
 
 
+def _wait_for_signal(stop: threading.Event, tick_s: float = 0.5) -> None:
+    """Block until ``stop`` is set by a signal handler. A signal the kernel hands to another thread (the CRT's,
+    a broker log reader's) does not wake a main thread blocked on a lock, and Python runs handlers only in
+    the main thread: waking every ``tick_s`` lets the handler run (it once left ``cloud up`` deaf to SIGTERM)."""
+    while not stop.wait(tick_s):
+        pass
+
+
 @cli.group()
 def cloud() -> None:
     """The local cloud: regions of mosquitto + IoT Core services on loopback."""
@@ -345,7 +353,7 @@ def cloud_up(
                     click.echo(f"thing       {thing['name']} {thing['cert']} {thing['key']}")
                 click.echo("running; press Ctrl-C to stop")
             sys.stdout.flush()
-            stop.wait()
+            _wait_for_signal(stop)
         if not as_json:
             click.echo("stopped")
 
