@@ -45,6 +45,7 @@ from iotfleet.errors import PolicyError
 __all__ = [
     "MAX_POLICY_CHARS",
     "Decision",
+    "Effect",
     "PolicyDocument",
     "RequestContext",
     "Statement",
@@ -57,7 +58,7 @@ MAX_VALUE_CHARS: Final = 1024  # a certificate value longer than this is not sub
 _UNSUBSTITUTABLE: Final = frozenset("*$+?#")
 _STATEMENT_KEYS: Final = frozenset({"Sid", "Effect", "Action", "NotAction", "Resource", "NotResource", "Condition"})
 _VARIABLE: Final = re.compile(r"\$\{([^}]*)\}")
-_ESCAPES: Final = {"*": "*", "?": "?", "$": "$"}
+_ESCAPES: Final = frozenset("*?$")  # ${*} ${?} ${$}: the character itself
 _ATTRIBUTE: Final = re.compile(r"iot:Connection\.Thing\.Attributes\[(.+)\]")
 
 
@@ -148,8 +149,10 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    """A resource or condition value: literal text, ``*``/``?`` wildcards and policy variables."""
+    """A resource or condition value: literal text, ``*``/``?`` wildcards and policy variables; ``text`` is
+    the value as written in the document."""
 
+    text: str
     parts: tuple[tuple[str, str], ...]  # ("text", s) | ("var", name) | ("star", "") | ("one", "")
 
     @classmethod
@@ -159,12 +162,14 @@ class _Template:
         for match in _VARIABLE.finditer(text) if variables else ():
             parts.extend(_wild(text[position : match.start()]))
             name = match.group(1)
-            parts.append(("text", _ESCAPES[name]) if name in _ESCAPES else ("var", name))
+            parts.append(("text", name) if name in _ESCAPES else ("var", name))
             position = match.end()
         parts.extend(_wild(text[position:]))
-        return cls(tuple(parts))
+        return cls(text, tuple(parts))
 
-    def regex(self, context: RequestContext | None, *, wildcards: bool = True) -> re.Pattern[str] | None:
+    def regex(
+        self, context: RequestContext | None, *, wildcards: bool = True, ignore_case: bool = False
+    ) -> re.Pattern[str] | None:
         """The pattern with ``context``'s values in place (literal), or None when a variable does not resolve."""
         out: list[str] = []
         for kind, value in self.parts:
@@ -177,7 +182,7 @@ class _Template:
                 out.append(re.escape(value if kind == "text" else "*" if kind == "star" else "?"))
             else:
                 out.append(".*" if kind == "star" else ".")
-        return _compiled("".join(out))
+        return _compiled("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
 
 
 def _wild(text: str) -> list[tuple[str, str]]:
@@ -197,8 +202,8 @@ def _wild(text: str) -> list[tuple[str, str]]:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.DOTALL)
+def _compiled(pattern: str, flags: int) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
 
 
 @lru_cache(maxsize=1024)
@@ -259,11 +264,9 @@ class _Condition:
             return _in_networks(value, self.raw)
         _, like, ignore_case = _STRING_OPS[self.operator]
         for template in self.values:
-            pattern = template.regex(context, wildcards=like)
+            pattern = template.regex(context, wildcards=like, ignore_case=ignore_case)
             if pattern is None:
                 continue  # an unresolved variable matches nothing
-            if ignore_case:
-                pattern = re.compile(pattern.pattern, re.DOTALL | re.IGNORECASE)
             if pattern.fullmatch(value):
                 return True
         return False

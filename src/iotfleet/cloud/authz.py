@@ -10,13 +10,12 @@ SIGHUP, so the file is replaced atomically.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iotfleet.policy_engine import VERSIONS, PolicyDocument
+from iotfleet.policy_engine import VERSIONS, Effect, PolicyDocument
 
 __all__ = ["Principal", "render_authz", "write_authz"]
 
@@ -37,16 +36,11 @@ class Principal:
 
 
 def _field(value: Any) -> str:
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    return text.replace("%", "%25").replace("\t", "%09").replace("\n", "%0A").replace("\r", "%0D")
+    return str(value).replace("%", "%25").replace("\t", "%09").replace("\n", "%0A").replace("\r", "%0D")
 
 
 def _line(kind: str, *fields: Any) -> str:
     return "\t".join([kind, *(_field(f) for f in fields)])
-
-
-def _listed(value: Any) -> list[Any]:
-    return [value] if isinstance(value, str | bool) else list(value)
 
 
 def render_authz(
@@ -56,26 +50,20 @@ def render_authz(
     lines = [_line("V", FORMAT_VERSION, region, account)]
     for document in documents:
         lines.append("P")
-        raw = json.loads(document.text)
-        statements = raw["Statement"] if isinstance(raw["Statement"], list) else [raw["Statement"]]
-        variables = "1" if raw.get("Version") == VERSIONS[0] else "0"
-        for statement in statements:
-            not_action, not_resource = "NotAction" in statement, "NotResource" in statement
-            effect = "D" if statement["Effect"] == "Deny" else "A"
-            lines.append(_line("S", effect, int(not_action), int(not_resource), variables))
-            lines.extend(_line("A", a) for a in _listed(statement["NotAction" if not_action else "Action"]))
-            lines.extend(_line("R", r) for r in _listed(statement["NotResource" if not_resource else "Resource"]))
-            for full, checks in statement.get("Condition", {}).items():
-                quantifier, _, rest = full.rpartition(":")
-                operator = rest.removesuffix("IfExists")
-                for key, values in checks.items():
-                    lines.append(_line("C", operator, quantifier, int(rest != operator), key, *_listed(values)))
+        variables = int(document.version == VERSIONS[0])
+        for statement in document.statements:
+            effect = "D" if statement.effect is Effect.DENY else "A"
+            lines.append(_line("S", effect, int(statement.not_action), int(statement.not_resource), variables))
+            lines.extend(_line("A", action) for action in statement.actions)
+            lines.extend(_line("R", resource.text) for resource in statement.resources)
+            for c in statement.conditions:
+                lines.append(_line("C", c.operator, c.quantifier, int(c.if_exists), c.key, *c.raw))
     for principal in principals:
         indexes = ",".join(str(i) for i in principal.policies)
         lines.append(_line("U", principal.common_name, principal.thing or "", principal.thing_type or "", indexes))
         lines.extend(_line("T", name, value) for name, value in principal.attributes.items())
         for name, values in principal.certificate.items():
-            lines.extend(_line("X", name, value) for value in _listed(values))
+            lines.extend(_line("X", name, value) for value in ([values] if isinstance(values, str) else values))
     return "\n".join(lines) + "\n"
 
 

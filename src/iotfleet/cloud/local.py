@@ -113,11 +113,6 @@ def _claim_identity(cert_file: Path, key_file: Path, ca_file: Path) -> Identity:
     return Identity(thing_name="claim", cert_file=cert_file, key_file=key_file, ca_file=ca_file)
 
 
-def _loopback(region: Region) -> tuple[str, int]:
-    internal = region.internal_endpoint
-    return internal.host, internal.port
-
-
 _POLICY_NAME: Final = re.compile(r"[\w+=,.@-]{1,128}")
 _LABEL: Final = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME: Final = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}")
@@ -615,7 +610,10 @@ class LocalCloud:
                     "name": r.name,
                     "host": r.endpoint.host,
                     "port": r.endpoint.port,
-                    "listeners": [f"{host}:{port}" for host, port in [*r.broker.listeners, _loopback(r)]],
+                    "listeners": [
+                        *(f"{host}:{port}" for host, port in r.broker.listeners),
+                        f"{r.internal_endpoint.host}:{r.internal_endpoint.port}",
+                    ],
                 }
                 for r in self.regions
             ],
