@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iotfleet._files import write_private
 from iotfleet.policy_engine import VERSIONS, Effect, PolicyDocument
 
 __all__ = ["Principal", "render_authz", "write_authz"]
@@ -68,7 +69,5 @@ def render_authz(
 
 
 def write_authz(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: the plugin never reads half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Replace ``path`` with ``text`` atomically (the plugin never reads half a file), owner-only."""
+    write_private(path, text.encode())
