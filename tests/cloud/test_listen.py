@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from iotfleet.cli import cli
-from iotfleet.cloud.broker import check_bindable
+from iotfleet.cloud.broker import check_bindable, unprivileged_port_start
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConfigError
@@ -91,11 +91,7 @@ def test_regions_share_8883_on_distinct_addresses_and_aws_clients_trust_the_ca_t
 
 
 def may_bind_443() -> bool:
-    try:
-        unprivileged_from = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    except (OSError, ValueError):
-        unprivileged_from = 1024
-    return os.geteuid() == 0 or unprivileged_from <= 443
+    return os.geteuid() == 0 or unprivileged_port_start() <= 443
 
 
 @pytest.mark.skipif(

@@ -37,7 +37,15 @@ from iotfleet.cloud.plugin import plugin_path
 from iotfleet.errors import BrokerNotInstalled, BrokerStartError, CloudError, ConfigError
 from iotfleet.transport.tls import tls_client_context
 
-__all__ = ["Broker", "BrokerState", "TlsFiles", "check_bindable", "find_mosquitto", "free_port"]
+__all__ = [
+    "Broker",
+    "BrokerState",
+    "TlsFiles",
+    "check_bindable",
+    "find_mosquitto",
+    "free_port",
+    "unprivileged_port_start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,7 @@ def check_bindable(host: str, port: int) -> None:
         except PermissionError:
             raise ConfigError(
                 f"listening on {host}:{port} needs root or CAP_NET_BIND_SERVICE (ports below "
-                f"{_unprivileged_port_start()} are privileged): run as root, or "
+                f"{unprivileged_port_start()} are privileged): run as root, or "
                 f"'sudo setcap cap_net_bind_service=+ep {find_mosquitto()}', or "
                 f"'sudo sysctl net.ipv4.ip_unprivileged_port_start={port}'; or listen on 8883"
             ) from None
@@ -84,7 +92,8 @@ def check_bindable(host: str, port: int) -> None:
             raise ConfigError(f"{problem}; choose another address or port") from None
 
 
-def _unprivileged_port_start() -> int:
+def unprivileged_port_start() -> int:
+    """The lowest port any user may listen on (net.ipv4.ip_unprivileged_port_start; 1024 when unknown)."""
     try:
         return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     except (OSError, ValueError):
