@@ -32,7 +32,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     source = build / "authz.c"
     source.write_bytes(resources.files("iotfleet.cloud.plugin").joinpath("authz.c").read_bytes())
     library = build / "authz.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(library), str(source)], check=True)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-Wall", "-DAUTHZ_TEST", "-o", str(library), str(source)], check=True
+    )
     lib = ctypes.CDLL(str(library))
     lib.authz_test_load.argtypes = [ctypes.c_char_p]
     lib.authz_test_check.argtypes = [ctypes.c_char_p] * 5

@@ -526,7 +526,8 @@ int authz_check(const struct authz_data *data, const char *cn, const char *clien
 	return allowed ? AUTHZ_ALLOW : AUTHZ_IMPLICIT_DENY;
 }
 
-/* For the differential test (ctypes): load into the module's slot, then check against it. */
+#ifdef AUTHZ_TEST
+/* For the differential test (ctypes), built with -DAUTHZ_TEST: load into the module's slot, then check. */
 int authz_test_load(const char *path)
 {
 	char err[256];
@@ -542,3 +543,4 @@ int authz_test_check(const char *cn, const char *client_id, const char *source_i
 {
 	return authz_check(authz_current, cn, client_id, source_ip, action, resource);
 }
+#endif
