@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import ConfigError, PolicyError
+from iotfleet.errors import ConfigError, PolicyError, RegistryError
 from tests.conftest import Probe, cloud_up, identity_context, wait_until
 
 Probes = Callable[..., Probe]
@@ -178,17 +178,60 @@ def test_cloud_up_attaches_a_policy_file_to_its_things(tmp_path: Path, probes: P
         assert device.publish("dt/demo/hq/lamp-1/power") == NOT_AUTHORIZED  # the device policy's topic: not here
 
 
-def test_a_certificate_leaving_active_loses_its_live_sessions_at_once(
+def test_a_certificate_leaving_active_loses_its_live_sessions_in_every_region(
+    lab: tuple[Identity, Endpoint], local_cloud: LocalCloud, probes: Probes
+) -> None:
+    lamp, _ = lab
+    assert lamp.certificate_id is not None
+    endpoints = [region.endpoint for region in local_cloud.regions]
+    devices = [probes(endpoint, "lamp-1", identity_context(lamp)) for endpoint in endpoints]
+    assert all(device.connect() for device in devices)
+    local_cloud.update_certificate(lamp.certificate_id, CertificateStatus.INACTIVE)
+    for device in devices:  # closed by each region's broker, not left to fail later
+        assert device.pump(lambda device=device: device.disconnected is not None)
+    for endpoint in endpoints:
+        again = probes(endpoint, "lamp-1", identity_context(lamp))
+        assert not again.connect()
+        assert again.connack is None  # new CONNECTs are hung up on, in every region
+    local_cloud.update_certificate(lamp.certificate_id, "ACTIVE")  # an INACTIVE certificate may come back
+    assert all(probes(endpoint, "lamp-1", identity_context(lamp)).connect() for endpoint in endpoints)
+
+
+def test_a_revoked_certificate_stays_revoked(lab: tuple[Identity, Endpoint], local_cloud: LocalCloud) -> None:
+    lamp, _ = lab
+    assert lamp.certificate_id is not None
+    local_cloud.update_certificate(lamp.certificate_id, CertificateStatus.REVOKED)
+    with pytest.raises(RegistryError, match="stays revoked"):
+        local_cloud.update_certificate(lamp.certificate_id, CertificateStatus.ACTIVE)
+    with pytest.raises(RegistryError, match="no certificate with id 'nope'"):
+        local_cloud.update_certificate("nope", CertificateStatus.INACTIVE)
+    assert {r.registry.certificate(lamp.certificate_id).status for r in local_cloud.regions} == {  # type: ignore[union-attr]
+        CertificateStatus.REVOKED
+    }
+
+
+def test_policies_attached_to_a_certificate_add_up_and_a_detached_one_stops_counting(
     lab: tuple[Identity, Endpoint], local_cloud: LocalCloud, probes: Probes
 ) -> None:
     lamp, endpoint = lab
-    region = local_cloud.region("eu-west-1")
+    assert lamp.certificate_id is not None
+    local_cloud.create_policy(
+        "extra",
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "iot:Publish", "Resource": f"{ARN}:topic/extra/*"}],
+        },
+    )
     device = probes(endpoint, "lamp-1", identity_context(lamp))
     assert device.connect()
-    assert lamp.certificate_id is not None
-    region.registry.set_status(lamp.certificate_id, CertificateStatus.INACTIVE)
-    region.sync_authz()
-    assert device.pump(lambda: device.disconnected is not None)  # closed by the broker, not left to fail later
-    again = probes(endpoint, "lamp-1", identity_context(lamp))
-    assert not again.connect()
-    assert again.connack is None  # and new CONNECTs are hung up on
+    assert device.publish("extra/1") == NOT_AUTHORIZED
+    local_cloud.attach_policy("extra", lamp.certificate_id)
+    assert device.publish("extra/1") in (0x00, 0x10)  # the live session is authorized by both policies at once
+    assert device.publish("lab/lamp-1/on") in (0x00, 0x10)
+    local_cloud.detach_policy("extra", lamp.certificate_id)
+    assert device.publish("extra/1") == NOT_AUTHORIZED
+    assert device.disconnected is None  # the remaining policy still allows its CONNECT: the session stays
+    local_cloud.detach_policy("lab", lamp.certificate_id)  # none left: it may not even connect
+    assert device.pump(lambda: device.disconnected is not None)
+    with pytest.raises(ConfigError, match="no policy 'missing'"):
+        local_cloud.attach_policy("missing", lamp.certificate_id)

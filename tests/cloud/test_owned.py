@@ -10,7 +10,7 @@ import pytest
 
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.owned import KEEP, Failures
-from iotfleet.cloud.registry import Registration, Replicator
+from iotfleet.cloud.registry import Change, Replicator
 from iotfleet.cloud.services.base import ServiceHost
 from iotfleet.errors import RegistryError
 from tests.conftest import wait_until
@@ -84,7 +84,7 @@ def test_replication_errors_are_recorded_as_failures() -> None:
     failures = Failures()
     applied = threading.Event()
 
-    def apply(target: str, regs: tuple[Registration, ...]) -> None:
+    def apply(target: str, regs: tuple[Change, ...]) -> None:
         applied.set()
         raise RegistryError("disk full")
 
@@ -106,5 +106,5 @@ def test_a_cloud_reports_a_replication_that_failed_at_stop(tmp_path: Path) -> No
         assert wait_until(lambda: len(cloud.failures.counts("replicator")) == 2)
     assert len(cloud.problems) == 2
     for line, target in zip(cloud.problems, ("eu-west-1", "us-east-1"), strict=True):
-        assert line.startswith(f"replicator to {target}: failed 1 time; first: replicating lamp-1 to {target}: ")
+        assert line.startswith(f"replicator to {target}: failed 1 time; first: replicating thing lamp-1 to {target}: ")
         assert "another certificate already uses the identity 'lamp-1'" in line

@@ -155,7 +155,7 @@ def test_a_malformed_csr_is_rejected_and_nothing_is_recorded(local_cloud: LocalC
     service = local_cloud.region("eu-west-1").provisioning
     assert service is not None
     assert service.rejected == {"InvalidCSR": 1, "InvalidPayload": 2}
-    assert local_cloud.region("eu-west-1").registry.acl_rows() == []
+    assert local_cloud.region("eu-west-1").registry.principals() == []
 
 
 def test_unknown_or_disabled_template(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_a_second_register_thing_for_an_existing_serial_fails(local_cloud: Local
     second_record = registry.certificate(second_id)
     assert second_record is not None
     assert (second_record.status, second_record.thing) == (CertificateStatus.PENDING_ACTIVATION, None)
-    assert [c.certificate_id for c, _, _ in registry.connectable()] == [first_id]
+    assert [p.common_name for p in registry.principals()] == [registry.certificate(first_id).common_name]  # type: ignore[union-attr]
 
 
 @pytest.fixture

@@ -13,9 +13,12 @@ from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
+    PolicyAttachment,
+    PrincipalRow,
     Registration,
     Registry,
     Replicator,
+    StatusChange,
     Thing,
 )
 from iotfleet.errors import RegistryError
@@ -23,53 +26,98 @@ from iotfleet.errors import RegistryError
 
 def registration(name: str, cert_id: str, cn: str | None = None) -> Registration:
     return Registration(
-        Thing(name, {"tenant": "acme", "site": "hq"}, "device"),
+        Thing(name, {"tenant": "acme", "site": "hq"}),
         CertificateRecord(cert_id, cn or name, "PEM", CertificateStatus.ACTIVE, name),
-        {"Statement": []},
+        {"device": {"Statement": []}},
     )
 
 
-def test_put_is_idempotent_and_connectable_lists_active_certificates(tmp_path: Path) -> None:
+def test_apply_is_idempotent_and_principals_are_the_active_certificates(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "r.sqlite")
-    reg.put(registration("lamp-1", "c1"))
-    reg.put(registration("lamp-1", "c1"))
-    reg.put(registration("lamp-2", "c2"))
-    reg.set_status("c2", CertificateStatus.INACTIVE)
-    assert [(c.common_name, t.name, t.tenant) for c, t, _ in reg.connectable()] == [("lamp-1", "lamp-1", "acme")]
+    reg.apply(registration("lamp-1", "c1"))
+    reg.apply(registration("lamp-1", "c1"))
+    reg.apply(registration("lamp-2", "c2"))
+    reg.apply(StatusChange("c2", CertificateStatus.INACTIVE))
+    attributes, documents = '{"site": "hq", "tenant": "acme"}', ('{"Statement": []}',)
+    assert reg.principals() == [PrincipalRow("lamp-1", "lamp-1", attributes, documents)]
     assert reg.certificate_by_identity("lamp-2").status is CertificateStatus.INACTIVE  # type: ignore[union-attr]
 
 
+def test_a_certificate_has_every_policy_attached_to_it_and_loses_a_detached_one(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.apply(registration("lamp-1", "c1"))
+    reg.apply(PolicyAttachment("extra", "c1", {"Statement": [1]}), PolicyAttachment("extra", "c1", {"Statement": [2]}))
+    assert reg.policies_of("c1") == {"device": {"Statement": []}, "extra": {"Statement": [2]}}  # replaced, once
+    assert reg.principals()[0].documents == ('{"Statement": []}', '{"Statement": [2]}')
+    reg.apply(PolicyAttachment("device", "c1", None))
+    assert list(reg.policies_of("c1")) == ["extra"]
+    reg.apply(PolicyAttachment("extra", "c1", None))
+    assert reg.principals() == []  # a certificate with no policy may do nothing: it is no principal
+    with pytest.raises(RegistryError, match="no certificate with id 'c9'"):
+        reg.apply(PolicyAttachment("extra", "c9", {"Statement": []}))
+
+
+def test_a_thing_may_hold_several_certificates_during_a_rotation(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.apply(registration("lamp-1", "c1"), registration("lamp-1", "c2", cn="lamp-1-next"))
+    assert [c.certificate_id for c in reg.certificates_of("lamp-1")] == ["c1", "c2"]
+    assert [p.common_name for p in reg.principals()] == ["lamp-1", "lamp-1-next"]
+
+
+def test_a_registry_of_the_one_policy_per_thing_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE policies (name TEXT PRIMARY KEY, document TEXT NOT NULL);
+            CREATE TABLE things (name TEXT PRIMARY KEY, attributes TEXT NOT NULL,
+                                 policy TEXT NOT NULL REFERENCES policies(name), created REAL NOT NULL);
+            CREATE TABLE certificates (id TEXT PRIMARY KEY, common_name TEXT NOT NULL UNIQUE, pem TEXT NOT NULL,
+                status TEXT NOT NULL, thing TEXT REFERENCES things(name) ON DELETE SET NULL, created REAL NOT NULL);
+            INSERT INTO policies VALUES ('device', '{"Statement": []}');
+            INSERT INTO things VALUES ('lamp-1', '{}', 'device', 0);
+            INSERT INTO certificates VALUES ('c1', 'lamp-1', 'PEM', 'ACTIVE', 'lamp-1', 0);
+            """
+        )
+    reg = Registry(path)
+    assert reg.policies_of("c1") == {"device": {"Statement": []}}
+    assert reg.thing("lamp-1") == Thing("lamp-1", {})
+    reg.apply(registration("lamp-2", "c2"))  # the new schema takes writes
+    assert [p.common_name for p in Registry(path).principals()] == ["lamp-1", "lamp-2"]
+
+
 def test_registry_survives_reopen_in_wal_mode(tmp_path: Path) -> None:
-    Registry(tmp_path / "r.sqlite").put(registration("lamp-1", "c1"))
+    Registry(tmp_path / "r.sqlite").apply(registration("lamp-1", "c1"))
     reopened = Registry(tmp_path / "r.sqlite")
-    assert reopened.thing("lamp-1") == Thing("lamp-1", {"tenant": "acme", "site": "hq"}, "device")
+    assert reopened.thing("lamp-1") == Thing("lamp-1", {"tenant": "acme", "site": "hq"})
     with contextlib.closing(sqlite3.connect(tmp_path / "r.sqlite")) as db:  # WAL is a setting of the file
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_a_batch_is_one_transaction(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "r.sqlite")
-    reg.put(registration("lamp-1", "c1"))
+    reg.apply(registration("lamp-1", "c1"))
     with pytest.raises(RegistryError, match="identity 'lamp-1'"):
-        reg.put(registration("lamp-2", "c2"), registration("lamp-3", "c3", cn="lamp-1"))
+        reg.apply(registration("lamp-2", "c2"), registration("lamp-3", "c3", cn="lamp-1"))
     assert reg.thing("lamp-2") is None
 
 
 def test_certificate_identity_must_be_unique_and_stay_with_its_thing(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "r.sqlite")
-    reg.put(registration("lamp-1", "c1"))
+    reg.apply(registration("lamp-1", "c1"))
     with pytest.raises(RegistryError, match="identity 'lamp-1'"):
-        reg.put(registration("lamp-9", "c9", cn="lamp-1"))
+        reg.apply(registration("lamp-9", "c9", cn="lamp-1"))
     with pytest.raises(RegistryError, match="attached to thing 'lamp-1'"):
-        reg.put(registration("lamp-2", "c1", cn="other"))
+        reg.apply(registration("lamp-2", "c1", cn="other"))
     assert reg.thing("lamp-9") is None  # the failed transaction left nothing behind
 
 
 def test_deleting_a_thing_detaches_its_certificate(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "r.sqlite")
-    reg.put(registration("lamp-1", "c1"))
+    reg.apply(registration("lamp-1", "c1"))
     reg.delete_thing("lamp-1")
-    assert reg.connectable() == []
+    # as on AWS IoT, the certificate keeps its policies; only the thing variables no longer resolve
+    assert reg.principals() == [PrincipalRow("lamp-1", None, "{}", ('{"Statement": []}',))]
     assert reg.certificate("c1").thing is None  # type: ignore[union-attr]
     with pytest.raises(RegistryError, match="no thing named"):
         reg.delete_thing("lamp-1")
@@ -112,8 +160,8 @@ def test_replication_failures_are_kept_and_the_next_copies_go_on() -> None:
     rep = Replicator(apply, lag=0.01, failures=failures)
     rep.replicate((registration("a", "1"), registration("b", "2")), ["r2", "r3"])  # applied in this order
     assert later_copy_applied.wait(10)
-    assert rep.errors == ["replicating a, b to r2: disk full"]
-    assert [str(f) for f in failures.kept()] == ["replicator to r2: replicating a, b to r2: disk full"]
+    assert rep.errors == ["replicating thing a, thing b to r2: disk full"]
+    assert [str(f) for f in failures.kept()] == ["replicator to r2: replicating thing a, thing b to r2: disk full"]
     rep.close()
 
 

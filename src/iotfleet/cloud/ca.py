@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from iotfleet._files import write_private
 from iotfleet.errors import CertificateError
 
-__all__ = ["CertificateAuthority", "Credentials", "Usage", "certificate_id", "write_private"]
+__all__ = ["CertificateAuthority", "Credentials", "Usage", "certificate_id", "unique_common_name", "write_private"]
 
 _VALIDITY = dt.timedelta(days=3650)
 _LEEWAY = dt.timedelta(minutes=5)
@@ -46,6 +47,12 @@ def certificate_id(cert_pem: bytes | str) -> str:
     except ValueError as exc:
         raise CertificateError("not a PEM certificate: pass the certificate file, not the key or CSR") from exc
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def unique_common_name() -> str:
+    """A fresh broker identity (CN) for a certificate that is not a thing's first: the broker maps
+    identities by CN, so each certificate needs its own, and a thing may hold several."""
+    return f"iotfleet-{secrets.token_hex(12)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,14 +26,17 @@ from pydantic import BaseModel, ConfigDict
 from iotfleet import policy
 from iotfleet.cloud.authz import Principal, render_authz, write_authz
 from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
-from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id
+from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id, unique_common_name
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
+    Change,
+    PolicyAttachment,
     Registration,
     Registry,
     Replicator,
+    StatusChange,
     Thing,
 )
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, ServiceHost
@@ -322,9 +325,10 @@ class Region:
 
     # ------------------------------------------------------------------ registry and authorization
 
-    def put(self, registrations: tuple[Registration, ...]) -> None:
-        """Record registrations and make them effective: rewrite the authorization data and reload the broker once."""
-        self.registry.put(*registrations)
+    def apply(self, changes: tuple[Change, ...]) -> None:
+        """Record changes and make them effective: rewrite the authorization data and reload the broker once.
+        The reload ends the live sessions of every certificate that may no longer connect."""
+        self.registry.apply(*changes)
         self.sync_authz()
 
     def sync_authz(self) -> None:
@@ -335,8 +339,8 @@ class Region:
 
     def write_authz_file(self) -> None:
         """Write the broker plugin's authorization data: the claim's policy for the claim certificate, and
-        for every ACTIVE certificate its thing's policy (IoT Core's authorization, enforced by the plugin).
-        The service identity is trusted by the plugin itself."""
+        for every ACTIVE certificate the policies attached to it (IoT Core's authorization, enforced by the
+        plugin). The service identity is trusted by the plugin itself."""
         documents: dict[str, int] = {}
         parsed: list[PolicyDocument] = []
 
@@ -347,8 +351,10 @@ class Region:
             return documents[text]
 
         principals = [Principal(CLAIM_IDENTITY, [index(json.dumps(self._claim_policy, sort_keys=True))])]
-        for identity, thing, attributes, document in self.registry.acl_rows():
-            principals.append(Principal(identity, [index(document)], thing=thing, attributes=json.loads(attributes)))
+        for row in self.registry.principals():
+            indexes = [index(document) for document in row.documents]
+            attributes = json.loads(row.attributes)
+            principals.append(Principal(row.common_name, indexes, thing=row.thing, attributes=attributes))
         write_authz(self.authz_file, render_authz(self.name, LOCAL_ACCOUNT, parsed, principals))
 
 
@@ -511,7 +517,7 @@ class LocalCloud:
     def _provisioning_service(self, region: Region) -> ProvisioningService:
         def commit(registrations: tuple[Registration, ...]) -> None:
             with self._register_lock:
-                region.put(registrations)
+                region.apply(registrations)
             self.replicate(registrations, source=region.name)
 
         return ProvisioningService(
@@ -666,9 +672,9 @@ class LocalCloud:
                         CertificateStatus.ACTIVE,
                         spec.name,
                     )
-                    thing = Thing(spec.name, spec.all_attributes, spec.policy)
-                    document = self._policy(spec.policy)
-                    fresh.append((Registration(thing, record, document), creds, cert_file, key_file))
+                    thing = Thing(spec.name, spec.all_attributes)
+                    policies = {spec.policy: self._policy(spec.policy)}
+                    fresh.append((Registration(thing, record, policies), creds, cert_file, key_file))
                 identities.append(
                     Identity(
                         thing_name=spec.name,
@@ -682,7 +688,7 @@ class LocalCloud:
                 for _, creds, cert_file, key_file in fresh:
                     creds.write(cert_file, key_file)
                 registrations = tuple(r for r, *_ in fresh)
-                home.put(registrations)
+                home.apply(registrations)
         if fresh:
             self.replicate(registrations, source=home.name)
         return identities
@@ -722,12 +728,74 @@ class LocalCloud:
             )
         return record
 
-    def replicate(self, registrations: tuple[Registration, ...], *, source: str) -> None:
-        """Copy registrations from ``source`` to every other region, after the replication lag."""
-        self.replicator.replicate(registrations, [n for n in self._regions if n != source])
+    def replicate(self, changes: tuple[Change, ...], *, source: str) -> None:
+        """Copy changes from ``source`` to every other region, after the replication lag."""
+        self.replicator.replicate(changes, [n for n in self._regions if n != source])
 
-    def _apply_replica(self, target: str, registrations: tuple[Registration, ...]) -> None:
+    def _apply_replica(self, target: str, changes: tuple[Change, ...]) -> None:
         region = self._regions.get(target)
         if region is None:
             raise CloudError(f"region {target} is gone")
-        region.put(registrations)
+        region.apply(changes)
+
+    def change(self, *changes: Change, region: str | None = None) -> None:
+        """Apply registry changes in ``region`` (default: the first) at once, then in every other region
+        after the replication lag, as registrations are. Each region's broker enforces them on reload."""
+        home = self.region(region or self._names[0])
+        with self._register_lock:
+            home.apply(changes)
+        self.replicate(changes, source=home.name)
+
+    # ------------------------------------------------------------------ the control plane's operations
+
+    def attach_policy(self, policy_name: str, certificate_id: str, *, region: str | None = None) -> None:
+        """AttachPolicy: certificate ``certificate_id`` gets policy ``policy_name`` (made by
+        :meth:`create_policy`) besides those it has; its sessions are authorized by all of them."""
+        self.change(PolicyAttachment(policy_name, certificate_id, self._policy(policy_name)), region=region)
+
+    def detach_policy(self, policy_name: str, certificate_id: str, *, region: str | None = None) -> None:
+        """DetachPolicy. A live session whose CONNECT the remaining policies no longer allow is closed."""
+        self.change(PolicyAttachment(policy_name, certificate_id, None), region=region)
+
+    def update_certificate(
+        self, certificate_id: str, status: CertificateStatus | str, *, region: str | None = None
+    ) -> None:
+        """UpdateCertificate: ``ACTIVE``, ``INACTIVE`` or ``REVOKED``, in every region (replicated like a
+        registration). A certificate that leaves ACTIVE loses its live sessions and its new CONNECTs fail,
+        as on IoT Core; ``ACTIVE`` again lets an INACTIVE one back in (a REVOKED one stays out)."""
+        new = CertificateStatus(status)
+        if new is CertificateStatus.PENDING_ACTIVATION:
+            raise ConfigError("a certificate can be set ACTIVE, INACTIVE or REVOKED, not PENDING_ACTIVATION")
+        record = self.region(region or self._names[0]).registry.certificate(certificate_id)
+        if record is None:
+            raise RegistryError(f"no certificate with id {certificate_id!r}")
+        if record.status is CertificateStatus.REVOKED and new is not CertificateStatus.REVOKED:
+            raise RegistryError(f"certificate {certificate_id[:12]}... is REVOKED: a revoked certificate stays revoked")
+        self.change(StatusChange(certificate_id, new), region=region)
+
+    def create_certificate(
+        self, thing: str, *, csr_pem: str | bytes | None = None, region: str | None = None
+    ) -> tuple[str, str, str | None]:
+        """A new ACTIVE certificate for ``thing`` with the policies of its current certificates, for a
+        rotation (CreateKeysAndCertificate, or CreateCertificateFromCsr with ``csr_pem``, then
+        AttachThingPrincipal and AttachPolicy). Returns ``(certificate_id, certificate_pem, private_key_pem)``;
+        the key is None when the device sent a CSR (it keeps its key). The old certificates stay ACTIVE
+        until :meth:`update_certificate` takes them off."""
+        home = self.region(region or self._names[0])
+        current = home.registry.thing(thing)
+        if current is None:
+            raise RegistryError(f"no thing named {thing!r} in region {home.name}")
+        policies: dict[str, Any] = {}
+        for record in home.registry.certificates_of(thing):
+            policies.update(home.registry.policies_of(record.certificate_id))
+        common_name = unique_common_name()
+        key_pem: str | None = None
+        if csr_pem is not None:
+            cert_pem = self.ca.sign_csr(csr_pem, common_name).decode()
+        else:
+            creds = self.ca.issue(common_name)
+            cert_pem, key_pem = creds.certificate_pem.decode(), creds.private_key_pem.decode()
+        cert_id = certificate_id(cert_pem)
+        record = CertificateRecord(cert_id, common_name, cert_pem, CertificateStatus.ACTIVE, thing)
+        self.change(Registration(current, record, policies), region=home.name)
+        return cert_id, cert_pem, key_pem

@@ -1,7 +1,11 @@
-"""A region's registry: things, certificates and policies in SQLite (WAL).
+"""A region's registry: things, certificates, policies and which policies each certificate has, in SQLite (WAL).
 
-Each region has its own file, as each AWS region has its own registry; :class:`Replicator` copies
-registrations between them with a configurable lag (the shape of a DynamoDB global table).
+As on AWS IoT, policies are attached to certificates (principals), any number each; a certificate is
+attached to at most one thing, and a thing may have several certificates (during a rotation). Every
+change is a value (:data:`Change`): a :class:`Registration`, a :class:`PolicyAttachment` or a
+:class:`StatusChange`, applied by :meth:`Registry.apply` in one transaction. Each region has its own
+file, as each AWS region has its own registry; :class:`Replicator` copies changes between them with a
+configurable lag (the shape of a DynamoDB global table).
 """
 
 from __future__ import annotations
@@ -23,7 +27,18 @@ from iotfleet.cloud.owned import KEEP, Failures
 from iotfleet.errors import RegistryError
 from iotfleet.topics import validate_thing_name
 
-__all__ = ["CertificateRecord", "CertificateStatus", "Registration", "Registry", "Replicator", "Thing"]
+__all__ = [
+    "CertificateRecord",
+    "CertificateStatus",
+    "Change",
+    "PolicyAttachment",
+    "PrincipalRow",
+    "Registration",
+    "Registry",
+    "Replicator",
+    "StatusChange",
+    "Thing",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS policies (
@@ -33,7 +48,6 @@ CREATE TABLE IF NOT EXISTS policies (
 CREATE TABLE IF NOT EXISTS things (
     name TEXT PRIMARY KEY,
     attributes TEXT NOT NULL,
-    policy TEXT NOT NULL REFERENCES policies(name),
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS certificates (
@@ -45,6 +59,21 @@ CREATE TABLE IF NOT EXISTS certificates (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS certificates_thing ON certificates(thing);
+CREATE TABLE IF NOT EXISTS principal_policies (
+    certificate_id TEXT NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
+    policy TEXT NOT NULL REFERENCES policies(name),
+    PRIMARY KEY (certificate_id, policy)
+);
+"""
+
+# Registries written before policies were attached to certificates kept one policy per thing.
+_MIGRATE_THING_POLICY = """
+INSERT OR IGNORE INTO principal_policies(certificate_id, policy)
+    SELECT c.id, t.policy FROM certificates c JOIN things t ON c.thing = t.name;
+CREATE TABLE things_v2 (name TEXT PRIMARY KEY, attributes TEXT NOT NULL, created REAL NOT NULL);
+INSERT INTO things_v2(name, attributes, created) SELECT name, attributes, created FROM things;
+DROP TABLE things;
+ALTER TABLE things_v2 RENAME TO things;
 """
 
 
@@ -63,7 +92,6 @@ class Thing:
 
     name: str
     attributes: Mapping[str, str] = field(default_factory=dict)
-    policy: str = "iotfleet-device"
 
     @property
     def tenant(self) -> str | None:
@@ -85,13 +113,128 @@ class CertificateRecord:
     thing: str | None
 
 
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), sort_keys=True)
+
+
+def _put_policy(db: sqlite3.Connection, name: str, document: Mapping[str, Any]) -> None:
+    db.execute(
+        "INSERT INTO policies(name, document) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET document = excluded.document",
+        (name, _json(document)),
+    )
+
+
+def _known_certificate(db: sqlite3.Connection, certificate_id: str) -> None:
+    if db.execute("SELECT 1 FROM certificates WHERE id = ?", (certificate_id,)).fetchone() is None:
+        raise RegistryError(f"no certificate with id {certificate_id!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """Everything a region needs to let one thing connect: the thing, its certificate, its policy."""
+    """Everything a region needs to let one thing connect: the thing, its certificate (attached to it),
+    and the policies attached to the certificate (name -> document; re-putting adds, never detaches)."""
 
     thing: Thing
     certificate: CertificateRecord
-    policy_document: Mapping[str, Any]
+    policies: Mapping[str, Mapping[str, Any]]
+
+    def check(self) -> None:
+        validate_thing_name(self.thing.name)
+
+    def describe(self) -> str:
+        return f"thing {self.thing.name}"
+
+    def apply_to(self, db: sqlite3.Connection) -> None:
+        thing, cert = self.thing, self.certificate
+        db.execute(
+            "INSERT INTO things(name, attributes, created) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes",
+            (thing.name, _json(thing.attributes), time.time()),
+        )
+        row = db.execute("SELECT thing FROM certificates WHERE id = ?", (cert.certificate_id,)).fetchone()
+        if row is not None and row[0] not in (None, thing.name):
+            raise RegistryError(
+                f"certificate {cert.certificate_id[:12]}... is attached to thing {row[0]!r}; "
+                f"detach it before attaching it to {thing.name!r}"
+            )
+        try:
+            db.execute(
+                "INSERT INTO certificates(id, common_name, pem, status, thing, created) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET status = excluded.status, thing = excluded.thing",
+                (cert.certificate_id, cert.common_name, cert.pem, cert.status, thing.name, time.time()),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise RegistryError(
+                f"another certificate already uses the identity {cert.common_name!r}: each certificate's "
+                "common name must be unique"
+            ) from exc
+        for name, document in self.policies.items():
+            PolicyAttachment(name, cert.certificate_id, document).apply_to(db)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAttachment:
+    """AttachPolicy (with ``document``: the policy is created or replaced too) or DetachPolicy (``None``)."""
+
+    policy: str
+    certificate_id: str
+    document: Mapping[str, Any] | None
+
+    def check(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        verb = "attaching" if self.document is not None else "detaching"
+        return f"{verb} policy {self.policy} to certificate {self.certificate_id[:12]}"
+
+    def apply_to(self, db: sqlite3.Connection) -> None:
+        _known_certificate(db, self.certificate_id)
+        if self.document is None:
+            db.execute(
+                "DELETE FROM principal_policies WHERE certificate_id = ? AND policy = ?",
+                (self.certificate_id, self.policy),
+            )
+            return
+        _put_policy(db, self.policy, self.document)
+        db.execute(
+            "INSERT OR IGNORE INTO principal_policies(certificate_id, policy) VALUES (?, ?)",
+            (self.certificate_id, self.policy),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """UpdateCertificate: a certificate's new status (only ACTIVE ones can connect)."""
+
+    certificate_id: str
+    status: CertificateStatus
+
+    def check(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"certificate {self.certificate_id[:12]} to {self.status}"
+
+    def apply_to(self, db: sqlite3.Connection) -> None:
+        _known_certificate(db, self.certificate_id)
+        db.execute("UPDATE certificates SET status = ? WHERE id = ?", (self.status, self.certificate_id))
+
+
+Change = Registration | PolicyAttachment | StatusChange
+"""One change to a registry; the same value is applied in every region it is replicated to."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRow:
+    """An ACTIVE certificate that has policies: what the broker's authorization data needs of it,
+    unparsed (``attributes`` and each document are JSON text) so a caller can cache what it renders."""
+
+    common_name: str
+    thing: str | None
+    attributes: str
+    documents: tuple[str, ...]
 
 
 class Registry:
@@ -105,7 +248,13 @@ class Registry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        with self._lock:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(things)")}
+            self._db.executescript(_SCHEMA)
+            if "policy" in columns:
+                self._db.execute("PRAGMA foreign_keys=OFF")
+                self._db.executescript(f"BEGIN; {_MIGRATE_THING_POLICY} COMMIT;")
+                self._db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         with self._lock:
@@ -124,17 +273,18 @@ class Registry:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, *registrations: Registration) -> None:
-        """Record things, their policies and their certificates (attached) in one transaction.
+    def apply(self, *changes: Change) -> None:
+        """Apply changes (registrations, policy attachments, status changes) in one transaction.
 
-        Re-putting the same registration is a no-op, so replication is idempotent. A certificate
-        already attached to another thing, or an identity already used, fails the whole transaction.
+        Applying the same change again is a no-op, so replication is idempotent. A certificate already
+        attached to another thing, an identity already used, or an unknown certificate fails the whole
+        transaction.
         """
-        for registration in registrations:
-            validate_thing_name(registration.thing.name)
+        for change in changes:
+            change.check()
         with self._tx() as db:
-            for registration in registrations:
-                _put_one(db, registration)
+            for change in changes:
+                change.apply_to(db)
 
     def add_certificate(self, record: CertificateRecord) -> None:
         """Record a certificate attached to no thing (fleet provisioning's ``PENDING_ACTIVATION`` ones)."""
@@ -158,15 +308,14 @@ class Registry:
         return deleted > 0
 
     def delete_thing(self, name: str) -> None:
-        """Remove a thing; its certificates stay, detached (they can no longer connect)."""
+        """Remove a thing; its certificates stay, detached, with their policies (as on AWS IoT, where the
+        thing policy variables then no longer resolve for them)."""
         with self._tx() as db:
             if db.execute("DELETE FROM things WHERE name = ?", (name,)).rowcount == 0:
                 raise RegistryError(f"no thing named {name!r} in {self.path.name}")
 
     def set_status(self, certificate_id: str, status: CertificateStatus) -> None:
-        with self._tx() as db:
-            if db.execute("UPDATE certificates SET status = ? WHERE id = ?", (status, certificate_id)).rowcount == 0:
-                raise RegistryError(f"no certificate with id {certificate_id!r}")
+        self.apply(StatusChange(certificate_id, status))
 
     # ------------------------------------------------------------------ reads
 
@@ -175,11 +324,28 @@ class Registry:
             return self._db.execute(sql, args).fetchall()
 
     def thing(self, name: str) -> Thing | None:
-        rows = self._query("SELECT name, attributes, policy FROM things WHERE name = ?", (name,))
-        return Thing(rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
+        rows = self._query("SELECT name, attributes FROM things WHERE name = ?", (name,))
+        return Thing(rows[0][0], json.loads(rows[0][1])) if rows else None
 
     def things(self) -> list[Thing]:
-        return [Thing(n, json.loads(a), p) for n, a, p in self._query("SELECT name, attributes, policy FROM things")]
+        return [Thing(n, json.loads(a)) for n, a in self._query("SELECT name, attributes FROM things")]
+
+    def certificates_of(self, thing: str) -> list[CertificateRecord]:
+        """The certificates attached to ``thing`` (ListThingPrincipals), oldest first."""
+        rows = self._query(
+            "SELECT id, common_name, pem, status, thing FROM certificates WHERE thing = ? ORDER BY created, id",
+            (thing,),
+        )
+        return [_cert(r) for r in rows]
+
+    def policies_of(self, certificate_id: str) -> dict[str, dict[str, Any]]:
+        """The policies attached to a certificate (ListPrincipalPolicies): name -> document."""
+        rows = self._query(
+            "SELECT p.name, p.document FROM principal_policies pp JOIN policies p ON p.name = pp.policy "
+            "WHERE pp.certificate_id = ? ORDER BY p.name",
+            (certificate_id,),
+        )
+        return {name: json.loads(document) for name, document in rows}
 
     def certificate_by_identity(self, common_name: str) -> CertificateRecord | None:
         rows = self._query(
@@ -198,58 +364,24 @@ class Registry:
         rows = self._query("SELECT document FROM policies WHERE name = ?", (name,))
         return json.loads(rows[0][0]) if rows else None
 
-    def connectable(self) -> list[tuple[CertificateRecord, Thing, dict[str, Any]]]:
-        """Every ACTIVE certificate attached to a thing, with the thing and its policy document."""
+    def principals(self) -> list[PrincipalRow]:
+        """Every ACTIVE certificate with at least one policy: who may connect, and under which policies.
+        A certificate attached to no thing is a principal too (the thing variables do not resolve for it)."""
         rows = self._query(
-            "SELECT c.id, c.common_name, c.pem, c.status, c.thing, t.attributes, t.policy, p.document "
-            "FROM certificates c JOIN things t ON c.thing = t.name JOIN policies p ON t.policy = p.name "
-            "WHERE c.status = ? ORDER BY c.common_name",
+            "SELECT c.common_name, c.thing, COALESCE(t.attributes, '{}'), p.document "
+            "FROM certificates c LEFT JOIN things t ON c.thing = t.name "
+            "JOIN principal_policies pp ON pp.certificate_id = c.id JOIN policies p ON p.name = pp.policy "
+            "WHERE c.status = ? ORDER BY c.common_name, p.name",
             (CertificateStatus.ACTIVE.value,),
         )
-        return [(_cert(r[:5]), Thing(r[4], json.loads(r[5]), r[6]), json.loads(r[7])) for r in rows]
-
-    def acl_rows(self) -> list[tuple[str, str, str, str]]:
-        """``(identity, thing, attributes JSON, policy JSON)`` for every connectable certificate, unparsed,
-        so that a caller can cache what it renders from each row."""
-        rows = self._query(
-            "SELECT c.common_name, c.thing, t.attributes, p.document "
-            "FROM certificates c JOIN things t ON c.thing = t.name JOIN policies p ON t.policy = p.name "
-            "WHERE c.status = ? ORDER BY c.common_name",
-            (CertificateStatus.ACTIVE.value,),
-        )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-
-def _put_one(db: sqlite3.Connection, registration: Registration) -> None:
-    thing, cert = registration.thing, registration.certificate
-    db.execute(
-        "INSERT INTO policies(name, document) VALUES (?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET document = excluded.document",
-        (thing.policy, json.dumps(registration.policy_document, sort_keys=True)),
-    )
-    db.execute(
-        "INSERT INTO things(name, attributes, policy, created) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes, policy = excluded.policy",
-        (thing.name, json.dumps(dict(thing.attributes), sort_keys=True), thing.policy, time.time()),
-    )
-    row = db.execute("SELECT thing FROM certificates WHERE id = ?", (cert.certificate_id,)).fetchone()
-    if row is not None and row[0] not in (None, thing.name):
-        raise RegistryError(
-            f"certificate {cert.certificate_id[:12]}... is attached to thing {row[0]!r}; "
-            f"detach it before attaching it to {thing.name!r}"
-        )
-    try:
-        db.execute(
-            "INSERT INTO certificates(id, common_name, pem, status, thing, created) "
-            "VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET status = excluded.status, thing = excluded.thing",
-            (cert.certificate_id, cert.common_name, cert.pem, cert.status, thing.name, time.time()),
-        )
-    except sqlite3.IntegrityError as exc:
-        raise RegistryError(
-            f"another certificate already uses the identity {cert.common_name!r}: each certificate's "
-            "common name must be unique"
-        ) from exc
+        principals: list[PrincipalRow] = []
+        for common_name, thing, attributes, document in rows:
+            if principals and principals[-1].common_name == common_name:
+                last = principals[-1]
+                principals[-1] = PrincipalRow(common_name, thing, attributes, (*last.documents, document))
+            else:
+                principals.append(PrincipalRow(common_name, thing, attributes, (document,)))
+        return principals
 
 
 def _cert(row: tuple[Any, ...]) -> CertificateRecord:
@@ -257,9 +389,9 @@ def _cert(row: tuple[Any, ...]) -> CertificateRecord:
 
 
 class Replicator:
-    """Copies batches of registrations from one region to the others after ``lag`` seconds.
+    """Copies batches of changes from one region to the others after ``lag`` seconds.
 
-    ``apply(region, registrations)`` does the copy. With ``lag == 0`` the copy happens before
+    ``apply(region, changes)`` does the copy. With ``lag == 0`` the copy happens before
     :meth:`replicate` returns, and a copy that fails raises to its caller (the registration that asked
     for it fails). Otherwise one background thread, owned by ``failures``, applies copies when they fall
     due, in order; a copy that fails is kept in :attr:`errors` (the first :data:`~iotfleet.cloud.owned.KEEP`)
@@ -270,7 +402,7 @@ class Replicator:
 
     def __init__(
         self,
-        apply: Callable[[str, tuple[Registration, ...]], None],
+        apply: Callable[[str, tuple[Change, ...]], None],
         *,
         lag: float = 0.0,
         failures: Failures | None = None,
@@ -280,24 +412,24 @@ class Replicator:
         self.lag = lag
         self.failures = failures or Failures()
         self._apply = apply
-        self._heap: list[tuple[float, int, str, tuple[Registration, ...]]] = []
+        self._heap: list[tuple[float, int, str, tuple[Change, ...]]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
 
-    def replicate(self, registrations: tuple[Registration, ...], targets: list[str]) -> None:
+    def replicate(self, changes: tuple[Change, ...], targets: list[str]) -> None:
         if self.lag == 0:
             for target in targets:
-                self._apply(target, registrations)
+                self._apply(target, changes)
             return
         with self._cond:
             if self._thread is None:
                 self._thread = self.failures.thread(self._run, "replicator")
             due = time.monotonic() + self.lag
             for target in targets:
-                heapq.heappush(self._heap, (due, next(self._seq), target, registrations))
+                heapq.heappush(self._heap, (due, next(self._seq), target, changes))
             self._cond.notify()
 
     def pending(self) -> int:
@@ -311,12 +443,12 @@ class Replicator:
                     self._cond.wait(timeout=(self._heap[0][0] - time.monotonic()) if self._heap else None)
                 if self._closed:
                     return
-                _, _, target, registrations = heapq.heappop(self._heap)
+                _, _, target, changes = heapq.heappop(self._heap)
             try:
-                self._apply(target, registrations)
+                self._apply(target, changes)
             except Exception as exc:  # noqa: BLE001 - recorded, surfaced by LocalCloud; next copies go on
-                names = ", ".join(r.thing.name for r in registrations[:5])
-                more = f" and {len(registrations) - 5} more" if len(registrations) > 5 else ""
+                names = ", ".join(c.describe() for c in changes[:5])
+                more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
                 error = f"replicating {names}{more} to {target}: {exc}"
                 if len(self.errors) < KEEP:
                     self.errors.append(error)

@@ -29,7 +29,7 @@ from typing import Any, Final
 import cbor2
 
 from iotfleet._rate import TokenBucket
-from iotfleet.cloud.ca import CertificateAuthority, certificate_id
+from iotfleet.cloud.ca import CertificateAuthority, certificate_id, unique_common_name
 from iotfleet.cloud.registry import CertificateRecord, CertificateStatus, Registration, Registry, Thing
 from iotfleet.cloud.services.base import RegionService
 from iotfleet.cloud.templates import STEP as REGISTER_STEP
@@ -187,7 +187,7 @@ class ProvisioningService(RegionService):
 
     def create_certificate(self, step: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """CreateKeysAndCertificate or CreateCertificateFromCsr: a PENDING_ACTIVATION certificate and its token."""
-        common_name = f"iotfleet-{secrets.token_hex(12)}"  # the broker identity; unique per certificate
+        common_name = unique_common_name()
         private_key: str | None = None
         if step == "CreateCertificateFromCsr":
             csr = body.get("certificateSigningRequest")
@@ -330,10 +330,15 @@ class ProvisioningService(RegionService):
                 ThingScope(attributes.get("tenant", "-"), attributes.get("site", "-"), plan.thing_name)
             except TopicError as exc:
                 raise _invalid(f"attribute values must be usable in topics: {exc}") from None
-        policy_name = plan.policy_name or (existing.policy if existing else None)
-        if policy_name is None or plan.policy_document is None:
+        if plan.policy_name is not None and plan.policy_document is not None:
+            policies = {plan.policy_name: plan.policy_document}
+        else:  # the template attaches none: the new certificate gets those of the thing's other certificates
+            policies = {}
+            for other in self.registry.certificates_of(plan.thing_name) if existing else ():
+                policies.update(self.registry.policies_of(other.certificate_id))
+        if not policies:
             raise _invalid("the template attaches no policy, so the device could not do anything")
-        thing = Thing(plan.thing_name, attributes, policy_name)
+        thing = Thing(plan.thing_name, attributes)
         status = CertificateStatus(plan.certificate_status)
         record = self.registry.certificate(entry.certificate_id)
         if record is None:
@@ -341,7 +346,7 @@ class ProvisioningService(RegionService):
                 REGISTER_STEP, 400, "InvalidCertificateOwnershipToken", "the certificate of this token was deleted"
             )
         certificate = CertificateRecord(record.certificate_id, record.common_name, record.pem, status, thing.name)
-        return Registration(thing, certificate, plan.policy_document)
+        return Registration(thing, certificate, policies)
 
     async def _commit_loop(self, queue: asyncio.Queue[_Pending]) -> None:
         while True:
