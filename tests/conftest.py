@@ -68,6 +68,10 @@ class Probe:
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None) -> None:
         self.disconnected = rc
 
+    def is_closed(self) -> bool:
+        """Whether the broker (or the network) ended the session."""
+        return self.disconnected is not None
+
     def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Run the client's loop until ``until()`` holds or ``timeout`` passes; return whether it held."""
         deadline = time.monotonic() + timeout

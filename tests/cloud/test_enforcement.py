@@ -188,7 +188,7 @@ def test_a_certificate_leaving_active_loses_its_live_sessions_in_every_region(
     assert all(device.connect() for device in devices)
     local_cloud.update_certificate(lamp.certificate_id, CertificateStatus.INACTIVE)
     for device in devices:  # closed by each region's broker, not left to fail later
-        assert device.pump(lambda device=device: device.disconnected is not None)
+        assert device.pump(device.is_closed)
     for endpoint in endpoints:
         again = probes(endpoint, "lamp-1", identity_context(lamp))
         assert not again.connect()

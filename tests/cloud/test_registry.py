@@ -13,6 +13,7 @@ from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
     CertificateStatus,
+    Change,
     PolicyAttachment,
     PrincipalRow,
     Registration,
@@ -127,8 +128,8 @@ def test_replicator_applies_after_the_lag_in_order() -> None:
     applied: list[tuple[str, str]] = []
     done = threading.Event()
 
-    def apply(target: str, regs: tuple[Registration, ...]) -> None:
-        applied.extend((target, reg.thing.name) for reg in regs)
+    def apply(target: str, regs: tuple[Change, ...]) -> None:
+        applied.extend((target, reg.describe()) for reg in regs)
         if len(applied) == 4:
             done.set()
 
@@ -138,7 +139,7 @@ def test_replicator_applies_after_the_lag_in_order() -> None:
     assert applied == []
     assert rep.pending() == 4
     assert done.wait(5)
-    assert applied == [("r2", "a"), ("r3", "a"), ("r2", "b"), ("r3", "b")]
+    assert applied == [("r2", "thing a"), ("r3", "thing a"), ("r2", "thing b"), ("r3", "thing b")]
     rep.close()
 
 
@@ -151,7 +152,7 @@ def test_replicator_without_lag_applies_before_returning() -> None:
 def test_replication_failures_are_kept_and_the_next_copies_go_on() -> None:
     later_copy_applied = threading.Event()
 
-    def apply(target: str, regs: tuple[Registration, ...]) -> None:
+    def apply(target: str, regs: tuple[Change, ...]) -> None:
         if target == "r2":
             raise RegistryError("disk full")
         later_copy_applied.set()
@@ -166,7 +167,7 @@ def test_replication_failures_are_kept_and_the_next_copies_go_on() -> None:
 
 
 def test_without_lag_a_failed_copy_raises_to_the_caller() -> None:
-    def apply(target: str, regs: tuple[Registration, ...]) -> None:
+    def apply(target: str, regs: tuple[Change, ...]) -> None:
         raise RegistryError("disk full")
 
     failures = Failures()
