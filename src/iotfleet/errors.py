@@ -36,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLost",
+    "IdentityRefused",
     "IotFleetError",
     "OutboxFull",
     "PolicyError",
@@ -100,6 +101,17 @@ class ConnectError(ClientError):
         super().__init__(message)
         self.endpoint = endpoint
         self.reason = reason
+
+
+class IdentityRefused(ConnectError):
+    """Every endpoint refused this device's identity: CONNACK "not authorized" (or a similar refusal), or a
+    hang-up right after the TLS handshake, which is how a certificate that is not ACTIVE is turned away.
+    ``reasons`` maps each endpoint to its answer. Retrying soon would not help: the certificate was
+    revoked or deactivated, or its policies do not allow ``iot:Connect`` on ``client/<client id>``."""
+
+    def __init__(self, message: str, *, endpoint: str, reasons: dict[str, str]) -> None:
+        super().__init__(message, endpoint=endpoint, reason="identity-refused")
+        self.reasons = reasons
 
 
 class ConnectionLost(ClientError):

@@ -90,19 +90,27 @@ class FakeSession:
 
 @dataclass
 class FakeTransport:
-    """Opens a FakeSession per CONNECT to an endpoint in ``up``; refuses the others with ConnectError."""
+    """Opens a FakeSession per CONNECT to an endpoint in ``up``; fails the others with ConnectError (reason
+    ``refused``, the TCP refusal of an endpoint that is down, unless ``refusing`` gives another)."""
 
     up: set[Endpoint] = field(default_factory=set)
+    refusing: dict[Endpoint, str] = field(default_factory=dict)  # endpoint -> the reason it fails a CONNECT with
+    refused_certificates: set[str] = field(default_factory=set)  # cert files every endpoint refuses (0x87)
     name: str = "fake"
     sessions: list[FakeSession] = field(default_factory=list)
     attempts: list[Endpoint] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)  # the certificate file of each session opened
     connected: asyncio.Event = field(default_factory=asyncio.Event)  # set on each new session
 
     async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> Session:
         self.attempts.append(endpoint)
+        if str(options.identity.cert_file) in self.refused_certificates:
+            raise ConnectError("not authorized", endpoint=str(endpoint), reason="connack 0x87")
         if endpoint not in self.up:
-            raise ConnectError(f"{endpoint} refused the connection", endpoint=str(endpoint), reason="refused")
+            reason = self.refusing.get(endpoint, "refused")
+            raise ConnectError(f"{endpoint} failed the connection: {reason}", endpoint=str(endpoint), reason=reason)
         session = FakeSession(endpoint=endpoint)
         self.sessions.append(session)
+        self.identities.append(str(options.identity.cert_file))
         self.connected.set()
         return session

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -31,6 +32,7 @@ from iotfleet.device.inbound import Inbound
 from iotfleet.device.outbox import open_outbox
 from iotfleet.device.publisher import Publisher
 from iotfleet.device.session_loop import SessionLoop
+from iotfleet.errors import ConnectError
 from iotfleet.transport.base import ConnectOptions, DisconnectReason
 from tests.conftest import until
 from tests.device.fakes import EU, US, FakeTransport
@@ -225,5 +227,96 @@ def test_a_session_that_ends_before_it_is_stable_counts_as_a_failed_attempt() ->
             rig.transport.sessions[0].end(DisconnectReason.RESET)
             await asyncio.wait_for(rig.transport.connected.wait(), 5)
             assert rig.counters.short_sessions == 1
+
+    asyncio.run(scenario())
+
+
+SLOW = FAST.model_copy(update={"max_backoff_s": 600.0})
+
+
+def test_an_identity_every_endpoint_refuses_is_told_once_and_retried_only_after_the_longest_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        rig = Rig(SLOW, up=set())
+        rig.transport.refusing.update({EU: "connack 0x87", US: "reset"})  # not authorized; hung up on (revoked)
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.refused.wait(), 5)
+            refusal = rig.loop.refusal
+            assert refusal is not None
+            assert refusal.reasons == {str(EU): "connack 0x87", str(US): "reset"}
+            assert "revoked or inactive" in str(refusal)
+            assert "client/lamp-1" in str(refusal)
+            assert [(e.endpoint, e.refused) for e in rig.of(ConnectFailed)] == [(EU, True), (US, True)]
+            assert rig.loop.next_delay_s >= SLOW.max_backoff_s / 2  # not a hot loop: minutes, not seconds
+            assert rig.transport.attempts == [EU, US]
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert caplog.text.count("every endpoint refused this identity") == 1
+
+
+def test_an_endpoint_that_is_down_says_nothing_about_the_identity() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up=set())
+        rig.transport.refusing[EU] = "connack 0x87"  # US refuses the TCP connection: it is down
+        async with running(rig):
+            assert await until(lambda: len(rig.transport.attempts) >= 4)
+            assert rig.loop.refusal is None
+            assert [e.refused for e in rig.of(ConnectFailed)][:2] == [True, False]
+
+    asyncio.run(scenario())
+
+
+def test_a_session_after_a_refusal_clears_it() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up=set(), endpoints=(EU,))
+        rig.transport.refusing[EU] = "connack 0x87"
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.refused.wait(), 5)
+            rig.transport.up.add(EU)  # the certificate was made ACTIVE again
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert rig.loop.refusal is None
+            assert not rig.loop.refused.is_set()
+
+    asyncio.run(scenario())
+
+
+NEW = Identity(thing_name="lamp-1", cert_file="new.pem", key_file="new.key", ca_file="ca.pem")
+
+
+def test_a_new_identity_gets_its_session_before_the_old_one_closes_and_nothing_queued_is_lost() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={EU})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            old = rig.transport.sessions[0]
+            in_flight = rig.publisher.enqueue(TOPIC, b"sent, not acknowledged", 1)
+            assert await until(lambda: len(old.sent) == 1)
+            await rig.loop.use_identity(NEW)
+            assert rig.transport.identities == ["c.pem", "new.pem"]
+            assert old.lost  # closed after the new session was up
+            new = rig.loop.session
+            assert new is rig.transport.sessions[1]
+            assert new.endpoint == EU  # the same endpoint
+            assert await until(lambda: [s.payload for s in new.sent] == [b"sent, not acknowledged"])  # resent
+            new.sent[0].ack()
+            assert (await in_flight).endpoint == EU
+            assert rig.loop.options.identity == NEW
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_new_identity_leaves_the_old_one_in_use() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST, up={EU})
+        rig.transport.refused_certificates.add("new.pem")
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            with pytest.raises(ConnectError, match="not authorized"):
+                await rig.loop.use_identity(NEW)
+            assert rig.loop.session is rig.transport.sessions[0]
+            assert not rig.transport.sessions[0].lost
+            assert rig.loop.options.identity.cert_file == Path("c.pem")
 
     asyncio.run(scenario())

@@ -41,7 +41,7 @@ from iotfleet.device.outbox import Outbox, open_outbox
 from iotfleet.device.publisher import Payload, Publisher, PublishReceipt
 from iotfleet.device.session_loop import SessionLoop
 from iotfleet.device.stream import Stream
-from iotfleet.errors import ClientStateError, ConfigError, ConnectError, RequestTimeout
+from iotfleet.errors import ClientStateError, ConfigError, ConnectError, IdentityRefused, RequestTimeout
 from iotfleet.topics import (
     MESSAGE_ID_PROPERTY,
     SEQUENCE_PROPERTY,
@@ -51,7 +51,7 @@ from iotfleet.topics import (
     validate_topic,
 )
 from iotfleet.transport import resolve_transport
-from iotfleet.transport.base import ConnectOptions, InboundMessage, Transport
+from iotfleet.transport.base import ConnectOptions, InboundMessage, Transport, refuses_identity
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
@@ -198,7 +198,7 @@ class DeviceClient:
         self._task = asyncio.create_task(self._loop.run(), name=f"iotfleet-{self.thing}-connection")
         if self.connect_wait_s > 0:
             try:
-                await asyncio.wait_for(self._loop.connected.wait(), self.connect_wait_s)
+                await _first(self._loop.connected, self._loop.refused, timeout=self.connect_wait_s)
             except TimeoutError:
                 await self.close(drain_s=0)
                 last = self._loop.last_error
@@ -208,6 +208,10 @@ class DeviceClient:
                     endpoint=str(self.selector.current),
                     reason=last.reason if last else "timeout",
                 ) from None
+            if self._loop.refusal is not None and not self._loop.connected.is_set():
+                refusal = self._loop.refusal
+                await self.close(drain_s=0)
+                raise refusal
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -245,12 +249,47 @@ class DeviceClient:
         """Wait for a live session; return its endpoint."""
         self._require_running()
         try:
-            await asyncio.wait_for(self._loop.connected.wait(), timeout)
+            await _first(self._loop.connected, self._loop.refused, timeout=timeout)
         except TimeoutError:
             raise RequestTimeout(
                 f"{self.thing} had no connection within {timeout}s", operation="connect", timeout=timeout or 0.0
             ) from None
+        if not self._loop.connected.is_set() and self._loop.refusal is not None:
+            raise self._loop.refusal
         return self.selector.current
+
+    async def use_identity(self, identity: Identity) -> None:
+        """Switch to another certificate of the same thing (a rotation) without losing anything queued.
+
+        Connected, it opens a session with the new identity to the same endpoint, then closes the old one
+        (make before break); the outbox, the subscriptions and the in-flight publishes carry over, and what
+        was not acknowledged is resent. It returns once the new session is up; if the new certificate is
+        refused, the old identity stays in use and the error (:class:`~iotfleet.errors.IdentityRefused` or
+        :class:`~iotfleet.errors.ConnectError`) is raised. Offline, the next attempt uses it. Deactivate the
+        old certificate after this returns (``IdentityStore.rotate`` keeps its id).
+        """
+        self._require_running()
+        identity.check()
+        if identity.thing_name != self.thing:
+            raise ConfigError(f"a rotation keeps the thing: {identity.thing_name!r} is not {self.thing!r}")
+        try:
+            await self._loop.use_identity(identity)
+        except ConnectError as exc:
+            if refuses_identity(exc.reason):
+                raise IdentityRefused(
+                    f"{self.thing}: the new certificate {identity.cert_file} was refused by {exc.endpoint} "
+                    f"({exc.reason}); still using {self.identity.cert_file}",
+                    endpoint=exc.endpoint,
+                    reasons={exc.endpoint: exc.reason},
+                ) from exc
+            raise
+        self.identity = identity
+
+    @property
+    def refusal(self) -> IdentityRefused | None:
+        """Set while every endpoint refuses this device's identity (the client retries only rarely then);
+        cleared by the next session. Observers also get ``ConnectFailed(refused=True)`` per refusal."""
+        return self._loop.refusal
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -385,3 +424,15 @@ class DeviceClient:
         For components built on the client (the shadow client); it does not subscribe by itself.
         """
         self._in.add_handler(topic_filter, handler)
+
+
+async def _first(*events: asyncio.Event, timeout: float | None) -> None:
+    """Wait until one of ``events`` is set; TimeoutError after ``timeout`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if not done:
+        raise TimeoutError

@@ -51,10 +51,14 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class ConnectFailed:
+    """An attempt failed; ``refused`` when the endpoint would not take the identity (see
+    :func:`~iotfleet.transport.base.refuses_identity`), not because it was down."""
+
     thing: str
     endpoint: Endpoint
     reason: str
     kind: EventKind = EventKind.CONNECT_FAILED
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

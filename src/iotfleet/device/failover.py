@@ -69,6 +69,10 @@ class EndpointSelector:
     def preferred(self) -> Endpoint:
         return self.endpoints[0]
 
+    def jitter(self) -> float:
+        """A draw from the selector's random source, in [0, 1)."""
+        return self._rng()
+
     def _jitter(self, level: int) -> float:
         ceiling: float = min(self.policy.max_backoff_s, self.policy.min_backoff_s * (2**level))
         return self._rng() * ceiling

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from iotfleet.config import Endpoint
+from iotfleet.config import Endpoint, Identity
 from iotfleet.device.events import Connected, ConnectFailed, Disconnected, FailedOver, Listeners
 from iotfleet.device.failover import EndpointSelector, NextAttempt
 from iotfleet.device.inbound import Inbound
 from iotfleet.device.publisher import Publisher
-from iotfleet.errors import CertificateError, ConnectError, ConnectionLost
-from iotfleet.transport.base import ConnectOptions, DisconnectReason, Session, Transport
+from iotfleet.errors import CertificateError, ConnectError, ConnectionLost, IdentityRefused
+from iotfleet.transport.base import ConnectOptions, DisconnectReason, Session, Transport, refuses_identity
 
 __all__ = ["SILENT_REASONS", "SessionLoop"]
 
@@ -84,7 +85,12 @@ class SessionLoop:
         self.stop = asyncio.Event()
         self.last_error: ConnectError | None = None  # why the last attempt failed
         self.last_reason = ""  # why the last session ended
-        self._look: asyncio.Future[None] | None = None  # wakes the loop: an ack is overdue
+        self.refusals: dict[Endpoint, str] = {}  # endpoints whose last attempt refused the identity
+        self.refusal: IdentityRefused | None = None  # set while every endpoint refuses the identity
+        self.refused = asyncio.Event()  # set with ``refusal``
+        self.next_delay_s = 0.0  # how long the loop waits before its next attempt
+        self._look: asyncio.Future[None] | None = None  # wakes the loop: an ack is overdue, a renewal asked
+        self._renewal: asyncio.Future[None] | None = None  # use_identity's: done when the new session is up
         self._hook_tasks: set[asyncio.Task[None]] = set()  # running hooks (each logs its own failure)
 
     async def run(self) -> None:
@@ -96,6 +102,9 @@ class SessionLoop:
             session = await self.attempt(self.selector.current)
             if session is None:
                 delay = self._moved(self.selector.failed())
+                if self.refusal is not None:  # no hot loop: the next round comes after the longest backoff
+                    delay = max(delay, self.policy.max_backoff_s * (0.5 + self.selector.jitter() / 2))
+                self.next_delay_s = delay
                 continue
             self.selector.connected()
             while session is not None:
@@ -109,7 +118,9 @@ class SessionLoop:
                     self.policy.stable_after_s,
                     self.last_reason,
                 )
-            delay = self._moved(self.selector.disconnected(silent=self.last_reason in SILENT_REASONS))
+            delay = self.next_delay_s = self._moved(
+                self.selector.disconnected(silent=self.last_reason in SILENT_REASONS)
+            )
 
     def _moved(self, step: NextAttempt) -> float:
         """Count and tell a failover the selector decided on; return how long to wait before the next try."""
@@ -126,7 +137,10 @@ class SessionLoop:
         except ConnectError as exc:
             self.counts.connect_failures += 1
             self.last_error = exc
-            self.listeners.emit(ConnectFailed(self.thing, endpoint, exc.reason))
+            refused = refuses_identity(exc.reason)
+            self.listeners.emit(ConnectFailed(self.thing, endpoint, exc.reason, refused=refused))
+            self._count_refusal(endpoint, exc.reason if refused else None)
+            self._settle_renewal(exc)
             return None
         except CertificateError as exc:  # a file changed under a running client: keep trying, loudly
             log.error("%s: %s", self.thing, exc.message)
@@ -136,8 +150,33 @@ class SessionLoop:
             return None
         self.counts.connects += 1
         self.sessions += 1
+        self.refusals.clear()
+        self.refusal = None
+        self.refused.clear()
+        self._settle_renewal(None)
         self.listeners.emit(Connected(self.thing, endpoint, time.monotonic() - started, self.sessions))
         return session
+
+    def _count_refusal(self, endpoint: Endpoint, reason: str | None) -> None:
+        """Keep each endpoint's last refusal; when every endpoint refuses, say so once, clearly."""
+        if reason is None:
+            self.refusals.pop(endpoint, None)
+            return
+        self.refusals[endpoint] = reason
+        if self.refusal is not None or len(self.refusals) < len(set(self.selector.endpoints)):
+            return
+        reasons = {str(e): r for e, r in self.refusals.items()}
+        self.refusal = IdentityRefused(
+            f"{self.thing}: every endpoint refused this identity ("
+            + ", ".join(f"{e}: {r}" for e, r in reasons.items())
+            + f"). The certificate {self.options.identity.cert_file} may be revoked or inactive, or its policies "
+            f"do not allow iot:Connect on client/{self.options.client_id}: check it in the registry (or rotate "
+            f"it). Retrying every {self.policy.max_backoff_s:g}s or so.",
+            endpoint=str(endpoint),
+            reasons=reasons,
+        )
+        log.error("%s", self.refusal)
+        self.refused.set()
 
     async def serve(self, session: Session) -> Session | None:
         """Run one session until it ends; return a replacement session if a failback probe connected."""
@@ -159,10 +198,16 @@ class SessionLoop:
             while not ended.done() and not stop.done():
                 look: asyncio.Future[None] = loop.create_future()
                 self._look = look
+                if self._renewal is not None:
+                    look.set_result(None)
                 waits: set[asyncio.Future[Any]] = {ended, stop, look}
                 await asyncio.wait(waits, timeout=self._probe_tick_s(), return_when=asyncio.FIRST_COMPLETED)
                 if ended.done() or stop.done():
                     break
+                if self._renewal is not None:
+                    replacement = await self._renew(session)
+                    if replacement is not None:
+                        return replacement
                 if self.publisher.ack_overdue():
                     await session.close()
                     self.last_reason = DisconnectReason.ACK_TIMEOUT
@@ -170,13 +215,8 @@ class SessionLoop:
                     self._went_offline()
                     return None
                 if self.selector.failback_due():
-                    replacement = await self._probe_preferred()
+                    replacement = await self._fail_back(session)
                     if replacement is not None:
-                        self._went_offline()
-                        back = FailedOver(self.thing, session.endpoint, replacement.endpoint, failback=True)
-                        self.listeners.emit(back)
-                        self.counts.failovers += 1
-                        await session.close()
                         return replacement
         finally:
             stop.cancel()
@@ -189,6 +229,50 @@ class SessionLoop:
             self.listeners.emit(Disconnected(self.thing, session.endpoint, self.last_reason))
         self._went_offline()
         return None
+
+    async def use_identity(self, identity: Identity) -> None:
+        """Connect with ``identity`` from now on. Online, a new session is opened with it to the same endpoint
+        before the old one is closed (make before break: the broker hands the client id over), and this
+        returns once it is up; if the new identity is refused, the old one stays and the error is raised.
+        Offline, the next attempt uses it."""
+        previous = self.options
+        self.options = dataclasses.replace(self.options, identity=identity)
+        if self.session is None:
+            self.refusals.clear()
+            return
+        renewal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._renewal = renewal
+        self._wake()
+        try:
+            await renewal
+        except BaseException:
+            self.options = previous
+            raise
+
+    def _settle_renewal(self, error: BaseException | None) -> None:
+        """A session with the new identity is up (``None``), or an attempt with it failed."""
+        renewal, self._renewal = self._renewal, None
+        if renewal is None or renewal.done():
+            return
+        if error is None:
+            renewal.set_result(None)
+        else:
+            renewal.set_exception(error)
+
+    async def _renew(self, session: Session) -> Session | None:
+        """Open a session with the new identity to ``session``'s endpoint, then close ``session``."""
+        try:
+            replacement = await self.transport.connect(session.endpoint, self.options)
+        except (ConnectError, CertificateError) as exc:
+            self._settle_renewal(exc)
+            return None
+        self.counts.connects += 1
+        self.sessions += 1
+        self._went_offline()
+        await session.close()
+        self.listeners.emit(Connected(self.thing, replacement.endpoint, 0.0, self.sessions))
+        self._settle_renewal(None)
+        return replacement
 
     async def close(self) -> None:
         """Close the live session, if any (the loop's task is cancelled by its owner)."""
@@ -212,6 +296,16 @@ class SessionLoop:
         if self.selector.failback_due() or self.selector.current != self.selector.preferred:
             return max(0.05, self.policy.failback_probe_s / 4)
         return None
+
+    async def _fail_back(self, session: Session) -> Session | None:
+        """Probe the preferred endpoint; if it connects, close ``session`` and return the new one."""
+        replacement = await self._probe_preferred()
+        if replacement is not None:
+            self._went_offline()
+            self.listeners.emit(FailedOver(self.thing, session.endpoint, replacement.endpoint, failback=True))
+            self.counts.failovers += 1
+            await session.close()
+        return replacement
 
     async def _probe_preferred(self) -> Session | None:
         session = await self.attempt(self.selector.preferred)

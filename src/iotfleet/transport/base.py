@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Protocol
+from typing import Final, Protocol
 
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ClientError, ConnectError
@@ -30,6 +30,7 @@ __all__ = [
     "connect_timed_out",
     "publish_via_send",
     "reason_name",
+    "refuses_identity",
     "uses_alpn",
 ]
 
@@ -49,6 +50,19 @@ def connect_failed(endpoint: Endpoint, reason: str, detail: str = "") -> Connect
         endpoint=str(endpoint),
         reason=reason,
     )
+
+
+REFUSING_CONNACKS: Final = frozenset(
+    f"connack 0x{code:02x}" for code in (0x85, 0x86, 0x87, 0x8A, 0x8C)
+)  # client id not valid, bad user name or password, not authorized, banned, bad authentication method
+
+
+def refuses_identity(reason: str) -> bool:
+    """Whether a failed attempt's ``reason`` says the endpoint would not take this identity: a refusing
+    CONNACK, a TLS failure, or a hang-up before the CONNACK (IoT Core fails the TLS handshake of a
+    certificate that is not ACTIVE; the local cloud hangs up). An endpoint that is down refuses the TCP
+    connection or does not answer at all, which says nothing about the identity."""
+    return reason in REFUSING_CONNACKS or reason in (DisconnectReason.TLS, DisconnectReason.RESET)
 
 
 def connect_timed_out(endpoint: Endpoint, timeout_s: float) -> ConnectError:

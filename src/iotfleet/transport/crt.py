@@ -127,6 +127,7 @@ def _reason(exc: BaseException | None) -> str:
         ("TLS", DisconnectReason.TLS),
         ("CLOSED", DisconnectReason.RESET),
         ("RESET", DisconnectReason.RESET),
+        ("HANGUP", DisconnectReason.RESET),
         ("USER_REQUESTED_STOP", DisconnectReason.CLOSED),
     ):
         if needle in name:
