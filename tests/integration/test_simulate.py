@@ -50,6 +50,7 @@ def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Pa
     assert report["lost"] == 0
     assert report["ingested"] == report["acked"] == report["sent"]
     assert report["latency_ms"]["e2e"]["count"] == report["ingested"]
+    assert report["regions"]["eu-west-1"]["lifecycle_connected"] >= 80  # IoT Core's presence events, received
     assert "lost" in summary
     assert "thresholds" in summary
     # shadow traffic: every device synced on start; the operator's changes were all applied and reported
@@ -74,6 +75,7 @@ def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> N
     assert report["ingested"] == report["acked"]
     assert report["failovers_by_route"] == {"eu-west-1->us-east-1": 40}
     assert report["regions"]["us-east-1"]["acked"] > 0
+    assert report["regions"]["us-east-1"]["lifecycle_connected"] == 40  # every device's arrival, told
     assert [e["action"] for e in report["chaos"]] == ["kill"]
     assert code == 1
     assert report["thresholds"]["breaches"][0].startswith("error rate")

@@ -27,7 +27,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -214,6 +214,8 @@ class Broker:
         self._max_queued_messages = max_queued_messages  # per client
         # times mosquitto started dropping a client's outgoing messages (its queue was full), by client id
         self.drops: collections.Counter[str] = collections.Counter()
+        # called with every log line, on the log reader's thread; each must not raise (and must be quick)
+        self.log_listeners: list[Callable[[str], None]] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=400)
@@ -357,6 +359,8 @@ class Broker:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self._log.append(line)
+            for listener in self.log_listeners:
+                listener(line)
             if line == _RELOADED:
                 with self._reload_cond:
                     self._reloads += 1

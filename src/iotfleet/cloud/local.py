@@ -41,6 +41,7 @@ from iotfleet.cloud.registry import (
 )
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
+from iotfleet.cloud.services.lifecycle import LifecycleService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
 from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, ShadowStore
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
@@ -215,7 +216,9 @@ class Region:
         self.shadow_service: ShadowService | None = None
         self.provisioning: ProvisioningService | None = None
         self.ingest: IngestService | None = None
+        self.lifecycle: LifecycleService | None = None
         self._shadows: ShadowOperator | None = None
+        self._principals: dict[str, str] = {}  # certificate CN -> certificate id, for lifecycle events
         self.broker = Broker(
             name=name,
             directory=directory,
@@ -273,9 +276,12 @@ class Region:
             region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
         )
         provisioner = self.provisioning = provisioning(self)
+        lifecycle = self.lifecycle = LifecycleService(self.name, self._principal)
+        self.broker.log_listeners.append(self._log_line)
         connections = [
             service.attach(self.internal_endpoint, identity, host),
             provisioner.attach(self.internal_endpoint, identity, host),
+            lifecycle.attach(self.internal_endpoint, identity, host),
         ]
         if ingest is not None:
             self.ingest = IngestService(
@@ -296,6 +302,25 @@ class Region:
         host.call(start())
         self.shadow_service = service
         self._shadows = ShadowOperator(service, host)
+
+    def _principal(self, common_name: str) -> str:
+        """The certificate id behind a connection's CN (IoT Core's ``principalIdentifier``)."""
+        known = self._principals.get(common_name)
+        if known is None:
+            record = self.registry.certificate_by_identity(common_name)
+            if record is None:
+                return common_name  # the claim and service certificates are not in the registry
+            known = self._principals[common_name] = record.certificate_id
+        return known
+
+    def _log_line(self, line: str) -> None:
+        """Each broker log line, on its reader's thread: a failure is recorded, and the next line goes on."""
+        if self.lifecycle is None:
+            return
+        try:
+            self.lifecycle.feed(line)
+        except Exception as exc:  # noqa: BLE001 - recorded and surfaced by the cloud; the log reader must live
+            self.failures.record(f"lifecycle events of {self.name}", exc)
 
     # ------------------------------------------------------------------ life cycle
 

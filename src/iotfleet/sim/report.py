@@ -136,6 +136,12 @@ class Raw:
         counts = Counter({"ingested": stats["ingested"], "rejected": sum(stats["rejected"].values())})
         trouble = {"not_stored": stats.get("not_stored", 0), "broker_dropped": stats.get("broker_dropped", 0)}
         counts.update({k: v for k, v in {**trouble, "failures": len(stats.get("failures", []))}.items() if v})
+        presence = stats.get("presence", {})  # IoT Core's lifecycle events, as a subscriber received them
+        lifecycle = {
+            "lifecycle_connected": presence.get("connected", 0),
+            "lifecycle_disconnected": sum(n for kind, n in presence.items() if kind.startswith("disconnected")),
+        }
+        counts.update({k: v for k, v in lifecycle.items() if v})
         raw.regions = {stats["region"]: counts}
         return raw
 

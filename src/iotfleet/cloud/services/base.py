@@ -116,7 +116,8 @@ class ServiceConnection:
         while True:
             try:
                 session = await self._transport.connect(self.endpoint, options)
-                await session.subscribe([(f, 1) for f in self._filters])
+                if self._filters:
+                    await session.subscribe([(f, 1) for f in self._filters])
             except (ConnectError, ConnectionLost) as exc:
                 log.debug("%s: %s; retrying", self.client_id, exc)
                 await asyncio.sleep(0.1)
@@ -132,15 +133,18 @@ class ServiceConnection:
                 self._session = None
                 self._ready.clear()
 
-    def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> None:
+    def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+        """Send at QoS 1 on the live session; False (and counted in :attr:`dropped`) when there is none."""
         session = self._session
         if session is None:
             self.dropped += 1
-            return
+            return False
         try:
             session.send(topic, payload, 1, user_properties, _ignore)
         except ConnectionLost:
             self.dropped += 1
+            return False
+        return True
 
 
 class RegionService:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import sqlite3
 import threading
 import time
@@ -45,6 +46,8 @@ from iotfleet.transport.base import InboundMessage
 __all__ = ["IngestService"]
 
 SHARE_GROUP: Final = "iotfleet-ingest"
+PRESENCE_PREFIX: Final = "$aws/events/presence/"
+PRESENCE_FILTER: Final = f"{PRESENCE_PREFIX}+/+"
 FLUSH_EVERY_S: Final = 0.2
 HOURLY_EVERY_S: Final = 2.0
 MAX_REASONS: Final = 200  # distinct reject reasons counted; the rest are counted together
@@ -142,7 +145,12 @@ class IngestService(RegionService):
         super().__init__(region)
         self.path = path
         self.scheme = scheme or TopicScheme()
-        self.filters = (f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",)
+        self.filters = (
+            f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",
+            # counted, as a fleet dashboard would. Not shared: mosquitto 2.0.11 delivers no $-topic to a
+            # shared subscription (tried: "$share/g/$aws/events/presence/+/+" is granted and gets nothing)
+            PRESENCE_FILTER,
+        )
         self._lock = threading.Lock()  # the connection is shared by the writer thread and query()
         self._db = _open_store(path, max_store_bytes)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"iotfleet-ingest-{region}")
@@ -150,6 +158,8 @@ class IngestService(RegionService):
         self._hourly_at = time.monotonic()
         self.received = 0  # on the services' loop
         self.last_message_at = 0.0
+        # lifecycle events received, "connected" and "disconnected:<reason>" (the loop's; settle() copies it)
+        self.presence: Counter[str] = Counter()
         # everything below is the writer thread's
         self._hourly: dict[tuple[str, str, int], Cell] = {}  # cells of stored messages, not yet upserted
         self.ingested = 0
@@ -168,6 +178,12 @@ class IngestService(RegionService):
     # ---------------------------------------------------------------- the MQTT path (services' loop)
 
     def on_message(self, message: InboundMessage) -> None:
+        if message.topic.startswith(PRESENCE_PREFIX):
+            self._count_presence(message)
+        else:
+            self._ingest(message)
+
+    def _ingest(self, message: InboundMessage) -> None:
         now = time.time()
         self.received += 1
         self.last_message_at = now
@@ -210,6 +226,14 @@ class IngestService(RegionService):
             )
         )
 
+    def _count_presence(self, message: InboundMessage) -> None:
+        try:
+            event = json.loads(message.payload)
+            kind = event["eventType"]
+            self.presence[kind if kind == "connected" else f"{kind}:{event.get('disconnectReason')}"] += 1
+        except (ValueError, KeyError, TypeError):
+            self.presence["malformed"] += 1
+
     def _reject(self, message: InboundMessage, message_id: str | None, reason: str, now: float) -> None:
         self._pending.rejects.append((message.topic, message_id, reason, message.payload, now))
 
@@ -240,7 +264,9 @@ class IngestService(RegionService):
         received before the call.
         """
         batch = self._take(hourly=True)
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self._write_and_count, batch)
+        presence = dict(self.presence)  # the loop's, copied here
+        stats = await asyncio.get_running_loop().run_in_executor(self._writer, self._write_and_count, batch)
+        return {**stats, "presence": presence}
 
     def flush(self) -> None:
         """Write everything that arrived, hourly aggregates included, now and in order.
@@ -403,6 +429,7 @@ class IngestService(RegionService):
             "store_error": self.store_error,
             "e2e": Histogram.from_dict(self.e2e.to_dict()),
             "by_device": {k: SeqSet.from_dict(v.to_dict()) for k, v in self.by_device.items()},
+            "presence": dict(self.presence),
         }
 
     def close(self) -> None:
