@@ -192,7 +192,7 @@ def test_a_certificate_leaving_active_loses_its_live_sessions_in_every_region(
     for endpoint in endpoints:
         again = probes(endpoint, "lamp-1", identity_context(lamp))
         assert not again.connect()
-        assert again.connack is None  # new CONNECTs are hung up on, in every region
+        assert again.connack is None  # new CONNECTs fail the TLS handshake, in every region
     local_cloud.update_certificate(lamp.certificate_id, "ACTIVE")  # an INACTIVE certificate may come back
     assert all(probes(endpoint, "lamp-1", identity_context(lamp)).connect() for endpoint in endpoints)
 

@@ -78,7 +78,7 @@ def test_a_subscriber_sees_connects_and_each_kind_of_disconnect_with_iot_cores_f
     assert got[3][1]["clientInitiatedDisconnect"] is False
     assert connected["timestamp"] <= disconnected["timestamp"]
     refused = probes(endpoint, "lamp-1", identity_context(lamp))
-    assert not refused.connect()  # INACTIVE: hung up on, and no event for a connection never made
+    assert not refused.connect()  # INACTIVE: the TLS handshake fails, and no event for a connection never made
     monitor.pump(lambda: len(lamps()) > 6, timeout=0.5)
     assert len(lamps()) == 6
 

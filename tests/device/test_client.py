@@ -304,8 +304,8 @@ def test_an_unanswered_publish_ends_the_session_long_before_keepalive_would(
 def test_a_certificate_revoked_in_one_region_fails_over_to_the_region_where_it_is_valid(
     local_cloud: LocalCloud, lamp: Identity, transport: str
 ) -> None:
-    """The revoked certificate's CONNECTs fail (hung up on with no CONNACK, as IoT Core fails its TLS
-    session): failed attempts, so the device fails over after ``failover_after_failures`` of them."""
+    """The revoked certificate's CONNECTs fail (the region's TLS handshake refuses it, as IoT Core's does):
+    failed attempts, so the device fails over after ``failover_after_failures`` of them."""
     eu = local_cloud.region("eu-west-1")
     assert lamp.certificate_id is not None
     eu.registry.set_status(lamp.certificate_id, CertificateStatus.REVOKED)

@@ -192,6 +192,7 @@ class Broker:
         key_file: Path,
         authz_file: Path,
         service: TlsFiles,
+        crl_file: Path | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         listeners: Sequence[tuple[str, int]] = (),
@@ -210,6 +211,7 @@ class Broker:
             authz_file,
         )
         self._service = service
+        self._crl_file = crl_file  # certificates the TLS handshake refuses (re-read with each reload)
         self._start_timeout = start_timeout
         self._max_queued_messages = max_queued_messages  # per client
         # times mosquitto started dropping a client's outgoing messages (its queue was full), by client id
@@ -277,6 +279,7 @@ class Broker:
                         f"certfile {self._cert_file}",
                         f"keyfile {self._key_file}",
                         "require_certificate true",
+                        *([f"crlfile {self._crl_file}"] if self._crl_file is not None else []),
                     )
                 ),
                 "",

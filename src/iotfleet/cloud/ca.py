@@ -219,6 +219,28 @@ class CertificateAuthority:
             raise CertificateError("the CSR's key type is not accepted: use EC P-256/P-384 or RSA 2048+")
         return self._sign(key, common_name, Usage.CLIENT).public_bytes(serialization.Encoding.PEM)
 
+    def revocation_list(self, certificates: Iterable[tuple[int, bool]]) -> bytes:
+        """A CRL (PEM) of ``(serial number, revoked)`` pairs: a revoked certificate is listed for good
+        (reason unspecified), the others on hold (``certificateHold``: INACTIVE, taken off when made ACTIVE
+        again). Valid for a year; the brokers re-read it with every registry change."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - _LEEWAY)
+            .next_update(now + dt.timedelta(days=365))
+        )
+        for serial, revoked in certificates:
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - _LEEWAY)
+            if not revoked:
+                entry = entry.add_extension(x509.CRLReason(x509.ReasonFlags.certificate_hold), critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    @staticmethod
+    def serial_number(cert_pem: str) -> int:
+        return x509.load_pem_x509_certificate(cert_pem.encode()).serial_number
+
     def verify(self, cert_pem: bytes | str) -> x509.Certificate:
         """Return the parsed certificate if this CA issued it, else raise :class:`CertificateError`."""
         data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem

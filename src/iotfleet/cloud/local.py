@@ -24,6 +24,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict
 
 from iotfleet import policy
+from iotfleet._files import write_private
 from iotfleet.cloud.authz import Principal, render_authz, write_authz
 from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id, unique_common_name
@@ -213,6 +214,9 @@ class Region:
         self._claim_policy = claim_policy
         self._authz_lock = threading.Lock()
         self.authz_file = directory / "authz"  # the plugin's authorization data
+        self.crl_file = directory / "crl.pem"  # the certificates taken off ACTIVE: refused in the TLS handshake
+        self._ca = ca
+        self._serials: dict[str, int] = {}  # certificate id -> serial number, for the CRL
         self.shadow_service: ShadowService | None = None
         self.provisioning: ProvisioningService | None = None
         self.ingest: IngestService | None = None
@@ -227,6 +231,7 @@ class Region:
             key_file=server[1],
             authz_file=self.authz_file,
             service=service,
+            crl_file=self.crl_file,
             listeners=listeners,
         )
 
@@ -381,6 +386,18 @@ class Region:
             attributes = json.loads(row.attributes)
             principals.append(Principal(row.common_name, indexes, thing=row.thing, attributes=attributes))
         write_authz(self.authz_file, render_authz(self.name, LOCAL_ACCOUNT, parsed, principals))
+        self._write_crl()
+
+    def _write_crl(self) -> None:
+        """The CRL the brokers' TLS handshake checks: every INACTIVE and REVOKED certificate, so a device
+        presenting one fails the handshake as on IoT Core (a live session is ended by the plugin's re-check)."""
+        entries = []
+        for cert_id, pem, status in self.registry.taken_off():
+            serial = self._serials.get(cert_id)
+            if serial is None:
+                serial = self._serials[cert_id] = self._ca.serial_number(pem)
+            entries.append((serial, status is CertificateStatus.REVOKED))
+        write_private(self.crl_file, self._ca.revocation_list(entries))
 
 
 class LocalCloud:

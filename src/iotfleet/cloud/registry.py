@@ -364,6 +364,15 @@ class Registry:
         rows = self._query("SELECT document FROM policies WHERE name = ?", (name,))
         return json.loads(rows[0][0]) if rows else None
 
+    def taken_off(self) -> list[tuple[str, str, CertificateStatus]]:
+        """``(certificate id, PEM, status)`` of every INACTIVE or REVOKED certificate: the TLS handshake
+        refuses them, as IoT Core's does."""
+        rows = self._query(
+            "SELECT id, pem, status FROM certificates WHERE status IN (?, ?) ORDER BY id",
+            (CertificateStatus.INACTIVE.value, CertificateStatus.REVOKED.value),
+        )
+        return [(r[0], r[1], CertificateStatus(r[2])) for r in rows]
+
     def principals(self) -> list[PrincipalRow]:
         """Every ACTIVE certificate with at least one policy: who may connect, and under which policies.
         A certificate attached to no thing is a principal too (the thing variables do not resolve for it)."""

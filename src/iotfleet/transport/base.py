@@ -59,10 +59,10 @@ REFUSING_CONNACKS: Final = frozenset(
 
 def refuses_identity(reason: str) -> bool:
     """Whether a failed attempt's ``reason`` says the endpoint would not take this identity: a refusing
-    CONNACK, a TLS failure, or a hang-up before the CONNACK (IoT Core fails the TLS handshake of a
-    certificate that is not ACTIVE; the local cloud hangs up). An endpoint that is down refuses the TCP
-    connection or does not answer at all, which says nothing about the identity."""
-    return reason in REFUSING_CONNACKS or reason in (DisconnectReason.TLS, DisconnectReason.RESET)
+    CONNACK, or a TLS failure (IoT Core, and the local cloud, fail the handshake of a certificate that is
+    not ACTIVE). An endpoint that is down refuses the TCP connection or does not answer; one that hangs
+    up before the CONNACK (a throttled CONNECT, a certificate not known there yet) may take it later."""
+    return reason in REFUSING_CONNACKS or reason == DisconnectReason.TLS
 
 
 def connect_timed_out(endpoint: Endpoint, timeout_s: float) -> ConnectError:

@@ -71,7 +71,18 @@ class _Client(mqtt.Client):
     def __init__(self, *args: Any, tls: ssl.SSLContext, host: str, timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._iotfleet_tls = (tls, host, timeout)
+        self.tls_alert: ssl.SSLError | None = None  # a TLS error read after the handshake (a refused certificate)
         self.tls_set_context(tls)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        """paho's read, keeping a TLS alert it would log and drop: with TLS 1.3 the server checks the
+        client certificate after the client's handshake is done, so a revoked one is told on the first read."""
+        try:
+            return super()._sock_recv(bufsize)
+        except ssl.SSLError as exc:
+            if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError):
+                self.tls_alert = exc
+            raise
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> ssl.SSLSocket:
         tls, host, timeout = self._iotfleet_tls
@@ -186,14 +197,16 @@ class PahoSession:
         if by_client:
             reason: str = DisconnectReason.CLOSED
         elif rc.getName() == "Unspecified error":
-            reason = DisconnectReason.RESET
+            reason = DisconnectReason.TLS if self.client.tls_alert is not None else DisconnectReason.RESET
         else:
             reason = DisconnectReason.of_code(rc.value)
         self._end(DisconnectInfo(reason, str(rc), by_client))
 
     def _end(self, info: DisconnectInfo) -> None:
         if not self.connected.done():
-            self.connected.set_exception(connect_failed(self.endpoint, info.reason, "closed before CONNACK"))
+            alert = self.client.tls_alert
+            detail = f"closed before CONNACK: {alert}" if alert is not None else "closed before CONNACK"
+            self.connected.set_exception(connect_failed(self.endpoint, info.reason, detail))
             self.connected.exception()  # an abandoned attempt must not log "never retrieved"; awaiters still get it
         if not self.closed.done():
             self.closed.set_result(info)

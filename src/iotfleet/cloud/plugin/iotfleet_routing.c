@@ -9,8 +9,9 @@
  *   - a connection without a certificate CN is refused;
  *   - client ids starting with "iotfleet-service" belong to the cloud's own services: any other
  *     certificate asking for one is refused (MQTT 5 0x87, 3.1.1 code 5);
- *   - a certificate that is not ACTIVE in this region (revoked, inactive, unknown) is hung up on with no
- *     CONNACK, as IoT Core fails such a TLS session;
+ *   - a certificate that is INACTIVE or REVOKED never gets here: the listener's CRL (written by iotfleet,
+ *     re-read on reload) fails its TLS handshake, as IoT Core's does. One this region does not know (not
+ *     replicated yet, pending activation, deleted) is hung up on with no CONNACK;
  *   - iot:Connect on client/<client id> is evaluated on the certificate's policies; denied: MQTT 5 0x87,
  *     3.1.1 code 5 (IoT Core's DG says 7, a code 3.1.1 reserves; mosquitto sends the spec's 5).
  *
@@ -151,7 +152,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		case AUTHZ_ALLOW:
 			return MOSQ_ERR_SUCCESS;
 		case AUTHZ_NO_PRINCIPAL:
-			mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: certificate %s is not ACTIVE in this region",
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: certificate %s has no policy, or is not ACTIVE, in this region",
 					client_id ? client_id : "(no id)", cn);
 			return MOSQ_ERR_UNKNOWN; /* no CONNACK: the connection is closed */
 		default:
