@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from iotfleet.cloud.broker import TlsFiles
+from iotfleet.cloud.broker import Quotas, TlsFiles
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import LOCAL_FAST, Endpoint, Identity, PublishLimits
 from iotfleet.topics import MESSAGE_ID_PROPERTY
@@ -113,6 +113,17 @@ class Probe:
         sock = self.client.socket()
         if sock is not None:
             sock.close()
+
+
+# IoT Core's quotas, but for two the tests break on purpose: they reconnect a client id at once (a takeover,
+# a fresh probe per case) and burst publishes with the client's rate limits lifted. tests/cloud/test_quotas.py
+# checks those two quotas.
+TEST_QUOTAS = Quotas(connect_per_client=0, publish_per_connection=0)
+
+
+@pytest.fixture
+def iotfleet_quotas() -> Quotas:
+    return TEST_QUOTAS
 
 
 @pytest.fixture

@@ -277,6 +277,12 @@ def cloud() -> None:
     "'aws iot describe-provisioning-template' output. The claim policy covers every template.",
 )
 @click.option(
+    "--no-quotas",
+    is_flag=True,
+    help="Lift IoT Core's rate quotas (by default each region throttles as IoT Core does: 1 CONNECT/s per "
+    "client id, 500 CONNECTs/s, 100 publishes/s per connection, 20,000 publishes/s).",
+)
+@click.option(
     "--san",
     "sans",
     multiple=True,
@@ -295,12 +301,14 @@ def cloud_up(
     template_files: tuple[Path, ...],
     sans: tuple[str, ...],
     policy_file: Path | None,
+    no_quotas: bool,
 ) -> None:
     """Start the local cloud and run until SIGINT or SIGTERM.
 
     While it runs, 'iotfleet cloud chaos ACTION REGION --workdir DIR' injects faults into it. Apps that
     trust the system's CA store (AWS's samples) connect with SSL_CERT_FILE set to the printed CA.
     """
+    from iotfleet.cloud.broker import Quotas  # noqa: PLC0415
     from iotfleet.cloud.control import ControlServer  # noqa: PLC0415
     from iotfleet.cloud.local import DEVICE_POLICY, LocalCloud, ThingSpec  # noqa: PLC0415
 
@@ -315,6 +323,7 @@ def cloud_up(
             replication_lag=replication_lag,
             listen=[Endpoint.parse(text) for text in listen],
             sans=sans,
+            quotas=Quotas.none() if no_quotas else Quotas(),
         )
         with local, ControlServer(local):
             info = local.info()
@@ -555,7 +564,17 @@ def _shard(value: str) -> tuple[int, int]:
     show_default=True,
     help="Devices started per second.",
 )
-@click.option("--no-limits", is_flag=True, help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s).")
+@click.option(
+    "--no-limits",
+    is_flag=True,
+    help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s) in the devices and in the local cloud.",
+)
+@click.option(
+    "--no-quotas",
+    is_flag=True,
+    help="Lift the local cloud's IoT Core quotas (CONNECTs per client id and account, publishes per connection "
+    "and account). By default a local run is throttled where AWS would throttle it, and the report counts it.",
+)
 @click.option(
     "--account-rate",
     type=click.FloatRange(min=0, min_open=True),
@@ -656,6 +675,7 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "provision": options["provision"],
         "ramp_per_s": options["ramp_per_s"],
         "no_limits": options["no_limits"],
+        "no_quotas": options["no_quotas"],
         "account_rate": options["account_rate"],
         "regions": _regions(options["regions"]),
         "chaos": options["chaos"],

@@ -48,12 +48,14 @@ from iotfleet.config import LOCAL_FAST  # importing iotfleet has loaded the conf
 from iotfleet.errors import ConfigError
 
 if TYPE_CHECKING:
+    from iotfleet.cloud.broker import Quotas
     from iotfleet.cloud.local import LocalCloud
     from iotfleet.config import Identity
 
 __all__ = [
     "LOCAL_FAST",
     "RegionFaults",
+    "iotfleet_quotas",
     "iotfleet_regions",
     "local_cloud",
     "provisioned_device",
@@ -69,11 +71,20 @@ def iotfleet_regions() -> list[str]:
 
 
 @pytest.fixture
-def local_cloud(iotfleet_regions: list[str], tmp_path: Path) -> Iterator[LocalCloud]:
+def iotfleet_quotas() -> Quotas:
+    """IoT Core's rate quotas for ``local_cloud`` (on, with AWS's values); override to change or lift them,
+    e.g. ``Quotas(connect_per_client=0)`` for tests that reconnect one client id within a second."""
+    from iotfleet.cloud.broker import Quotas  # noqa: PLC0415 - the plugin loads in every pytest run
+
+    return Quotas()
+
+
+@pytest.fixture
+def local_cloud(iotfleet_regions: list[str], iotfleet_quotas: Quotas, tmp_path: Path) -> Iterator[LocalCloud]:
     """A running local cloud, stopped (every broker by PID) when the test ends."""
     from iotfleet.cloud.local import LocalCloud  # noqa: PLC0415 - the plugin loads in every pytest run
 
-    cloud = LocalCloud(iotfleet_regions, workdir=tmp_path / "iotfleet-cloud")
+    cloud = LocalCloud(iotfleet_regions, workdir=tmp_path / "iotfleet-cloud", quotas=iotfleet_quotas)
     with cloud:
         yield cloud
 

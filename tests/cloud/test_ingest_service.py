@@ -20,7 +20,7 @@ from iotfleet.errors import CloudError
 from iotfleet.sim.report import Report
 from iotfleet.transport.base import ConnectOptions, InboundMessage
 from iotfleet.transport.paho import PahoTransport
-from tests.conftest import wait_until
+from tests.conftest import TEST_QUOTAS, wait_until
 
 TOPIC = "dt/acme/hq/lamp-1/telemetry"
 HOUR = 1_795_000_000 // 3600 * 3600  # the start of an hour
@@ -28,7 +28,7 @@ HOUR = 1_795_000_000 // 3600 * 3600  # the start of an hour
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
-    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", ingest=True) as local:
+    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", ingest=True, quotas=TEST_QUOTAS) as local:
         yield local
 
 
@@ -234,7 +234,9 @@ def test_a_store_that_cannot_be_opened_is_an_error_naming_its_path(tmp_path: Pat
 
 
 def test_a_full_store_ends_the_run_with_what_was_stored_and_a_count_of_what_was_not(tmp_path: Path) -> None:
-    cloud = LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", ingest=True, ingest_max_bytes=64 * 1024)
+    cloud = LocalCloud(
+        ["eu-west-1"], workdir=tmp_path / "cloud", ingest=True, ingest_max_bytes=64 * 1024, quotas=TEST_QUOTAS
+    )
     with cloud:
         lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
         sent = [(TOPIC, telemetry(HOUR + i, 10.0), props(f"m{i}", i)) for i in range(1, 601)]

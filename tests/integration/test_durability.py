@@ -16,7 +16,7 @@ import pytest
 
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
-from tests.conftest import Watcher
+from tests.conftest import TEST_QUOTAS, Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def pending_ids(outbox: Path) -> set[str]:
 
 
 def test_sigkilled_device_resends_everything_unacknowledged(tmp_path: Path) -> None:
-    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud") as cloud:
+    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", quotas=TEST_QUOTAS) as cloud:
         lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
         region = cloud.region("eu-west-1")
         outbox = tmp_path / "outbox.sqlite"

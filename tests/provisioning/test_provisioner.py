@@ -25,7 +25,7 @@ from iotfleet.testing import LOCAL_FAST
 from iotfleet.topics import PayloadFormat
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session
 from iotfleet.transport.paho import PahoTransport
-from tests.conftest import Watcher
+from tests.conftest import TEST_QUOTAS, Watcher
 
 T = TypeVar("T")
 PARAMS = {"Tenant": "acme", "Site": "hq", "SerialNumber": "lamp-7"}
@@ -126,7 +126,7 @@ def test_throttling_is_retried_with_backoff(tmp_path: Path) -> None:
         ]
         return list(await asyncio.gather(*(d.provision() for d in devices)))
 
-    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", provisioning_rate_limit=3) as cloud:
+    with LocalCloud(["eu-west-1"], workdir=tmp_path / "cloud", provisioning_rate_limit=3, quotas=TEST_QUOTAS) as cloud:
         devices = run(storm(cloud))
         service = cloud.region("eu-west-1").provisioning
         assert service is not None
@@ -291,7 +291,7 @@ def test_templates_load_from_files_in_either_shape_and_provision(tmp_path: Path)
     described.write_text(json.dumps({"templateName": "lamps-v2", "templateBody": json.dumps(SENSOR_TEMPLATE)}))
     templates = [ProvisioningTemplate.from_file(body_file), ProvisioningTemplate.from_file(described)]
     assert [t.name for t in templates] == ["sensors", "lamps-v2"]
-    with LocalCloud(workdir=tmp_path / "cloud", templates=templates) as cloud:
+    with LocalCloud(workdir=tmp_path / "cloud", templates=templates, quotas=TEST_QUOTAS) as cloud:
         assert cloud.info()["templates"] == ["iotfleet-default", "lamps-v2", "sensors"]
         for template, serial in (("sensors", "7"), ("lamps-v2", "8")):
             params = {"Tenant": "acme", "Site": "hq", "SerialNumber": serial}

@@ -116,3 +116,17 @@ def test_a_shard_without_ingest_makes_the_merged_loss_unknown() -> None:
     assert measured.to_dict()["lost"] == measured.to_dict()["acked"] == 19  # measured: nothing arrived
     blind = Report.of_run(workers=[parts.worker(1, parts.SHARD_B)], ingest=None, duration_s=1.0, config={})
     assert Report.merge([measured, blind]).to_dict()["lost"] is None
+
+
+def test_a_regions_throttling_and_lifecycle_events_are_in_its_counts_and_merge() -> None:
+    stats = parts.ingest("eu-west-1", parts.SHARD_A)
+    stats["throttled"] = {"connect_account": 3, "publish_connection": 0}
+    stats["presence"] = {"connected": 40, "disconnected:CONNECTION_LOST": 2, "disconnected:AUTH_ERROR": 1}
+    workers = [parts.worker(0, parts.SHARD_A)]
+    one = Report.of_run(workers=workers, ingest=[stats], duration_s=1.0, config={}).to_dict()
+    counts = one["regions"]["eu-west-1"]
+    assert counts["throttled_connect_account"] == 3
+    assert "throttled_publish_connection" not in counts  # shown only when it happened
+    assert (counts["lifecycle_connected"], counts["lifecycle_disconnected"]) == (40, 3)
+    merged = Report.merge([Report.from_dict(one), Report.from_dict(one)]).to_dict()
+    assert merged["regions"]["eu-west-1"]["throttled_connect_account"] == 6

@@ -40,6 +40,7 @@ from iotfleet.transport.tls import tls_client_context
 __all__ = [
     "Broker",
     "BrokerState",
+    "Quotas",
     "TlsFiles",
     "check_bindable",
     "find_mosquitto",
@@ -61,6 +62,7 @@ _RELOADED: Final = "Reloading config."
 # tests), where it should only answer PUBACK 0x87.
 UNLIMITED_QUEUE: Final = 100_000_000
 _DROPPING = re.compile(r"Outgoing messages are being dropped for client (?P<id>.*)\.$")
+_THROTTLED = re.compile(r" (?P<kind>[a-z_]+)=(?P<count>\d+)")  # the counts of "iotfleet: throttled ...; e.g. ..."
 
 
 def find_mosquitto() -> Path:
@@ -106,6 +108,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """IoT Core's rate quotas, enforced by each region's broker (IOT_CORE.md section 4; 0 means none).
+
+    The defaults are IoT Core's: 1 CONNECT a second per client id, 500 CONNECTs a second and 20,000 inbound
+    publishes a second per account (here: per region), 100 publishes a second per connection, inbound
+    and outbound. What a broker throttled is in :attr:`Broker.throttled`, by kind. :meth:`none` lifts them.
+    """
+
+    connect_per_client: float = 1.0
+    connect_per_account: float = 500.0
+    publish_per_connection: float = 100.0
+    publish_per_account: float = 20_000.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_per_client", "connect_per_account", "publish_per_connection", "publish_per_account"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"quota {name} must be >= 0 per second (0: no limit)")
+
+    @classmethod
+    def none(cls) -> Quotas:
+        return cls(0.0, 0.0, 0.0, 0.0)
+
+    def plugin_options(self) -> list[str]:
+        return [
+            f"plugin_opt_quota_{name} {getattr(self, name):g}"
+            for name in ("connect_per_client", "connect_per_account", "publish_per_connection", "publish_per_account")
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +225,7 @@ class Broker:
         authz_file: Path,
         service: TlsFiles,
         crl_file: Path | None = None,
+        quotas: Quotas | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         listeners: Sequence[tuple[str, int]] = (),
@@ -212,6 +245,9 @@ class Broker:
         )
         self._service = service
         self._crl_file = crl_file  # certificates the TLS handshake refuses (re-read with each reload)
+        self.quotas = quotas or Quotas()
+        # what the plugin's quotas refused, by kind (connect_client, publish_connection, ...), from its log
+        self.throttled: collections.Counter[str] = collections.Counter()
         self._start_timeout = start_timeout
         self._max_queued_messages = max_queued_messages  # per client
         # times mosquitto started dropping a client's outgoing messages (its queue was full), by client id
@@ -259,6 +295,7 @@ class Broker:
                 "log_timestamp false",
                 f"plugin {plugin_path()}",
                 f"plugin_opt_authz_file {self._authz_file}",  # no acl_file: the plugin's answer is final
+                *self.quotas.plugin_options(),
                 "max_keepalive 1200",
                 "max_inflight_messages 100",
                 # a slow subscriber's queue grows instead of dropping: nothing acknowledged is lost unseen
@@ -368,6 +405,11 @@ class Broker:
                 with self._reload_cond:
                     self._reloads += 1
                     self._reload_cond.notify_all()
+                continue
+            if line.startswith("iotfleet: throttled "):
+                counts = line.partition(";")[0]  # the client ids after the ';' are the devices' own text
+                self.throttled.update({m["kind"]: int(m["count"]) for m in _THROTTLED.finditer(counts)})
+                log.info("broker %s: %s", self.name, line)
                 continue
             dropping = _DROPPING.search(line)
             if dropping is not None:

@@ -9,6 +9,7 @@ CONNECT, SUBSCRIBE, PUBLISH and delivery as IoT Core does, and is reloaded on ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from iotfleet import policy
 from iotfleet._files import write_private
 from iotfleet.cloud.authz import Principal, render_authz, write_authz
-from iotfleet.cloud.broker import Broker, BrokerState, TlsFiles
+from iotfleet.cloud.broker import Broker, BrokerState, Quotas, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id, unique_common_name
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
@@ -205,6 +206,7 @@ class Region:
         claim_policy: dict[str, Any],
         failures: Failures | None = None,
         listeners: Sequence[tuple[str, int]] = (),
+        quotas: Quotas | None = None,
     ) -> None:
         self.name = validate_region(name)
         self.failures = failures or Failures()
@@ -233,6 +235,7 @@ class Region:
             service=service,
             crl_file=self.crl_file,
             listeners=listeners,
+            quotas=quotas,
         )
 
     @property
@@ -427,6 +430,7 @@ class LocalCloud:
         ingest_max_bytes: int | None = None,
         listen: Iterable[Endpoint] = (),
         sans: Iterable[str] = (),
+        quotas: Quotas | None = None,
     ) -> None:
         names = list(regions)
         if not names:
@@ -436,6 +440,7 @@ class LocalCloud:
         for name in names:
             validate_region(name)
         self.listen = _listeners(names, listen)
+        self.quotas = quotas or Quotas()
         self.sans = tuple(dict.fromkeys(_checked_san(name) for name in sans))
         self._own_workdir = workdir is None
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="iotfleet-cloud-"))).resolve()
@@ -510,6 +515,7 @@ class LocalCloud:
                     claim_policy=claim_policy,
                     failures=self.failures,
                     listeners=self.listen.get(name, ()),
+                    quotas=self.quotas,
                 )
                 self._regions[name] = region
                 region.start()
@@ -552,6 +558,7 @@ class LocalCloud:
     def _with_cloud_figures(self, stats: dict[str, Any]) -> dict[str, Any]:
         region = self._regions.get(stats["region"])
         stats["broker_dropped"] = region.broker_dropped() if region is not None else 0
+        stats["throttled"] = dict(region.broker.throttled) if region is not None else {}
         stats["failures"] = [str(f) for f in self.failures.kept() if stats["region"] in f.source]
         stats["cloud_failures"] = self.failures.count
         return stats
@@ -671,6 +678,7 @@ class LocalCloud:
             "template": self.template,
             "templates": sorted(self.templates),
             "account": LOCAL_ACCOUNT,  # the account id in the local cloud's ARNs (fill AWS's sample policies)
+            "quotas": dataclasses.asdict(self.quotas),  # per second, 0 for none
             "workdir": str(self.workdir),
         }
 

@@ -142,6 +142,7 @@ class Raw:
             "lifecycle_disconnected": sum(n for kind, n in presence.items() if kind.startswith("disconnected")),
         }
         counts.update({k: v for k, v in lifecycle.items() if v})
+        counts.update({f"throttled_{kind}": n for kind, n in stats.get("throttled", {}).items() if n})
         raw.regions = {stats["region"]: counts}
         return raw
 

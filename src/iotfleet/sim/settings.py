@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.local import DEFAULT_REGIONS
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
@@ -127,6 +128,7 @@ class RunOptions(BaseModel):
     provision: ProvisionMode = ProvisionMode.DIRECT
     ramp_per_s: float = Field(default=500.0, gt=0)
     no_limits: bool = False
+    no_quotas: bool = False
     account_rate: float | None = Field(default=None, gt=0)
     regions: tuple[str, ...] = DEFAULT_REGIONS
     chaos: tuple[ChaosEvent, ...] = ()
@@ -160,6 +162,13 @@ class SimSettings(BaseModel):
     run: RunOptions = Field(default_factory=RunOptions)
     source: Path | None = None  # the fleet file, if any; [target] files are relative to it
 
+    def _quotas(self) -> Quotas:
+        """The embedded cloud's quotas: IoT Core's, none with --no-quotas, and without the per-connection
+        publish rate with --no-limits (the devices would otherwise be refused what they were told to send)."""
+        if self.run.no_quotas:
+            return Quotas.none()
+        return Quotas(publish_per_connection=0) if self.run.no_limits else Quotas()
+
     def sim_config(self) -> SimConfig:
         """The simulator's run configuration (checked: a bad combination raises :class:`ConfigError`)."""
         run, workload = self.run, self.workload
@@ -186,6 +195,7 @@ class SimSettings(BaseModel):
             operator_fraction=workload.operator_fraction,
             operator_every_s=workload.operator_every,
             account_publish_rate=run.account_rate,
+            quotas=self._quotas(),
             **({} if run.workers is None else {"workers": run.workers}),
         )
 

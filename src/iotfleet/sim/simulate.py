@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.control import CHAOS_ACTIONS, Action
 from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
@@ -135,6 +136,8 @@ class SimConfig:
     # account-wide publishes per second, split over the workers; None: unlimited on the local cloud,
     # IoT Core's default inbound quota (IOT_CORE.md section 4) against a real target
     account_publish_rate: float | None = None
+    # the embedded local cloud's rate quotas (IoT Core's by default); a real target has its own
+    quotas: Quotas = field(default_factory=Quotas)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -308,7 +311,9 @@ class Simulation:
             claim = ClaimSettings(config.target.claim, config.target.template)
             return Reached(config.target.endpoints, config.target.ca_file, claim, identity_dir, None)
         cloud = stack.enter_context(
-            LocalCloud(config.regions, workdir=workdir / "cloud", ingest=True, replicate_shadows=True)
+            LocalCloud(
+                config.regions, workdir=workdir / "cloud", ingest=True, replicate_shadows=True, quotas=config.quotas
+            )
         )
         if config.provision == ProvisionMode.DIRECT:
             cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in self.devices])

@@ -22,7 +22,7 @@ from iotfleet.errors import BrokerStartError
 
 __all__ = ["BUILD_HINT", "plugin_path"]
 
-SOURCES = ("iotfleet_routing.c", "authz.c")  # the plugin includes the engine
+SOURCES = ("iotfleet_routing.c", "authz.c", "quota.c")  # the plugin includes the engines
 BUILD_HINT = (
     "install a C compiler and mosquitto's plugin headers: "
     "'sudo apt-get install -y gcc libc6-dev mosquitto-dev libmosquitto-dev'"

@@ -15,6 +15,16 @@
  *   - iot:Connect on client/<client id> is evaluated on the certificate's policies; denied: MQTT 5 0x87,
  *     3.1.1 code 5 (IoT Core's DG says 7, a code 3.1.1 reserves; mosquitto sends the spec's 5).
  *
+ * Quotas (quota.c; the plugin options quota_connect_per_client, quota_connect_per_account,
+ * quota_publish_per_connection and quota_publish_per_account, 0 for none): checked after authorization.
+ *   - a CONNECT over its client id's or the account's rate is hung up on with no CONNACK (IoT Core's
+ *     MQTT 5 CONNACK would say 0x97; mosquitto's plugin interface cannot send that code);
+ *   - a PUBLISH over its connection's or the account's rate is refused as a denied one is (0x87 on MQTT 5,
+ *     the connection closed on 3.1.1), so it is never acknowledged and then dropped; a delivery over the
+ *     receiver's connection rate is not made;
+ *   - the re-check of every connection after a reload is not a CONNECT and counts for no quota;
+ *   - what was throttled is logged once a second at most: "iotfleet: throttled <kind>=<n> ...; e.g. <kind>: <id>".
+ *
  * Authorization (authz.c, the policy engine; the data file is the plugin option authz_file, written by
  * iotfleet and re-read on SIGHUP). With no acl_file, this plugin's answer is final for every check:
  *   - SUBSCRIBE: iot:Subscribe on topicfilter/<filter as sent>; denied: SUBACK 0x87 for that filter on
@@ -45,6 +55,7 @@
 #include <mqtt_protocol.h>
 
 #include "authz.c"
+#include "quota.c"
 
 /* The few OpenSSL calls needed to read a CN. The plugin runs inside mosquitto, which links libcrypto,
  * so the symbols resolve at load time without OpenSSL's headers on the build machine. */
@@ -70,6 +81,8 @@ static mosquitto_plugin_id_t *plugin_id;
 static char authz_path[4096];
 static const void *answer_payload; /* the answer being routed right now, if any */
 static char answer_target[256];
+static int rechecking; /* between a reload and the next tick: mosquitto re-runs basic auth for everyone */
+static double last_report;
 
 static int is_provisioning(const char *topic)
 {
@@ -150,6 +163,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	}
 	switch(authorize(ed->client, "iot:Connect", "client", client_id ? client_id : "")){
 		case AUTHZ_ALLOW:
+			if(!rechecking && quota_connect(client_id ? client_id : "") != 0){
+				return MOSQ_ERR_UNKNOWN; /* throttled: no CONNACK */
+			}
 			return MOSQ_ERR_SUCCESS;
 		case AUTHZ_NO_PRINCIPAL:
 			mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: refused %s: certificate %s has no policy, or is not ACTIVE, in this region",
@@ -259,12 +275,14 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 				? MOSQ_ERR_SUCCESS : refused(ed->client);
 		case MOSQ_ACL_WRITE:
 			if(authorize(ed->client, "iot:Publish", "topic", ed->topic) != AUTHZ_ALLOW
-					|| (ed->retain && authorize(ed->client, "iot:RetainPublish", "topic", ed->topic) != AUTHZ_ALLOW)){
+					|| (ed->retain && authorize(ed->client, "iot:RetainPublish", "topic", ed->topic) != AUTHZ_ALLOW)
+					|| quota_publish(mosquitto_client_id(ed->client), 1) != 0){
 				return refused(ed->client);
 			}
 			return MOSQ_ERR_SUCCESS;
 		case MOSQ_ACL_READ:
 			return authorize(ed->client, "iot:Receive", "topic", ed->topic) == AUTHZ_ALLOW
+					&& quota_publish(mosquitto_client_id(ed->client), 0) == 0
 				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		default:
 			return MOSQ_ERR_SUCCESS; /* UNSUBSCRIBE */
@@ -296,6 +314,55 @@ static int on_reload(int event, void *event_data, void *userdata)
 	(void)event_data;
 	(void)userdata;
 	load_authz();
+	rechecking = 1; /* mosquitto re-runs basic auth for every connection now, before the next tick */
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	(void)event;
+	(void)userdata;
+	quota_disconnected(mosquitto_client_id(ed->client));
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* Once a second at most: what the quotas refused since the last report, by kind, then one client id of
+ * each kind (iotfleet reads the counts, before the ';'). */
+static void report_throttled(double now)
+{
+	char counts[512], examples[1024];
+	size_t n = 0, m = 0;
+	int k;
+	last_report = now;
+	counts[0] = examples[0] = '\0';
+	for(k = 0; k < QUOTA_KINDS; k++){
+		if(quota.counts[k] > 0){
+			if(n < sizeof(counts)){
+				n += (size_t)snprintf(counts + n, sizeof(counts) - n, " %s=%lu", quota_names[k], quota.counts[k]);
+			}
+			if(m < sizeof(examples)){
+				m += (size_t)snprintf(examples + m, sizeof(examples) - m, "%s%s: %s", m ? ", " : "", quota_names[k],
+						quota.example[k]);
+			}
+			quota.counts[k] = 0;
+		}
+	}
+	if(n > 0){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfleet: throttled%s; e.g. %s", counts, examples);
+	}
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	double now = quota_now();
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	rechecking = 0;
+	if(now - last_report >= 1.0){
+		report_throttled(now);
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -310,11 +377,22 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 {
 	(void)user_data;
 	plugin_id = identifier;
+	double rates[4] = {0, 0, 0, 0};
+	static const char *const rate_options[4] = {
+		"quota_connect_per_client", "quota_connect_per_account", "quota_publish_per_connection",
+		"quota_publish_per_account",
+	};
 	for(int i = 0; i < opt_count; i++){
 		if(strcmp(opts[i].key, "authz_file") == 0){
 			snprintf(authz_path, sizeof(authz_path), "%s", opts[i].value);
 		}
+		for(int r = 0; r < 4; r++){
+			if(strcmp(opts[i].key, rate_options[r]) == 0){
+				rates[r] = strtod(opts[i].value, NULL);
+			}
+		}
 	}
+	quota_configure(rates[0], rates[1], rates[2], rates[3]);
 	if(authz_path[0] == '\0'){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "iotfleet: the plugin needs 'plugin_opt_authz_file PATH'");
 		return MOSQ_ERR_INVAL;
@@ -325,7 +403,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **user_data, s
 	if(mosquitto_callback_register(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL)
 			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL)
-			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL)){
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL)
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL)
+			|| mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL)){
 		return MOSQ_ERR_UNKNOWN;
 	}
 	return MOSQ_ERR_SUCCESS;
@@ -340,6 +420,9 @@ int mosquitto_plugin_cleanup(void *user_data, struct mosquitto_opt *opts, int op
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
+	quota_free();
 	authz_free(authz_current);
 	authz_current = NULL;
 	return MOSQ_ERR_SUCCESS;
