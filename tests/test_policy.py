@@ -20,7 +20,8 @@ def arn(kind: str, rest: str) -> str:
 
 
 def test_device_policy_matches_golden() -> None:
-    """The golden file was checked by hand against IOT_CORE.md section 5's least-privilege example."""
+    """The golden file was checked by hand against IOT_CORE.md section 5's least-privilege example (and the
+    Basic Ingest resource against section 3: the thing's own data topics, through the ingest rule only)."""
     rendered = render(TopicScheme(), region="eu-west-1", account="123456789012")
     assert rendered == json.loads((GOLDEN / "device-policy.json").read_text())
 
@@ -39,6 +40,9 @@ def test_claim_policy_matches_golden() -> None:
         ("iot:Publish", arn("topic", "dt/acme/hq/lamp-2/power"), False),
         ("iot:Publish", arn("topic", "dt/other/hq/lamp-1/power"), False),
         ("iot:Publish", arn("topic", "dt/acme/hq/lamp-1"), False),
+        ("iot:Publish", arn("topic", "$aws/rules/iotfleet_ingest/dt/acme/hq/lamp-1/power"), True),  # Basic Ingest
+        ("iot:Publish", arn("topic", "$aws/rules/iotfleet_ingest/dt/acme/hq/lamp-2/power"), False),
+        ("iot:Publish", arn("topic", "$aws/rules/other_rule/dt/acme/hq/lamp-1/power"), False),
         ("iot:Publish", arn("topic", "$aws/things/lamp-1/shadow/update"), True),
         ("iot:Publish", arn("topic", "$aws/things/lamp-1/shadow/name/cfg/get"), True),
         ("iot:Publish", arn("topic", "$aws/things/lamp-1/shadow/delete"), False),

@@ -570,6 +570,12 @@ def _shard(value: str) -> tuple[int, int]:
     help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s) in the devices and in the local cloud.",
 )
 @click.option(
+    "--basic-ingest",
+    is_flag=True,
+    help="Devices send their data by Basic Ingest ($aws/rules/iotfleet_ingest/<topic>): straight to the ingest "
+    "rule, with no broker fan-out (on AWS: no messaging charge; create a rule named iotfleet_ingest there).",
+)
+@click.option(
     "--no-quotas",
     is_flag=True,
     help="Lift the local cloud's IoT Core quotas (CONNECTs per client id and account, publishes per connection "
@@ -676,6 +682,7 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "ramp_per_s": options["ramp_per_s"],
         "no_limits": options["no_limits"],
         "no_quotas": options["no_quotas"],
+        "basic_ingest": options["basic_ingest"],
         "account_rate": options["account_rate"],
         "regions": _regions(options["regions"]),
         "chaos": options["chaos"],

@@ -16,12 +16,15 @@ from typing import Any, Final
 
 from iotfleet.policy_engine import PolicyDocument, RequestContext, authorize
 from iotfleet.topics import (
+    BASIC_INGEST_PREFIX,
+    INGEST_RULE,
     ShadowOp,
     TopicScheme,
     create_certificate_from_csr_topic,
     create_keys_and_certificate_topic,
     register_thing_topic,
     shadow_topic_prefix,
+    validate_rule_name,
 )
 
 __all__ = [
@@ -57,13 +60,15 @@ def render(
     tenant_attribute: str = "tenant",
     site_attribute: str = "site",
     allow_shadow_delete: bool = False,
+    basic_ingest_rules: Sequence[str] = (INGEST_RULE,),
 ) -> Policy:
     """The least-privilege device policy for ``scheme``.
 
     A device may connect only as its own thing name (and only with a certificate attached to a thing),
-    publish its own data streams and its own shadow requests (classic and named; ``delete`` only when
-    asked for), and subscribe to and receive its own commands and shadow responses. Tenant and site come
-    from the thing attributes ``tenant_attribute`` and ``site_attribute``.
+    publish its own data streams (on their topics, and by Basic Ingest to ``basic_ingest_rules``) and its
+    own shadow requests (classic and named; ``delete`` only when asked for), and subscribe to and receive
+    its own commands and shadow responses. Tenant and site come from the thing attributes
+    ``tenant_attribute`` and ``site_attribute``.
     """
     scope = {
         "tenant": thing_attribute(tenant_attribute),
@@ -76,7 +81,9 @@ def render(
     def arn(kind: str, rest: str) -> str:
         return _arn(kind, region, account, rest)
 
-    publish = [arn("topic", scheme.render_data(**scope, stream="*"))]
+    data = scheme.render_data(**scope, stream="*")
+    publish = [arn("topic", data)]
+    publish += [arn("topic", f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{data}") for rule in basic_ingest_rules]
     publish += [arn("topic", f"{shadow_prefix}/{op}") for op in ops]
     publish += [arn("topic", f"{shadow_prefix}/name/*/{op}") for op in ops]
     commands = scheme.render_command(**scope, command="*")

@@ -22,6 +22,8 @@ from iotfleet._model import FrozenModel
 from iotfleet.errors import TopicError
 
 __all__ = [
+    "BASIC_INGEST_PREFIX",
+    "INGEST_RULE",
     "MAX_TOPIC_BYTES",
     "MAX_TOPIC_SLASHES",
     "MESSAGE_ID_PROPERTY",
@@ -32,14 +34,17 @@ __all__ = [
     "ShadowTopics",
     "ThingScope",
     "TopicScheme",
+    "basic_ingest_topic",
     "create_certificate_from_csr_topic",
     "create_keys_and_certificate_topic",
     "filter_matches",
     "register_thing_topic",
     "shadow_topic_prefix",
     "slash_count",
+    "split_basic_ingest",
     "validate_filter",
     "validate_id",
+    "validate_rule_name",
     "validate_shadow_name",
     "validate_thing_name",
     "validate_topic",
@@ -49,6 +54,7 @@ MAX_TOPIC_BYTES: Final = 256
 MAX_TOPIC_SLASHES: Final = 7
 BASIC_INGEST_PREFIX: Final = "$aws/rules/"
 SHARED_PREFIX: Final = "$share/"
+INGEST_RULE: Final = "iotfleet_ingest"  # the local cloud's rule that feeds the ingest pipeline
 
 # MQTT5 user properties a device puts on every outbox publish; the ingest service reads them.
 MESSAGE_ID_PROPERTY: Final = "iotfleet-msg-id"  # unique per message: ingest dedupes on it
@@ -131,6 +137,26 @@ def _check_common(topic: str, what: str) -> None:
             f"{what} {topic!r} has {slashes} slashes; IoT Core allows at most {MAX_TOPIC_SLASHES} "
             "(8 levels; the $aws/rules/<rule>/ prefix is not counted)",
         )
+
+
+def validate_rule_name(name: str) -> str:
+    """Return ``name`` if it is a valid AWS IoT rule name (``[a-zA-Z0-9_]``, 1-128), else raise TopicError."""
+    if not isinstance(name, str) or not _RULE_NAME.fullmatch(name):
+        raise _fail("rule", str(name), f"rule name {name!r} must be 1-128 characters of letters, digits and _")
+    return name
+
+
+def basic_ingest_topic(rule: str, topic: str) -> str:
+    """``topic`` sent straight to rule ``rule`` (Basic Ingest: no broker fan-out, no messaging charge)."""
+    return validate_topic(f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{topic}")
+
+
+def split_basic_ingest(topic: str) -> tuple[str, str] | None:
+    """``(rule, topic)`` of a Basic Ingest topic (what the rule sees as its topic), or None."""
+    if not topic.startswith(BASIC_INGEST_PREFIX):
+        return None
+    rule, _, rest = topic[len(BASIC_INGEST_PREFIX) :].partition("/")
+    return (rule, rest) if rule and rest else None
 
 
 def validate_topic(topic: str) -> str:

@@ -64,6 +64,17 @@ def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Pa
     assert "shadow (operator)" in summary
 
 
+def test_basic_ingest_sends_every_message_to_the_ingest_rule(tmp_path: Path) -> None:
+    code, report, summary = simulate(
+        tmp_path, "basic", *("--sites", "1", "--duration", "6s", "--speed", "20", "--basic-ingest")
+    )
+    assert code == 0, summary
+    assert report["lost"] == 0
+    assert report["ingested"] == report["acked"] > 0
+    assert report["regions"]["eu-west-1"]["basic_ingest"] == report["acked"]  # every one, no broker fan-out
+    assert report["config"]["basic_ingest"] == "iotfleet_ingest"
+
+
 def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> None:
     code, report, summary = simulate(
         tmp_path,

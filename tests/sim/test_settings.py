@@ -92,3 +92,23 @@ def test_a_report_path_that_cannot_be_written_fails_before_the_run(tmp_path: Pat
     )
     result = CliRunner().invoke(cli, ["simulate", "--report", str(tmp_path)])
     assert result.exit_code == 2
+
+
+def test_rules_come_from_the_fleet_file_and_basic_ingest_from_a_flag(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        "[[rules]]\nname = 'alerts'\ntopic = 'dt/+/+/+/fault'\naction = 'republish:alerts/${topic()}'\n"
+        "[[rules]]\nname = 'archive'\n"
+    )
+    config = load_settings(fleet, run={"basic_ingest": True}).sim_config()
+    assert [(r.name, r.topic_filter, r.action) for r in config.rules] == [
+        ("alerts", "dt/+/+/+/fault", "republish:alerts/${topic()}"),
+        ("archive", None, "ingest"),
+    ]
+    assert config.basic_ingest
+    fleet.write_text("[[rules]]\nname = 'bad name'\n")
+    with pytest.raises(ConfigError, match="rule name 'bad name'"):
+        load_settings(fleet)
+    fleet.write_text("[rules]\nname = 'x'\n")
+    with pytest.raises(ConfigError, match="rules: must be \\[\\[rules\\]\\] tables"):
+        load_settings(fleet)

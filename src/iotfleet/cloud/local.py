@@ -41,10 +41,12 @@ from iotfleet.cloud.registry import (
     StatusChange,
     Thing,
 )
+from iotfleet.cloud.rules import Rule, default_rules
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.cloud.services.lifecycle import LifecycleService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
+from iotfleet.cloud.services.rules import RulesService
 from iotfleet.cloud.services.shadow import ShadowOperator, ShadowService, ShadowStore
 from iotfleet.cloud.templates import ProvisioningTemplate, default_template_body
 from iotfleet.config import Endpoint, Identity, validate_region
@@ -223,6 +225,7 @@ class Region:
         self.provisioning: ProvisioningService | None = None
         self.ingest: IngestService | None = None
         self.lifecycle: LifecycleService | None = None
+        self.rules: RulesService | None = None
         self._shadows: ShadowOperator | None = None
         self._principals: dict[str, str] = {}  # certificate CN -> certificate id, for lifecycle events
         self.broker = Broker(
@@ -274,11 +277,13 @@ class Region:
         *,
         ingest: TopicScheme | None = None,
         ingest_max_bytes: int | None = None,
+        rules: Sequence[Rule] = (),
     ) -> None:
         """Start this region's services on ``host`` (MQTT clients of this region's broker).
 
         With ``ingest`` (the topic scheme of device data) the region also runs an ingestion pipeline,
-        whose store may be capped at ``ingest_max_bytes``.
+        whose store may be capped at ``ingest_max_bytes``; its ``rules`` with the ``ingest`` action feed
+        it, and the rules engine serves the others (and counts Basic Ingest to rules that do not exist).
         """
         service = ShadowService(
             region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
@@ -286,14 +291,20 @@ class Region:
         provisioner = self.provisioning = provisioning(self)
         lifecycle = self.lifecycle = LifecycleService(self.name, self._principal)
         self.broker.log_listeners.append(self._log_line)
+        self.rules = RulesService(self.name, rules)
         connections = [
             service.attach(self.internal_endpoint, identity, host),
             provisioner.attach(self.internal_endpoint, identity, host),
             lifecycle.attach(self.internal_endpoint, identity, host),
+            self.rules.attach(self.internal_endpoint, identity, host),
         ]
         if ingest is not None:
             self.ingest = IngestService(
-                region=self.name, path=self.directory / "ingest.sqlite", scheme=ingest, max_store_bytes=ingest_max_bytes
+                region=self.name,
+                path=self.directory / "ingest.sqlite",
+                scheme=ingest,
+                max_store_bytes=ingest_max_bytes,
+                rules=rules,
             )
             connections.append(self.ingest.attach(self.internal_endpoint, identity, host))
         pipeline = self.ingest
@@ -431,6 +442,7 @@ class LocalCloud:
         listen: Iterable[Endpoint] = (),
         sans: Iterable[str] = (),
         quotas: Quotas | None = None,
+        rules: Iterable[Rule] = (),
     ) -> None:
         names = list(regions)
         if not names:
@@ -445,6 +457,13 @@ class LocalCloud:
         self._own_workdir = workdir is None
         self.workdir = (workdir or Path(tempfile.mkdtemp(prefix="iotfleet-cloud-"))).resolve()
         self.scheme = scheme or TopicScheme()
+        # the rule feeding the ingest pipeline, then the user's (one of the same name replaces it)
+        own = list(rules)
+        named = [rule.name for rule in own]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            raise ConfigError(f"rule names are unique; given twice: {', '.join(twice)}")
+        self.rules = [rule for rule in default_rules(self.scheme) if rule.name not in named] + own
         self.template = template
         self.device_policy = policy.render(self.scheme)
         self.policies: dict[str, dict[str, Any]] = {DEVICE_POLICY: self.device_policy}
@@ -525,6 +544,7 @@ class LocalCloud:
                     self._provisioning_service,
                     ingest=self.scheme if self.ingest else None,
                     ingest_max_bytes=self.ingest_max_bytes,
+                    rules=self.rules,
                 )
             if self.replicate_shadows:
                 services = [r.shadow_service for r in self._regions.values() if r.shadow_service is not None]
@@ -559,6 +579,7 @@ class LocalCloud:
         region = self._regions.get(stats["region"])
         stats["broker_dropped"] = region.broker_dropped() if region is not None else 0
         stats["throttled"] = dict(region.broker.throttled) if region is not None else {}
+        stats["rules"] = region.rules.stats() if region is not None and region.rules is not None else {}
         stats["failures"] = [str(f) for f in self.failures.kept() if stats["region"] in f.source]
         stats["cloud_failures"] = self.failures.count
         return stats

@@ -47,7 +47,9 @@ from iotfleet.topics import (
     SEQUENCE_PROPERTY,
     ThingScope,
     TopicScheme,
+    basic_ingest_topic,
     validate_filter,
+    validate_rule_name,
     validate_topic,
 )
 from iotfleet.transport import resolve_transport
@@ -111,6 +113,7 @@ class DeviceClient:
     preferred. ``tenant`` and ``site`` scope the data and command topics of ``scheme``. ``transport`` is
     ``"crt"`` (awscrt, default), ``"paho"``, or a :class:`~iotfleet.transport.base.Transport`.
     ``connect_wait_s`` bounds how long entering waits for the first connection (0: start offline).
+    ``basic_ingest`` names a topic rule that gets the data streams by Basic Ingest (see :meth:`data_topic`).
     """
 
     def __init__(
@@ -128,8 +131,10 @@ class DeviceClient:
         listeners: Sequence[Listener] = (),
         connect_wait_s: float = 30.0,
         drain_on_close_s: float = 5.0,
+        basic_ingest: str | None = None,
     ) -> None:
         self.identity = identity
+        self.basic_ingest = None if basic_ingest is None else validate_rule_name(basic_ingest)
         self.thing = identity.thing_name
         self.scope = ThingScope(tenant, site, self.thing) if tenant is not None and site is not None else None
         self.scheme = scheme or TopicScheme()
@@ -317,7 +322,8 @@ class DeviceClient:
     # ------------------------------------------------------------------ publishing
 
     def data_topic(self, stream: str) -> str:
-        """This thing's (validated) topic for ``stream``."""
+        """This thing's (validated) topic for ``stream``; with ``basic_ingest=RULE``, that topic sent straight
+        to rule RULE (``$aws/rules/RULE/<topic>``: no broker fan-out, no messaging charge on AWS)."""
         topic = self._stream_topics.get(stream)
         if topic is None:
             if self.scope is None:
@@ -325,7 +331,10 @@ class DeviceClient:
                     "publishing a stream needs the thing's scope: DeviceClient(..., tenant=..., site=...) "
                     f"for {self.thing}"
                 )
-            topic = self._stream_topics[stream] = self.scheme.data_topic(self.scope, stream)
+            topic = self.scheme.data_topic(self.scope, stream)
+            if self.basic_ingest is not None:
+                topic = basic_ingest_topic(self.basic_ingest, topic)
+            self._stream_topics[stream] = topic
         return topic
 
     async def publish(

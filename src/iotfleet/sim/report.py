@@ -143,6 +143,13 @@ class Raw:
         }
         counts.update({k: v for k, v in lifecycle.items() if v})
         counts.update({f"throttled_{kind}": n for kind, n in stats.get("throttled", {}).items() if n})
+        rules = stats.get("rules", {})
+        routed = {
+            "basic_ingest": stats.get("basic_ingest", 0),
+            "rule_not_found": rules.get("rule_not_found", 0),
+            "republished": rules.get("republished", 0),
+        }
+        counts.update({k: v for k, v in routed.items() if v})
         raw.regions = {stats["region"]: counts}
         return raw
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.local import DEFAULT_REGIONS
+from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.sim.fleet import FleetShape
@@ -129,6 +130,7 @@ class RunOptions(BaseModel):
     ramp_per_s: float = Field(default=500.0, gt=0)
     no_limits: bool = False
     no_quotas: bool = False
+    basic_ingest: bool = False
     account_rate: float | None = Field(default=None, gt=0)
     regions: tuple[str, ...] = DEFAULT_REGIONS
     chaos: tuple[ChaosEvent, ...] = ()
@@ -148,6 +150,7 @@ class RunOptions(BaseModel):
 
 
 FILE_SECTIONS = ("fleet", "workload", "thresholds", "target")
+FILE_TABLE_ARRAYS = ("rules",)  # [[rules]]: name, topic (the FROM filter), action
 
 
 class SimSettings(BaseModel):
@@ -160,7 +163,18 @@ class SimSettings(BaseModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     target: TargetSection | None = None
     run: RunOptions = Field(default_factory=RunOptions)
+    rules: tuple[Rule, ...] = ()
     source: Path | None = None  # the fleet file, if any; [target] files are relative to it
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise ValueError("[[rules]] must be an array of tables: name, topic, action")
+        try:
+            return tuple(v if isinstance(v, Rule) else Rule.from_dict(v) for v in value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
 
     def _quotas(self) -> Quotas:
         """The embedded cloud's quotas: IoT Core's, none with --no-quotas, and without the per-connection
@@ -196,6 +210,8 @@ class SimSettings(BaseModel):
             operator_every_s=workload.operator_every,
             account_publish_rate=run.account_rate,
             quotas=self._quotas(),
+            basic_ingest=run.basic_ingest,
+            rules=self.rules,
             **({} if run.workers is None else {"workers": run.workers}),
         )
 
@@ -213,8 +229,13 @@ def read_fleet_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     problems = []
     for name, section in data.items():
-        if name not in FILE_SECTIONS:
-            problems.append(f"{path}: {name}: unknown section; use [fleet], [workload], [thresholds], [target]")
+        if name in FILE_TABLE_ARRAYS:
+            if not isinstance(section, list) or not all(isinstance(t, dict) for t in section):
+                problems.append(f"{path}: {name}: must be [[{name}]] tables")
+        elif name not in FILE_SECTIONS:
+            problems.append(
+                f"{path}: {name}: unknown section; use [fleet], [workload], [thresholds], [target], [[rules]]"
+            )
         elif not isinstance(section, dict):
             problems.append(f"{path}: {name}: must be a [{name}] section of key = value lines")
     if problems:
@@ -231,9 +252,12 @@ def load_settings(
 
     ``run`` holds the flag-only options. Raises one :class:`ConfigError` listing every problem.
     """
-    data: dict[str, dict[str, Any]] = {}
+    data: dict[str, Any] = {}
     if file is not None:
-        data = {name: dict(section) for name, section in read_fleet_file(file).items()}
+        data = {
+            name: list(section) if name in FILE_TABLE_ARRAYS else dict(section)
+            for name, section in read_fleet_file(file).items()
+        }
     from_flags: set[tuple[str, str]] = set()
     for section, values in (given or {}).items():
         for key, value in values.items():

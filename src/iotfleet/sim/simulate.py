@@ -21,6 +21,7 @@ from typing import Any
 from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.control import CHAOS_ACTIONS, Action
 from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
+from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.metrics import SeqSet
@@ -28,6 +29,7 @@ from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
 from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import Report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
+from iotfleet.topics import INGEST_RULE
 
 __all__ = [
     "LOCAL_RECONNECT",
@@ -138,6 +140,8 @@ class SimConfig:
     account_publish_rate: float | None = None
     # the embedded local cloud's rate quotas (IoT Core's by default); a real target has its own
     quotas: Quotas = field(default_factory=Quotas)
+    basic_ingest: bool = False  # devices send their data to the ingest rule by Basic Ingest
+    rules: Sequence[Rule] = ()  # the embedded cloud's topic rules besides the ingest one
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -312,7 +316,12 @@ class Simulation:
             return Reached(config.target.endpoints, config.target.ca_file, claim, identity_dir, None)
         cloud = stack.enter_context(
             LocalCloud(
-                config.regions, workdir=workdir / "cloud", ingest=True, replicate_shadows=True, quotas=config.quotas
+                config.regions,
+                workdir=workdir / "cloud",
+                ingest=True,
+                replicate_shadows=True,
+                quotas=config.quotas,
+                rules=config.rules,
             )
         )
         if config.provision == ProvisionMode.DIRECT:
@@ -346,6 +355,7 @@ class Simulation:
                 start_at=start_at,
                 shadow=config.shadow,
                 publish_rate=None if account_rate is None else account_rate / len(chunks),
+                basic_ingest=INGEST_RULE if config.basic_ingest else None,
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -364,6 +374,8 @@ class Simulation:
             "shadow": config.shadow,
             "operator": {"fraction": config.operator_fraction, "every_s": config.operator_every_s},
             "account_publish_rate": config.publish_rate(),
+            "basic_ingest": INGEST_RULE if config.basic_ingest else None,
+            "rules": [{"name": r.name, "topic": r.topic_filter, "action": r.action} for r in config.rules],
         }
 
 

@@ -33,6 +33,8 @@
  *     0x87 on MQTT 5 (a QoS 0 message is dropped), the connection closed on 3.1.1;
  *   - delivery: iot:Receive on topic/<topic>, checked per message; denied: not delivered.
  *   - UNSUBSCRIBE is always allowed.
+ *   - Basic Ingest ($aws/rules/<rule>/...) reaches the cloud's rules engine only: a device's SUBSCRIBE to
+ *     it is refused whatever its policy says, and no device receives it (IoT Core: no broker fan-out).
  *
  * Provisioning. On AWS IoT Core the answer to a request on $aws/certificates/... or
  * $aws/provisioning-templates/... reaches only the connection that sent it, although every device
@@ -76,6 +78,7 @@ extern void X509_free(X509 *cert);
 #define SERVICE_CLIENT_PREFIX "iotfleet-service"
 #define CLIENT_ID_PROPERTY "iotfleet-client-id"
 #define DELIVER_TO_PROPERTY "iotfleet-deliver-to"
+#define BASIC_INGEST_PREFIX "$aws/rules/"
 
 static mosquitto_plugin_id_t *plugin_id;
 static char authz_path[4096];
@@ -267,6 +270,15 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 					|| answer_target[0] == '\0' || strcmp(client_id, answer_target) != 0){
 				return MOSQ_ERR_ACL_DENIED;
 			}
+		}
+	}
+	if(strncmp(ed->topic, BASIC_INGEST_PREFIX, strlen(BASIC_INGEST_PREFIX)) == 0){
+		/* Basic Ingest goes to the rules engine only: no device subscribes to it or receives it */
+		if(ed->access == MOSQ_ACL_SUBSCRIBE){
+			return refused(ed->client);
+		}
+		if(ed->access == MOSQ_ACL_READ){
+			return MOSQ_ERR_ACL_DENIED;
 		}
 	}
 	switch(ed->access){

@@ -32,15 +32,24 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from iotfleet.cloud.rules import INGEST, Rule, default_rules
 from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, rejection_reason
 from iotfleet.cloud.services.base import RegionService
 from iotfleet.errors import CloudError
 from iotfleet.metrics import Histogram, SeqSet
-from iotfleet.topics import MESSAGE_ID_PROPERTY, SENT_AT_PROPERTY, SEQUENCE_PROPERTY, TopicScheme
+from iotfleet.topics import (
+    BASIC_INGEST_PREFIX,
+    MESSAGE_ID_PROPERTY,
+    SENT_AT_PROPERTY,
+    SEQUENCE_PROPERTY,
+    TopicScheme,
+    split_basic_ingest,
+)
 from iotfleet.transport.base import InboundMessage
 
 __all__ = ["IngestService"]
@@ -140,15 +149,25 @@ class IngestService(RegionService):
     kind = "ingest"
 
     def __init__(
-        self, *, region: str, path: Path, scheme: TopicScheme | None = None, max_store_bytes: int | None = None
+        self,
+        *,
+        region: str,
+        path: Path,
+        scheme: TopicScheme | None = None,
+        max_store_bytes: int | None = None,
+        rules: Sequence[Rule] | None = None,
     ) -> None:
         super().__init__(region)
         self.path = path
         self.scheme = scheme or TopicScheme()
+        self.rules = [r for r in (default_rules(self.scheme) if rules is None else rules) if r.action == INGEST]
         self.filters = (
-            f"$share/{SHARE_GROUP}/{self.scheme.data_filter()}",
-            # counted, as a fleet dashboard would. Not shared: mosquitto 2.0.11 delivers no $-topic to a
-            # shared subscription (tried: "$share/g/$aws/events/presence/+/+" is granted and gets nothing)
+            # what each ingest rule's FROM clause selects, shared by every ingest worker of the region
+            *(f"$share/{SHARE_GROUP}/{r.topic_filter}" for r in self.rules if r.topic_filter is not None),
+            # Basic Ingest to each ingest rule, and lifecycle events (counted, as a fleet dashboard would).
+            # Not shared: mosquitto 2.0.11 delivers no $-topic to a shared subscription (tried:
+            # "$share/g/$aws/events/presence/+/+" is granted and gets nothing)
+            *(f"{BASIC_INGEST_PREFIX}{r.name}/#" for r in self.rules),
             PRESENCE_FILTER,
         )
         self._lock = threading.Lock()  # the connection is shared by the writer thread and query()
@@ -160,6 +179,7 @@ class IngestService(RegionService):
         self.last_message_at = 0.0
         # lifecycle events received, "connected" and "disconnected:<reason>" (the loop's; settle() copies it)
         self.presence: Counter[str] = Counter()
+        self.basic_ingest = 0  # messages that came by Basic Ingest ($aws/rules/<rule>/...), on the loop
         # everything below is the writer thread's
         self._hourly: dict[tuple[str, str, int], Cell] = {}  # cells of stored messages, not yet upserted
         self.ingested = 0
@@ -178,16 +198,21 @@ class IngestService(RegionService):
     # ---------------------------------------------------------------- the MQTT path (services' loop)
 
     def on_message(self, message: InboundMessage) -> None:
-        if message.topic.startswith(PRESENCE_PREFIX):
+        topic = message.topic
+        if topic.startswith(PRESENCE_PREFIX):
             self._count_presence(message)
-        else:
-            self._ingest(message)
+            return
+        basic = split_basic_ingest(topic)
+        if basic is not None:  # the rule sees the topic without the prefix
+            self.basic_ingest += 1
+            topic = basic[1]
+        self._ingest(message, topic)
 
-    def _ingest(self, message: InboundMessage) -> None:
+    def _ingest(self, message: InboundMessage, topic: str) -> None:
         now = time.time()
         self.received += 1
         self.last_message_at = now
-        parsed = self.scheme.parse_data_topic(message.topic)
+        parsed = self.scheme.parse_data_topic(topic)
         props = dict(message.user_properties)
         message_id = props.get(MESSAGE_ID_PROPERTY)
         seq_text = props.get(SEQUENCE_PROPERTY, "")
@@ -264,9 +289,9 @@ class IngestService(RegionService):
         received before the call.
         """
         batch = self._take(hourly=True)
-        presence = dict(self.presence)  # the loop's, copied here
+        loop_figures = {"presence": dict(self.presence), "basic_ingest": self.basic_ingest}  # the loop's, copied here
         stats = await asyncio.get_running_loop().run_in_executor(self._writer, self._write_and_count, batch)
-        return {**stats, "presence": presence}
+        return {**stats, **loop_figures}
 
     def flush(self) -> None:
         """Write everything that arrived, hourly aggregates included, now and in order.
@@ -430,6 +455,7 @@ class IngestService(RegionService):
             "e2e": Histogram.from_dict(self.e2e.to_dict()),
             "by_device": {k: SeqSet.from_dict(v.to_dict()) for k, v in self.by_device.items()},
             "presence": dict(self.presence),
+            "basic_ingest": self.basic_ingest,
         }
 
     def close(self) -> None:

@@ -49,3 +49,4 @@ class WorkerSpec:
     start_at: float = 0.0  # wall clock (epoch) when simulated time starts for every worker
     shadow: bool = True  # run each device type's shadow sync (when it has one)
     publish_rate: float | None = None  # this worker's share of the account-wide publish quota, msg/s
+    basic_ingest: str | None = None  # the rule that gets the devices' data by Basic Ingest, if any

@@ -251,6 +251,7 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
         listeners=[metrics.on_event],
         connect_wait_s=0,
         drain_on_close_s=spec.drain_s,
+        basic_ingest=spec.basic_ingest,
     )
     worker.clients.append(client)
     metrics.started += 1
