@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iotfleet.cloud.broker import Quotas  # the benches measure speed, beyond IoT Core's quotas
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.config import PublishLimits
 from iotfleet.sim.fleet import FleetShape, build_fleet
@@ -121,6 +122,7 @@ def run_iotfleet(devices: int, rate: float, seconds: float, ramp: float) -> dict
         workers=1,
         ramp_per_s=ramp,
         limits=PublishLimits(enabled=False),
+        quotas=Quotas.none(),  # limits lifted in the devices: lifted in the cloud too
         shadow=False,
         settle_s=5.0,
     )
@@ -131,7 +133,7 @@ def run_iotfleet(devices: int, rate: float, seconds: float, ramp: float) -> dict
 def run_locust(devices: int, rate: float, seconds: float, ramp: float, workdir: Path) -> dict[str, Any]:
     shape = FleetShape(sites=math.ceil(devices / 40))
     fleet = build_fleet(shape)
-    with LocalCloud(["eu-west-1"], workdir=workdir / "locust-cloud") as cloud:
+    with LocalCloud(["eu-west-1"], workdir=workdir / "locust-cloud", quotas=Quotas.none()) as cloud:
         identities = cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in fleet])
         setup = {
             "host": cloud.endpoints[0].host,

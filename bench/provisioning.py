@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from iotfleet.cloud.broker import Quotas  # the benches measure speed, beyond IoT Core's quotas
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud, ThingSpec
 from iotfleet.config import Identity
 from iotfleet.provisioning import FleetProvisioner
@@ -106,7 +107,7 @@ def main() -> None:
     print(f"machine: {platform.machine()} cores={os.cpu_count()} python={platform.python_version()}")
     store = "system CA bundle parsed per TLS context" if args.system_trust_store else "skip_system_trust_store()"
     print(f"{args.devices} devices, {args.concurrency} at a time, two regions (registrations replicate); {store}")
-    with tempfile.TemporaryDirectory() as tmp, LocalCloud(workdir=Path(tmp) / "cloud") as cloud:
+    with tempfile.TemporaryDirectory() as tmp, LocalCloud(workdir=Path(tmp) / "cloud", quotas=Quotas.none()) as cloud:
         asyncio.run(run(cloud, args.devices, args.concurrency))
         service = cloud.region(cloud.endpoints[0].region).provisioning
         if service is not None:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from iotfleet import DeviceClient, PublishLimits, ReconnectPolicy, Shadow
+from iotfleet.cloud.broker import Quotas  # the benches measure speed, beyond IoT Core's quotas
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.transport.crt import CrtRuntime, CrtTransport
 
@@ -89,7 +90,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"machine: {platform.machine()} cores={os.cpu_count()} python={platform.python_version()}")
     print(f"{args.devices} devices, mTLS, one region, {args.rounds} sequential round trips per device")
-    with tempfile.TemporaryDirectory() as tmp, LocalCloud(["bench-1"], workdir=Path(tmp) / "cloud") as cloud:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalCloud(["bench-1"], workdir=Path(tmp) / "cloud", quotas=Quotas.none()) as cloud,
+    ):
         asyncio.run(run(cloud, args.devices, args.rounds))
         service = cloud.region("bench-1").shadow_service
         if service is not None:

@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 
+from iotfleet.cloud.broker import Quotas
 from iotfleet.config import PublishLimits
 from iotfleet.sim.fleet import FleetShape
 from iotfleet.sim.simulate import LOCAL_RECONNECT, SimConfig, Simulation
@@ -50,6 +51,7 @@ def main() -> None:
             workers=args.workers,
             ramp_per_s=args.ramp,
             limits=PublishLimits(enabled=False),
+            quotas=Quotas.none(),  # limits lifted in the devices: lifted in the cloud too
             settle_s=30.0,
             shadow=not args.no_shadow,
             reconnect=LOCAL_RECONNECT.model_copy(update={"keepalive_s": args.keepalive}),

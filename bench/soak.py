@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from iotfleet.cloud.broker import Quotas
 from iotfleet.config import PublishLimits
 from iotfleet.sim.fleet import FleetShape
 from iotfleet.sim.simulate import SimConfig, Simulation
@@ -127,6 +128,7 @@ def main() -> None:
             speed=args.speed,
             workers=args.workers,
             limits=PublishLimits(enabled=False),
+            quotas=Quotas.none(),  # limits lifted in the devices: lifted in the cloud too
             workdir=workdir,
             settle_s=60.0,
         )

@@ -126,6 +126,10 @@ def iotfleet_quotas() -> Quotas:
     return TEST_QUOTAS
 
 
+Probes = Callable[..., Probe]  # the type of the ``probes`` fixture
+ANY_ARN = "arn:aws:iot:*:*"  # the region and account part of a resource in the tests' policy documents
+
+
 @pytest.fixture
 def probes() -> Iterator[Callable[..., Probe]]:
     """Make :class:`Probe` clients; all are closed after the test."""

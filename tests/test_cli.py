@@ -39,7 +39,8 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
         keys = {"regions", "ca_file", "claim_cert", "claim_key", "template", "templates", "account", "workdir"}
-        assert set(info) == keys
+        assert set(info) == {*keys, "quotas"}
+        assert info["quotas"]["connect_per_client"] == 1.0  # IoT Core's quotas, on by default
         assert [r["name"] for r in info["regions"]] == ["eu-west-1", "us-east-1"]
         assert all(r["host"] == "localhost" for r in info["regions"])
         assert all(

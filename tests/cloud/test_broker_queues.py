@@ -6,7 +6,6 @@ silently; the local cloud's brokers queue without limit, and count any drop mosq
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from iotfleet.cloud.authz import render_authz, write_authz
@@ -14,9 +13,8 @@ from iotfleet.cloud.broker import Broker
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX
 from iotfleet.config import Endpoint
-from tests.conftest import Probe, identity_context, wait_until
+from tests.conftest import Probe, Probes, identity_context, wait_until
 
-Probes = Callable[..., Probe]
 SLOW = f"{SERVICE_CLIENT_PREFIX}-slow-test"
 
 

@@ -17,28 +17,30 @@ from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import ConfigError, PolicyError, RegistryError
-from tests.conftest import Probe, cloud_up, identity_context, wait_until
+from tests.conftest import ANY_ARN, Probes, cloud_up, identity_context, wait_until
 
-Probes = Callable[..., Probe]
 NOT_AUTHORIZED = 0x87
-ARN = "arn:aws:iot:*:*"
 LAB_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
-        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/${{iot:Connection.Thing.ThingName}}"},
-        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ARN}:topicfilter/lab/*"},
+        {
+            "Effect": "Allow",
+            "Action": "iot:Connect",
+            "Resource": f"{ANY_ARN}:client/${{iot:Connection.Thing.ThingName}}",
+        },
+        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ANY_ARN}:topicfilter/lab/*"},
         {
             "Effect": "Allow",
             "Action": "iot:Publish",
-            "Resource": f"{ARN}:topic/lab/${{iot:Connection.Thing.ThingName}}/*",
+            "Resource": f"{ANY_ARN}:topic/lab/${{iot:Connection.Thing.ThingName}}/*",
         },
         {
             "Effect": "Deny",
             "Action": "iot:Publish",
-            "Resource": f"{ARN}:topic/lab/${{iot:Connection.Thing.ThingName}}/off",
+            "Resource": f"{ANY_ARN}:topic/lab/${{iot:Connection.Thing.ThingName}}/off",
         },
-        {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"{ARN}:topic/lab/*"},
-        {"Effect": "Deny", "Action": "iot:Receive", "Resource": f"{ARN}:topic/lab/secret/*"},
+        {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"{ANY_ARN}:topic/lab/*"},
+        {"Effect": "Deny", "Action": "iot:Receive", "Resource": f"{ANY_ARN}:topic/lab/secret/*"},
     ],
 }
 
@@ -219,7 +221,7 @@ def test_policies_attached_to_a_certificate_add_up_and_a_detached_one_stops_coun
         "extra",
         {
             "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "iot:Publish", "Resource": f"{ARN}:topic/extra/*"}],
+            "Statement": [{"Effect": "Allow", "Action": "iot:Publish", "Resource": f"{ANY_ARN}:topic/extra/*"}],
         },
     )
     device = probes(endpoint, "lamp-1", identity_context(lamp))

@@ -5,7 +5,6 @@ tracker that reads them from the broker's log, rule by rule."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given
@@ -15,16 +14,14 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.presence import PresenceTracker
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Identity
-from tests.conftest import Probe, identity_context
+from tests.conftest import ANY_ARN, Probes, identity_context
 
-Probes = Callable[..., Probe]
-ARN = "arn:aws:iot:*:*"
 MONITOR_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
-        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/monitor"},
-        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ARN}:topicfilter/$aws/events/presence/*"},
-        {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"{ARN}:topic/$aws/events/presence/*"},
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ANY_ARN}:client/monitor"},
+        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ANY_ARN}:topicfilter/$aws/events/presence/*"},
+        {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"{ANY_ARN}:topic/$aws/events/presence/*"},
     ],
 }
 

@@ -20,12 +20,10 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.errors import CloudError, ConfigError, RegistryError
 from iotfleet.transport.tls import tls_client_context
-from tests.conftest import Probe, identity_context, process_alive, wait_until
+from tests.conftest import Probes, identity_context, process_alive, wait_until
 
 NOT_AUTHORIZED = 0x87
 SUCCESS_CODES = {0x00, 0x10}  # 0x10: no matching subscribers, what mosquitto says when nobody listens
-
-Probes = Callable[..., Probe]
 
 
 def test_registered_thing_connects_with_mtls_and_publishes_its_own_topics(

@@ -4,7 +4,7 @@ lowered (or the per-client window shortened) so that each case runs in well unde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +13,8 @@ from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.errors import ConfigError
-from tests.conftest import Probe, identity_context, wait_until
+from tests.conftest import Probe, Probes, identity_context, wait_until
 
-Probes = Callable[..., Probe]
 NOT_AUTHORIZED = 0x87
 
 

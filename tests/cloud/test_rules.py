@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,13 @@ from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
 from iotfleet.errors import ConfigError, TopicError
 from iotfleet.topics import INGEST_RULE, basic_ingest_topic, split_basic_ingest
-from tests.conftest import TEST_QUOTAS, Probe, identity_context, lamp_options, wait_until
+from tests.conftest import ANY_ARN, TEST_QUOTAS, Probe, Probes, identity_context, lamp_options, wait_until
 
-Probes = Callable[..., Probe]
-ARN = "arn:aws:iot:*:*"
 ALERTS = Rule("alerts", "dt/+/+/+/fault", "republish:alerts/${topic()}")
 SNOOP_POLICY = {  # may subscribe to and receive anything, Basic Ingest included
     "Version": "2012-10-17",
     "Statement": [
-        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/snoop"},
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ANY_ARN}:client/snoop"},
         {"Effect": "Allow", "Action": ["iot:Subscribe", "iot:Receive"], "Resource": "*"},
     ],
 }

@@ -15,9 +15,7 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.config import Identity
 from iotfleet.errors import ShadowRejected
 from iotfleet.topics import ShadowOp
-from tests.conftest import Probe, aws_sdk_client, identity_context
-
-Probes = Callable[..., Probe]
+from tests.conftest import Probe, Probes, aws_sdk_client, identity_context
 
 
 @pytest.fixture

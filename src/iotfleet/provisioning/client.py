@@ -23,12 +23,13 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import cbor2
 
@@ -67,6 +68,7 @@ __all__ = ["FleetProvisioner", "Method", "ProvisionedDevice"]
 
 log = logging.getLogger(__name__)
 
+CONNECT_INTERVAL_S: Final = 1.0  # IoT Core: one CONNECT a second per client id
 DEFAULT_RETRY = ReconnectPolicy(min_backoff_s=0.5, max_backoff_s=30.0, failover_after_failures=2, failover_after_s=20)
 
 
@@ -183,12 +185,18 @@ class FleetProvisioner:
         return stored
 
     async def verify(self, identity: Identity, endpoint: Endpoint) -> None:
-        """Disconnect-and-reconnect step: connect with the new identity (client id = thing name), then leave."""
+        """Disconnect-and-reconnect step: connect with the new identity (client id = thing name), then leave.
+
+        Returns no sooner than a second after that CONNECT: IoT Core takes one CONNECT a second per client
+        id (IOT_CORE.md section 4), and the device's own, right after, would otherwise be throttled.
+        """
         options = ConnectOptions(
             client_id=identity.thing_name, identity=identity, keepalive_s=60, connect_timeout_s=self.timeout
         )
+        started = time.monotonic()
         session = await self.transport.connect(endpoint, options)
         await session.close()
+        await asyncio.sleep(max(0.0, started + CONNECT_INTERVAL_S - time.monotonic()))
 
     # ---------------------------------------------------------------- one attempt
 
