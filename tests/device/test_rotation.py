@@ -17,7 +17,7 @@ import pytest
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Identity
-from iotfleet.device import DeviceClient
+from iotfleet.device import BlockingDeviceClient, DeviceClient
 from iotfleet.device.events import ConnectFailed
 from iotfleet.errors import ConfigError, IdentityRefused
 from iotfleet.provisioning.keys import csr_pem, new_private_key, private_key_pem
@@ -106,3 +106,16 @@ def test_a_device_rotates_its_certificate_without_losing_queued_messages(
             private_key_pem=current.key_file.read_bytes(),
             certificate_id=current.certificate_id or "",
         )
+
+
+def test_the_blocking_facade_rotates_too(local_cloud: LocalCloud, lamp: Identity, tmp_path: Path) -> None:
+    store = stored(local_cloud, lamp, tmp_path / "identity")
+    with BlockingDeviceClient(**lamp_options(local_cloud, store.load().identity)) as device:
+        device.publish("power", {"n": 1}, timeout=10)
+        cert_id, cert_pem, key_pem = local_cloud.create_certificate("lamp-1")
+        assert key_pem is not None
+        rotated = store.rotate(certificate_pem=cert_pem, private_key_pem=key_pem, certificate_id=cert_id)
+        device.use_identity(rotated.identity)
+        local_cloud.update_certificate(lamp.certificate_id or "", CertificateStatus.INACTIVE)
+        assert device.publish("power", {"n": 2}, timeout=10).endpoint.region == "eu-west-1"
+        assert device.device.identity.certificate_id == cert_id

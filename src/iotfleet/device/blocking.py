@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from iotfleet._loop_thread import LoopThread
+from iotfleet.config import Identity
 from iotfleet.device.client import Command, DeviceClient, Payload, PublishReceipt
 from iotfleet.device.stream import Stream
 from iotfleet.errors import ClientStateError
@@ -93,6 +94,10 @@ class BlockingDeviceClient:
 
     def flush(self, timeout: float | None = None) -> None:
         self._run(self.device.flush(timeout))
+
+    def use_identity(self, identity: Identity) -> None:
+        """Switch to another certificate of the same thing (see DeviceClient.use_identity)."""
+        self._run(self.device.use_identity(identity))
 
     def messages(self, topic_filter: str | None = None, *, timeout: float | None = None) -> Iterator[InboundMessage]:
         """Inbound messages; stops after ``timeout`` seconds without one (None: never) or when the client closes."""
