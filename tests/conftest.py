@@ -277,6 +277,9 @@ class Watcher:
         options = ConnectOptions(client_id=f"watcher-{endpoint.region}", identity=self._identity, on_message=on_message)
         session = await PahoTransport().connect(endpoint, options)
         await session.subscribe([(self.topic_filter, 0)])
+        old = self.sessions.get(endpoint.region)
+        if old is not None:  # e.g. its broker was killed: close what is left of it
+            await old.close()
         self.sessions[endpoint.region] = session
 
     async def start(self) -> Watcher:

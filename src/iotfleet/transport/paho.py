@@ -71,7 +71,7 @@ class _Client(mqtt.Client):
     def __init__(self, *args: Any, tls: ssl.SSLContext, host: str, timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._iotfleet_tls = (tls, host, timeout)
-        self.tls_alert: ssl.SSLError | None = None  # a TLS error read after the handshake (a refused certificate)
+        self.tls_alert: str | None = None  # a TLS error read after the handshake (a refused certificate)
         self.tls_set_context(tls)
 
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -81,7 +81,7 @@ class _Client(mqtt.Client):
             return super()._sock_recv(bufsize)
         except ssl.SSLError as exc:
             if not isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError):
-                self.tls_alert = exc
+                self.tls_alert = str(exc)  # the text only: the exception's traceback would hold the socket
             raise
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> ssl.SSLSocket:
