@@ -50,7 +50,12 @@ def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Pa
     assert report["lost"] == 0
     assert report["ingested"] == report["acked"] == report["sent"]
     assert report["latency_ms"]["e2e"]["count"] == report["ingested"]
-    assert report["regions"]["eu-west-1"]["lifecycle_connected"] >= 80  # IoT Core's presence events, received
+    for region in ("eu-west-1", "us-east-1"):  # one site homed in each region, as latency routing would
+        counts = report["regions"][region]
+        assert counts["devices"] == counts["connects"] == 40
+        assert counts["acked"] == counts["ingested"] > 0
+        assert counts["lifecycle_connected"] >= 40  # IoT Core's presence events, received
+        assert counts["connected"] == 40  # at the end of the run, before the devices closed
     assert "lost" in summary
     assert "thresholds" in summary
     # shadow traffic: every device synced on start; the operator's changes were all applied and reported

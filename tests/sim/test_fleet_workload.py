@@ -6,12 +6,15 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from iotfleet.config import Endpoint
 from iotfleet.errors import ConfigError
 from iotfleet.sim.drill import drill_speed
-from iotfleet.sim.fleet import FleetShape, build_fleet, shard_of
+from iotfleet.sim.fleet import FleetShape, Placement, build_fleet, home_first, home_regions, shard_of
 from iotfleet.sim.settings import load_settings
-from iotfleet.sim.simulate import parse_chaos, parse_duration
+from iotfleet.sim.simulate import SimConfig, Simulation, parse_chaos, parse_duration
 from iotfleet.sim.workload import DEVICE_TYPES, LUMINAIRE, bytes_per_site_day, rejection_reason
 from iotfleet.topics import ThingScope
 
@@ -105,3 +108,46 @@ def test_the_drill_speed_makes_telemetry_come_rate_times_a_second() -> None:
     telemetry = next(t for t in DEVICE_TYPES["luminaire"].tasks if t.stream == "telemetry")
     for rate in (0.5, 1, 4):
         assert drill_speed(rate) / telemetry.every_s == rate  # simulated seconds per real second / gap
+
+
+# ---------------------------------------------------------------- home regions
+
+REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"]
+
+
+def test_sites_are_spread_evenly_over_the_regions_by_default() -> None:
+    homes = home_regions(FleetShape(sites=6), REGIONS)
+    assert homes == ["eu-west-1", "us-east-1", "ap-south-1"] * 2
+
+
+def test_weights_and_pinned_sites_place_the_fleet() -> None:
+    placement = Placement(weights={"eu-west-1": 3, "us-east-1": 1}, sites={"site-0002": "ap-south-1"})
+    homes = home_regions(FleetShape(sites=9), REGIONS, placement)
+    assert homes[1] == "ap-south-1"
+    others = homes[:1] + homes[2:]
+    assert (others.count("eu-west-1"), others.count("us-east-1")) == (6, 2)
+    with pytest.raises(ConfigError, match="names mars-1"):
+        home_regions(FleetShape(sites=2), REGIONS, Placement(weights={"mars-1": 1}))
+    with pytest.raises(ValueError, match="must be > 0"):
+        Placement(weights={"eu-west-1": 0})
+
+
+@given(
+    st.dictionaries(st.sampled_from(REGIONS), st.integers(1, 9), min_size=1),
+    st.integers(1, 200),
+)
+def test_every_prefix_of_the_fleet_follows_the_weights(weights: dict[str, int], sites: int) -> None:
+    homes = home_regions(FleetShape(sites=sites), REGIONS, Placement(weights=weights))
+    total = sum(weights.values())
+    for k in range(1, sites + 1):
+        for region, weight in weights.items():
+            assert abs(homes[:k].count(region) - k * weight / total) < 1.0 + 1e-9
+
+
+def test_a_device_tries_its_home_region_first_then_the_others_in_order() -> None:
+    endpoints = [Endpoint(region=r, host="h", port=n + 1) for n, r in enumerate(REGIONS)]
+    assert [e.region for e in home_first(endpoints, "us-east-1")] == ["us-east-1", "eu-west-1", "ap-south-1"]
+    devices = Simulation(SimConfig(shape=FleetShape(sites=4, assets=1, rooms=1, buildings=1))).devices
+    assert [d.home for d in devices] == ["eu-west-1", "us-east-1", "eu-west-1", "us-east-1"]
+    shard = Simulation(SimConfig(shape=FleetShape(sites=4, assets=1, rooms=1, buildings=1), shard=(1, 2))).devices
+    assert [d.home for d in shard] == ["us-east-1", "us-east-1"]  # shards agree on every site's home

@@ -31,7 +31,9 @@ def test_shadow_figures_add_up_and_a_zero_stays_a_measured_zero() -> None:
 # The golden reports were written by build_report (now Report.of_run) and merge_reports before the
 # report became a typed model: the JSON a run or a merge writes must stay the same, key for key and in
 # the same order. (The two merged ones were written again once, when a merge began to write raw's keys
-# in a run's order: their parsed content was checked equal to the old files'.)
+# in a run's order: their parsed content was checked equal to the old files'. All six were written again
+# when each region's entry began to carry every worker figure of it, e.g. ``connected`` at the end: the
+# only difference, key by key, was that key.)
 GOLDEN = Path(__file__).parent.parent / "golden" / "reports"
 
 

@@ -15,7 +15,7 @@ from iotfleet.cloud.control import Action, Outage
 from iotfleet.cloud.local import DEFAULT_REGIONS
 from iotfleet.config import PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
-from iotfleet.sim.fleet import FleetShape
+from iotfleet.sim.fleet import FleetShape, Placement
 from iotfleet.sim.runner import default_workers
 from iotfleet.sim.simulate import LOCAL_RECONNECT, ChaosEvent, SimConfig, Simulation
 from iotfleet.sim.workload import DEVICE_TYPES
@@ -61,6 +61,7 @@ def drill_config(
         transport=transport,
         chaos=[ChaosEvent(Action(mode), regions[0], warmup_s)],
         regions=regions,
+        placement=Placement(weights={regions[0]: 1.0}),  # every device homed in the region that fails
         reconnect=reconnect or LOCAL_RECONNECT,
         limits=PublishLimits(enabled=False),
         operator_fraction=0.0,

@@ -8,14 +8,15 @@ Thing names are ``<site>-b<building>-r<room>-a<asset>``, valid IoT Core thing na
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from iotfleet.config import Endpoint
 from iotfleet.errors import ConfigError
 
-__all__ = ["FleetShape", "SimDevice", "build_fleet", "shard_of"]
+__all__ = ["FleetShape", "Placement", "SimDevice", "build_fleet", "home_first", "home_regions", "shard_of", "site_name"]
 
 
 class FleetShape(BaseModel):
@@ -52,6 +53,7 @@ class SimDevice:
     asset: int
     seed: int
     device_type: str = "luminaire"
+    home: str = ""  # the region its endpoint list starts with (set by the simulation's placement)
 
 
 def build_fleet(shape: FleetShape) -> list[SimDevice]:
@@ -60,9 +62,8 @@ def build_fleet(shape: FleetShape) -> list[SimDevice]:
 
 
 def _devices(shape: FleetShape) -> Iterator[SimDevice]:
-    width = max(4, len(str(shape.sites)))
     for s in range(shape.sites):
-        site = f"site-{s + 1:0{width}d}"
+        site = site_name(shape, s)
         tenant = f"tenant-{s % shape.tenants + 1:02d}"
         for b in range(1, shape.buildings + 1):
             for r in range(1, shape.rooms + 1):
@@ -70,6 +71,69 @@ def _devices(shape: FleetShape) -> Iterator[SimDevice]:
                     thing = f"{site}-b{b}-r{r:02d}-a{a:02d}"
                     seed = hash((shape.seed, s, b, r, a)) & 0x7FFFFFFF
                     yield SimDevice(thing, tenant, site, s, b, r, a, seed)
+
+
+class Placement(BaseModel):
+    """Where sites live: the fleet file's ``[placement]``. ``weights`` (region -> share, default equal)
+    spread the sites over the regions as latency-based routing would spread a fleet; ``sites`` pins
+    named sites (``"site-0003" = "us-east-1"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: dict[str, float] = Field(default_factory=dict)
+    sites: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for region, weight in value.items():
+            if not weight > 0:
+                raise ValueError(f"the weight of {region} must be > 0 (leave a region out to home no site there)")
+        return value
+
+    def check(self, regions: Sequence[str]) -> None:
+        """Every region named is one of the run's (:class:`ConfigError` otherwise)."""
+        named = {*self.weights, *self.sites.values()}
+        unknown = sorted(named - set(regions))
+        if unknown:
+            raise ConfigError(f"[placement] names {', '.join(unknown)}; the regions are {', '.join(regions)}")
+
+
+def site_name(shape: FleetShape, index: int) -> str:
+    """The name of site ``index`` (from 0): ``site-0001``, ..."""
+    return f"site-{index + 1:0{max(4, len(str(shape.sites)))}d}"
+
+
+def home_regions(shape: FleetShape, regions: Sequence[str], placement: Placement | None = None) -> list[str]:
+    """Each site's home region, by site index, for the whole fleet (every shard computes the same).
+
+    Pinned sites go where ``placement.sites`` says; the others are dealt out in site order by smooth
+    weighted round robin over ``placement.weights`` (default: every region equally), so the count per
+    region follows the weights at every prefix of the fleet, and equal weights alternate.
+    """
+    placement = placement or Placement()
+    placement.check(regions)
+    weights = placement.weights or dict.fromkeys(regions, 1.0)
+    order = [r for r in regions if r in weights]  # the configured order breaks ties
+    total = sum(weights.values())
+    credit = dict.fromkeys(order, 0.0)
+    homes = []
+    for index in range(shape.sites):
+        pinned = placement.sites.get(site_name(shape, index))
+        if pinned is not None:
+            homes.append(pinned)
+            continue
+        for region in order:
+            credit[region] += weights[region]
+        chosen = max(order, key=lambda r: credit[r])
+        credit[chosen] -= total
+        homes.append(chosen)
+    return homes
+
+
+def home_first(endpoints: Sequence[Endpoint], home: str) -> list[Endpoint]:
+    """``endpoints`` with those of region ``home`` first, the others after in their given order."""
+    return [e for e in endpoints if e.region == home] + [e for e in endpoints if e.region != home]
 
 
 def shard_of(devices: list[SimDevice], index: int, count: int) -> list[SimDevice]:

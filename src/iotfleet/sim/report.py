@@ -120,10 +120,7 @@ class Raw:
             "worker_rss_kb": w.max_rss_kb,
             "account_rate_waits": w.account_rate_waits,
         }
-        raw.regions = {
-            region: Counter({"acked": counters["acked"], "connects": counters["connects"]})
-            for region, counters in w.by_region.items()
-        }
+        raw.regions = {region: Counter(dict(counters)) for region, counters in w.by_region.items()}
         return raw
 
     @classmethod

@@ -5,7 +5,8 @@ the flags actually given (on the command line or as ``IOTFLEET_SIMULATE_*``). Ev
 at once, each as ``<file>: <section>.<key>: <what is wrong>`` (or ``--flag: <what is wrong>``), so a bad
 file fails in a second, never after the run.
 
-The file's sections are ``[fleet]`` (:class:`~iotfleet.sim.fleet.FleetShape`), ``[workload]``,
+The file's sections are ``[fleet]`` (:class:`~iotfleet.sim.fleet.FleetShape`), ``[placement]``
+(:class:`~iotfleet.sim.fleet.Placement`), ``[workload]``,
 ``[thresholds]`` and ``[target]``; the ``run`` section holds what only flags set.
 """
 
@@ -24,7 +25,7 @@ from iotfleet.cloud.local import DEFAULT_REGIONS
 from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
-from iotfleet.sim.fleet import FleetShape
+from iotfleet.sim.fleet import FleetShape, Placement
 from iotfleet.sim.simulate import (
     LOCAL_RECONNECT,
     ChaosEvent,
@@ -149,7 +150,7 @@ class RunOptions(BaseModel):
             raise ValueError(exc.message) from None
 
 
-FILE_SECTIONS = ("fleet", "workload", "thresholds", "target")
+FILE_SECTIONS = ("fleet", "workload", "thresholds", "target", "placement")
 FILE_TABLE_ARRAYS = ("rules",)  # [[rules]]: name, topic (the FROM filter), action
 
 
@@ -159,6 +160,7 @@ class SimSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fleet: FleetShape = Field(default_factory=FleetShape)
+    placement: Placement = Field(default_factory=Placement)
     workload: Workload = Field(default_factory=Workload)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     target: TargetSection | None = None
@@ -201,6 +203,7 @@ class SimSettings(BaseModel):
             limits=PublishLimits(enabled=False) if run.no_limits else PublishLimits(),
             reconnect=reconnect,
             regions=run.regions,
+            placement=self.placement,
             workdir=run.workdir,
             shard=run.shard,
             chaos=run.chaos,
@@ -234,7 +237,8 @@ def read_fleet_file(path: Path) -> dict[str, Any]:
                 problems.append(f"{path}: {name}: must be [[{name}]] tables")
         elif name not in FILE_SECTIONS:
             problems.append(
-                f"{path}: {name}: unknown section; use [fleet], [workload], [thresholds], [target], [[rules]]"
+                f"{path}: {name}: unknown section; use [fleet], [placement], [workload], [thresholds], [target], "
+                "[[rules]]"
             )
         elif not isinstance(section, dict):
             problems.append(f"{path}: {name}: must be a [{name}] section of key = value lines")

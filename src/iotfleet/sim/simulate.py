@@ -8,6 +8,7 @@ stopped by the run. ``--config fleet.toml`` with a ``[target]`` section names re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import re
 import tempfile
@@ -25,7 +26,7 @@ from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.metrics import SeqSet
-from iotfleet.sim.fleet import FleetShape, SimDevice, build_fleet, shard_of
+from iotfleet.sim.fleet import FleetShape, Placement, SimDevice, build_fleet, home_regions, shard_of
 from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import Report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
@@ -125,6 +126,7 @@ class SimConfig:
     limits: PublishLimits = field(default_factory=PublishLimits)
     reconnect: ReconnectPolicy | None = None
     regions: Sequence[str] = DEFAULT_REGIONS
+    placement: Placement = field(default_factory=Placement)  # each site's home region (default: spread evenly)
     workdir: Path | None = None
     shard: tuple[int, int] = (0, 1)
     chaos: Sequence[ChaosEvent] = ()
@@ -165,6 +167,8 @@ class SimConfig:
         for event in self.chaos:
             if event.region not in self.regions:
                 raise ConfigError(f"chaos event names region {event.region!r}; the regions are {list(self.regions)}")
+        if self.target is None:
+            self.placement.check(self.regions)
 
     def publish_rate(self) -> float | None:
         """The account-wide publish rate in force: the option, else IoT Core's quota for a real target."""
@@ -267,7 +271,10 @@ class Simulation:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.devices = shard_of(build_fleet(config.shape), *config.shard)
+        regions = config.regions if config.target is None else [e.region for e in config.target.endpoints]
+        homes = home_regions(config.shape, list(dict.fromkeys(regions)), config.placement)
+        fleet = [dataclasses.replace(d, home=homes[d.site_index]) for d in build_fleet(config.shape)]
+        self.devices = shard_of(fleet, *config.shard)
         if not self.devices:
             raise ConfigError(f"shard {config.shard[0]}/{config.shard[1]} holds no site of this fleet")
 

@@ -37,7 +37,8 @@ class WorkerMetrics:
     disconnects: Counter[str] = field(default_factory=Counter)
     failovers: Counter[str] = field(default_factory=Counter)  # "from->to"
     failbacks: int = 0
-    by_region: dict[str, Counter[str]] = field(default_factory=dict)  # region -> acked, connected, connects
+    # region -> devices (homed there), connected (now), connects, acked, failovers_out, failovers_in, failbacks
+    by_region: dict[str, Counter[str]] = field(default_factory=dict)
     connect_ms: Histogram = field(default_factory=Histogram)
     ack_ms: Histogram = field(default_factory=Histogram)
     provision_ms: Histogram = field(default_factory=Histogram)
@@ -95,8 +96,11 @@ class WorkerMetrics:
         elif isinstance(event, FailedOver):
             if event.failback:
                 self.failbacks += 1
+                self.region(event.to_endpoint.region)["failbacks"] += 1
             else:
                 self.failovers[f"{event.from_endpoint.region}->{event.to_endpoint.region}"] += 1
+                self.region(event.from_endpoint.region)["failovers_out"] += 1
+                self.region(event.to_endpoint.region)["failovers_in"] += 1
         elif isinstance(event, PublishFailed):
             self.failed[event.reason] += 1
             self.errors[f"publish: {event.reason}"] += 1

@@ -33,7 +33,7 @@ from iotfleet.device.client import DeviceClient
 from iotfleet.errors import ClientError, IotFleetError
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
 from iotfleet.shadow.client import Shadow, ShadowSync
-from iotfleet.sim.fleet import SimDevice
+from iotfleet.sim.fleet import SimDevice, home_first
 from iotfleet.sim.runner.messages import WorkerMessage, WorkerSpec
 from iotfleet.sim.runner.metrics import WorkerMetrics
 from iotfleet.sim.runner.pacer import Pacer
@@ -113,7 +113,7 @@ async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics)
         return store.load().identity
     started = time.perf_counter()
     provisioner = FleetProvisioner(
-        endpoints=spec.endpoints,
+        endpoints=home_first(spec.endpoints, device.home),
         claim=spec.claim.claim,
         template=spec.claim.template,
         parameters={"Tenant": device.tenant, "Site": device.site, "SerialNumber": device.thing},
@@ -240,9 +240,10 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
         metrics.errors[f"provision: {type(exc).__name__}"] += 1
         log.warning("%s: provisioning failed: %s", device.thing, exc)
         return
+    metrics.region(device.home)["devices"] += 1
     client = DeviceClient(
         identity=identity,
-        endpoints=spec.endpoints,
+        endpoints=home_first(spec.endpoints, device.home),
         tenant=device.tenant,
         site=device.site,
         transport=spec.transport,
