@@ -2,11 +2,12 @@
 
 Every ``every_s`` simulated seconds it picks ``fraction`` of the devices (seeded, so runs repeat) and
 sets a new desired state from their device type's :class:`~iotfleet.sim.workload.ShadowSpec`, in the
-first region that is not failed (an operator fails over too; classic shadows are replicated to the
-other regions). At the end :meth:`Operator.reconcile` reads every changed shadow back: a device is
-reconciled when its reported values equal the last desired ones. The lag, from the desired change to
-the device's report, comes from the shadow's metadata timestamps, whose resolution is one second (as
-in AWS IoT Core).
+region each device is on: its home region, or while that one is failed the next one in its endpoint
+order (an operator fails over too; classic shadows are replicated to the other regions, without a delta,
+so the change must be made where the device is connected). At the end :meth:`Operator.reconcile` reads
+every changed shadow back: a device is reconciled when its reported values equal the last desired ones.
+The lag, from the desired change to the device's report, comes from the shadow's metadata timestamps,
+whose resolution is one second (as in AWS IoT Core).
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ class Operator:
         self.errors: Counter[str] = Counter()
         self.rounds = 0
 
-    def region_name(self, failed: Collection[str]) -> str:
-        """The first region that is not failed (the first region when all are)."""
+    def region_name(self, device: SimDevice, failed: Collection[str]) -> str:
+        """Where ``device`` is: its home region, else the first that is not failed in its endpoint order."""
         names = [r.name for r in self.cloud.regions]
-        return next((n for n in names if n not in failed), names[0])
+        order = [device.home, *(n for n in names if n != device.home)] if device.home in names else names
+        return next((n for n in order if n not in failed), order[0])
 
     def tick(self, elapsed_s: float, failed: Collection[str], *, until_s: float | None = None) -> None:
         """Run every round that is due by ``elapsed_s`` real seconds into the run (none after ``until_s``)."""
@@ -68,8 +70,8 @@ class Operator:
         """Set a new desired state now for ``fraction`` of the devices (at least one), picked at random."""
         count = min(len(self.devices), max(1, math.ceil(fraction * len(self.devices))))
         devices = self.rng.sample(self.devices, count)
-        shadows = self.cloud.region(self.region_name(failed)).shadows
         for device in devices:
+            shadows = self.cloud.region(self.region_name(device, failed)).shadows
             spec = DEVICE_TYPES[device.device_type].shadow
             if spec is None:
                 continue
@@ -84,10 +86,11 @@ class Operator:
 
     def reconcile(self, failed: Collection[str] = ()) -> dict[str, Any]:
         """Which changed devices reported their last desired values, and how long they took (seconds)."""
-        shadows = self.cloud.region(self.region_name(failed)).shadows
         lag = Histogram()
         pending: list[str] = []
+        by_thing = {d.thing: d for d in self.devices}
         for thing, desired in sorted(self.desired.items()):
+            shadows = self.cloud.region(self.region_name(by_thing[thing], failed)).shadows
             try:
                 document = shadows.get(thing)
             except IotFleetError as exc:
