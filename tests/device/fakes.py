@@ -7,6 +7,7 @@ checked on their own, with the test deciding when a PUBACK arrives and when a se
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,11 +100,13 @@ class FakeTransport:
     name: str = "fake"
     sessions: list[FakeSession] = field(default_factory=list)
     attempts: list[Endpoint] = field(default_factory=list)
+    attempted_at: list[float] = field(default_factory=list)  # time.monotonic() of each attempt
     identities: list[str] = field(default_factory=list)  # the certificate file of each session opened
     connected: asyncio.Event = field(default_factory=asyncio.Event)  # set on each new session
 
     async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> Session:
         self.attempts.append(endpoint)
+        self.attempted_at.append(time.monotonic())
         if str(options.identity.cert_file) in self.refused_certificates:
             raise ConnectError("not authorized", endpoint=str(endpoint), reason="connack 0x87")
         if endpoint not in self.up:

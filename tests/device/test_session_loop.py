@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
@@ -322,5 +323,29 @@ def test_a_refused_new_identity_leaves_the_old_one_in_use() -> None:
             assert rig.loop.session is rig.transport.sessions[0]
             assert not rig.transport.sessions[0].lost
             assert rig.loop.options.identity.cert_file == Path("c.pem")
+
+    asyncio.run(scenario())
+
+
+def test_a_reboot_ends_the_session_waits_and_starts_over_from_the_preferred_endpoint() -> None:
+    async def scenario() -> None:
+        rig = Rig(FAST.model_copy(update={"failback_probe_s": 60.0}), up={US})  # EU is down: on US
+        async with running(rig):
+            assert await until(lambda: rig.loop.session is not None)
+            first = rig.transport.sessions[0]
+            assert first.endpoint == US
+            tried = len(rig.transport.attempts)
+            rebooted_at = time.monotonic()
+            rig.loop.reboot(0.3)
+            assert await until(lambda: len(rig.transport.sessions) == 2)
+            assert first.lost  # the device ended it
+            assert rig.of(Disconnected)[-1].reason == "reboot"
+            assert rig.transport.attempted_at[tried] - rebooted_at >= 0.3  # offline for the time asked
+            assert rig.transport.attempts[tried] == EU  # then started over: the preferred endpoint first
+            assert rig.transport.sessions[1].endpoint == US  # EU still down: failed over again
+            queued = rig.publisher.enqueue(TOPIC, b"after the reboot", 1)
+            assert await until(lambda: len(rig.transport.sessions[1].sent) == 1)
+            rig.transport.sessions[1].sent[0].ack()
+            assert (await queued).endpoint == US
 
     asyncio.run(scenario())

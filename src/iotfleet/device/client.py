@@ -263,6 +263,14 @@ class DeviceClient:
             raise self._loop.refusal
         return self.selector.current
 
+    def reboot(self, offline_s: float) -> None:
+        """Restart the connection as a rebooting device would: the live session ends (a DISCONNECT), the
+        device stays offline ``offline_s`` seconds, then connects to its preferred endpoint with a fresh
+        backoff. The outbox and the subscriptions carry over (as a durable outbox keeps them across a real
+        reboot): what is queued is sent on the new session. Observers see ``Disconnected(reason="reboot")``."""
+        self._require_running()
+        self._loop.reboot(offline_s)
+
     async def use_identity(self, identity: Identity) -> None:
         """Switch to another certificate of the same thing (a rotation) without losing anything queued.
 

@@ -135,6 +135,18 @@ class EndpointSelector:
         self._level += 1
         return NextAttempt(self.current, delay)
 
+    def restart(self) -> Endpoint:
+        """Start over as a device that just booted: the preferred endpoint, no failures, a fresh backoff."""
+        self.index = 0
+        self._failures = 0
+        self._level = 0
+        self._down_since = self._clock()
+        self._connected_at = None
+        self._next_probe = None
+        self._probe_level = 0
+        self._on_probation = False
+        return self.current
+
     def failback_due(self) -> bool:
         """Whether the preferred endpoint should be probed now."""
         return self._next_probe is not None and self._clock() >= self._next_probe

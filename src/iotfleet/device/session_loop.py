@@ -25,13 +25,14 @@ from iotfleet.device.events import Connected, ConnectFailed, Disconnected, Faile
 from iotfleet.device.failover import EndpointSelector, NextAttempt
 from iotfleet.device.inbound import Inbound
 from iotfleet.device.publisher import Publisher
-from iotfleet.errors import CertificateError, ConnectError, ConnectionLost, IdentityRefused
+from iotfleet.errors import CertificateError, ConfigError, ConnectError, ConnectionLost, IdentityRefused
 from iotfleet.transport.base import ConnectOptions, DisconnectReason, Session, Transport, refuses_identity
 
-__all__ = ["SILENT_REASONS", "SessionLoop"]
+__all__ = ["REBOOT", "SILENT_REASONS", "SessionLoop"]
 
 log = logging.getLogger(__name__)
 
+REBOOT = "reboot"  # the reason of a session the device itself ended to restart (DeviceClient.reboot)
 SILENT_REASONS = frozenset(  # the endpoint stopped answering
     {DisconnectReason.ACK_TIMEOUT, DisconnectReason.PING_TIMEOUT, DisconnectReason.KEEP_ALIVE_TIMEOUT}
 )
@@ -91,6 +92,7 @@ class SessionLoop:
         self.next_delay_s = 0.0  # how long the loop waits before its next attempt
         self._look: asyncio.Future[None] | None = None  # wakes the loop: an ack is overdue, a renewal asked
         self._renewal: asyncio.Future[None] | None = None  # use_identity's: done when the new session is up
+        self._reboot_s: float | None = None  # reboot's: the offline time asked for, until the session is closed
         self._hook_tasks: set[asyncio.Task[None]] = set()  # running hooks (each logs its own failure)
 
     async def run(self) -> None:
@@ -109,6 +111,11 @@ class SessionLoop:
             self.selector.connected()
             while session is not None:
                 session = await self.serve(session)
+            if self._reboot_s is not None:  # a deliberate restart, not a failure: off for a while, then anew
+                delay, self._reboot_s = self._reboot_s, None
+                self.selector.restart()
+                self.next_delay_s = delay
+                continue
             if not self.selector.stable() and not self.stop.is_set():
                 self.counts.short_sessions += 1
                 log.info(
@@ -198,26 +205,15 @@ class SessionLoop:
             while not ended.done() and not stop.done():
                 look: asyncio.Future[None] = loop.create_future()
                 self._look = look
-                if self._renewal is not None:
+                if self._renewal is not None or self._reboot_s is not None:
                     look.set_result(None)
                 waits: set[asyncio.Future[Any]] = {ended, stop, look}
                 await asyncio.wait(waits, timeout=self._probe_tick_s(), return_when=asyncio.FIRST_COMPLETED)
                 if ended.done() or stop.done():
                     break
-                if self._renewal is not None:
-                    replacement = await self._renew(session)
-                    if replacement is not None:
-                        return replacement
-                if self.publisher.ack_overdue():
-                    await session.close()
-                    self.last_reason = DisconnectReason.ACK_TIMEOUT
-                    self.listeners.emit(Disconnected(self.thing, session.endpoint, self.last_reason))
-                    self._went_offline()
-                    return None
-                if self.selector.failback_due():
-                    replacement = await self._fail_back(session)
-                    if replacement is not None:
-                        return replacement
+                over, replacement = await self._woken(session)
+                if over:
+                    return replacement
         finally:
             stop.cancel()
             if not ended.done():
@@ -229,6 +225,40 @@ class SessionLoop:
             self.listeners.emit(Disconnected(self.thing, session.endpoint, self.last_reason))
         self._went_offline()
         return None
+
+    async def _woken(self, session: Session) -> tuple[bool, Session | None]:
+        """Act on what woke the loop: whether ``session`` is over, and the session that replaces it, if any."""
+        if self._reboot_s is not None:
+            await self._end(session, REBOOT)
+            return True, None
+        if self._renewal is not None:
+            replacement = await self._renew(session)
+            if replacement is not None:
+                return True, replacement
+        if self.publisher.ack_overdue():
+            await self._end(session, DisconnectReason.ACK_TIMEOUT)
+            return True, None
+        if self.selector.failback_due():
+            replacement = await self._fail_back(session)
+            if replacement is not None:
+                return True, replacement
+        return False, None
+
+    async def _end(self, session: Session, reason: str) -> None:
+        """Close ``session`` on the device's side, for ``reason``, and tell it."""
+        await session.close()
+        self.last_reason = reason
+        self.listeners.emit(Disconnected(self.thing, session.endpoint, reason))
+        self._went_offline()
+
+    def reboot(self, offline_s: float) -> None:
+        """End the live session (a client DISCONNECT), stay offline ``offline_s``, then start over from the
+        preferred endpoint with a fresh backoff, as a device that just booted. Offline already, the next
+        attempt waits ``offline_s`` and starts over the same way."""
+        if offline_s < 0:
+            raise ConfigError("a reboot's offline time must be >= 0 seconds")
+        self._reboot_s = offline_s
+        self._wake()
 
     async def use_identity(self, identity: Identity) -> None:
         """Connect with ``identity`` from now on. Online, a new session is opened with it to the same endpoint
