@@ -604,6 +604,17 @@ def _shard(value: str) -> tuple[int, int]:
 )
 @click.option("--operator-every", help="Simulated time between the operator's rounds [5m].")
 @click.option(
+    "--command-every",
+    help="Simulated time between the operator's commands to one device, on average [1h]; 'off' for none. "
+    "Commands are identify and reboot, sent on cmd/... through the region the device is on.",
+)
+@click.option(
+    "--reboot-share",
+    type=click.FloatRange(min=0, max=1),
+    help="Share of the commands that are reboots [0.1]; a rebooting device is offline --reboot-offline.",
+)
+@click.option("--reboot-offline", help="Simulated time a rebooting device stays offline [30s].")
+@click.option(
     "--keepalive",
     type=click.IntRange(min=1, max=1200),
     help="MQTT keepalive seconds [local cloud: 30, other targets: 1200 like the CRT]. A publishing device "
@@ -661,7 +672,18 @@ def simulate(ctx: click.Context, /, **options: Any) -> None:
 # flags that a fleet file can also set: (section, key); the flag wins only when it was given
 _FILE_KEYS = {
     **{name: ("fleet", name) for name in ("sites", "tenants", "buildings", "rooms", "assets", "seed")},
-    **{name: ("workload", name) for name in ("speed", "duration", "operator_fraction", "operator_every")},
+    **{
+        name: ("workload", name)
+        for name in (
+            "speed",
+            "duration",
+            "operator_fraction",
+            "operator_every",
+            "command_every",
+            "reboot_share",
+            "reboot_offline",
+        )
+    },
     **{name: ("thresholds", name) for name in ("max_lost", "max_error_rate")},
 }
 _GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)

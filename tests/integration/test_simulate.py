@@ -80,6 +80,27 @@ def test_basic_ingest_sends_every_message_to_the_ingest_rule(tmp_path: Path) -> 
     assert report["config"]["basic_ingest"] == "iotfleet_ingest"
 
 
+def test_commands_reach_every_connected_device_and_reboots_come_back(tmp_path: Path) -> None:
+    args = ("--sites", "1", "--duration", "10s", "--speed", "20", "--command-every", "2m", "--no-shadow")
+    code, report, summary = simulate(tmp_path, "identify", *args, "--reboot-share", "0")
+    assert code == 0, summary
+    commands = report["commands"]
+    assert commands["sent"] > 20  # 40 devices, one command each 2 simulated minutes, at 20x, for ~5 s
+    assert (commands["delivered"], commands["lost"]) == (commands["sent"], 0)  # every device was connected
+    assert commands["latency_ms"]["count"] == commands["sent"]
+    assert "commands" in summary
+
+    code, report, summary = simulate(tmp_path, "reboot", *args, "--reboot-share", "0.5")
+    commands = report["commands"]
+    assert commands["delivered"] + commands["lost"] == commands["sent"]
+    assert commands["delivered"] >= 0.7 * commands["sent"]  # the rest went to devices offline rebooting
+    reboots = commands["handled"]["reboot"]
+    assert reboots > 5
+    assert report["reconnects"] >= reboots  # each rebooted device came back
+    assert report["lost"] == 0  # and nothing it had queued was lost
+    assert report["errors"]["total"] == 0
+
+
 def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> None:
     code, report, summary = simulate(
         tmp_path,

@@ -100,7 +100,8 @@ def test_fleet_file_sections_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fleets: unknown section"):
         load_settings(path)
     path.write_text("[workload]\nspeeed = 5\n")
-    with pytest.raises(ConfigError, match=r"fleet.toml: workload.speeed: unknown key; known: duration, operator_every"):
+    unknown = r"fleet.toml: workload.speeed: unknown key; known: command_every, duration, operator_every"
+    with pytest.raises(ConfigError, match=unknown):
         load_settings(path)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from iotfleet.metrics import SeqSet
 from iotfleet.sim.report import Report, _add_shadow, merge_reports
 from tests.sim import report_parts as parts
 
@@ -132,3 +133,22 @@ def test_a_regions_throttling_and_lifecycle_events_are_in_its_counts_and_merge()
     assert (counts["lifecycle_connected"], counts["lifecycle_disconnected"]) == (40, 3)
     merged = Report.merge([Report.from_dict(one), Report.from_dict(one)]).to_dict()
     assert merged["regions"]["eu-west-1"]["throttled_connect_account"] == 6
+
+
+def test_commands_sent_and_received_merge_exactly_and_a_run_without_them_has_no_section() -> None:
+    worker = parts.worker(0, parts.SHARD_A)
+    worker.on_command(1, "identify", 0)
+    worker.on_command(2, "reboot", 0)
+    assert not worker.on_command(2, "reboot", 0)  # a redelivery counts once
+    sent = {"sent": SeqSet([1, 2, 3]), "by_command": {"identify": 2, "reboot": 1}, "not_sent": 1}
+    run = Report.of_run(workers=[worker], ingest=[], commands=sent, duration_s=1.0, config={})
+    commands = run.to_dict()["commands"]
+    assert (commands["sent"], commands["delivered"], commands["lost"], commands["not_sent"]) == (3, 2, 1, 1)
+    assert commands["handled"] == {"identify": 1, "reboot": 1}
+    assert commands["latency_ms"]["count"] == 2
+    merged = Report.merge([Report.from_dict(json.loads(written(run.to_dict()))), run]).to_dict()["commands"]
+    assert (merged["sent"], merged["delivered"]) == (3, 2)  # the same ids: a union, not a sum
+    assert merged["by_command"] == {"identify": 4, "reboot": 2}
+    quiet = Report.of_run(workers=[parts.worker(0, parts.SHARD_A)], ingest=[], duration_s=1.0, config={})
+    assert "commands" not in quiet.to_dict()
+    assert "commands" not in quiet.to_dict()["raw"]

@@ -42,7 +42,7 @@ from iotfleet.cloud.registry import (
     Thing,
 )
 from iotfleet.cloud.rules import Rule, default_rules
-from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, ServiceHost
+from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.cloud.services.lifecycle import LifecycleService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
@@ -226,6 +226,8 @@ class Region:
         self.ingest: IngestService | None = None
         self.lifecycle: LifecycleService | None = None
         self.rules: RulesService | None = None
+        self._operator: OperatorConnection | None = None
+        self._host: ServiceHost | None = None
         self._shadows: ShadowOperator | None = None
         self._principals: dict[str, str] = {}  # certificate CN -> certificate id, for lifecycle events
         self.broker = Broker(
@@ -262,6 +264,18 @@ class Region:
         """How many times this region's broker dropped messages for a cloud service (lost by the cloud)."""
         return sum(n for client, n in self.broker.drops.items() if client.startswith(SERVICE_CLIENT_PREFIX))
 
+    def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+        """Publish to devices as the cloud's operator (QoS 1, through this region's broker): e.g. a
+        command on ``cmd/...``. False when the region is down (nothing was sent)."""
+        operator, host = self._operator, self._host
+        if operator is None or host is None:
+            raise CloudError(f"region {self.name} has no services: start the cloud first")
+
+        async def send() -> bool:
+            return operator.publish(topic, payload, user_properties)
+
+        return host.call(send())
+
     @property
     def shadows(self) -> ShadowOperator:
         """Operator access to this region's shadows: ``update(thing, desired=...)``, ``get(thing)``."""
@@ -292,11 +306,14 @@ class Region:
         lifecycle = self.lifecycle = LifecycleService(self.name, self._principal)
         self.broker.log_listeners.append(self._log_line)
         self.rules = RulesService(self.name, rules)
+        self._operator = OperatorConnection(self.name)
+        self._host = host
         connections = [
             service.attach(self.internal_endpoint, identity, host),
             provisioner.attach(self.internal_endpoint, identity, host),
             lifecycle.attach(self.internal_endpoint, identity, host),
             self.rules.attach(self.internal_endpoint, identity, host),
+            self._operator.attach(self.internal_endpoint, identity, host),
         ]
         if ingest is not None:
             self.ingest = IngestService(

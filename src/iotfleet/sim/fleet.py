@@ -8,7 +8,7 @@ Thing names are ``<site>-b<building>-r<room>-a<asset>``, valid IoT Core thing na
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,7 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from iotfleet.config import Endpoint
 from iotfleet.errors import ConfigError
 
-__all__ = ["FleetShape", "Placement", "SimDevice", "build_fleet", "home_first", "home_regions", "shard_of", "site_name"]
+__all__ = [
+    "FleetShape",
+    "Placement",
+    "SimDevice",
+    "build_fleet",
+    "current_region",
+    "home_first",
+    "home_regions",
+    "shard_of",
+    "site_name",
+]
 
 
 class FleetShape(BaseModel):
@@ -134,6 +144,13 @@ def home_regions(shape: FleetShape, regions: Sequence[str], placement: Placement
 def home_first(endpoints: Sequence[Endpoint], home: str) -> list[Endpoint]:
     """``endpoints`` with those of region ``home`` first, the others after in their given order."""
     return [e for e in endpoints if e.region == home] + [e for e in endpoints if e.region != home]
+
+
+def current_region(home: str, regions: Sequence[str], failed: Collection[str]) -> str:
+    """Where a device homed in ``home`` is expected to be: its home, else the first region that is not
+    failed in its endpoint order (home first, then ``regions`` in order); its home when all are failed."""
+    order = [home, *(r for r in regions if r != home)] if home in regions else list(regions)
+    return next((r for r in order if r not in failed), order[0])
 
 
 def shard_of(devices: list[SimDevice], index: int, count: int) -> list[SimDevice]:

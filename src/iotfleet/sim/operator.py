@@ -21,7 +21,7 @@ from typing import Any
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.errors import IotFleetError
 from iotfleet.metrics import Histogram
-from iotfleet.sim.fleet import SimDevice
+from iotfleet.sim.fleet import SimDevice, current_region
 from iotfleet.sim.workload import DEVICE_TYPES
 
 __all__ = ["Operator"]
@@ -52,9 +52,7 @@ class Operator:
 
     def region_name(self, device: SimDevice, failed: Collection[str]) -> str:
         """Where ``device`` is: its home region, else the first that is not failed in its endpoint order."""
-        names = [r.name for r in self.cloud.regions]
-        order = [device.home, *(n for n in names if n != device.home)] if device.home in names else names
-        return next((n for n in order if n not in failed), order[0])
+        return current_region(device.home, [r.name for r in self.cloud.regions], failed)
 
     def tick(self, elapsed_s: float, failed: Collection[str], *, until_s: float | None = None) -> None:
         """Run every round that is due by ``elapsed_s`` real seconds into the run (none after ``until_s``)."""

@@ -79,6 +79,60 @@ def _add_shadow(total: dict[str, Any], part: Mapping[str, Any]) -> None:
 
 
 @dataclass
+class CommandFigures:
+    """Commands from the cloud, in the form that merges exactly: ids sent (by the operator) and received
+    (by the devices, each once), the delivery latency, and counts by command."""
+
+    sent: SeqSet = field(default_factory=SeqSet)
+    received: SeqSet = field(default_factory=SeqSet)
+    latency: Histogram = field(default_factory=Histogram)  # ms, from the operator's send to the device
+    by_command: Counter[str] = field(default_factory=Counter)  # sent
+    handled: Counter[str] = field(default_factory=Counter)  # received and acted on, by the devices
+    not_sent: int = 0  # the operator could not send them (the device's region was down)
+
+    def merge(self, other: CommandFigures) -> None:
+        self.sent.update(other.sent)
+        self.received.update(other.received)
+        self.latency.merge(other.latency)
+        self.by_command.update(other.by_command)
+        self.handled.update(other.handled)
+        self.not_sent += other.not_sent
+
+    def summary(self) -> dict[str, Any]:
+        lost = self.sent.missing_from(self.received)
+        return {
+            "sent": len(self.sent),
+            "delivered": len(self.sent) - lost,
+            "lost": lost,
+            "not_sent": self.not_sent,
+            "by_command": dict(self.by_command),
+            "handled": dict(self.handled),
+            "latency_ms": self.latency.summary(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent.to_dict(),
+            "received": self.received.to_dict(),
+            "latency": self.latency.to_dict(),
+            "by_command": dict(self.by_command),
+            "handled": dict(self.handled),
+            "not_sent": self.not_sent,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CommandFigures:
+        return cls(
+            SeqSet.from_dict(data["sent"]),
+            SeqSet.from_dict(data["received"]),
+            Histogram.from_dict(data["latency"]),
+            Counter(data["by_command"]),
+            Counter(data["handled"]),
+            int(data["not_sent"]),
+        )
+
+
+@dataclass
 class Raw:
     """What a report is made of, in the form that merges exactly: per-device sequence sets, histograms,
     counts and totals. A run's raw figures are the merge of its parts (each worker, each region's
@@ -96,6 +150,7 @@ class Raw:
     ingest_duplicates: int = 0
     first_ack_at: dict[str, dict[str, float]] = field(default_factory=dict)  # thing -> region -> epoch s
     shadow: dict[str, Any] = field(default_factory=lambda: {"device": {}, "operator": None})
+    commands: CommandFigures | None = None  # None: the run sent no command
 
     # ------------------------------------------------------------------ the parts of a run
 
@@ -121,6 +176,10 @@ class Raw:
             "account_rate_waits": w.account_rate_waits,
         }
         raw.regions = {region: Counter(dict(counters)) for region, counters in w.by_region.items()}
+        if w.commands_received or w.commands_handled:
+            raw.commands = CommandFigures(
+                received=w.commands_received, latency=w.command_ms, handled=Counter(w.commands_handled)
+            )
         return raw
 
     @classmethod
@@ -149,6 +208,15 @@ class Raw:
         counts.update({k: v for k, v in routed.items() if v})
         raw.regions = {stats["region"]: counts}
         return raw
+
+    @classmethod
+    def of_commander(cls, sent: Mapping[str, Any]) -> Raw:
+        """The commands the operator sent (:meth:`~iotfleet.sim.commands.Commander.figures`)."""
+        return cls(
+            commands=CommandFigures(
+                sent=sent["sent"], by_command=Counter(sent["by_command"]), not_sent=sent["not_sent"]
+            )
+        )
 
     @classmethod
     def of_operator(cls, operator: Mapping[str, Any]) -> Raw:
@@ -187,6 +255,10 @@ class Raw:
         self.ingest_duplicates += other.ingest_duplicates
         self.first_ack_at.update(other.first_ack_at)
         _add_shadow(self.shadow, other.shadow)
+        if other.commands is not None:
+            if self.commands is None:
+                self.commands = CommandFigures()
+            self.commands.merge(other.commands)
         return self
 
     # ------------------------------------------------------------------ JSON
@@ -206,6 +278,7 @@ class Raw:
             "ingest_duplicates": self.ingest_duplicates,
             "first_ack_at": self.first_ack_at,
             "shadow": self.shadow,
+            **({} if self.commands is None else {"commands": self.commands.to_dict()}),
         }
 
     @classmethod
@@ -223,6 +296,7 @@ class Raw:
             ingest_duplicates=int(data["ingest_duplicates"]),
             first_ack_at=dict(data.get("first_ack_at", {})),
             shadow=data.get("shadow", {"device": {}, "operator": None}),
+            commands=CommandFigures.from_dict(data["commands"]) if "commands" in data else None,
         )
 
 
@@ -243,15 +317,19 @@ class Report:
         workers: Sequence[WorkerMetrics],
         ingest: Sequence[Mapping[str, Any]] | None,
         operator: Mapping[str, Any] | None = None,
+        commands: Mapping[str, Any] | None = None,
         duration_s: float,
         config: Mapping[str, Any],
         chaos: Sequence[Mapping[str, Any]] = (),
     ) -> Report:
-        """A run's report: the merge of its workers', its regions' ingest and its operator's figures."""
+        """A run's report: the merge of its workers', its regions' ingest, its operator's figures and the
+        commands it sent."""
         parts = [Raw.of_worker(w) for w in workers]
         parts += [Raw.of_ingest(stats) for stats in ingest or ()]
         if operator is not None:
             parts.append(Raw.of_operator(operator))
+        if commands is not None:
+            parts.append(Raw.of_commander(commands))
         raw = Raw.merged(parts)
         if ingest is not None and raw.ingested is None:
             raw.ingested = {}  # measured, and nothing arrived
@@ -308,6 +386,7 @@ class Report:
             "regions": {k: dict(v) for k, v in raw.regions.items()},
             "rejects": dict(counts["rejects"]),
             "shadow": raw.shadow,
+            **({} if raw.commands is None else {"commands": raw.commands.summary()}),
             "resources": {
                 "worker_cpu_s": round(totals.get("worker_cpu_s", 0), 3),
                 "steady_cpu_core_fraction": round(totals["steady_cpu_s"] / totals["steady_wall_s"], 4)
@@ -415,6 +494,17 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
                 "shadow (operator)",
                 f"{operator['changes']:,} desired changes to {operator['devices_changed']:,} devices: "
                 f"{operator['reconciled']:,} reconciled, {operator['pending']:,} pending; {sync_s()}",
+            )
+        )
+    commands = report.get("commands")
+    if commands:
+        latency = commands["latency_ms"]
+        rows.append(
+            (
+                "commands",
+                f"{commands['sent']:,} sent, {commands['delivered']:,} delivered, {commands['lost']:,} lost "
+                f"({', '.join(f'{k} {v:,}' for k, v in sorted(commands['by_command'].items()))}); "
+                f"latency ms p50 {latency['p50']}  p99 {latency['p99']}  max {latency['max']}",
             )
         )
     if report.get("rejects"):

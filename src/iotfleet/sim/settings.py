@@ -66,11 +66,19 @@ class Workload(BaseModel):
     duration: float | None = None  # seconds; None: until Ctrl-C
     operator_fraction: float = Field(default=0.05, ge=0, le=1)
     operator_every: float = 300.0  # simulated seconds
+    command_every: float | None = 3600.0  # simulated seconds between commands to one device; None: none
+    reboot_share: float = Field(default=0.1, ge=0, le=1)  # of the commands that are reboots
+    reboot_offline: float = 30.0  # simulated seconds a rebooting device stays offline
 
-    @field_validator("duration", "operator_every", mode="before")
+    @field_validator("duration", "operator_every", "reboot_offline", mode="before")
     @classmethod
     def _duration(cls, value: Any, info: ValidationInfo) -> float | None:
         return _seconds(value, str(info.field_name))
+
+    @field_validator("command_every", mode="before")
+    @classmethod
+    def _command_every(cls, value: Any) -> float | None:
+        return None if value in ("off", 0) else _seconds(value, "command_every")
 
 
 class Thresholds(BaseModel):
@@ -211,6 +219,9 @@ class SimSettings(BaseModel):
             shadow=run.shadow,
             operator_fraction=workload.operator_fraction,
             operator_every_s=workload.operator_every,
+            command_every_s=workload.command_every,
+            reboot_share=workload.reboot_share,
+            reboot_offline_s=workload.reboot_offline,
             account_publish_rate=run.account_rate,
             quotas=self._quotas(),
             basic_ingest=run.basic_ingest,

@@ -26,6 +26,7 @@ from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.metrics import SeqSet
+from iotfleet.sim.commands import Commander
 from iotfleet.sim.fleet import FleetShape, Placement, SimDevice, build_fleet, home_regions, shard_of
 from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import Report
@@ -137,6 +138,9 @@ class SimConfig:
     operator_fraction: float = 0.05  # of the devices get a new desired state every `operator_every_s`
     operator_every_s: float = 300.0  # simulated seconds
     operator_on_fault: float = 0.0  # fraction of the devices given a new desired state right after each fault
+    command_every_s: float | None = 3600.0  # simulated seconds between commands to one device; None: none
+    reboot_share: float = 0.1  # of the commands that are reboots
+    reboot_offline_s: float = 30.0  # simulated seconds a rebooting device stays offline
     # account-wide publishes per second, split over the workers; None: unlimited on the local cloud,
     # IoT Core's default inbound quota (IOT_CORE.md section 4) against a real target
     account_publish_rate: float | None = None
@@ -158,10 +162,6 @@ class SimConfig:
             )
         if self.target is not None and self.chaos:
             raise ConfigError("--chaos works against the local cloud only")
-        if not 0 <= self.operator_fraction <= 1:
-            raise ConfigError("--operator-fraction is a fraction of the devices, from 0 to 1")
-        if self.operator_every_s <= 0:
-            raise ConfigError("--operator-every must be a positive duration")
         if self.account_publish_rate is not None and self.account_publish_rate <= 0:
             raise ConfigError("--account-rate must be a positive number of messages per second")
         for event in self.chaos:
@@ -169,6 +169,23 @@ class SimConfig:
                 raise ConfigError(f"chaos event names region {event.region!r}; the regions are {list(self.regions)}")
         if self.target is None:
             self.placement.check(self.regions)
+        self._check_operator()
+
+    def _check_operator(self) -> None:
+        """The operator's settings: its desired-state rounds and its commands."""
+        if not 0 <= self.operator_fraction <= 1:
+            raise ConfigError("--operator-fraction is a fraction of the devices, from 0 to 1")
+        if self.operator_every_s <= 0:
+            raise ConfigError("--operator-every must be a positive duration")
+        if self.command_every_s is not None and self.command_every_s <= 0:
+            raise ConfigError("--command-every must be a positive duration, or 'off'")
+        if not 0 <= self.reboot_share <= 1 or self.reboot_offline_s < 0:
+            raise ConfigError("--reboot-share is a fraction from 0 to 1, and --reboot-offline a duration >= 0")
+
+    @property
+    def commands(self) -> bool:
+        """Whether the operator sends commands (it can only against the local cloud)."""
+        return self.command_every_s is not None and self.target is None
 
     def publish_rate(self) -> float | None:
         """The account-wide publish rate in force: the option, else IoT Core's quota for a real target."""
@@ -228,7 +245,20 @@ class _Director:
                 speed=config.speed,
                 seed=config.shape.seed,
             )
-        # no desired change in the last seconds of a timed run: devices need a moment to apply it
+        self.commander = None
+        self.devices = len(devices)
+        self.commands_from: float | None = None  # run time when the fleet was first all connected
+        if cloud is not None and config.commands and config.command_every_s is not None:
+            self.commander = Commander(
+                cloud,
+                devices,
+                every_s=config.command_every_s,
+                reboot_share=config.reboot_share,
+                reboot_offline_s=config.reboot_offline_s,
+                speed=config.speed,
+                seed=config.shape.seed,
+            )
+        # no desired change nor command in the last seconds of a timed run: devices need a moment to act
         self.operator_until = None if config.duration_s is None else config.duration_s - OPERATOR_QUIET_S
 
     def tick(self) -> None:
@@ -246,6 +276,13 @@ class _Director:
                 operator.change(self.config.operator_on_fault, progress.failed)
         if operator is not None:
             operator.tick(elapsed, progress.failed, until_s=self.operator_until)
+        if self.commander is not None:
+            # commands start once the whole fleet has connected: one sent before would find nobody
+            if self.commands_from is None and progress.total("connected") >= self.devices:
+                self.commands_from = elapsed
+            if self.commands_from is not None:
+                until = None if self.operator_until is None else self.operator_until - self.commands_from
+                self.commander.tick(elapsed - self.commands_from, progress.failed, until_s=until)
 
 
 @dataclass(frozen=True)
@@ -309,6 +346,7 @@ class Simulation:
                 workers=metrics,
                 ingest=ingest,
                 operator=shadow,
+                commands=None if director.commander is None else director.commander.figures(),
                 duration_s=duration,
                 config=self.report_config(reached, len(specs)),
                 chaos=progress.chaos_done,
@@ -363,6 +401,7 @@ class Simulation:
                 shadow=config.shadow,
                 publish_rate=None if account_rate is None else account_rate / len(chunks),
                 basic_ingest=INGEST_RULE if config.basic_ingest else None,
+                commands=config.commands,
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -380,6 +419,11 @@ class Simulation:
             "target": "local-cloud" if reached.cloud is not None else [str(e) for e in reached.endpoints],
             "shadow": config.shadow,
             "operator": {"fraction": config.operator_fraction, "every_s": config.operator_every_s},
+            "commands": {
+                "every_s": config.command_every_s if config.commands else None,
+                "reboot_share": config.reboot_share,
+                "reboot_offline_s": config.reboot_offline_s,
+            },
             "account_publish_rate": config.publish_rate(),
             "basic_ingest": INGEST_RULE if config.basic_ingest else None,
             "rules": [{"name": r.name, "topic": r.topic_filter, "action": r.action} for r in config.rules],

@@ -27,8 +27,11 @@ from iotfleet.cloud.schemas import SCHEMAS, rejection_reason
 from iotfleet.sim.fleet import SimDevice
 
 __all__ = [
+    "COMMANDS",
     "DEVICE_TYPES",
+    "IDENTIFY",
     "LUMINAIRE",
+    "REBOOT",
     "SCHEMAS",
     "DeviceType",
     "LuminaireState",
@@ -37,6 +40,12 @@ __all__ = [
     "bytes_per_site_day",
     "rejection_reason",
 ]
+
+# The commands a device acts on (sent by the simulator's operator, sim/commands.py): identify blinks the
+# lamp; reboot takes it offline for the payload's offline_s, then it starts over (DeviceClient.reboot).
+IDENTIFY: Final = "identify"
+REBOOT: Final = "reboot"
+COMMANDS: Final = (IDENTIFY, REBOOT)
 
 Builder = Callable[[Any, random.Random, float], Mapping[str, Any] | None]
 DAY_S: Final = 86_400.0

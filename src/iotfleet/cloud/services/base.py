@@ -22,7 +22,7 @@ from iotfleet.errors import ConnectError, ConnectionLost
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport
 from iotfleet.transport.crt import CrtTransport
 
-__all__ = ["SERVICE_CLIENT_PREFIX", "RegionService", "ServiceConnection", "ServiceHost"]
+__all__ = ["SERVICE_CLIENT_PREFIX", "OperatorConnection", "RegionService", "ServiceConnection", "ServiceHost"]
 
 # Client ids starting with this belong to the cloud's own services: the broker plugin refuses them to
 # every other certificate (iotfleet_routing.c), so no device can take over a service's session.
@@ -186,3 +186,17 @@ class RegionService:
 
 def _ignore(_code: int, _error: object) -> None:
     """Service answers are fire-and-forget: a lost answer is a lost request, as on AWS."""
+
+
+class OperatorConnection(RegionService):
+    """The cloud operator's own connection to a region: what it publishes to devices (commands). It
+    subscribes to nothing; :meth:`publish` sends at QoS 1 on the live session (False while it is down)."""
+
+    kind = "operator"
+    filters: Sequence[str] = ()
+
+    def on_message(self, message: InboundMessage) -> None:
+        """It subscribes to nothing."""
+
+    def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+        return self.connection is not None and self.connection.publish(topic, payload, user_properties)

@@ -50,3 +50,4 @@ class WorkerSpec:
     shadow: bool = True  # run each device type's shadow sync (when it has one)
     publish_rate: float | None = None  # this worker's share of the account-wide publish quota, msg/s
     basic_ingest: str | None = None  # the rule that gets the devices' data by Basic Ingest, if any
+    commands: bool = False  # devices subscribe to their commands and act on them

@@ -55,6 +55,18 @@ class WorkerMetrics:
     # shadow traffic: acknowledged requests by operation ("get", "update"), deltas applied, resyncs, ...
     shadow: Counter[str] = field(default_factory=Counter)
     account_rate_waits: int = 0  # times the account publish rate held the worker's tasks back
+    # commands from the cloud: ids received (each once), the delivery latency, and what was acted on
+    commands_received: SeqSet = field(default_factory=SeqSet)
+    command_ms: Histogram = field(default_factory=Histogram)
+    commands_handled: Counter[str] = field(default_factory=Counter)
+
+    def on_command(self, command_id: int, command: str, sent_at_ms: int) -> bool:
+        """Count a command a device received; False if it had come before (a redelivery)."""
+        if not self.commands_received.add(command_id):
+            return False
+        self.command_ms.add(max(0.0, time.time() * 1000 - sent_at_ms))
+        self.commands_handled[command] += 1
+        return True
 
     def region(self, name: str) -> Counter[str]:
         counters = self.by_region.get(name)

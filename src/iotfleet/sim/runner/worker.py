@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -37,7 +38,8 @@ from iotfleet.sim.fleet import SimDevice, home_first
 from iotfleet.sim.runner.messages import WorkerMessage, WorkerSpec
 from iotfleet.sim.runner.metrics import WorkerMetrics
 from iotfleet.sim.runner.pacer import Pacer
-from iotfleet.sim.workload import DEVICE_TYPES, ShadowSpec
+from iotfleet.sim.workload import DEVICE_TYPES, REBOOT, ShadowSpec
+from iotfleet.transport.base import InboundMessage
 
 __all__ = ["LEFT_TO_PARENT", "worker_entry"]
 
@@ -257,6 +259,10 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
     worker.clients.append(client)
     metrics.started += 1
     async with client:
+        if spec.commands and client.scope is not None:
+            command_filter = client.scheme.command_filter(client.scope)
+            client.add_message_handler(command_filter, functools.partial(_on_command, client, metrics))
+            await client.subscribe(command_filter)  # now if connected, else on the first session
         kind = DEVICE_TYPES[device.device_type]
         plan = _DevicePlan(device, client, spec, metrics, origin=asyncio.get_running_loop().time())
         if spec.shadow and kind.shadow is not None:
@@ -267,6 +273,19 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
         if plan.shadow is not None:
             await plan.shadow.stop()
         await client.close(spec.drain_s)
+
+
+def _on_command(client: DeviceClient, metrics: WorkerMetrics, message: InboundMessage) -> None:
+    """A command from the cloud: counted once by id; a reboot takes the device offline for a while."""
+    try:
+        body = json.loads(message.payload)
+        command_id, command, sent_at_ms = int(body["id"]), str(body["command"]), int(body["sent_at_ms"])
+        offline_s = float(body.get("offline_s", 0.0))
+    except (ValueError, KeyError, TypeError):
+        metrics.errors["command: malformed"] += 1
+        return
+    if metrics.on_command(command_id, command, sent_at_ms) and command == REBOOT:
+        client.reboot(offline_s)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
