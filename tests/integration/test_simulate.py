@@ -105,7 +105,8 @@ def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> N
     code, report, summary = simulate(
         tmp_path,
         "chaos",
-        *("--sites", "1", "--duration", "12s", "--speed", "20", "--chaos", "kill:eu-west-1@4s"),
+        *("--sites", "1", "--duration", "16s", "--speed", "20"),
+        *("--chaos", "kill:eu-west-1@4s", "--chaos", "restore:eu-west-1@7s"),
         *("--max-error-rate", "0"),  # connection errors during the failover breach this on purpose: exit 1
     )
     assert report["lost"] == 0
@@ -113,7 +114,12 @@ def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> N
     assert report["failovers_by_route"] == {"eu-west-1->us-east-1": 40}
     assert report["regions"]["us-east-1"]["acked"] > 0
     assert report["regions"]["us-east-1"]["lifecycle_connected"] == 40  # every device's arrival, told
-    assert [e["action"] for e in report["chaos"]] == ["kill"]
+    kill, restore = report["chaos"]  # measured in the run, as the drill measures its fault
+    assert (kill["action"], kill["devices_affected"], kill["failed_over"], kill["lost"]) == ("kill", 40, 40, 0)
+    assert 0 < kill["rto_s"]["p50"] <= kill["rto_s"]["p99"] <= kill["rto_s"]["max"] < 3.0
+    assert (restore["action"], restore["devices_away"], restore["devices_returned"]) == ("restore", 40, 40)
+    assert 0 < restore["failback_s"]["max"] < 9.0  # a failback probe every 5 s, make before break
+    assert report["failbacks"] == 40
     assert code == 1
     assert report["thresholds"]["breaches"][0].startswith("error rate")
     assert "BREACHED" in summary

@@ -26,7 +26,7 @@ def worker(index: int, things: list[str]) -> WorkerMetrics:
         acked = SeqSet(s for s in range(1, sent + 1) if s != 3)  # seq 3 still in the outbox
         metrics.acked_seqs[thing] = acked
         metrics.acked += len(acked)
-        metrics.first_ack_at[thing] = {"eu-west-1": 1.7e9 + n, "us-east-1": 1.7e9 + 30 + n}
+        metrics.ack_moves[thing] = [(1.7e9 + n, "eu-west-1"), (1.7e9 + 30 + n, "us-east-1")]
         for s in range(1, sent + 1):
             metrics.ack_ms.add(1.5 + s + index)
         metrics.connect_ms.add(20.0 + n)

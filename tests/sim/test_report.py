@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from iotfleet.metrics import SeqSet
-from iotfleet.sim.report import Report, _add_shadow, merge_reports
+from iotfleet.sim.report import Raw, Report, _add_shadow, chaos_effects, merge_reports
 from tests.sim import report_parts as parts
 
 
@@ -34,7 +34,9 @@ def test_shadow_figures_add_up_and_a_zero_stays_a_measured_zero() -> None:
 # the same order. (The two merged ones were written again once, when a merge began to write raw's keys
 # in a run's order: their parsed content was checked equal to the old files'. All six were written again
 # when each region's entry began to carry every worker figure of it, e.g. ``connected`` at the end: the
-# only difference, key by key, was that key.)
+# only difference, key by key, was that key. And again when chaos was measured in every run: raw's
+# ``first_ack_at`` became ``ack_moves``, each chaos entry gained its effects (checked by hand: 5 devices on
+# eu-west-1 at the kill, RTO 26-28 s), and a merge keeps the chaos of the shard that ran it.)
 GOLDEN = Path(__file__).parent.parent / "golden" / "reports"
 
 
@@ -152,3 +154,26 @@ def test_commands_sent_and_received_merge_exactly_and_a_run_without_them_has_no_
     quiet = Report.of_run(workers=[parts.worker(0, parts.SHARD_A)], ingest=[], duration_s=1.0, config={})
     assert "commands" not in quiet.to_dict()
     assert "commands" not in quiet.to_dict()["raw"]
+
+
+def test_each_chaos_event_says_whom_it_hit_how_fast_they_moved_and_came_back() -> None:
+    raw = Raw(
+        acked={"x": SeqSet([1, 2, 3]), "y": SeqSet([1]), "z": SeqSet([1, 2])},
+        ingested={"x": SeqSet([1, 2, 3]), "y": SeqSet([1]), "z": SeqSet([1])},
+        ack_moves={
+            "x": [(0.0, "eu"), (12.0, "us"), (25.0, "eu")],  # failed over 2 s after the kill, back 5 s after
+            "y": [(0.0, "us")],  # never on the failed region
+            "z": [(1.0, "eu")],  # on it, and never moved (its seq 2 was acked, never stored)
+        },
+    )
+    kill = {"action": "kill", "region": "eu", "at_s": 10.0, "epoch": 10.0}
+    restore = {"action": "restore", "region": "eu", "at_s": 20.0, "epoch": 20.0}
+    fault, back = chaos_effects([restore, kill], raw)  # in time order, whatever the order given
+    assert (fault["devices_affected"], fault["failed_over"], fault["lost"]) == (2, 1, 1)
+    assert fault["rto_s"] == {"p50": 2.0, "p95": 2.0, "p99": 2.0, "max": 2.0}
+    assert (back["devices_away"], back["devices_returned"]) == (2, 1)
+    assert back["failback_s"] == {"p50": 5.0, "p95": 5.0, "p99": 5.0, "max": 5.0}
+    raw.ingested = None
+    assert chaos_effects([kill], raw)[0]["lost"] is None  # unmeasured, not zero
+    nobody = chaos_effects([{"action": "kill", "region": "ap", "at_s": 1.0, "epoch": 1.0}], raw)[0]
+    assert (nobody["devices_affected"], nobody["rto_s"]) == (0, None)

@@ -19,6 +19,7 @@ change to the device's report, from shadow metadata timestamps (1 s resolution).
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,78 @@ def _add_shadow(total: dict[str, Any], part: Mapping[str, Any]) -> None:
     mine["pending_devices"] = [*mine.get("pending_devices", []), *operator.get("pending_devices", [])][:20]
     mine["errors"] = _summed(mine.get("errors", {}), operator.get("errors", {}))
     total["operator"] = mine
+
+
+FAULTS = ("kill", "blackhole")
+
+
+def _region_at(moves: Sequence[tuple[float, str]], epoch: float) -> str | None:
+    """The region a device's acknowledgements came from at ``epoch``: that of its last move before."""
+    region = None
+    for at, moved_to in moves:
+        if at > epoch:
+            break
+        region = moved_to
+    return region
+
+
+def _first_move(moves: Sequence[tuple[float, str]], after: float, region: str, *, into: bool) -> float | None:
+    """When, at or after ``after``, a device's acknowledgements first came from ``region`` (``into``), or
+    from any other region (not ``into``)."""
+    return next((at for at, moved_to in moves if at >= after and (moved_to == region) == into), None)
+
+
+def _spread(seconds: Sequence[float]) -> dict[str, float] | None:
+    """p50, p95, p99 and max of ``seconds`` (the value at each rank, none interpolated); None if empty."""
+    if not seconds:
+        return None
+    ordered = sorted(seconds)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 3)
+
+    return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 3)}
+
+
+def chaos_effects(events: Sequence[Mapping[str, Any]], raw: Raw) -> list[dict[str, Any]]:
+    """Each chaos event with what it did, from the devices' acknowledgement moves (:attr:`Raw.ack_moves`).
+
+    A fault (kill, blackhole) of region R at time T: ``devices_affected`` are the devices whose publishes
+    R was acknowledging at T; ``rto_s`` spreads, over those that moved (``failed_over``), the time from T
+    to their first publish acknowledged elsewhere; ``lost`` counts what those devices had acknowledged
+    and the cloud never stored (None when the ingest was not measured). A restore of R at T: the devices
+    the last fault of R had affected, and for those that came back (``devices_returned``) the time from T
+    to their first publish acknowledged by R again (``failback_s``).
+    """
+    effects: list[dict[str, Any]] = []
+    last_fault: dict[str, list[str]] = {}  # region -> the devices its last fault affected
+    for event in sorted(events, key=lambda e: e.get("epoch", 0.0)):
+        entry, epoch, region = dict(event), event.get("epoch"), event["region"]
+        if epoch is None:
+            effects.append(entry)
+            continue
+        moves = raw.ack_moves
+        if event["action"] in FAULTS:
+            affected = [t for t, m in moves.items() if _region_at(m, epoch) == region]
+            last_fault[region] = affected
+            rtos = [
+                at - epoch for t in affected if (at := _first_move(moves[t], epoch, region, into=False)) is not None
+            ]
+            lost = None
+            if raw.ingested is not None:
+                stored = raw.ingested
+                lost = sum(raw.acked[t].missing_from(stored.get(t, SeqSet())) for t in affected if t in raw.acked)
+            entry.update(devices_affected=len(affected), failed_over=len(rtos), rto_s=_spread(rtos), lost=lost)
+        else:
+            away = last_fault.pop(region, [])
+            back = [
+                at - epoch
+                for t in away
+                if t in moves and (at := _first_move(moves[t], epoch, region, into=True)) is not None
+            ]
+            entry.update(devices_away=len(away), devices_returned=len(back), failback_s=_spread(back))
+        effects.append(entry)
+    return effects
 
 
 @dataclass
@@ -148,7 +221,8 @@ class Raw:
     regions: dict[str, Counter[str]] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=lambda: {"steady_wall_s": 0.0})  # summed; the wall: max
     ingest_duplicates: int = 0
-    first_ack_at: dict[str, dict[str, float]] = field(default_factory=dict)  # thing -> region -> epoch s
+    # thing -> [(epoch s, region)]: when its acknowledgements began to come from each region in turn
+    ack_moves: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     shadow: dict[str, Any] = field(default_factory=lambda: {"device": {}, "operator": None})
     commands: CommandFigures | None = None  # None: the run sent no command
 
@@ -156,7 +230,7 @@ class Raw:
 
     @classmethod
     def of_worker(cls, w: WorkerMetrics) -> Raw:
-        raw = cls(acked=w.acked_seqs, first_ack_at=w.first_ack_at, shadow={"device": dict(w.shadow), "operator": None})
+        raw = cls(acked=w.acked_seqs, ack_moves=w.ack_moves, shadow={"device": dict(w.shadow), "operator": None})
         counts = raw.counts
         counts["sent"].update(w.sent_by_device)
         counts["errors"].update(w.errors)
@@ -253,7 +327,7 @@ class Raw:
             mine = self.totals.get(key, 0)
             self.totals[key] = max(mine, value) if key == "steady_wall_s" else mine + value
         self.ingest_duplicates += other.ingest_duplicates
-        self.first_ack_at.update(other.first_ack_at)
+        self.ack_moves.update(other.ack_moves)  # a thing runs in one shard
         _add_shadow(self.shadow, other.shadow)
         if other.commands is not None:
             if self.commands is None:
@@ -276,7 +350,7 @@ class Raw:
             "failovers": dict(self.counts["failovers"]),
             "totals": dict(self.totals),
             "ingest_duplicates": self.ingest_duplicates,
-            "first_ack_at": self.first_ack_at,
+            "ack_moves": {thing: [list(move) for move in moves] for thing, moves in self.ack_moves.items()},
             "shadow": self.shadow,
             **({} if self.commands is None else {"commands": self.commands.to_dict()}),
         }
@@ -294,7 +368,7 @@ class Raw:
             regions={k: Counter(v) for k, v in data["regions"].items()},
             totals=dict(data["totals"]),
             ingest_duplicates=int(data["ingest_duplicates"]),
-            first_ack_at=dict(data.get("first_ack_at", {})),
+            ack_moves={t: [(float(at), str(region)) for at, region in m] for t, m in data.get("ack_moves", {}).items()},
             shadow=data.get("shadow", {"device": {}, "operator": None}),
             commands=CommandFigures.from_dict(data["commands"]) if "commands" in data else None,
         )
@@ -347,7 +421,8 @@ class Report:
             raw.ingested = None
         shards = [r.config.get("shard") for r in items]
         config = {"merged_from": len(items), "shards": shards}
-        return cls(raw, max(r.duration_s for r in items), config, [])
+        chaos = next((r.chaos for r in items if r.chaos), [])  # the shard that ran the chaos schedule
+        return cls(raw, max(r.duration_s for r in items), config, [dict(event) for event in chaos])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:
@@ -368,7 +443,7 @@ class Report:
         report: dict[str, Any] = {
             "duration_s": self.duration_s,
             "config": self.config,
-            "chaos": self.chaos,
+            "chaos": chaos_effects(self.chaos, raw),
             "raw": raw.to_dict(),
             "devices": devices,
             "sent": sent,
@@ -496,6 +571,8 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"{operator['reconciled']:,} reconciled, {operator['pending']:,} pending; {sync_s()}",
             )
         )
+    for event in report.get("chaos", []):
+        rows.append((f"chaos {event['action']} {event['region']}", _chaos_line(event)))
     commands = report.get("commands")
     if commands:
         latency = commands["latency_ms"]
@@ -512,3 +589,24 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     for region, counts in sorted(report["regions"].items()):
         rows.append((f"region {region}", ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))))
     return rows
+
+
+def _chaos_line(event: Mapping[str, Any]) -> str:
+    """One chaos event's effects, for the summary table."""
+    at = f"at {event.get('done_at_s', event.get('at_s', 0.0)):.1f} s"
+
+    def spread(figures: Mapping[str, float] | None) -> str:
+        return "none" if figures is None else f"p50 {figures['p50']}  p99 {figures['p99']}  max {figures['max']}"
+
+    if "devices_affected" in event:
+        lost = "unknown" if event["lost"] is None else f"{event['lost']:,}"
+        return (
+            f"{at}: {event['devices_affected']:,} devices there, {event['failed_over']:,} failed over; "
+            f"RTO s {spread(event['rto_s'])}; lost {lost}"
+        )
+    if "devices_away" in event:
+        return (
+            f"{at}: {event['devices_returned']:,} of {event['devices_away']:,} came back; "
+            f"failback s {spread(event['failback_s'])}"
+        )
+    return at

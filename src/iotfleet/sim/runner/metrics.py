@@ -44,7 +44,8 @@ class WorkerMetrics:
     provision_ms: Histogram = field(default_factory=Histogram)
     acked_seqs: dict[str, SeqSet] = field(default_factory=dict)
     sent_by_device: dict[str, int] = field(default_factory=dict)
-    first_ack_at: dict[str, dict[str, float]] = field(default_factory=dict)  # thing -> region -> epoch s
+    # thing -> [(epoch s, region)]: when its acknowledgements started coming from each region in turn
+    ack_moves: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     outbox_depth: int = 0
     provisioned: int = 0
     started: int = 0
@@ -90,9 +91,11 @@ class WorkerMetrics:
             if seqs is None:
                 seqs = self.acked_seqs[event.thing] = SeqSet()
             seqs.add(event.seq)
-            firsts = self.first_ack_at.setdefault(event.thing, {})
-            if region not in firsts:
-                firsts[region] = time.time()
+            moves = self.ack_moves.get(event.thing)
+            if moves is None:
+                self.ack_moves[event.thing] = [(time.time(), region)]
+            elif moves[-1][1] != region:
+                moves.append((time.time(), region))
         elif isinstance(event, Connected):
             self.connects += 1
             self.connected += 1
