@@ -1,13 +1,15 @@
-"""Histograms and sequence sets: exact merges, honest quantiles."""
+"""Histograms, sequence sets and timelines: exact merges, honest quantiles."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iotfleet.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet, Timeline
 
 latencies = st.lists(st.floats(min_value=0.001, max_value=60_000, allow_nan=False), min_size=1, max_size=300)
 
@@ -74,3 +76,51 @@ def test_a_union_counts_the_overlap_and_invents_no_disorder() -> None:
     region_2 = SeqSet([*range(51, 120), 140])
     union = SeqSet.from_dict(region_1.to_dict()).update(region_2)
     assert (union.ranges(), union.duplicates, union.out_of_order) == ([[1, 150]], 1, 0)
+
+
+# ---------------------------------------------------------------- Timeline
+
+EVENTS = st.lists(
+    st.tuples(
+        st.integers(0, 30),  # second
+        st.sampled_from(["sent", "acked", "errors", "connects:eu", "disconnects:eu", "acked:us", "ingested:us"]),
+        st.integers(1, 3),
+        st.floats(0.1, 500.0),  # an ack latency in that second
+    ),
+    max_size=60,
+)
+
+
+@given(EVENTS, st.integers(1, 4))
+def test_a_timeline_split_over_workers_merges_to_the_whole(
+    events: list[tuple[int, str, int, float]], parts: int
+) -> None:
+    whole, pieces = Timeline(), [Timeline() for _ in range(parts)]
+    for i, (second, key, n, latency) in enumerate(events):
+        at = 1_800_000_000 + second + 0.5
+        for timeline in (whole, pieces[i % parts]):
+            timeline.count(key, n, at=at)
+            timeline.latency_ms(latency, at=at)
+    merged = Timeline()
+    for piece in pieces:
+        merged.merge(Timeline.from_dict(json.loads(json.dumps(piece.to_dict()))))
+    assert merged.rows(["eu", "us"]) == whole.rows(["eu", "us"])
+    assert bool(whole) is bool(events)
+
+
+def test_rows_fill_every_second_and_keep_a_gauge_as_its_changes() -> None:
+    timeline = Timeline()
+    timeline.count("connects:eu", 3, at=100.2)
+    timeline.count("acked", 2, at=100.7)
+    timeline.count("acked:eu", 2, at=100.7)
+    timeline.latency_ms(5.0, at=100.7)
+    timeline.count("disconnects:eu", 1, at=102.1)
+    timeline.count("ingested:eu", 2, at=102.9)
+    rows = timeline.rows(["eu", "us"])
+    assert [r["t"] for r in rows] == [0, 1, 2]  # second 101 had nothing, and still has its row
+    assert [r["regions"]["eu"]["connected"] for r in rows] == [3, 3, 2]
+    assert [r["regions"]["us"]["connected"] for r in rows] == [0, 0, 0]
+    assert [(r["acked"], r["ingested"]) for r in rows] == [(2, 0), (0, 0), (0, 2)]
+    assert [r["ack_p99_ms"] for r in rows][1:] == [None, None]
+    assert rows[0]["ack_p99_ms"] == pytest.approx(5.0, rel=0.02)
+    assert Timeline().rows() == []

@@ -1,6 +1,6 @@
-"""Mergeable measurements: log-bucketed latency histograms and per-device sequence sets.
+"""Mergeable measurements: log-bucketed latency histograms, per-device sequence sets, and per-second timelines.
 
-Both serialise to plain JSON and merge exactly, so worker processes, shards on other machines and the
+All serialise to plain JSON and merge exactly, so worker processes, shards on other machines and the
 ingest side can each measure alone and the parent adds them up (DESIGN.md decision 11).
 """
 
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Histogram", "SeqSet"]
+__all__ = ["Histogram", "SeqSet", "Timeline"]
 
 
 class Histogram:
@@ -192,3 +194,92 @@ class SeqSet:
         seqs.duplicates = int(data.get("duplicates", 0))
         seqs.out_of_order = int(data.get("out_of_order", 0))
         return seqs
+
+
+class Timeline:
+    """Figures per epoch second that merge exactly: counts by key (``sent``, ``acked``, ``errors``,
+    ``connects:<region>``, ``disconnects:<region>``, ``ingested:<region>``, ...) and a latency histogram.
+
+    Seconds are epoch seconds, so the timelines of workers and shards (on one clock, or NTP-close ones)
+    line up; :meth:`rows` turns them into one row per second of a run. A gauge such as the devices
+    connected in a region is kept as its changes (``connects:`` and ``disconnects:``), which add up
+    exactly where samples of a gauge would not.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[int, Counter[str]] = {}
+        self.latency: dict[int, Histogram] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.latency)
+
+    def count(self, key: str, n: int = 1, *, at: float | None = None) -> None:
+        second = int(time.time() if at is None else at)
+        counts = self.counts.get(second)
+        if counts is None:
+            counts = self.counts[second] = Counter()
+        counts[key] += n
+
+    def latency_ms(self, value_ms: float, *, at: float | None = None) -> None:
+        second = int(time.time() if at is None else at)
+        histogram = self.latency.get(second)
+        if histogram is None:
+            histogram = self.latency[second] = Histogram()
+        histogram.add(value_ms)
+
+    def merge(self, other: Timeline) -> Timeline:
+        for second, counts in other.counts.items():
+            self.counts.setdefault(second, Counter()).update(counts)
+        for second, histogram in other.latency.items():
+            self.latency.setdefault(second, Histogram(histogram.precision)).merge(histogram)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": {str(s): dict(c) for s, c in sorted(self.counts.items())},
+            "latency": {str(s): h.to_dict() for s, h in sorted(self.latency.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timeline:
+        timeline = cls()
+        timeline.counts = {int(s): Counter(c) for s, c in data.get("counts", {}).items()}
+        timeline.latency = {int(s): Histogram.from_dict(h) for s, h in data.get("latency", {}).items()}
+        return timeline
+
+    def rows(self, regions: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """One row per second from the first to the last: ``t`` (seconds from the first), ``sent``,
+        ``acked``, ``ingested``, ``errors``, ``ack_p99_ms`` (None in a second with no ack) and, by region,
+        ``connected`` (at the end of that second), ``acked`` and ``ingested``."""
+        seconds = [*self.counts, *self.latency]
+        if not seconds:
+            return []
+        first, last = min(seconds), max(seconds)
+        names = sorted({*regions, *(k.split(":", 1)[1] for c in self.counts.values() for k in c if ":" in k)})
+        connected = dict.fromkeys(names, 0)
+        rows = []
+        for second in range(first, last + 1):
+            counts = self.counts.get(second, Counter())
+            histogram = self.latency.get(second)
+            for region in names:
+                connected[region] += counts[f"connects:{region}"] - counts[f"disconnects:{region}"]
+            rows.append(
+                {
+                    "t": second - first,
+                    "epoch": second,
+                    "sent": counts["sent"],
+                    "acked": counts["acked"],
+                    "ingested": sum(counts[f"ingested:{r}"] for r in names),
+                    "errors": counts["errors"],
+                    "ack_p99_ms": round(histogram.quantile(0.99), 3) if histogram and histogram.count else None,
+                    "regions": {
+                        r: {
+                            "connected": connected[r],
+                            "acked": counts[f"acked:{r}"],
+                            "ingested": counts[f"ingested:{r}"],
+                        }
+                        for r in names
+                    },
+                }
+            )
+        return rows

@@ -50,6 +50,11 @@ def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Pa
     assert report["lost"] == 0
     assert report["ingested"] == report["acked"] == report["sent"]
     assert report["latency_ms"]["e2e"]["count"] == report["ingested"]
+    rows = report["timeseries"]  # one row a second, which adds up to the totals
+    assert [row["t"] for row in rows] == list(range(len(rows)))
+    for key in ("sent", "acked", "ingested"):
+        assert sum(row[key] for row in rows) == report[key]
+    assert max(row["regions"]["eu-west-1"]["connected"] for row in rows) == 40
     for region in ("eu-west-1", "us-east-1"):  # one site homed in each region, as latency routing would
         counts = report["regions"][region]
         assert counts["devices"] == counts["connects"] == 40

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from iotfleet.errors import ConfigError
-from iotfleet.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet, Timeline
 from iotfleet.sim.runner import WorkerMetrics
 
 __all__ = [
@@ -225,6 +225,7 @@ class Raw:
     ack_moves: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     shadow: dict[str, Any] = field(default_factory=lambda: {"device": {}, "operator": None})
     commands: CommandFigures | None = None  # None: the run sent no command
+    timeline: Timeline = field(default_factory=Timeline)  # per second: sent, acked, errors, by region
 
     # ------------------------------------------------------------------ the parts of a run
 
@@ -250,6 +251,7 @@ class Raw:
             "account_rate_waits": w.account_rate_waits,
         }
         raw.regions = {region: Counter(dict(counters)) for region, counters in w.by_region.items()}
+        raw.timeline = w.timeline
         if w.commands_received or w.commands_handled:
             raw.commands = CommandFigures(
                 received=w.commands_received, latency=w.command_ms, handled=Counter(w.commands_handled)
@@ -281,6 +283,8 @@ class Raw:
         }
         counts.update({k: v for k, v in routed.items() if v})
         raw.regions = {stats["region"]: counts}
+        for second, n in stats.get("per_second", {}).items():
+            raw.timeline.count(f"ingested:{stats['region']}", n, at=float(second))
         return raw
 
     @classmethod
@@ -333,6 +337,7 @@ class Raw:
             if self.commands is None:
                 self.commands = CommandFigures()
             self.commands.merge(other.commands)
+        self.timeline.merge(other.timeline)
         return self
 
     # ------------------------------------------------------------------ JSON
@@ -353,6 +358,7 @@ class Raw:
             "ack_moves": {thing: [list(move) for move in moves] for thing, moves in self.ack_moves.items()},
             "shadow": self.shadow,
             **({} if self.commands is None else {"commands": self.commands.to_dict()}),
+            **({"timeline": self.timeline.to_dict()} if self.timeline else {}),
         }
 
     @classmethod
@@ -371,6 +377,7 @@ class Raw:
             ack_moves={t: [(float(at), str(region)) for at, region in m] for t, m in data.get("ack_moves", {}).items()},
             shadow=data.get("shadow", {"device": {}, "operator": None}),
             commands=CommandFigures.from_dict(data["commands"]) if "commands" in data else None,
+            timeline=Timeline.from_dict(data.get("timeline", {})),
         )
 
 
@@ -462,6 +469,7 @@ class Report:
             "rejects": dict(counts["rejects"]),
             "shadow": raw.shadow,
             **({} if raw.commands is None else {"commands": raw.commands.summary()}),
+            **({"timeseries": raw.timeline.rows(sorted(raw.regions))} if raw.timeline else {}),
             "resources": {
                 "worker_cpu_s": round(totals.get("worker_cpu_s", 0), 3),
                 "steady_cpu_core_fraction": round(totals["steady_cpu_s"] / totals["steady_wall_s"], 4)

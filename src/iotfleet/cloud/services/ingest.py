@@ -191,6 +191,7 @@ class IngestService(RegionService):
         self.store_error: str | None = None  # the last error of the store, naming its path
         self.by_device: dict[str, SeqSet] = {}
         self.e2e = Histogram()
+        self.per_second: Counter[int] = Counter()  # messages stored, by the epoch second they arrived
 
     def start(self) -> None:
         self._spawn(self._flush_loop())
@@ -426,6 +427,7 @@ class IngestService(RegionService):
         self.ingested += len(stored)
         for row in stored:
             thing, seq, sent_at, now = row.raw[1], row.raw[3], row.raw[4], row.raw[5]
+            self.per_second[int(now)] += 1
             seqs = self.by_device.get(thing)
             if seqs is None:
                 seqs = self.by_device[thing] = SeqSet()
@@ -454,6 +456,7 @@ class IngestService(RegionService):
             "store_error": self.store_error,
             "e2e": Histogram.from_dict(self.e2e.to_dict()),
             "by_device": {k: SeqSet.from_dict(v.to_dict()) for k, v in self.by_device.items()},
+            "per_second": dict(self.per_second),
             "presence": dict(self.presence),
             "basic_ingest": self.basic_ingest,
         }

@@ -16,7 +16,7 @@ from iotfleet.device.events import (
     PublishAcked,
     PublishFailed,
 )
-from iotfleet.metrics import Histogram, SeqSet
+from iotfleet.metrics import Histogram, SeqSet, Timeline
 
 __all__ = ["SHADOW_PREFIX", "WorkerMetrics"]
 
@@ -60,6 +60,19 @@ class WorkerMetrics:
     commands_received: SeqSet = field(default_factory=SeqSet)
     command_ms: Histogram = field(default_factory=Histogram)
     commands_handled: Counter[str] = field(default_factory=Counter)
+    # per second: sent, acked, errors, and by region acked, connects and disconnects; the ack latency
+    timeline: Timeline = field(default_factory=Timeline)
+
+    def error(self, kind: str) -> None:
+        """Count one error of ``kind`` (and in its second of the timeline)."""
+        self.errors[kind] += 1
+        self.timeline.count("errors")
+
+    def sent_one(self, thing: str) -> None:
+        """Count one data message queued by ``thing``."""
+        self.sent += 1
+        self.sent_by_device[thing] = self.sent_by_device.get(thing, 0) + 1
+        self.timeline.count("sent")
 
     def on_command(self, command_id: int, command: str, sent_at_ms: int) -> bool:
         """Count a command a device received; False if it had come before (a redelivery)."""
@@ -81,12 +94,15 @@ class WorkerMetrics:
             if isinstance(event, PublishAcked):
                 self.shadow[op] += 1
             else:
-                self.errors[f"shadow {op}: {event.reason}"] += 1
+                self.error(f"shadow {op}: {event.reason}")
         elif isinstance(event, PublishAcked):
             self.acked += 1
             self.ack_ms.add(event.latency_s * 1000)
             region = event.endpoint.region
             self.region(region)["acked"] += 1
+            self.timeline.count("acked")
+            self.timeline.count(f"acked:{region}")
+            self.timeline.latency_ms(event.latency_s * 1000)
             seqs = self.acked_seqs.get(event.thing)
             if seqs is None:
                 seqs = self.acked_seqs[event.thing] = SeqSet()
@@ -102,12 +118,14 @@ class WorkerMetrics:
             self.connect_ms.add(event.connect_s * 1000)
             self.region(event.endpoint.region)["connected"] += 1
             self.region(event.endpoint.region)["connects"] += 1
+            self.timeline.count(f"connects:{event.endpoint.region}")
         elif isinstance(event, Disconnected):
             self.connected -= 1
             self.region(event.endpoint.region)["connected"] -= 1
             self.disconnects[event.reason] += 1
+            self.timeline.count(f"disconnects:{event.endpoint.region}")
         elif isinstance(event, ConnectFailed):
-            self.errors[f"connect: {event.reason}"] += 1
+            self.error(f"connect: {event.reason}")
         elif isinstance(event, FailedOver):
             if event.failback:
                 self.failbacks += 1
@@ -118,7 +136,7 @@ class WorkerMetrics:
                 self.region(event.to_endpoint.region)["failovers_in"] += 1
         elif isinstance(event, PublishFailed):
             self.failed[event.reason] += 1
-            self.errors[f"publish: {event.reason}"] += 1
+            self.error(f"publish: {event.reason}")
 
     def snapshot(self) -> dict[str, Any]:
         """The small live figures sent every second (no per-device data)."""

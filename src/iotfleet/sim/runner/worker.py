@@ -156,7 +156,7 @@ class _DeviceShadow:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            self.metrics.errors[f"shadow: {type(exc).__name__}"] += 1
+            self.metrics.error(f"shadow: {type(exc).__name__}")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -212,14 +212,12 @@ class _DevicePlan:
         try:
             self.client.enqueue(task.stream, payload).add_done_callback(_consume)
         except ClientError as exc:
-            metrics.errors[f"enqueue: {type(exc).__name__}"] += 1
+            metrics.error(f"enqueue: {type(exc).__name__}")
             return
-        metrics.sent += 1
-        thing = self.device.thing
-        metrics.sent_by_device[thing] = metrics.sent_by_device.get(thing, 0) + 1
+        metrics.sent_one(self.device.thing)
 
     def failed(self, exc: Exception) -> None:
-        self.metrics.errors[f"task: {type(exc).__name__}"] += 1
+        self.metrics.error(f"task: {type(exc).__name__}")
         log.error("%s: a task failed", self.device.thing, exc_info=exc)
 
 
@@ -239,7 +237,7 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
     try:
         identity = await _identity(device, spec, metrics)
     except IotFleetError as exc:
-        metrics.errors[f"provision: {type(exc).__name__}"] += 1
+        metrics.error(f"provision: {type(exc).__name__}")
         log.warning("%s: provisioning failed: %s", device.thing, exc)
         return
     metrics.region(device.home)["devices"] += 1
@@ -282,7 +280,7 @@ def _on_command(client: DeviceClient, metrics: WorkerMetrics, message: InboundMe
         command_id, command, sent_at_ms = int(body["id"]), str(body["command"]), int(body["sent_at_ms"])
         offline_s = float(body.get("offline_s", 0.0))
     except (ValueError, KeyError, TypeError):
-        metrics.errors["command: malformed"] += 1
+        metrics.error("command: malformed")
         return
     if metrics.on_command(command_id, command, sent_at_ms) and command == REBOOT:
         client.reboot(offline_s)
