@@ -627,6 +627,18 @@ def _shard(value: str) -> tuple[int, int]:
     help="Keep the cloud and identities here; later runs reuse them (default: temporary).",
 )
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@click.option(
+    "--csv",
+    "csv_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write timeseries.csv (one row a second) and summary.csv into this directory.",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write JUnit XML: one test case per threshold, failed when breached (for CI).",
+)
 @click.option("--max-lost", type=click.IntRange(min=0), default=0, show_default=True, help="Threshold: lost messages.")
 @click.option("--max-error-rate", type=click.FloatRange(min=0), help="Threshold: errors per message sent.")
 @click.option(
@@ -650,19 +662,15 @@ def simulate(ctx: click.Context, /, **options: Any) -> None:
     with _errors():
         settings = _sim_settings(ctx, options)
         simulation = Simulation(settings.sim_config())
-        if settings.run.report is not None:
-            _check_writable(settings.run.report)
+        for option, path in (("--report", settings.run.report), ("--junit", options["junit_path"])):
+            if path is not None:
+                _check_writable(path, option)
         if options["check_only"]:
             click.echo(json.dumps(settings.model_dump(mode="json", exclude={"source"}), indent=1))
             return
         report = _run(simulation)
         breaches = _thresholds(report, settings.thresholds.max_lost, settings.thresholds.max_error_rate)
-        failed_write = None
-        if settings.run.report is not None:
-            try:
-                settings.run.report.write_text(json.dumps(report, indent=1))
-            except OSError as exc:
-                failed_write = f"cannot write the report to {settings.run.report}: {exc.strerror or exc}"
+        failed_write = _write_outputs(report, settings, options["csv_dir"], options["junit_path"])
         _summary(report, breaches)
     if failed_write is not None:
         _fail(f"{failed_write}; the summary above is what the run measured")
@@ -724,21 +732,50 @@ def _read_text(path: Path, option: str) -> str:
         raise ConfigError(f"{option} {path}: cannot read it: {exc}") from exc
 
 
-def _check_writable(path: Path) -> None:
-    """Fail now, not after the run, when the report could not be written to ``path``."""
+def _write_outputs(
+    report: dict[str, Any], settings: SimSettings, csv_dir: Path | None, junit: Path | None
+) -> str | None:
+    """Write the JSON report, the CSV files and the JUnit XML that were asked for; what failed, or None."""
+    from iotfleet.sim.ci_formats import junit_xml, write_csv  # noqa: PLC0415
+
+    thresholds = settings.thresholds
+    writes: list[tuple[str, Path | None, Callable[[Path], object]]] = [
+        ("the report", settings.run.report, lambda path: path.write_text(json.dumps(report, indent=1))),
+        ("the CSV files", csv_dir, lambda path: write_csv(report, path)),
+        (
+            "the JUnit XML",
+            junit,
+            lambda path: path.write_text(
+                junit_xml(report, max_lost=thresholds.max_lost, max_error_rate=thresholds.max_error_rate)
+            ),
+        ),
+    ]
+    problems = []
+    for what, path, write in writes:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except OSError as exc:
+            problems.append(f"cannot write {what} to {path}: {exc.strerror or exc}")
+    return "; ".join(problems) or None
+
+
+def _check_writable(path: Path, option: str = "--report") -> None:
+    """Fail now, not after the run, when a file could not be written to ``path``."""
     import os  # noqa: PLC0415
 
     if path.is_dir():
-        raise ConfigError(f"--report: {path} is a directory; name a file")
+        raise ConfigError(f"{option}: {path} is a directory; name a file")
     if path.exists():
         if not os.access(path, os.W_OK):
-            raise ConfigError(f"--report: {path} is not writable")
+            raise ConfigError(f"{option}: {path} is not writable")
         return
     parent = path.parent if str(path.parent) else Path()
     if not parent.is_dir():
-        raise ConfigError(f"--report: directory {parent} does not exist; create it or name another path")
+        raise ConfigError(f"{option}: directory {parent} does not exist; create it or name another path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--report: cannot create files in {parent} (read-only or no permission)")
+        raise ConfigError(f"{option}: cannot create files in {parent} (read-only or no permission)")
 
 
 def _run(simulation: Simulation) -> dict[str, Any]:
@@ -774,6 +811,44 @@ def _thresholds(report: dict[str, Any], max_lost: int, max_error_rate: float | N
 @cli.group("report")
 def report_group() -> None:
     """Simulator reports."""
+
+
+@report_group.command("csv")
+@click.argument("report_file", metavar="REPORT", type=_FILE)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The directory.")
+def report_csv(report_file: Path, out: Path) -> None:
+    """Write a saved (or merged) report's timeseries.csv and summary.csv into --out."""
+    from iotfleet.sim.ci_formats import write_csv  # noqa: PLC0415
+    from iotfleet.sim.report import load_report  # noqa: PLC0415
+
+    with _errors():
+        report = load_report(report_file)
+    try:
+        for path in write_csv(report, out):
+            click.echo(str(path))
+    except OSError as exc:
+        _fail(f"cannot write the CSV files to {out}: {exc.strerror or exc}")
+
+
+@report_group.command("junit")
+@click.argument("report_file", metavar="REPORT", type=_FILE)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the XML here (default: stdout).")
+@click.option("--max-lost", type=click.IntRange(min=0), default=0, show_default=True, help="Threshold: lost messages.")
+@click.option("--max-error-rate", type=click.FloatRange(min=0), help="Threshold: errors per message sent.")
+def report_junit(report_file: Path, out: Path | None, max_lost: int, max_error_rate: float | None) -> None:
+    """JUnit XML of a saved (or merged) report's thresholds: one test case each, failed when breached."""
+    from iotfleet.sim.ci_formats import junit_xml  # noqa: PLC0415
+    from iotfleet.sim.report import load_report  # noqa: PLC0415
+
+    with _errors():
+        text = junit_xml(load_report(report_file), max_lost=max_lost, max_error_rate=max_error_rate)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write the JUnit XML to {out}: {exc.strerror or exc}")
 
 
 @report_group.command("merge")

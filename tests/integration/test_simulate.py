@@ -39,8 +39,14 @@ def test_two_sites_for_20s_lose_nothing_and_ingest_everything_acked(tmp_path: Pa
         "run",
         *("--sites", "2", "--duration", "20s", "--speed", "10"),
         *("--operator-every", "60s", "--operator-fraction", "0.25"),  # rounds at 6 s and 12 s of the run
+        *("--csv", str(tmp_path / "csv"), "--junit", str(tmp_path / "junit.xml")),
     )
     assert code == 0, summary
+    series = (tmp_path / "csv" / "timeseries.csv").read_text().splitlines()
+    assert series[0].startswith("t,epoch,sent,acked,ingested,errors,ack_p99_ms,eu-west-1_connected")
+    assert len(series) == len(report["timeseries"]) + 1
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'tests="1" failures="0"' in junit  # the loss threshold, held
     for key in (*REQUIRED, "latency_ms", "errors", "regions"):
         assert key in report
     for kind in ("ack", "e2e"):

@@ -33,10 +33,12 @@ from iotfleet.sim.runner import WorkerMetrics
 __all__ = [
     "Raw",
     "Report",
+    "ThresholdCheck",
     "load_report",
     "merge_reports",
     "summary_lines",
     "threshold_breaches",
+    "threshold_checks",
 ]
 
 REQUIRED = ("devices", "duration_s", "sent", "acked", "ingested", "lost", "duplicates", "throughput_msgs_per_s")
@@ -514,19 +516,49 @@ def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return Report.merge(Report.from_dict(r) for r in reports).to_dict()
 
 
+@dataclass(frozen=True)
+class ThresholdCheck:
+    """One threshold and how the run did: ``name`` (e.g. ``lost <= 0``), whether it ``held``, and what
+    was measured (``message``: the breach, or the figure that held)."""
+
+    name: str
+    held: bool
+    message: str
+
+
+def threshold_checks(
+    report: Mapping[str, Any], *, max_lost: int = 0, max_error_rate: float | None = None
+) -> list[ThresholdCheck]:
+    """Every threshold of the run, held or breached. Loss unknown (no ingest measured) holds."""
+    lost = report.get("lost")
+    checks = [
+        ThresholdCheck(
+            f"lost <= {max_lost}",
+            lost is None or lost <= max_lost,
+            "loss unknown: no ingest measured"
+            if lost is None
+            else f"lost {lost}" + (f" > {max_lost}" if lost > max_lost else ""),
+        )
+    ]
+    if max_error_rate is not None:
+        rate = report["errors"]["total"] / report["sent"] if report["sent"] else 0.0
+        breached = rate > max_error_rate
+        checks.append(
+            ThresholdCheck(
+                f"error rate <= {max_error_rate}",
+                not breached,
+                f"error rate {rate:.4f}" + (f" > {max_error_rate}" if breached else ""),
+            )
+        )
+    return checks
+
+
 def threshold_breaches(
     report: Mapping[str, Any], *, max_lost: int = 0, max_error_rate: float | None = None
 ) -> list[str]:
     """The thresholds the run breached (empty when all hold)."""
-    breaches = []
-    lost = report.get("lost")
-    if lost is not None and lost > max_lost:
-        breaches.append(f"lost {lost} > {max_lost}")
-    if max_error_rate is not None and report["sent"]:
-        rate = report["errors"]["total"] / report["sent"]
-        if rate > max_error_rate:
-            breaches.append(f"error rate {rate:.4f} > {max_error_rate}")
-    return breaches
+    checks = threshold_checks(report, max_lost=max_lost, max_error_rate=max_error_rate)
+    return [check.message for check in checks if not check.held]
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
