@@ -206,10 +206,12 @@ class Progress:
     def total(self, key: str) -> float:
         return float(sum(s.get(key, 0) for s in self.snapshots.values()))
 
-    def by_region(self) -> dict[str, int]:
+    def by_region(self, key: str = "by_region") -> dict[str, int]:
+        """A per-region figure of the snapshots, summed over the workers: connected devices by default,
+        ``acked_by_region`` for the publishes each region acknowledged."""
         regions: dict[str, int] = {}
         for snapshot in self.snapshots.values():
-            for region, n in snapshot.get("by_region", {}).items():
+            for region, n in snapshot.get(key, {}).items():
                 regions[region] = regions.get(region, 0) + n
         return regions
 

@@ -151,4 +151,5 @@ class WorkerMetrics:
             "outbox": self.outbox_depth,
             "p99_ack_ms": self.ack_ms.quantile(0.99),
             "by_region": {r: c["connected"] for r, c in self.by_region.items()},
+            "acked_by_region": {r: c["acked"] for r, c in self.by_region.items()},
         }
