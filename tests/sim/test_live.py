@@ -35,3 +35,4 @@ def test_each_region_has_its_row_and_a_failed_region_says_how() -> None:
     assert "123" in text
     assert "kill eu-west-1 at 4.0 s" in text
     assert "connected (all regions)" in text
+    assert "80 / 80 [####################]" in text  # the ramp's bar, shown as it is (not taken for markup)

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from iotfleet.sim.simulate import Progress
 
@@ -81,7 +82,8 @@ class LiveView:
     def _table(self, progress: Progress) -> Table:
         table = Table(title=f"iotfleet simulate — {time.monotonic() - progress.started:,.0f} s", show_header=False)
         started = progress.total("started")
-        table.add_row("devices started", f"{started:,.0f} / {self.total:,} " + _bar(started / max(1, self.total)))
+        bar = Text(f"{started:,.0f} / {self.total:,} " + _bar(started / max(1, self.total)))  # no markup: [###]
+        table.add_row("devices started", bar)
         provisioned = progress.total("provisioned")
         if provisioned:
             table.add_row("provisioned", f"{provisioned:,.0f}")
