@@ -101,12 +101,12 @@ def test_commands_reach_every_connected_device_and_reboots_come_back(tmp_path: P
     assert commands["latency_ms"]["count"] == commands["sent"]
     assert "commands" in summary
 
-    code, report, summary = simulate(tmp_path, "reboot", *args, "--reboot-share", "0.5")
+    code, report, summary = simulate(tmp_path, "reboot", *args, "--reboot-share", "0.25")
     commands = report["commands"]
     assert commands["delivered"] + commands["lost"] == commands["sent"]
     assert commands["delivered"] >= 0.7 * commands["sent"]  # the rest went to devices offline rebooting
     reboots = commands["handled"]["reboot"]
-    assert reboots > 5
+    assert reboots >= 4  # about a quarter of some 50 commands
     assert report["reconnects"] >= reboots  # each rebooted device came back
     assert report["lost"] == 0  # and nothing it had queued was lost
     assert report["errors"]["total"] == 0
