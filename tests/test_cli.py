@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from iotfleet.cli import cli
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from iotfleet.transport.tls import tls_client_context
-from tests.conftest import cloud_up, process_alive
+from tests.conftest import cloud_up, process_alive, wait_until
 
 
 def children_of(pid: int) -> list[int]:
@@ -196,3 +197,22 @@ def test_report_merge_names_a_damaged_report_and_an_unwritable_output(tmp_path: 
     result = CliRunner().invoke(cli, ["report", "merge", str(tmp_path / "empty.json"), "--out", "/dev/full"])
     assert result.exit_code == 2, result.output
     assert result.output == "Error: cannot write the merged report to /dev/full: No space left on device\n"
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_cloud_runs_on(tmp_path: Path) -> None:
+    with cloud_up("--json", "--workdir", str(tmp_path / "w"), "--regions", "eu-west-1") as proc:
+        out, err = proc.stdout, proc.stderr
+        assert out is not None
+        assert err is not None
+        assert json.loads(out.readline())["regions"]
+        proc.send_signal(signal.SIGUSR1)
+        dumped: list[str] = []
+
+        def read() -> bool:
+            ready, _, _ = select.select([err], [], [], 0)
+            if ready:
+                dumped.append(err.readline())
+            return any("most recent call first" in line for line in dumped)
+
+        assert wait_until(read, timeout=10, interval=0.01), dumped
+        assert proc.poll() is None  # a dump, not a stop

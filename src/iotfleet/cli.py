@@ -199,7 +199,10 @@ def _regions(value: str) -> list[str]:
 
 @contextmanager
 def _until_signalled() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM; the previous handlers come back afterwards."""
+    """An event set by SIGINT or SIGTERM; the previous handlers come back afterwards. Meanwhile SIGUSR1
+    prints every thread's Python stack on stderr (``kill -USR1 PID``), to see why a process does not stop."""
+    import faulthandler  # noqa: PLC0415
+
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -208,9 +211,16 @@ def _until_signalled() -> Iterator[threading.Event]:
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
+    try:  # faulthandler writes to a file descriptor: not where stderr has none (click's test runner)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        dumps = True
+    except (OSError, ValueError, AttributeError):
+        dumps = False
     try:
         yield stop
     finally:
+        if dumps:
+            faulthandler.unregister(signal.SIGUSR1)
         for signum, old in previous.items():
             signal.signal(signum, old)
 
