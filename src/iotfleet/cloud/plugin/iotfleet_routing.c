@@ -166,7 +166,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	}
 	switch(authorize(ed->client, "iot:Connect", "client", client_id ? client_id : "")){
 		case AUTHZ_ALLOW:
-			if(!rechecking && quota_connect(client_id ? client_id : "") != 0){
+			if(!rechecking && quota_connect(client_id ? client_id : "", ed->client) != 0){
 				return MOSQ_ERR_UNKNOWN; /* throttled: no CONNACK */
 			}
 			return MOSQ_ERR_SUCCESS;
@@ -335,7 +335,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_disconnect *ed = event_data;
 	(void)event;
 	(void)userdata;
-	quota_disconnected(mosquitto_client_id(ed->client));
+	quota_disconnected(mosquitto_client_id(ed->client), ed->client);
 	return MOSQ_ERR_SUCCESS;
 }
 

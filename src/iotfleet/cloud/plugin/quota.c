@@ -16,7 +16,9 @@
 #include <string.h>
 #include <time.h>
 
-#define QUOTA_FORGET_S 2.0
+#ifndef QUOTA_FORGET_S
+#define QUOTA_FORGET_S 2.0 /* seconds an entry outlives its connection: the CONNECT rule needs 1 */
+#endif
 
 enum quota_kind {
 	QUOTA_CONNECT_CLIENT,
@@ -36,7 +38,7 @@ struct quota_bucket { double rate, tokens, at; };
 struct quota_entry {
 	char *id;
 	double last_connect;
-	int connected;
+	const void *connection; /* the live connection with this client id (mosquitto's context), or NULL */
 	struct quota_bucket publishes;
 };
 
@@ -108,7 +110,7 @@ static int quota_rebuild(double now)
 	struct quota_entry *table;
 	for(i = 0; i < quota.cap; i++){
 		struct quota_entry *e = &quota.table[i];
-		if(e->id != NULL && (e->connected || now - e->last_connect < QUOTA_FORGET_S)){
+		if(e->id != NULL && (e->connection != NULL || now - e->last_connect < QUOTA_FORGET_S)){
 			live++;
 		}
 	}
@@ -124,7 +126,7 @@ static int quota_rebuild(double now)
 		if(e->id == NULL){
 			continue;
 		}
-		if(e->connected || now - e->last_connect < QUOTA_FORGET_S){
+		if(e->connection != NULL || now - e->last_connect < QUOTA_FORGET_S){
 			*quota_slot(table, cap, e->id) = *e;
 		}else{
 			free(e->id);
@@ -152,7 +154,7 @@ static struct quota_entry *quota_entry(const char *id, int make, double now)
 			return NULL;
 		}
 		e->last_connect = -1e9;
-		e->connected = 0;
+		e->connection = NULL;
 		quota.used++;
 	}
 	return e;
@@ -178,8 +180,9 @@ static void quota_configure(double connect_per_client, double connect_per_accoun
 	quota_fill(&quota.account_publishes, publish_per_account, now);
 }
 
-/* A CONNECT that passed authentication and authorization: 0 to accept it, 1 when a quota refuses it. */
-static int quota_connect(const char *client_id)
+/* A CONNECT (of connection ``connection``) that passed authentication and authorization: 0 to accept it,
+ * 1 when a quota refuses it. */
+static int quota_connect(const char *client_id, const void *connection)
 {
 	double now = quota_now();
 	struct quota_entry *e = quota_entry(client_id, 1, now);
@@ -193,21 +196,23 @@ static int quota_connect(const char *client_id)
 	}
 	if(e != NULL){
 		e->last_connect = now;
-		e->connected = 1;
+		e->connection = connection;
 		quota_fill(&e->publishes, quota.publish_per_connection, now);
 	}
 	return 0;
 }
 
-static void quota_disconnected(const char *client_id)
+/* Connection ``connection`` ended. The entry is its only while it is the client id's live connection: when
+ * a new connection took the client id over, the old one's end leaves the new one's entry alone. */
+static void quota_disconnected(const char *client_id, const void *connection)
 {
 	struct quota_entry *e;
 	if(client_id == NULL || quota.table == NULL){
 		return;
 	}
 	e = quota_slot(quota.table, quota.cap, client_id);
-	if(e->id != NULL){
-		e->connected = 0;
+	if(e->id != NULL && e->connection == connection){
+		e->connection = NULL;
 	}
 }
 
@@ -235,3 +240,32 @@ static void quota_free(void)
 	free(quota.table);
 	memset(&quota, 0, sizeof(quota));
 }
+
+#ifdef QUOTA_TEST
+/* For tests (ctypes), built with -DQUOTA_TEST: the engine's entry points, with connections as numbers. */
+void quota_test_configure(double per_client, double per_account, double per_connection, double account_publishes)
+{
+	quota_free();
+	quota_configure(per_client, per_account, per_connection, account_publishes);
+}
+
+int quota_test_connect(const char *client_id, long connection)
+{
+	return quota_connect(client_id, (const void *)connection);
+}
+
+void quota_test_disconnected(const char *client_id, long connection)
+{
+	quota_disconnected(client_id, (const void *)connection);
+}
+
+int quota_test_publish(const char *client_id, int inbound)
+{
+	return quota_publish(client_id, inbound);
+}
+
+unsigned long quota_test_count(int kind)
+{
+	return quota.counts[kind];
+}
+#endif
