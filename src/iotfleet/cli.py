@@ -533,10 +533,14 @@ def _summary(report: dict[str, Any], breaches: list[str]) -> None:
 
 
 def _shard(value: str) -> tuple[int, int]:
-    index, sep, count = value.partition("/")
-    if not sep or not index.isdigit() or not count.isdigit():
-        raise click.BadParameter(f"{value!r} is not i/n (e.g. 0/4)")
-    return int(index), int(count)
+    import os  # noqa: PLC0415
+
+    from iotfleet.sim.fleet import parse_shard  # noqa: PLC0415
+
+    try:
+        return parse_shard(value, os.environ)
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message) from None
 
 
 @cli.command("simulate")
@@ -605,7 +609,14 @@ def _shard(value: str) -> tuple[int, int]:
     metavar="ACTION:REGION@TIME",
     help="kill|blackhole|restore a region at a time into the run (repeatable), e.g. kill:eu-west-1@30s.",
 )
-@click.option("--shard", type=_shard, default="0/1", show_default=True, help="Run slice i of n (whole sites).")
+@click.option(
+    "--shard",
+    type=_shard,
+    default="0/1",
+    show_default=True,
+    help="Run slice i of n (whole sites); auto/n takes i from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's "
+    "pod) or AWS_BATCH_JOB_ARRAY_INDEX.",
+)
 @click.option("--no-shadow", is_flag=True, help="Devices do not sync their shadow (and no operator changes it).")
 @click.option(
     "--operator-fraction",

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from iotfleet.config import Endpoint
 from iotfleet.errors import ConfigError
 from iotfleet.sim.drill import drill_speed
-from iotfleet.sim.fleet import FleetShape, Placement, build_fleet, home_first, home_regions, shard_of
+from iotfleet.sim.fleet import FleetShape, Placement, build_fleet, home_first, home_regions, parse_shard, shard_of
 from iotfleet.sim.settings import load_settings
 from iotfleet.sim.simulate import SimConfig, Simulation, parse_chaos, parse_duration
 from iotfleet.sim.workload import DEVICE_TYPES, LUMINAIRE, bytes_per_site_day, rejection_reason
@@ -152,3 +152,17 @@ def test_a_device_tries_its_home_region_first_then_the_others_in_order() -> None
     assert [d.home for d in devices] == ["eu-west-1", "us-east-1", "eu-west-1", "us-east-1"]
     shard = Simulation(SimConfig(shape=FleetShape(sites=4, assets=1, rooms=1, buildings=1), shard=(1, 2))).devices
     assert [d.home for d in shard] == ["us-east-1", "us-east-1"]  # shards agree on every site's home
+
+
+def test_a_shard_index_comes_from_the_flag_or_from_the_indexed_jobs_environment() -> None:
+    assert parse_shard("1/4", {}) == (1, 4)
+    assert parse_shard("auto/4", {"JOB_COMPLETION_INDEX": "3"}) == (3, 4)  # a Kubernetes Indexed Job's pod
+    assert parse_shard("auto/8", {"AWS_BATCH_JOB_ARRAY_INDEX": "5"}) == (5, 8)  # an AWS Batch array job's child
+    with pytest.raises(ConfigError, match="neither is set"):
+        parse_shard("auto/4", {})
+    with pytest.raises(ConfigError, match="0 <= i < n"):
+        parse_shard("auto/4", {"JOB_COMPLETION_INDEX": "4"})
+    with pytest.raises(ConfigError, match="not a shard index"):
+        parse_shard("auto/4", {"JOB_COMPLETION_INDEX": "x"})
+    with pytest.raises(ConfigError, match="not i/n or auto/n"):
+        parse_shard("2", {})

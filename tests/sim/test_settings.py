@@ -112,3 +112,10 @@ def test_rules_come_from_the_fleet_file_and_basic_ingest_from_a_flag(tmp_path: P
     fleet.write_text("[rules]\nname = 'x'\n")
     with pytest.raises(ConfigError, match="rules: must be \\[\\[rules\\]\\] tables"):
         load_settings(fleet)
+
+
+def test_shard_auto_takes_the_pods_index() -> None:
+    assert checked("--sites", "8", "--shard", "auto/4", env={"JOB_COMPLETION_INDEX": "2"})["run"]["shard"] == [2, 4]
+    result = CliRunner().invoke(cli, ["simulate", "--check", "--shard", "auto/4"], env={"JOB_COMPLETION_INDEX": ""})
+    assert result.exit_code == 2
+    assert "not a shard index" in result.output

@@ -8,8 +8,9 @@ Thing names are ``<site>-b<building>-r<room>-a<asset>``, valid IoT Core thing na
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -151,6 +152,32 @@ def current_region(home: str, regions: Sequence[str], failed: Collection[str]) -
     failed in its endpoint order (home first, then ``regions`` in order); its home when all are failed."""
     order = [home, *(r for r in regions if r != home)] if home in regions else list(regions)
     return next((r for r in order if r not in failed), order[0])
+
+
+SHARD_INDEX_VARIABLES: Final = ("JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX")  # Kubernetes, AWS Batch
+
+
+def parse_shard(text: str, environ: Mapping[str, str]) -> tuple[int, int]:
+    """``i/n`` as ``(i, n)``; ``auto/n`` takes ``i`` from the Indexed Job's ``JOB_COMPLETION_INDEX``
+    (Kubernetes) or the array job's ``AWS_BATCH_JOB_ARRAY_INDEX`` (AWS Batch). Checked: 0 <= i < n."""
+    index, sep, count = text.partition("/")
+    if not sep or not count.isdigit() or not (index.isdigit() or index == "auto"):
+        raise ConfigError(f"--shard {text!r} is not i/n or auto/n (e.g. 0/4, auto/4)")
+    if index == "auto":
+        found = next(((name, environ[name]) for name in SHARD_INDEX_VARIABLES if name in environ), None)
+        if found is None:
+            raise ConfigError(
+                f"--shard auto/{count} takes its index from {' or '.join(SHARD_INDEX_VARIABLES)}, and neither is "
+                "set: run it as an Indexed Job's pod (or an array job), or give the index (--shard 0/4)"
+            )
+        name, value = found
+        if not value.isdigit():
+            raise ConfigError(f"--shard auto/{count}: {name} is {value!r}, not a shard index")
+        index = value
+    shard = int(index), int(count)
+    if not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"shard {shard[0]}/{shard[1]} is not valid: use i/n with 0 <= i < n, e.g. --shard 0/4")
+    return shard
 
 
 def shard_of(devices: list[SimDevice], index: int, count: int) -> list[SimDevice]:
