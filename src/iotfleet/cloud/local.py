@@ -603,9 +603,7 @@ class LocalCloud:
 
     def _provisioning_service(self, region: Region) -> ProvisioningService:
         def commit(registrations: tuple[Registration, ...]) -> None:
-            with self._register_lock:
-                region.apply(registrations)
-            self.replicate(registrations, source=region.name)
+            self.change(*registrations, region=region.name)
 
         return ProvisioningService(
             region=region.name,
@@ -873,9 +871,7 @@ class LocalCloud:
         current = home.registry.thing(thing)
         if current is None:
             raise RegistryError(f"no thing named {thing!r} in region {home.name}")
-        policies: dict[str, Any] = {}
-        for record in home.registry.certificates_of(thing):
-            policies.update(home.registry.policies_of(record.certificate_id))
+        policies = home.registry.policies_of_thing(thing)
         common_name = unique_common_name()
         key_pem: str | None = None
         if csr_pem is not None:

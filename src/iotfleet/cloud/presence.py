@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["LifecycleEvent", "PresenceTracker", "presence_topic"]
+__all__ = ["PRESENCE_FILTER", "PRESENCE_PREFIX", "LifecycleEvent", "PresenceTracker", "presence_topic"]
 
 _CONNECTED: Final = re.compile(
     r"^New client connected from (?P<address>.+):\d+ as (?P<id>.+) \(p\d+, c\d, k\d+(?:, u'(?P<user>.*)')?\)\.$"
@@ -65,8 +65,12 @@ _ENDED: Final = [
 ]
 
 
+PRESENCE_PREFIX: Final = "$aws/events/presence/"
+PRESENCE_FILTER: Final = f"{PRESENCE_PREFIX}+/+"  # every presence event, of every client
+
+
 def presence_topic(event_type: str, client_id: str) -> str:
-    return f"$aws/events/presence/{event_type}/{client_id}"
+    return f"{PRESENCE_PREFIX}{event_type}/{client_id}"
 
 
 @dataclass(frozen=True, slots=True)

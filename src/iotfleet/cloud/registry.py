@@ -373,6 +373,14 @@ class Registry:
         )
         return [(r[0], r[1], CertificateStatus(r[2])) for r in rows]
 
+    def policies_of_thing(self, thing: str) -> dict[str, dict[str, Any]]:
+        """The policies attached to any of ``thing``'s certificates: what a new certificate of the thing
+        gets (a rotation, a re-registration whose template attaches none)."""
+        policies: dict[str, dict[str, Any]] = {}
+        for record in self.certificates_of(thing):
+            policies.update(self.policies_of(record.certificate_id))
+        return policies
+
     def principals(self) -> list[PrincipalRow]:
         """Every ACTIVE certificate with at least one policy: who may connect, and under which policies.
         A certificate attached to no thing is a principal too (the thing variables do not resolve for it)."""

@@ -155,6 +155,12 @@ class SessionLoop:
             self.last_error = ConnectError(exc.message, endpoint=str(endpoint), reason="identity")
             self.listeners.emit(ConnectFailed(self.thing, endpoint, "identity"))
             return None
+        self._opened(endpoint, started)
+        return session
+
+    def _opened(self, endpoint: Endpoint, started: float) -> None:
+        """A session to ``endpoint`` is up (its CONNECT began at ``started``): counted and told; the
+        identity is accepted, so no refusal stands, and a renewal waiting for it is done."""
         self.counts.connects += 1
         self.sessions += 1
         self.refusals.clear()
@@ -162,7 +168,6 @@ class SessionLoop:
         self.refused.clear()
         self._settle_renewal(None)
         self.listeners.emit(Connected(self.thing, endpoint, time.monotonic() - started, self.sessions))
-        return session
 
     def _count_refusal(self, endpoint: Endpoint, reason: str | None) -> None:
         """Keep each endpoint's last refusal; when every endpoint refuses, say so once, clearly."""
@@ -291,17 +296,15 @@ class SessionLoop:
 
     async def _renew(self, session: Session) -> Session | None:
         """Open a session with the new identity to ``session``'s endpoint, then close ``session``."""
+        started = time.monotonic()
         try:
             replacement = await self.transport.connect(session.endpoint, self.options)
         except (ConnectError, CertificateError) as exc:
             self._settle_renewal(exc)
             return None
-        self.counts.connects += 1
-        self.sessions += 1
         self._went_offline()
         await session.close()
-        self.listeners.emit(Connected(self.thing, replacement.endpoint, 0.0, self.sessions))
-        self._settle_renewal(None)
+        self._opened(replacement.endpoint, started)
         return replacement
 
     async def close(self) -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from iotfleet.cloud.presence import PRESENCE_FILTER, PRESENCE_PREFIX
 from iotfleet.cloud.rules import INGEST, Rule, default_rules
 from iotfleet.cloud.schemas import EVENTS, METRICS, NotJson, loads_strict, rejection_reason
 from iotfleet.cloud.services.base import RegionService
@@ -55,8 +56,6 @@ from iotfleet.transport.base import InboundMessage
 __all__ = ["IngestService"]
 
 SHARE_GROUP: Final = "iotfleet-ingest"
-PRESENCE_PREFIX: Final = "$aws/events/presence/"
-PRESENCE_FILTER: Final = f"{PRESENCE_PREFIX}+/+"
 FLUSH_EVERY_S: Final = 0.2
 HOURLY_EVERY_S: Final = 2.0
 MAX_REASONS: Final = 200  # distinct reject reasons counted; the rest are counted together

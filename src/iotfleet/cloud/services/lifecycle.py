@@ -16,18 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 from iotfleet.cloud.presence import LifecycleEvent, PresenceTracker
-from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, RegionService, ServiceConnection, ServiceHost
+from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceConnection, ServiceHost
 from iotfleet.config import Endpoint, Identity
-from iotfleet.transport.base import InboundMessage
 
 __all__ = ["LifecycleService"]
 
 
-class LifecycleService(RegionService):
+class LifecycleService(OperatorConnection):
     """Publishes a region's presence events; ``principal(cn)`` gives a connection's certificate id."""
 
     kind = "lifecycle"
-    filters = ()
 
     def __init__(self, region: str, principal: Callable[[str], str]) -> None:
         super().__init__(region)
@@ -40,9 +38,6 @@ class LifecycleService(RegionService):
         self._loop = host.loop
         return super().attach(endpoint, identity, host)
 
-    def on_message(self, message: InboundMessage) -> None:
-        """It subscribes to nothing."""
-
     def feed(self, line: str) -> None:
         """One line of the broker's log (the log reader's thread)."""
         events = self.tracker.feed(line)
@@ -50,10 +45,8 @@ class LifecycleService(RegionService):
             self._loop.call_soon_threadsafe(self._publish, events)
 
     def _publish(self, events: list[LifecycleEvent]) -> None:
-        if self.connection is None:
-            return
         for event in events:
-            if self.connection.publish(event.topic, json.dumps(event.payload()).encode()):
+            if self.publish(event.topic, json.dumps(event.payload()).encode()):
                 self.published[event.event_type] += 1
             else:
                 self.dropped += 1

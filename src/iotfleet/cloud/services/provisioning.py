@@ -333,9 +333,7 @@ class ProvisioningService(RegionService):
         if plan.policy_name is not None and plan.policy_document is not None:
             policies = {plan.policy_name: plan.policy_document}
         else:  # the template attaches none: the new certificate gets those of the thing's other certificates
-            policies = {}
-            for other in self.registry.certificates_of(plan.thing_name) if existing else ():
-                policies.update(self.registry.policies_of(other.certificate_id))
+            policies = self.registry.policies_of_thing(plan.thing_name) if existing else {}
         if not policies:
             raise _invalid("the template attaches no policy, so the device could not do anything")
         thing = Thing(plan.thing_name, attributes)
