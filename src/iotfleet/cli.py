@@ -660,6 +660,12 @@ def _shard(value: str) -> tuple[int, int]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write JUnit XML: one test case per threshold, failed when breached (for CI).",
 )
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the HTML report: one self-contained page with the charts and tables, that opens offline.",
+)
 @click.option("--max-lost", type=click.IntRange(min=0), default=0, show_default=True, help="Threshold: lost messages.")
 @click.option("--max-error-rate", type=click.FloatRange(min=0), help="Threshold: errors per message sent.")
 @click.option(
@@ -683,7 +689,12 @@ def simulate(ctx: click.Context, /, **options: Any) -> None:
     with _errors():
         settings = _sim_settings(ctx, options)
         simulation = Simulation(settings.sim_config())
-        for option, path in (("--report", settings.run.report), ("--junit", options["junit_path"])):
+        written = (
+            ("--report", settings.run.report),
+            ("--junit", options["junit_path"]),
+            ("--html", options["html_path"]),
+        )
+        for option, path in written:
             if path is not None:
                 _check_writable(path, option)
         if options["check_only"]:
@@ -691,7 +702,7 @@ def simulate(ctx: click.Context, /, **options: Any) -> None:
             return
         report = _run(simulation)
         breaches = _thresholds(report, settings.thresholds.max_lost, settings.thresholds.max_error_rate)
-        failed_write = _write_outputs(report, settings, options["csv_dir"], options["junit_path"])
+        failed_write = _write_outputs(report, settings, options["csv_dir"], options["junit_path"], options["html_path"])
         _summary(report, breaches)
     if failed_write is not None:
         _fail(f"{failed_write}; the summary above is what the run measured")
@@ -754,10 +765,12 @@ def _read_text(path: Path, option: str) -> str:
 
 
 def _write_outputs(
-    report: dict[str, Any], settings: SimSettings, csv_dir: Path | None, junit: Path | None
+    report: dict[str, Any], settings: SimSettings, csv_dir: Path | None, junit: Path | None, html: Path | None
 ) -> str | None:
-    """Write the JSON report, the CSV files and the JUnit XML that were asked for; what failed, or None."""
+    """Write the JSON report, the CSV files, the JUnit XML and the HTML page that were asked for; what
+    failed, or None."""
     from iotfleet.sim.ci_formats import junit_xml, write_csv  # noqa: PLC0415
+    from iotfleet.sim.html_report import write_html  # noqa: PLC0415
 
     thresholds = settings.thresholds
     writes: list[tuple[str, Path | None, Callable[[Path], object]]] = [
@@ -768,6 +781,13 @@ def _write_outputs(
             junit,
             lambda path: path.write_text(
                 junit_xml(report, max_lost=thresholds.max_lost, max_error_rate=thresholds.max_error_rate)
+            ),
+        ),
+        (
+            "the HTML report",
+            html,
+            lambda path: write_html(
+                report, path, max_lost=thresholds.max_lost, max_error_rate=thresholds.max_error_rate
             ),
         ),
     ]
@@ -870,6 +890,24 @@ def report_junit(report_file: Path, out: Path | None, max_lost: int, max_error_r
         out.write_text(text)
     except OSError as exc:
         _fail(f"cannot write the JUnit XML to {out}: {exc.strerror or exc}")
+
+
+@report_group.command("html")
+@click.argument("report_file", metavar="REPORT", type=_FILE)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Write the page here.")
+@click.option("--max-lost", type=click.IntRange(min=0), default=0, show_default=True, help="Threshold: lost messages.")
+@click.option("--max-error-rate", type=click.FloatRange(min=0), help="Threshold: errors per message sent.")
+def report_html(report_file: Path, out: Path, max_lost: int, max_error_rate: float | None) -> None:
+    """Write a saved (or merged) report as one self-contained HTML page (charts and tables, no network)."""
+    from iotfleet.sim.html_report import write_html  # noqa: PLC0415
+    from iotfleet.sim.report import load_report  # noqa: PLC0415
+
+    with _errors():
+        report = load_report(report_file)
+    try:
+        click.echo(str(write_html(report, out, max_lost=max_lost, max_error_rate=max_error_rate)))
+    except OSError as exc:
+        _fail(f"cannot write the HTML report to {out}: {exc.strerror or exc}")
 
 
 @report_group.command("merge")

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from iotfleet.cli import cli
 from iotfleet.sim.fleet import FleetShape, build_fleet
+from tests import browser
 
 pytestmark = pytest.mark.integration
 IOTFLEET = [sys.executable, "-m", "iotfleet"]
@@ -119,6 +120,7 @@ def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> N
         *("--sites", "1", "--duration", "16s", "--speed", "20"),
         *("--chaos", "kill:eu-west-1@4s", "--chaos", "restore:eu-west-1@7s"),
         *("--max-error-rate", "0"),  # connection errors during the failover breach this on purpose: exit 1
+        *("--html", str(tmp_path / "chaos.html")),
     )
     assert report["lost"] == 0
     assert report["ingested"] == report["acked"]
@@ -134,6 +136,23 @@ def test_killing_the_preferred_region_mid_run_loses_nothing(tmp_path: Path) -> N
     assert code == 1
     assert report["thresholds"]["breaches"][0].startswith("error rate")
     assert "BREACHED" in summary
+    page = (tmp_path / "chaos.html").read_text()
+    assert "thresholds breached" in page
+    assert "kill eu-west-1 at" in page  # marked on the time series, and its own failover curve
+    assert "<h2>Failover after each fault</h2>" in page
+
+
+@browser.needs_chromium
+def test_a_runs_html_report_draws_in_headless_chromium(tmp_path: Path) -> None:
+    code, _, summary = simulate(
+        tmp_path, "page", *("--sites", "1", "--duration", "8s", "--speed", "20", "--html", str(tmp_path / "r.html"))
+    )
+    assert code == 0, summary
+    loaded = browser.load(tmp_path / "r.html", tmp_path)
+    assert loaded.console == []
+    assert loaded.colours() > 100
+    assert loaded.pixels_near("#1f77b4") > 1000  # eu-west-1 (the one-site fleet's home): two legend squares are ~400
+    assert loaded.pixels_near("#17becf") > 2000  # the ack latency distribution
 
 
 def test_a_blackhole_drill_detects_the_outage_and_fails_every_device_over() -> None:

@@ -112,8 +112,9 @@ def _spread(seconds: Sequence[float]) -> dict[str, float] | None:
     return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 3)}
 
 
-def chaos_effects(events: Sequence[Mapping[str, Any]], raw: Raw) -> list[dict[str, Any]]:
-    """Each chaos event with what it did, from the devices' acknowledgement moves (:attr:`Raw.ack_moves`).
+def chaos_samples(events: Sequence[Mapping[str, Any]], raw: Raw) -> list[tuple[dict[str, Any], list[float]]]:
+    """Each chaos event with what it did, from the devices' acknowledgement moves (:attr:`Raw.ack_moves`),
+    and the seconds it was measured in: one per device that moved (RTOs of a fault, failbacks of a restore).
 
     A fault (kill, blackhole) of region R at time T: ``devices_affected`` are the devices whose publishes
     R was acknowledging at T; ``rto_s`` spreads, over those that moved (``failed_over``), the time from T
@@ -122,35 +123,40 @@ def chaos_effects(events: Sequence[Mapping[str, Any]], raw: Raw) -> list[dict[st
     the last fault of R had affected, and for those that came back (``devices_returned``) the time from T
     to their first publish acknowledged by R again (``failback_s``).
     """
-    effects: list[dict[str, Any]] = []
+    effects: list[tuple[dict[str, Any], list[float]]] = []
     last_fault: dict[str, list[str]] = {}  # region -> the devices its last fault affected
     for event in sorted(events, key=lambda e: e.get("epoch", 0.0)):
         entry, epoch, region = dict(event), event.get("epoch"), event["region"]
         if epoch is None:
-            effects.append(entry)
+            effects.append((entry, []))
             continue
         moves = raw.ack_moves
         if event["action"] in FAULTS:
             affected = [t for t, m in moves.items() if _region_at(m, epoch) == region]
             last_fault[region] = affected
-            rtos = [
+            seconds = [
                 at - epoch for t in affected if (at := _first_move(moves[t], epoch, region, into=False)) is not None
             ]
             lost = None
             if raw.ingested is not None:
                 stored = raw.ingested
                 lost = sum(raw.acked[t].missing_from(stored.get(t, SeqSet())) for t in affected if t in raw.acked)
-            entry.update(devices_affected=len(affected), failed_over=len(rtos), rto_s=_spread(rtos), lost=lost)
+            entry.update(devices_affected=len(affected), failed_over=len(seconds), rto_s=_spread(seconds), lost=lost)
         else:
             away = last_fault.pop(region, [])
-            back = [
+            seconds = [
                 at - epoch
                 for t in away
                 if t in moves and (at := _first_move(moves[t], epoch, region, into=True)) is not None
             ]
-            entry.update(devices_away=len(away), devices_returned=len(back), failback_s=_spread(back))
-        effects.append(entry)
+            entry.update(devices_away=len(away), devices_returned=len(seconds), failback_s=_spread(seconds))
+        effects.append((entry, seconds))
     return effects
+
+
+def chaos_effects(events: Sequence[Mapping[str, Any]], raw: Raw) -> list[dict[str, Any]]:
+    """Each chaos event with what it did (:func:`chaos_samples` without the samples)."""
+    return [entry for entry, _ in chaos_samples(events, raw)]
 
 
 @dataclass
