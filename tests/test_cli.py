@@ -40,7 +40,10 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
         keys = {"regions", "ca_file", "claim_cert", "claim_key", "template", "templates", "account", "workdir"}
-        assert set(info) == {*keys, "quotas"}
+        inline = {"ca_pem", "claim_cert_pem", "claim_key_pem"}  # what a shard on another machine needs
+        assert set(info) == {*keys, *inline, "quotas", "control"}
+        assert info["ca_pem"] == Path(info["ca_file"]).read_text()
+        assert info["control"] == {"unix": str(tmp_path / "w" / "control.sock"), "tcp": None}  # no --control
         assert info["quotas"]["connect_per_client"] == 1.0  # IoT Core's quotas, on by default
         assert [r["name"] for r in info["regions"]] == ["eu-west-1", "us-east-1"]
         assert all(r["host"] == "localhost" for r in info["regions"])

@@ -293,6 +293,13 @@ def cloud() -> None:
     "client id, 500 CONNECTs/s, 100 publishes/s per connection, 20,000 publishes/s).",
 )
 @click.option(
+    "--control",
+    "control_address",
+    metavar="HOST:PORT",
+    help="Also serve the control API (chaos, ingest figures) on TCP HOST:PORT, for simulator shards on other "
+    "machines ('iotfleet simulate --cloud'). No authentication: a trusted network only. Port 0: any free one.",
+)
+@click.option(
     "--san",
     "sans",
     multiple=True,
@@ -312,14 +319,15 @@ def cloud_up(
     sans: tuple[str, ...],
     policy_file: Path | None,
     no_quotas: bool,
+    control_address: str | None,
 ) -> None:
-    """Start the local cloud and run until SIGINT or SIGTERM.
+    """Start the local cloud, with its ingestion pipeline, and run until SIGINT or SIGTERM.
 
     While it runs, 'iotfleet cloud chaos ACTION REGION --workdir DIR' injects faults into it. Apps that
     trust the system's CA store (AWS's samples) connect with SSL_CERT_FILE set to the printed CA.
     """
     from iotfleet.cloud.broker import Quotas  # noqa: PLC0415
-    from iotfleet.cloud.control import ControlServer  # noqa: PLC0415
+    from iotfleet.cloud.control import ControlServer, parse_address  # noqa: PLC0415
     from iotfleet.cloud.local import DEVICE_POLICY, LocalCloud, ThingSpec  # noqa: PLC0415
 
     with _errors(), _until_signalled() as stop:
@@ -334,9 +342,11 @@ def cloud_up(
             listen=[Endpoint.parse(text) for text in listen],
             sans=sans,
             quotas=Quotas.none() if no_quotas else Quotas(),
+            ingest=True,
         )
-        with local, ControlServer(local):
-            info = local.info()
+        tcp = None if control_address is None else parse_address(control_address)
+        with local, ControlServer(local, tcp=tcp) as control:
+            info = {**local.info(), "control": {"unix": str(control.path), "tcp": control.tcp_address}}
             if things:
                 policy_name = DEVICE_POLICY
                 if policy_file is not None:
@@ -368,6 +378,7 @@ def cloud_up(
                 click.echo(f"template    {info['template']} (default); all: {', '.join(info['templates'])}")
                 click.echo(f"account     {info['account']} (and region names as above, in policy ARNs)")
                 click.echo(f"workdir     {info['workdir']}")
+                click.echo(f"control     {control.path}" + (f", tcp {control.tcp_address}" if tcp else ""))
                 for thing in info.get("things", []):
                     click.echo(f"thing       {thing['name']} {thing['cert']} {thing['key']}")
                 click.echo("running; press Ctrl-C to stop")
@@ -566,9 +577,8 @@ def _shard(value: str) -> tuple[int, int]:
 @click.option(
     "--provision",
     type=click.Choice(["direct", "claim"]),
-    default="direct",
-    show_default=True,
-    help="direct: the local cloud issues identities; claim: fleet provisioning for every device.",
+    help="direct: the local cloud issues identities; claim: fleet provisioning for every device "
+    "[direct; claim against --cloud or a [target]].",
 )
 @click.option(
     "--ramp",
@@ -602,6 +612,19 @@ def _shard(value: str) -> tuple[int, int]:
     "20,000, IoT Core's default quota]. Lower it for a smaller Region (2,000).",
 )
 @click.option("--regions", default="eu-west-1,us-east-1", show_default=True, help="Local cloud regions.")
+@click.option(
+    "--cloud",
+    "cloud_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Drive a running 'iotfleet cloud up' (its --json line, in this file) instead of starting a cloud: "
+    "shards share it; chaos and ingest figures go through its control API.",
+)
+@click.option(
+    "--start-at",
+    type=click.FloatRange(min=0),
+    metavar="EPOCH",
+    help="Start simulated time at this Unix time (a start barrier: every shard starts together).",
+)
 @click.option(
     "--chaos",
     "chaos",
@@ -747,6 +770,8 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "basic_ingest": options["basic_ingest"],
         "account_rate": options["account_rate"],
         "regions": _regions(options["regions"]),
+        "cloud": options["cloud_file"],
+        "start_at": options["start_at"],
         "chaos": options["chaos"],
         "shard": options["shard"],
         "shadow": not options["no_shadow"],
@@ -913,14 +938,30 @@ def report_html(report_file: Path, out: Path, max_lost: int, max_error_rate: flo
 @report_group.command("merge")
 @click.argument("reports", nargs=-1, required=True, type=_FILE)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the merged JSON here.")
-def report_merge(reports: tuple[Path, ...], out: Path | None) -> None:
-    """Merge shard reports (--shard i/n runs) into the report one run would have written."""
-    from iotfleet.sim.report import load_report, merge_reports  # noqa: PLC0415
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="Merge even when shards are missing (they are listed in the merged report's config.missing_shards).",
+)
+def report_merge(reports: tuple[Path, ...], out: Path | None, partial: bool) -> None:
+    """Merge shard reports (--shard i/n runs) into the report one run would have written.
+
+    Fails (exit 2) when a shard is given twice, when the reports come from different splits, or when a
+    shard of the split is missing (unless --partial), naming each by its index.
+    """
+    from iotfleet.sim.report import load_report, merge_reports, shard_problems  # noqa: PLC0415
 
     with _errors():
         loaded = [load_report(p) for p in reports]
+        missing, problems = shard_problems(loaded, [str(p) for p in reports])
+        if missing and not partial:
+            problems.append(f"missing {', '.join(missing)} (merge what there is with --partial)")
+        if problems:
+            raise ConfigError("cannot merge: " + "; ".join(problems))
         try:
             merged = merge_reports(loaded)
+            if missing:
+                merged["config"]["missing_shards"] = missing
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(
                 f"cannot merge {', '.join(map(str, reports))}: a report's raw section is damaged ({exc!r}); "

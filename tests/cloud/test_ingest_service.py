@@ -8,6 +8,7 @@ import re
 import sqlite3
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -259,3 +260,35 @@ def test_a_full_store_ends_the_run_with_what_was_stored_and_a_count_of_what_was_
     report = Report.of_run(workers=[], ingest=cloud.final_ingest_stats, duration_s=1.0, config={}).to_dict()
     counts = report["regions"]["eu-west-1"]  # the simulator's report shows it too
     assert (counts["not_stored"], counts["failures"]) == (final["not_stored"], len(final["failures"]))
+
+
+def test_the_figures_of_any_partition_of_the_sites_add_up_to_the_whole(tmp_path: Path) -> None:
+    """What shards of a fleet read from one shared cloud, each for its own sites: together, the whole."""
+    ingest = IngestService(region="eu-west-1", path=tmp_path / "ingest.sqlite")
+    try:
+        for i in range(1, 61):
+            site, thing = ("hq", "lamp-1") if i % 3 else ("annex", "lamp-2")
+            topic = f"dt/acme/{site}/{thing}/telemetry"
+            body = json.loads(telemetry(HOUR + i, 10.0))
+            properties = (("iotfleet-msg-id", f"m{i}"), ("iotfleet-seq", str(i)), ("iotfleet-sent-at", "1"))
+            ingest.on_message(InboundMessage(topic, json.dumps(body).encode(), 1, False, properties))
+            if i % 10 == 0:
+                ingest.on_message(InboundMessage(topic, json.dumps(body).encode(), 1, False, properties))  # again
+        ingest.on_message(InboundMessage("dt/acme/hq/lamp-1/telemetry", b"{not json", 1, False, properties))
+        ingest.flush()
+        whole = ingest.stats()
+        hq = ingest.stats({"acme/hq"})
+        annex = ingest.stats({"acme/annex"}, cloud=False)
+        assert (hq["ingested"], annex["ingested"], whole["ingested"]) == (40, 20, 60)
+        assert hq["duplicates"] + annex["duplicates"] == whole["duplicates"] == 6
+        assert set(hq["by_device"]) == {"lamp-1"}
+        assert set(annex["by_device"]) == {"lamp-2"}
+        assert hq["e2e"].count + annex["e2e"].count == whole["e2e"].count == 60
+        together = Counter(hq["per_second"]) + Counter(annex["per_second"])
+        assert together == Counter(whole["per_second"])
+        # what belongs to no site comes with cloud=True only, so the shards count it once
+        assert hq["rejected"] == whole["rejected"] == {"payload is not valid JSON": 1}
+        assert (annex["rejected"], annex["received"]) == ({}, 0)
+        assert ingest.stats(set())["ingested"] == 0
+    finally:
+        ingest.close()

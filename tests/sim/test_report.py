@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+
+from iotfleet.cli import cli
 from iotfleet.metrics import SeqSet
 from iotfleet.sim.report import Raw, Report, _add_shadow, chaos_effects, merge_reports
 from tests.sim import report_parts as parts
@@ -177,3 +180,33 @@ def test_each_chaos_event_says_whom_it_hit_how_fast_they_moved_and_came_back() -
     assert chaos_effects([kill], raw)[0]["lost"] is None  # unmeasured, not zero
     nobody = chaos_effects([{"action": "kill", "region": "ap", "at_s": 1.0, "epoch": 1.0}], raw)[0]
     assert (nobody["devices_affected"], nobody["rto_s"]) == (0, None)
+
+
+def shard_report(shard: str) -> dict[str, Any]:
+    return Report.of_run(
+        workers=[parts.worker(0, parts.SHARD_A)], ingest=None, duration_s=3.0, config={**parts.CONFIG, "shard": shard}
+    ).to_dict()
+
+
+def test_report_merge_names_missing_and_duplicate_shards_by_index(tmp_path: Path) -> None:
+    files = []
+    for name, shard in (("a", "0/3"), ("b", "1/3"), ("c", "1/3")):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(shard_report(shard)))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", "merge", *map(str, files)])
+    assert result.exit_code == 2
+    assert f"shard 1 given 2 times ({files[1]}, {files[2]})" in result.output
+    assert "missing shard 2/3 (merge what there is with --partial)" in result.output
+    result = runner.invoke(cli, ["report", "merge", str(files[0]), str(files[1])])  # no duplicate, one missing
+    assert result.exit_code == 2
+    assert "missing shard 2/3" in result.output
+    out = tmp_path / "merged.json"
+    result = runner.invoke(cli, ["report", "merge", str(files[0]), str(files[1]), "--partial", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["config"]["missing_shards"] == ["shard 2/3"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(shard_report("1/2")))
+    result = runner.invoke(cli, ["report", "merge", str(files[0]), str(other), "--partial"])
+    assert result.exit_code == 2
+    assert "the reports come from different splits" in result.output

@@ -1,8 +1,16 @@
-"""A running local cloud's control socket: fault injection from another process.
+"""A running local cloud's control socket: fault injection and ingest figures from another process.
 
 ``iotfleet cloud up`` listens on ``<workdir>/control.sock`` (a Unix socket, so nothing leaves the
-machine); ``iotfleet cloud chaos kill eu-west-1 --workdir DIR`` and :func:`send` talk to it. One
-request per connection: a line ``<action> <region>``, answered by ``ok <state>`` or ``error <why>``.
+machine) and, with ``--control HOST:PORT``, on TCP too, for simulator shards on other machines;
+``iotfleet cloud chaos kill eu-west-1 --workdir DIR``, :func:`send` and :class:`ControlClient` talk to
+it. One request per connection, one line each way:
+
+- ``<action> <region>`` (kill, blackhole, restore, status), answered by ``ok <state>``;
+- ``ingest <json>``, with ``{"sites": ["<tenant>/<site>", ...] | null, "cloud": bool}``: each region's
+  ingest figures of those sites' devices (:meth:`LocalCloud.ingest_stats`), answered by ``ok <json>``.
+
+Any failure is answered by ``error <why>``. The TCP listener has no authentication: it is for a test
+cloud on a trusted network (anyone who reaches it can kill a region), like the brokers' ``--listen``.
 
 The socket is 0600 whatever the umask (it is bound in a private directory, then moved into place).
 Each connection is served in its own thread and must send its line within ``REQUEST_TIMEOUT_S``: a
@@ -12,18 +20,22 @@ client that connects and says nothing neither blocks other requests nor delays s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import socketserver
 import tempfile
 import threading
+from collections.abc import Collection
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.errors import CloudError, ConfigError, IotFleetError
+from iotfleet.metrics import Histogram, SeqSet
 
-__all__ = ["Action", "ControlServer", "Outage", "send", "socket_path"]
+__all__ = ["Action", "ControlClient", "ControlServer", "Outage", "parse_address", "send", "socket_path"]
 
 
 class Action(StrEnum):
@@ -46,11 +58,47 @@ CHAOS_ACTIONS = (Action.KILL, Action.BLACKHOLE, Action.RESTORE)
 
 
 REQUEST_TIMEOUT_S = 5.0
+MAX_REQUEST_BYTES = 4 << 20  # an ingest request names the sites of a shard: thousands, not millions
+INGEST = "ingest"
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True  # a silent client's thread never holds up shutdown
     block_on_close = False
+
+
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` of a TCP control listener (port 0: any free one, to listen on)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"control address {text!r} is not HOST:PORT (e.g. 127.0.0.1:7000)")
+    return host.strip("[]"), int(port)
+
+
+def ingest_to_json(stats: dict[str, Any]) -> dict[str, Any]:
+    """One region's ingest figures as JSON (sequence sets and histograms as their dicts)."""
+    return {
+        **stats,
+        "e2e": stats["e2e"].to_dict(),
+        "by_device": {thing: seqs.to_dict() for thing, seqs in stats["by_device"].items()},
+        "per_second": {str(second): n for second, n in stats["per_second"].items()},
+    }
+
+
+def ingest_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """:func:`ingest_to_json` undone."""
+    return {
+        **data,
+        "e2e": Histogram.from_dict(data["e2e"]),
+        "by_device": {thing: SeqSet.from_dict(seqs) for thing, seqs in data["by_device"].items()},
+        "per_second": {int(second): n for second, n in data["per_second"].items()},
+    }
 
 
 def socket_path(workdir: Path) -> Path:
@@ -60,16 +108,43 @@ def socket_path(workdir: Path) -> Path:
 class ControlServer:
     """Serves chaos requests for ``cloud`` on its workdir's control socket, in a background thread."""
 
-    def __init__(self, cloud: LocalCloud) -> None:
+    def __init__(self, cloud: LocalCloud, *, tcp: tuple[str, int] | None = None) -> None:
         self.cloud = cloud
         self.path = socket_path(cloud.workdir)
-        self._server: socketserver.UnixStreamServer | None = None
-        self._thread: threading.Thread | None = None
+        self.tcp = tcp  # also listen here (port 0: an ephemeral one, see tcp_address once started)
+        self._servers: list[socketserver.BaseServer] = []
         self._acting = threading.Lock()  # connections are served in parallel; actions run one at a time
 
+    @property
+    def tcp_address(self) -> str | None:
+        """``host:port`` of the TCP listener, once started (None without one)."""
+        for server in self._servers:
+            if isinstance(server, _TcpServer):
+                host, port = server.server_address[:2]
+                return f"{host!s}:{port}"
+        return None
+
     def handle(self, line: str) -> str:
+        if line.startswith(INGEST + " "):
+            return self._ingest(line[len(INGEST) + 1 :])
         with self._acting:
             return self._handle(line)
+
+    def _ingest(self, text: str) -> str:
+        try:
+            try:
+                request = json.loads(text)
+                sites, whole = request["sites"], bool(request.get("cloud", True))
+                if sites is not None and not (isinstance(sites, list) and all(isinstance(s, str) for s in sites)):
+                    raise TypeError("sites")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f'expected \'ingest {{"sites": ["<tenant>/<site>", ...] or null, "cloud": true}}\' ({exc})'
+                ) from exc
+            stats = self.cloud.ingest_stats(None if sites is None else set(sites), cloud=whole)
+            return "ok " + json.dumps([ingest_to_json(region) for region in stats])
+        except IotFleetError as exc:
+            return f"error {exc.message}"
 
     def _handle(self, line: str) -> str:
         words = line.split()
@@ -92,14 +167,16 @@ class ControlServer:
 
             def handle(self) -> None:
                 try:
-                    line = self.rfile.readline(1024).decode("utf-8", "replace").strip()
+                    line = self.rfile.readline(MAX_REQUEST_BYTES).decode("utf-8", "replace").strip()
                 except TimeoutError:
                     return  # said nothing in time: dropped
                 self.wfile.write((control.handle(line) + "\n").encode())
 
-        self._server = self._bind_private(Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="iotfleet-control", daemon=True)
-        self._thread.start()
+        self._servers.append(self._bind_private(Handler))
+        if self.tcp is not None:
+            self._servers.append(_TcpServer(self.tcp, Handler))
+        for server in self._servers:
+            threading.Thread(target=server.serve_forever, name="iotfleet-control", daemon=True).start()
         return self
 
     def _bind_private(self, handler: type[socketserver.BaseRequestHandler]) -> _Server:
@@ -125,10 +202,10 @@ class ControlServer:
         return server
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._servers = []
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -141,23 +218,52 @@ class ControlServer:
 
 def send(workdir: Path, action: Action | str, region: str, timeout: float = 30.0) -> str:
     """Ask the cloud running in ``workdir`` to apply ``action`` to ``region``; return the region's state."""
-    path = socket_path(workdir)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            sock.sendall(f"{action} {region}\n".encode())
-            answer = sock.makefile("r").readline().strip()
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise ConfigError(
-            f"no local cloud is running in {workdir} (no {path.name}): start one with "
-            f"'iotfleet cloud up --workdir {workdir}'"
-        ) from exc
-    except TimeoutError as exc:
-        raise CloudError(f"the cloud in {workdir} did not answer within {timeout:g} s") from exc
-    except OSError as exc:
-        raise CloudError(f"cannot talk to the cloud in {workdir} through {path}: {exc.strerror or exc}") from exc
-    status, _, detail = answer.partition(" ")
-    if status != "ok":
-        raise CloudError(detail or f"the cloud in {workdir} gave no answer")
-    return detail
+    return ControlClient(socket_path(workdir), name=f"the cloud in {workdir}").request(f"{action} {region}", timeout)
+
+
+class ControlClient:
+    """A running cloud's control socket, by its path (a Unix socket) or ``host:port`` (TCP)."""
+
+    def __init__(self, address: Path | str, *, name: str | None = None) -> None:
+        self.address = address
+        self.name = name or f"the cloud at {address}"
+
+    def chaos(self, action: Action | str, region: str, timeout: float = 30.0) -> str:
+        """Apply a chaos ``action`` to ``region``; return the region's state."""
+        return self.request(f"{action} {region}", timeout)
+
+    def ingest_stats(
+        self, sites: Collection[str] | None, *, cloud: bool = True, timeout: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Each region's ingest figures of ``sites``' devices (see :meth:`LocalCloud.ingest_stats`)."""
+        request = json.dumps({"sites": None if sites is None else sorted(sites), "cloud": cloud})
+        answer = self.request(f"{INGEST} {request}", timeout)
+        return [ingest_from_json(region) for region in json.loads(answer)]
+
+    def request(self, line: str, timeout: float = 30.0) -> str:
+        """Send one request line; return the answer after ``ok`` (:class:`CloudError` on ``error``)."""
+        try:
+            if isinstance(self.address, Path):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                target: Any = str(self.address)
+            else:
+                target = parse_address(self.address)
+                sock = socket.socket(socket.AF_INET6 if ":" in target[0] else socket.AF_INET, socket.SOCK_STREAM)
+            with sock:
+                sock.settimeout(timeout)
+                sock.connect(target)
+                sock.sendall(f"{line}\n".encode())
+                answer = sock.makefile("r", encoding="utf-8").readline().strip()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            where = f"no {self.address.name}" if isinstance(self.address, Path) else "connection refused"
+            raise ConfigError(
+                f"no local cloud is running there ({self.name}: {where}): start one with 'iotfleet cloud up'"
+            ) from exc
+        except TimeoutError as exc:
+            raise CloudError(f"{self.name} did not answer within {timeout:g} s") from exc
+        except OSError as exc:
+            raise CloudError(f"cannot talk to {self.name} through {self.address}: {exc.strerror or exc}") from exc
+        status, _, detail = answer.partition(" ")
+        if status != "ok":
+            raise CloudError(detail or f"{self.name} gave no answer")
+        return detail

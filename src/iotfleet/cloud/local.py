@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -573,13 +573,15 @@ class LocalCloud:
         self._started = True
         return self
 
-    def ingest_stats(self) -> list[dict[str, Any]]:
-        """Each region's ingest figures (see :meth:`IngestService.stats`), after writing what arrived.
+    def ingest_stats(self, sites: Collection[str] | None = None, *, cloud: bool = True) -> list[dict[str, Any]]:
+        """Each region's ingest figures (see :meth:`IngestService.stats`), after writing what arrived:
+        of the devices of ``sites`` ("<tenant>/<site>"; None for all), and with ``cloud`` the figures
+        that belong to no site.
 
         Besides the pipeline's own figures (``ingested``, ``rejected``, ``not_stored``, ``store_error``,
-        ...), each region's entry has ``broker_dropped`` (messages the broker dropped for the cloud's own
-        clients: lost by the cloud) and ``failures`` (this region's background failures, one line per
-        source); ``cloud_failures`` counts every failure of the cloud's background work.
+        ...), with ``cloud`` each region's entry has ``broker_dropped`` (messages the broker dropped for
+        the cloud's own clients: lost by the cloud) and ``failures`` (this region's background failures,
+        one line per source); ``cloud_failures`` counts every failure of the cloud's background work.
         """
         if self._services is None:
             raise CloudError("the cloud is not running")
@@ -588,9 +590,10 @@ class LocalCloud:
             raise CloudError("this cloud has no ingestion pipeline: start it with LocalCloud(ingest=True)")
 
         async def snapshot() -> list[dict[str, Any]]:
-            return [await pipeline.settle() for pipeline in pipelines]
+            return [await pipeline.settle(sites, cloud=cloud) for pipeline in pipelines]
 
-        return [self._with_cloud_figures(stats) for stats in self._services.call(snapshot())]
+        snapshots = self._services.call(snapshot())
+        return [self._with_cloud_figures(stats) for stats in snapshots] if cloud else snapshots
 
     def _with_cloud_figures(self, stats: dict[str, Any]) -> dict[str, Any]:
         region = self._regions.get(stats["region"])
@@ -711,6 +714,10 @@ class LocalCloud:
             "ca_file": str(self.ca_file),
             "claim_cert": str(self.claim.cert_file),
             "claim_key": str(self.claim.key_file),
+            # the same, inline: the line is all a simulator shard on another machine needs
+            "ca_pem": self.ca_file.read_text(),
+            "claim_cert_pem": self.claim.cert_file.read_text(),
+            "claim_key_pem": self.claim.key_file.read_text(),
             "template": self.template,
             "templates": sorted(self.templates),
             "account": LOCAL_ACCOUNT,  # the account id in the local cloud's ARNs (fill AWS's sample policies)

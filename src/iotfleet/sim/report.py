@@ -36,6 +36,7 @@ __all__ = [
     "ThresholdCheck",
     "load_report",
     "merge_reports",
+    "shard_problems",
     "summary_lines",
     "threshold_breaches",
     "threshold_checks",
@@ -515,6 +516,35 @@ def load_report(path: Path) -> dict[str, Any]:
             "write it again with this version's --report"
         )
     return report
+
+
+def shard_problems(reports: Sequence[Mapping[str, Any]], names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """What is wrong with a set of shard reports before they are merged: the shards missing (``i/n`` by
+    index, from the ``n`` they were run with) and the ones given twice (a shard counted twice would
+    count its devices twice), each naming the files; also reports of different splits (``n``)."""
+    by_index: dict[int, list[str]] = {}
+    splits: dict[int, list[str]] = {}
+    for report, name in zip(reports, names, strict=True):
+        shard = str(report.get("config", {}).get("shard", "0/1"))
+        index, _, count = shard.partition("/")
+        if not (index.isdigit() and count.isdigit()):
+            continue  # a merged report (no shard of its own) or an older one: nothing to check
+        by_index.setdefault(int(index), []).append(name)
+        splits.setdefault(int(count), []).append(name)
+    problems = []
+    if len(splits) > 1:
+        problems.append(
+            "the reports come from different splits: "
+            + "; ".join(f"n={n}: {', '.join(files)}" for n, files in sorted(splits.items()))
+        )
+    duplicates = [
+        f"shard {i} given {len(files)} times ({', '.join(files)})"
+        for i, files in sorted(by_index.items())
+        if len(files) > 1
+    ]
+    total = max(splits) if splits else 0
+    missing = [f"shard {i}/{total}" for i in range(total) if i not in by_index]
+    return missing, problems + duplicates
 
 
 def merge_reports(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

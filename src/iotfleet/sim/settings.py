@@ -26,6 +26,7 @@ from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.sim.fleet import FleetShape, Placement
+from iotfleet.sim.shared_cloud import SharedCloud
 from iotfleet.sim.simulate import (
     LOCAL_RECONNECT,
     ChaosEvent,
@@ -135,13 +136,15 @@ class RunOptions(BaseModel):
 
     workers: int | None = Field(default=None, ge=1)
     transport: Literal["crt", "paho"] = "crt"
-    provision: ProvisionMode = ProvisionMode.DIRECT
+    provision: ProvisionMode | None = None  # direct; claim against a [target] or a shared cloud
     ramp_per_s: float = Field(default=500.0, gt=0)
     no_limits: bool = False
     no_quotas: bool = False
     basic_ingest: bool = False
     account_rate: float | None = Field(default=None, gt=0)
     regions: tuple[str, ...] = DEFAULT_REGIONS
+    cloud: Path | None = None  # a running `cloud up`'s --json line, to drive instead of an embedded cloud
+    start_at: float | None = Field(default=None, ge=0)  # epoch: the shards' start barrier
     chaos: tuple[ChaosEvent, ...] = ()
     shard: tuple[int, int] = (0, 1)
     shadow: bool = True
@@ -197,6 +200,8 @@ class SimSettings(BaseModel):
         """The simulator's run configuration (checked: a bad combination raises :class:`ConfigError`)."""
         run, workload = self.run, self.workload
         target = None if self.target is None else self.target.target(self._base())
+        cloud = None if run.cloud is None else SharedCloud.from_file(run.cloud)
+        provision = run.provision or (ProvisionMode.CLAIM if cloud is not None else ProvisionMode.DIRECT)
         reconnect = None
         if run.keepalive is not None:
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
@@ -206,7 +211,7 @@ class SimSettings(BaseModel):
             duration_s=workload.duration,
             speed=workload.speed,
             transport=run.transport,
-            provision=ProvisionMode.CLAIM if target is not None else run.provision,
+            provision=ProvisionMode.CLAIM if target is not None else provision,
             ramp_per_s=run.ramp_per_s,
             limits=PublishLimits(enabled=False) if run.no_limits else PublishLimits(),
             reconnect=reconnect,
@@ -226,6 +231,8 @@ class SimSettings(BaseModel):
             quotas=self._quotas(),
             basic_ingest=run.basic_ingest,
             rules=self.rules,
+            cloud=cloud,
+            start_at=run.start_at,
             **({} if run.workers is None else {"workers": run.workers}),
         )
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import multiprocessing
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +32,7 @@ from iotfleet.sim.fleet import FleetShape, Placement, SimDevice, build_fleet, ho
 from iotfleet.sim.operator import Operator
 from iotfleet.sim.report import Report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
+from iotfleet.sim.shared_cloud import SharedCloud
 from iotfleet.topics import INGEST_RULE
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
     "parse_chaos",
     "parse_duration",
 ]
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -148,6 +152,8 @@ class SimConfig:
     quotas: Quotas = field(default_factory=Quotas)
     basic_ingest: bool = False  # devices send their data to the ingest rule by Basic Ingest
     rules: Sequence[Rule] = ()  # the embedded cloud's topic rules besides the ingest one
+    cloud: SharedCloud | None = None  # a running `cloud up` to drive instead of an embedded one
+    start_at: float | None = None  # epoch when every shard's simulated time starts (a start barrier)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -162,13 +168,19 @@ class SimConfig:
             )
         if self.target is not None and self.chaos:
             raise ConfigError("--chaos works against the local cloud only")
+        if self.cloud is not None and self.target is not None:
+            raise ConfigError("--cloud and a [target] are two targets: name one")
+        if self.cloud is not None and self.provision == ProvisionMode.DIRECT:
+            raise ConfigError("a shared cloud (--cloud) needs --provision claim: its devices provision themselves")
         if self.account_publish_rate is not None and self.account_publish_rate <= 0:
             raise ConfigError("--account-rate must be a positive number of messages per second")
         for event in self.chaos:
-            if event.region not in self.regions:
-                raise ConfigError(f"chaos event names region {event.region!r}; the regions are {list(self.regions)}")
+            if event.region not in self.region_names:
+                raise ConfigError(
+                    f"chaos event names region {event.region!r}; the regions are {list(self.region_names)}"
+                )
         if self.target is None:
-            self.placement.check(self.regions)
+            self.placement.check(self.region_names)
         self._check_operator()
 
     def _check_operator(self) -> None:
@@ -183,9 +195,27 @@ class SimConfig:
             raise ConfigError("--reboot-share is a fraction from 0 to 1, and --reboot-offline a duration >= 0")
 
     @property
+    def region_names(self) -> list[str]:
+        """The regions the devices connect to: the shared cloud's, the target's or ``regions``."""
+        if self.cloud is not None:
+            return self.cloud.regions
+        if self.target is not None:
+            return list(dict.fromkeys(e.region for e in self.target.endpoints))
+        return list(self.regions)
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the run starts its own local cloud (no real target, no shared cloud)."""
+        return self.target is None and self.cloud is None
+
+    @property
+    def shards(self) -> int:
+        return self.shard[1]
+
+    @property
     def commands(self) -> bool:
-        """Whether the operator sends commands (it can only against the local cloud)."""
-        return self.command_every_s is not None and self.target is None
+        """Whether the operator sends commands (it can only through an embedded local cloud)."""
+        return self.command_every_s is not None and self.embedded
 
     def publish_rate(self) -> float | None:
         """The account-wide publish rate in force: the option, else IoT Core's quota for a real target."""
@@ -228,15 +258,18 @@ def _split(devices: Sequence[SimDevice], workers: int) -> list[list[SimDevice]]:
 
 
 class _Director:
-    """What the parent does while the workers run: the chaos schedule and the operator's rounds."""
+    """What the parent does while the workers run: the chaos schedule and the operator's rounds.
 
-    def __init__(
-        self, config: SimConfig, cloud: LocalCloud | None, devices: Sequence[SimDevice], progress: Progress
-    ) -> None:
+    Against a shared cloud, only shard 0 runs the chaos schedule (through the control API): one fault
+    for the whole fleet, not one per shard."""
+
+    def __init__(self, config: SimConfig, reached: Reached, devices: Sequence[SimDevice], progress: Progress) -> None:
         self.config = config
-        self.cloud = cloud
+        self.cloud = cloud = reached.cloud
+        self.chaos = reached.chaos
         self.progress = progress
-        self.pending = sorted(config.chaos, key=lambda e: e.at_s)
+        runs_chaos = reached.chaos is not None and (config.cloud is None or config.shard[0] == 0)
+        self.pending = sorted(config.chaos, key=lambda e: e.at_s) if runs_chaos else []
         self.operator = None
         if cloud is not None and config.shadow:
             self.operator = Operator(
@@ -266,9 +299,9 @@ class _Director:
     def tick(self) -> None:
         progress, operator = self.progress, self.operator
         elapsed = time.monotonic() - progress.started
-        while self.pending and self.pending[0].at_s <= elapsed and self.cloud is not None:
+        while self.pending and self.pending[0].at_s <= elapsed and self.chaos is not None:
             event = self.pending.pop(0)
-            getattr(self.cloud.region(event.region), event.action)()
+            self.chaos(event.action, event.region)
             if event.action is Action.RESTORE:
                 progress.failed.discard(event.region)
             else:
@@ -289,13 +322,17 @@ class _Director:
 
 @dataclass(frozen=True)
 class Reached:
-    """What the devices connect to and trust, how they get identities, and the local cloud if it is one."""
+    """What the devices connect to and trust, how they get identities, the embedded local cloud if it
+    is one, and how to inject faults and read the ingest where the run can (a local or shared cloud)."""
 
     endpoints: Sequence[Endpoint]
     ca_file: Path
     claim: ClaimSettings
     identity_dir: Path
     cloud: LocalCloud | None
+    chaos: Callable[[Action, str], object] | None = None  # apply a chaos action to a region
+    # each region's ingest figures (of these sites, and with the cloud's own figures if the bool)
+    ingest: Callable[[Collection[str] | None, bool], list[dict[str, Any]]] | None = None
 
 
 class Simulation:
@@ -310,8 +347,7 @@ class Simulation:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        regions = config.regions if config.target is None else [e.region for e in config.target.endpoints]
-        homes = home_regions(config.shape, list(dict.fromkeys(regions)), config.placement)
+        homes = home_regions(config.shape, config.region_names, config.placement)
         fleet = [dataclasses.replace(d, home=homes[d.site_index]) for d in build_fleet(config.shape)]
         self.devices = shard_of(fleet, *config.shard)
         if not self.devices:
@@ -325,9 +361,9 @@ class Simulation:
             workdir = config.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="iotfleet-sim-")))
             workdir.mkdir(parents=True, exist_ok=True)
             reached = self._reach(stack, workdir)
-            specs = self.worker_specs(reached, start_at=time.time())
+            specs = self.worker_specs(reached, start_at=_barrier(config.start_at, stop))
             progress = Progress()
-            director = _Director(config, reached.cloud, self.devices, progress)
+            director = _Director(config, reached, self.devices, progress)
 
             def tick() -> None:
                 director.tick()
@@ -342,7 +378,11 @@ class Simulation:
             started = time.monotonic()
             metrics = run_workers(specs, stop, snapshot, tick, timeout)
             duration = time.monotonic() - started
-            ingest = None if reached.cloud is None else _settle(reached.cloud, metrics, config.settle_s)
+            ingest, read_ingest = None, reached.ingest
+            if read_ingest is not None:
+                sites = None if config.shards == 1 else {f"{d.tenant}/{d.site}" for d in self.devices}
+                whole = config.cloud is None or config.shard[0] == 0  # the cloud's own figures: once
+                ingest = _settle(lambda: read_ingest(sites, whole), metrics, config.settle_s)
             shadow = None if director.operator is None else director.operator.reconcile(progress.failed)
             return Report.of_run(
                 workers=metrics,
@@ -361,6 +401,18 @@ class Simulation:
         if config.target is not None:
             claim = ClaimSettings(config.target.claim, config.target.template)
             return Reached(config.target.endpoints, config.target.ca_file, claim, identity_dir, None)
+        if config.cloud is not None:
+            shared, control = config.cloud, config.cloud.client()
+            ca_file, claim_identity = shared.write_files(workdir / "shared-cloud")
+            return Reached(
+                shared.endpoints,
+                ca_file,
+                ClaimSettings(claim_identity, shared.template),
+                identity_dir,
+                None,
+                chaos=control.chaos,
+                ingest=lambda sites, whole: control.ingest_stats(sites, cloud=whole),
+            )
         cloud = stack.enter_context(
             LocalCloud(
                 config.regions,
@@ -375,15 +427,24 @@ class Simulation:
             cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in self.devices])
             identity_dir = cloud.workdir / "things"
         return Reached(
-            cloud.endpoints, cloud.ca_file, ClaimSettings(cloud.claim_identity, cloud.template), identity_dir, cloud
+            cloud.endpoints,
+            cloud.ca_file,
+            ClaimSettings(cloud.claim_identity, cloud.template),
+            identity_dir,
+            cloud,
+            chaos=lambda action, region: getattr(cloud.region(region), action)(),
+            ingest=lambda sites, whole: cloud.ingest_stats(sites, cloud=whole),
         )
 
     def worker_specs(self, reached: Reached, *, start_at: float) -> list[WorkerSpec]:
-        """Whole sites per worker process; the ramp and the account's publish rate split among them."""
+        """Whole sites per worker process; the ramp and the account's publish rate split among them and
+        among the shards (N shards against one account ask for its quota once, not N times)."""
         config = self.config
         chunks = _split(self.devices, config.workers)
         account_rate = config.publish_rate()
-        reconnect = config.reconnect or (LOCAL_RECONNECT if reached.cloud is not None else ReconnectPolicy())
+        if account_rate is not None:
+            account_rate /= config.shards
+        reconnect = config.reconnect or (LOCAL_RECONNECT if config.target is None else ReconnectPolicy())
         return [
             WorkerSpec(
                 index=i,
@@ -393,7 +454,7 @@ class Simulation:
                 ca_file=reached.ca_file,
                 speed=config.speed,
                 duration_s=config.duration_s,
-                ramp_per_s=config.ramp_per_s / config.workers,
+                ramp_per_s=config.ramp_per_s / config.workers / config.shards,
                 reconnect=reconnect,
                 limits=config.limits,
                 transport=config.transport,
@@ -418,7 +479,8 @@ class Simulation:
             "transport": config.transport,
             "provision": config.provision,
             "shard": f"{config.shard[0]}/{config.shard[1]}",
-            "target": "local-cloud" if reached.cloud is not None else [str(e) for e in reached.endpoints],
+            "start_at": config.start_at,
+            "target": _target_name(config, reached),
             "shadow": config.shadow,
             "operator": {"fraction": config.operator_fraction, "every_s": config.operator_every_s},
             "commands": {
@@ -432,12 +494,33 @@ class Simulation:
         }
 
 
-def _settle(cloud: LocalCloud, metrics: Sequence[WorkerMetrics], settle_s: float) -> list[dict[str, Any]]:
+def _target_name(config: SimConfig, reached: Reached) -> Any:
+    if config.cloud is not None:
+        return f"shared-cloud {config.cloud.source}"
+    return "local-cloud" if reached.cloud is not None else [str(e) for e in reached.endpoints]
+
+
+def _barrier(start_at: float | None, stop: Any) -> float:
+    """Wait for ``start_at`` (epoch; None: now), unless ``stop`` is set; return when simulated time
+    starts. A shard that comes after it (a restarted pod) starts at once, from now."""
+    now = time.time()
+    if start_at is None or start_at <= now:
+        if start_at is not None and now - start_at > 1.0:
+            log.warning("--start-at was %.1f s ago: starting now", now - start_at)
+        return now
+    log.info("waiting %.1f s for --start-at", start_at - now)
+    stop.wait(start_at - now)
+    return start_at
+
+
+def _settle(
+    read: Callable[[], list[dict[str, Any]]], metrics: Sequence[WorkerMetrics], settle_s: float
+) -> list[dict[str, Any]]:
     """Wait until the ingest has everything that was acknowledged (or ``settle_s`` passes)."""
     acked = sum(sum(len(s) for s in m.acked_seqs.values()) for m in metrics)
     deadline = time.monotonic() + settle_s
     while True:
-        stats = cloud.ingest_stats()
+        stats = read()
         distinct: dict[str, SeqSet] = {}
         for region in stats:
             for thing, seqs in region["by_device"].items():

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -88,6 +88,19 @@ CREATE VIEW IF NOT EXISTS hourly_avg AS
 Cell = list[float]  # count, min, max, sum
 
 
+class SiteFigures:
+    """What one site's devices got stored: the figures a shard of a fleet reads for its own sites
+    (:meth:`IngestService.stats`), which add up to the whole over any partition of the sites."""
+
+    __slots__ = ("duplicates", "e2e", "ingested", "per_second")
+
+    def __init__(self) -> None:
+        self.ingested = 0
+        self.duplicates = 0  # by message id: already stored
+        self.e2e = Histogram()  # ms, from the device's send to the store
+        self.per_second: Counter[int] = Counter()  # messages stored, by the epoch second they arrived
+
+
 @dataclass(frozen=True, slots=True)
 class _Row:
     """A valid message, waiting for the writer: the ``raw`` row, its event row and metric values."""
@@ -96,6 +109,7 @@ class _Row:
     event: tuple[Any, ...] | None
     hour: int
     metrics: tuple[tuple[str, float], ...]
+    site: str  # "<tenant>/<site>" of its topic: the figures are kept per site (SiteFigures)
 
     @property
     def message_id(self) -> str:
@@ -181,16 +195,14 @@ class IngestService(RegionService):
         self.basic_ingest = 0  # messages that came by Basic Ingest ($aws/rules/<rule>/...), on the loop
         # everything below is the writer thread's
         self._hourly: dict[tuple[str, str, int], Cell] = {}  # cells of stored messages, not yet upserted
-        self.ingested = 0
-        self.duplicates = 0
         self.rejected: Counter[str] = Counter()
         self.failed_batches = 0  # batches that rolled back and were retried one message at a time
         self.not_stored = 0  # messages neither stored nor kept as rejects (the store could not be written)
         self.hourly_not_stored = 0  # messages whose hourly cell could not be upserted
         self.store_error: str | None = None  # the last error of the store, naming its path
         self.by_device: dict[str, SeqSet] = {}
-        self.e2e = Histogram()
-        self.per_second: Counter[int] = Counter()  # messages stored, by the epoch second they arrived
+        self.sites: dict[str, SiteFigures] = {}  # "<tenant>/<site>" -> what its devices got stored
+        self._site_of: dict[str, str] = {}  # thing -> its site
 
     def start(self) -> None:
         self._spawn(self._flush_loop())
@@ -225,7 +237,8 @@ class IngestService(RegionService):
         if len(seq_text) > _MAX_SEQ_DIGITS:
             self._reject(message, message_id, f"iotfleet-seq has more than {_MAX_SEQ_DIGITS} digits", now)
             return
-        thing, stream = parsed[0].thing, parsed[1]
+        scope, stream = parsed
+        thing = scope.thing
         try:
             text = message.payload.decode()
             body = loads_strict(text)
@@ -248,6 +261,7 @@ class IngestService(RegionService):
                 (message_id, thing, stream, ts, text) if stream in EVENTS else None,
                 int(ts // 3600),
                 tuple((metric, float(body[metric])) for metric in METRICS.get(stream, ())),
+                f"{scope.tenant}/{scope.site}",
             )
         )
 
@@ -282,15 +296,22 @@ class IngestService(RegionService):
                 except Exception as exc:  # noqa: BLE001 - a bug (_write records store errors): recorded, go on
                     self.failures.record(f"ingest {self.region} flush", exc)
 
-    async def settle(self) -> dict[str, Any]:
-        """Write everything that arrived (hourly cells too) and return :meth:`stats`, taken on the writer.
+    async def settle(self, sites: Collection[str] | None = None, *, cloud: bool = True) -> dict[str, Any]:
+        """Write everything that arrived (hourly cells too) and return :meth:`stats` (of ``sites``, with
+        the pipeline's own figures if ``cloud``), taken on the writer, and the lifecycle events counted.
 
         Call on the services' loop. Batches are written in order, so the figures include every message
         received before the call.
         """
         batch = self._take(hourly=True)
-        loop_figures = {"presence": dict(self.presence), "basic_ingest": self.basic_ingest}  # the loop's, copied here
-        stats = await asyncio.get_running_loop().run_in_executor(self._writer, self._write_and_count, batch)
+        # the loop's, copied here
+        loop_figures = {
+            "presence": dict(self.presence) if cloud else {},
+            "basic_ingest": self.basic_ingest if cloud else 0,
+        }
+        stats = await asyncio.get_running_loop().run_in_executor(
+            self._writer, self._write_and_count, batch, sites, cloud
+        )
         return {**stats, **loop_figures}
 
     def flush(self) -> None:
@@ -302,9 +323,9 @@ class IngestService(RegionService):
 
     # ---------------------------------------------------------------- the writer thread
 
-    def _write_and_count(self, batch: _Batch) -> dict[str, Any]:
+    def _write_and_count(self, batch: _Batch, sites: Collection[str] | None, cloud: bool) -> dict[str, Any]:
         self._write(batch)
-        return self.stats()
+        return self.stats(sites, cloud=cloud)
 
     def _write(self, batch: _Batch) -> None:
         """Store one batch in one transaction; on any error roll back and store it one message at a time."""
@@ -351,7 +372,7 @@ class IngestService(RegionService):
         fresh: list[_Row] = []
         for row in rows:
             if row.message_id in stored:
-                self.duplicates += 1
+                self._site(row.site).duplicates += 1
             else:
                 stored.add(row.message_id)
                 fresh.append(row)
@@ -422,17 +443,33 @@ class IngestService(RegionService):
             self.store_error += ": free disk space or make the store writable"
         self.failures.record(f"ingest {self.region} store", self.store_error)
 
+    def _site(self, site: str) -> SiteFigures:
+        figures = self.sites.get(site)
+        if figures is None:
+            figures = self.sites[site] = SiteFigures()
+        return figures
+
     def _account(self, stored: list[_Row]) -> None:
-        self.ingested += len(stored)
         for row in stored:
             thing, seq, sent_at, now = row.raw[1], row.raw[3], row.raw[4], row.raw[5]
-            self.per_second[int(now)] += 1
+            figures = self._site(row.site)
+            figures.ingested += 1
+            figures.per_second[int(now)] += 1
             seqs = self.by_device.get(thing)
             if seqs is None:
                 seqs = self.by_device[thing] = SeqSet()
+                self._site_of[thing] = row.site
             seqs.add(seq)
             if sent_at:
-                self.e2e.add(max(0.0, (now - sent_at) * 1000))
+                figures.e2e.add(max(0.0, (now - sent_at) * 1000))
+
+    @property
+    def ingested(self) -> int:
+        return sum(figures.ingested for figures in self.sites.values())
+
+    @property
+    def duplicates(self) -> int:
+        return sum(figures.duplicates for figures in self.sites.values())
 
     # ---------------------------------------------------------------- reading
 
@@ -441,24 +478,42 @@ class IngestService(RegionService):
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def stats(self) -> dict[str, Any]:
-        """The figures, as copies (call on the writer thread, as :meth:`settle` does, or after :meth:`close`)."""
-        return {
-            "region": self.region,
-            "received": self.received,
-            "ingested": self.ingested,
-            "duplicates": self.duplicates,
-            "rejected": dict(self.rejected),
-            "failed_batches": self.failed_batches,
-            "not_stored": self.not_stored,
-            "hourly_not_stored": self.hourly_not_stored,
-            "store_error": self.store_error,
-            "e2e": Histogram.from_dict(self.e2e.to_dict()),
-            "by_device": {k: SeqSet.from_dict(v.to_dict()) for k, v in self.by_device.items()},
-            "per_second": dict(self.per_second),
-            "presence": dict(self.presence),
-            "basic_ingest": self.basic_ingest,
+    def stats(self, sites: Collection[str] | None = None, *, cloud: bool = True) -> dict[str, Any]:
+        """The figures, as copies (call on the writer thread, as :meth:`settle` does, or after :meth:`close`).
+
+        ``sites`` ("<tenant>/<site>", None for all) limits what was stored to those sites' devices:
+        ``ingested``, ``duplicates``, ``e2e``, ``by_device`` and ``per_second``, which add up exactly
+        over any partition of the sites (the shards of a fleet). The pipeline's own figures, which belong
+        to no site (``received``, ``rejected``, ``not_stored``, ...), are there only with ``cloud``: one
+        shard of a fleet reads them.
+        """
+        chosen = [f for site, f in self.sites.items() if sites is None or site in sites]
+        e2e, per_second = Histogram(), Counter[int]()
+        for figures in chosen:
+            e2e.merge(figures.e2e)
+            per_second.update(figures.per_second)
+        by_device = {
+            thing: SeqSet.from_dict(seqs.to_dict())
+            for thing, seqs in self.by_device.items()
+            if sites is None or self._site_of[thing] in sites
         }
+        stored = {
+            "region": self.region,
+            "ingested": sum(f.ingested for f in chosen),
+            "duplicates": sum(f.duplicates for f in chosen),
+            "e2e": e2e,
+            "by_device": by_device,
+            "per_second": dict(per_second),
+        }
+        pipeline = {
+            "received": self.received if cloud else 0,
+            "rejected": dict(self.rejected) if cloud else {},
+            "failed_batches": self.failed_batches if cloud else 0,
+            "not_stored": self.not_stored if cloud else 0,
+            "hourly_not_stored": self.hourly_not_stored if cloud else 0,
+            "store_error": self.store_error if cloud else None,
+        }
+        return {**stored, **pipeline}
 
     def close(self) -> None:
         """Write what is left and close the store; a store that cannot be written is counted, not raised."""
