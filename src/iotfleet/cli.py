@@ -620,6 +620,17 @@ def _shard(value: str) -> tuple[int, int]:
     "shards share it; chaos and ingest figures go through its control API.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve live Prometheus metrics on this port while the run goes on (0: any free port, printed).",
+)
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from elsewhere
+    show_default=True,
+    help="Address the metrics are served on (127.0.0.1 keeps them on this machine).",
+)
+@click.option(
     "--start-at",
     type=click.FloatRange(min=0),
     metavar="EPOCH",
@@ -772,6 +783,8 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "regions": _regions(options["regions"]),
         "cloud": options["cloud_file"],
         "start_at": options["start_at"],
+        "metrics_port": options["metrics_port"],
+        "metrics_host": options["metrics_host"],
         "chaos": options["chaos"],
         "shard": options["shard"],
         "shadow": not options["no_shadow"],
@@ -853,9 +866,13 @@ def _run(simulation: Simulation) -> dict[str, Any]:
     stop = multiprocessing.get_context("spawn").Event()
     with _until_signalled() as signalled, LiveView(simulation.config.shape.devices) as live:
         announced = live.enabled
+        metrics_told = False
 
         def progress(p: Any) -> None:
-            nonlocal announced
+            nonlocal announced, metrics_told
+            if p.metrics_url is not None and not metrics_told:
+                metrics_told = True
+                click.echo(f"metrics: {p.metrics_url}", err=True)
             if signalled.is_set():
                 stop.set()  # Ctrl-C: workers drain, then the report is written as usual
             if not announced and p.total("acked") > 0:

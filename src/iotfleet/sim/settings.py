@@ -145,6 +145,8 @@ class RunOptions(BaseModel):
     regions: tuple[str, ...] = DEFAULT_REGIONS
     cloud: Path | None = None  # a running `cloud up`'s --json line, to drive instead of an embedded cloud
     start_at: float | None = Field(default=None, ge=0)  # epoch: the shards' start barrier
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # live Prometheus metrics
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from other pods
     chaos: tuple[ChaosEvent, ...] = ()
     shard: tuple[int, int] = (0, 1)
     shadow: bool = True
@@ -202,6 +204,7 @@ class SimSettings(BaseModel):
         target = None if self.target is None else self.target.target(self._base())
         cloud = None if run.cloud is None else SharedCloud.from_file(run.cloud)
         provision = run.provision or (ProvisionMode.CLAIM if cloud is not None else ProvisionMode.DIRECT)
+        workers: dict[str, Any] = {} if run.workers is None else {"workers": run.workers}
         reconnect = None
         if run.keepalive is not None:
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
@@ -233,7 +236,9 @@ class SimSettings(BaseModel):
             rules=self.rules,
             cloud=cloud,
             start_at=run.start_at,
-            **({} if run.workers is None else {"workers": run.workers}),
+            metrics_port=run.metrics_port,
+            metrics_host=run.metrics_host,
+            **workers,
         )
 
     def _base(self) -> Path:

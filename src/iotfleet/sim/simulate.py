@@ -154,6 +154,8 @@ class SimConfig:
     rules: Sequence[Rule] = ()  # the embedded cloud's topic rules besides the ingest one
     cloud: SharedCloud | None = None  # a running `cloud up` to drive instead of an embedded one
     start_at: float | None = None  # epoch when every shard's simulated time starts (a start barrier)
+    metrics_port: int | None = None  # serve live Prometheus metrics here (0: any free port)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the pod from elsewhere
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -232,6 +234,7 @@ class Progress:
     chaos_done: list[dict[str, Any]] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)  # regions killed or blackholed and not yet restored
     started: float = field(default_factory=time.monotonic)
+    metrics_url: str | None = None  # where the live Prometheus metrics are served, if they are
 
     def total(self, key: str) -> float:
         return float(sum(s.get(key, 0) for s in self.snapshots.values()))
@@ -363,6 +366,8 @@ class Simulation:
             reached = self._reach(stack, workdir)
             specs = self.worker_specs(reached, start_at=_barrier(config.start_at, stop))
             progress = Progress()
+            if config.metrics_port is not None:
+                progress.metrics_url = self._serve_metrics(stack, progress, reached, config.metrics_port)
             director = _Director(config, reached, self.devices, progress)
 
             def tick() -> None:
@@ -393,6 +398,19 @@ class Simulation:
                 config=self.report_config(reached, len(specs)),
                 chaos=progress.chaos_done,
             ).to_dict()
+
+    def _serve_metrics(self, stack: contextlib.ExitStack, progress: Progress, reached: Reached, port: int) -> str:
+        """Start the live Prometheus metrics (stopped with ``stack``); return their URL."""
+        from iotfleet.sim.prometheus import MetricsServer, RunMetrics  # noqa: PLC0415 - only when asked for
+
+        config, cloud = self.config, reached.cloud
+        metrics = RunMetrics(
+            config.shard[0],
+            lambda: dict(progress.snapshots),
+            None if cloud is None else cloud.ingested_counts,
+        )
+        server = stack.enter_context(MetricsServer(metrics, port, config.metrics_host))
+        return f"http://{config.metrics_host}:{server.port}/metrics"
 
     def _reach(self, stack: contextlib.ExitStack, workdir: Path) -> Reached:
         """Start the embedded local cloud (stopped with ``stack``), or take the configured real target."""

@@ -152,4 +152,9 @@ class WorkerMetrics:
             "p99_ack_ms": self.ack_ms.quantile(0.99),
             "by_region": {r: c["connected"] for r, c in self.by_region.items()},
             "acked_by_region": {r: c["acked"] for r, c in self.by_region.items()},
+            # for the live Prometheus metrics (sim/prometheus.py): a few hundred buckets at most
+            "failed": dict(self.failed),
+            "failovers": dict(self.failovers),
+            "ack_histogram": self.ack_ms.to_dict(),
+            "connect_histogram": self.connect_ms.to_dict(),
         }
