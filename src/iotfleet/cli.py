@@ -896,6 +896,98 @@ def report_group() -> None:
     """Simulator reports."""
 
 
+@cli.group("k8s")
+def k8s_group() -> None:
+    """Kubernetes: run a fleet as the pods of an Indexed Job."""
+
+
+@k8s_group.command("render")
+@click.option("--shards", type=click.IntRange(min=1), required=True, help="Pods (the Indexed Job's completions).")
+@click.option("--sites", type=click.IntRange(min=1), required=True, help="Sites of the whole fleet.")
+@click.option("--image", required=True, help="Container image with iotfleet (build it from the Dockerfile).")
+@click.option("--name", default="iotfleet", show_default=True, help="Prefix of the objects' names (a DNS label).")
+@click.option("--namespace", help="Namespace of every object [kubectl's current one].")
+@click.option("--duration", default="10m", show_default=True, help="Each shard's run (20s, 5m, 1h).")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--cpu", default="2", show_default=True, help="CPU requested per pod.")
+@click.option("--memory", default="4Gi", show_default=True, help="Memory requested (and its limit) per pod.")
+@click.option("--storage", default="1Gi", show_default=True, help="Size of the shared results volume.")
+@click.option("--storage-class", help="StorageClass of the results volume; it must allow ReadWriteMany.")
+@click.option(
+    "--cloud",
+    "cloud_file",
+    type=_FILE,
+    help="A running 'iotfleet cloud up --json --control HOST:PORT' line (reachable from the pods) to drive.",
+)
+@click.option(
+    "--config", "config_file", type=_FILE, help="A fleet TOML (e.g. with a [target]: AWS IoT Core) for every shard."
+)
+@click.option("--start-at", type=click.FloatRange(min=0), metavar="EPOCH", help="Every shard's start barrier.")
+@click.option("--arg", "simulate_args", multiple=True, help="Pass this argument on to every shard's simulate.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here (default: stdout).")
+def k8s_render(
+    shards: int,
+    sites: int,
+    image: str,
+    name: str,
+    namespace: str | None,
+    duration: str,
+    speed: float,
+    cpu: str,
+    memory: str,
+    storage: str,
+    storage_class: str | None,
+    cloud_file: Path | None,
+    config_file: Path | None,
+    start_at: float | None,
+    simulate_args: tuple[str, ...],
+    out: Path | None,
+) -> None:
+    """Print the manifests: an Indexed Job of --shards pods running 'iotfleet simulate --shard auto/N', a
+    shared results volume, and a Job that merges the shards' reports (failing if one is missing).
+
+    Apply with 'iotfleet k8s render ... | kubectl apply -f -'; the merged report, its HTML page and JUnit
+    XML are written to the results volume under <name>/.
+    """
+    from iotfleet.sim.k8s import K8sPlan, render  # noqa: PLC0415
+    from iotfleet.sim.simulate import parse_duration  # noqa: PLC0415
+
+    with _errors():
+        if cloud_file is not None and config_file is not None:
+            raise ConfigError("--cloud and --config are two targets: name one")
+        plan = K8sPlan(
+            shards=shards,
+            sites=sites,
+            image=image,
+            name=name,
+            namespace=namespace,
+            duration=duration,
+            speed=speed,
+            cpu=cpu,
+            memory=memory,
+            storage=storage,
+            storage_class=storage_class,
+            cloud_json=None if cloud_file is None else _read_text(cloud_file, "--cloud"),
+            fleet_file=None if config_file is None else _read_text(config_file, "--config"),
+            start_at=start_at,
+            simulate_args=simulate_args,
+            merge_deadline_s=int(parse_duration(duration) / speed) + 3600,  # the run, and an hour to schedule
+        )
+        text = render(plan)
+    _emit(text, out, "the manifests")
+
+
+def _emit(text: str, out: Path | None, what: str) -> None:
+    """Write ``text`` to ``out``, or to stdout when there is none; a failed write exits 2 naming ``what``."""
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {what} to {out}: {exc.strerror or exc}")
+
+
 @report_group.command("csv")
 @click.argument("report_file", metavar="REPORT", type=_FILE)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The directory.")
@@ -925,13 +1017,7 @@ def report_junit(report_file: Path, out: Path | None, max_lost: int, max_error_r
 
     with _errors():
         text = junit_xml(load_report(report_file), max_lost=max_lost, max_error_rate=max_error_rate)
-    if out is None:
-        click.echo(text, nl=False)
-        return
-    try:
-        out.write_text(text)
-    except OSError as exc:
-        _fail(f"cannot write the JUnit XML to {out}: {exc.strerror or exc}")
+    _emit(text, out, "the JUnit XML")
 
 
 @report_group.command("html")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,10 +28,14 @@ def test_shards_against_one_shared_cloud_merge_to_the_whole_run_with_nothing_los
         line = cloud.stdout.readline()
         (tmp_path / "cloud.json").write_text(line)
         start_at = time.time() + 8  # a start barrier: every shard's simulated time starts then
+        common = [
+            *IOTFLEET, "simulate", "--cloud", str(tmp_path / "cloud.json"),
+            *("--sites", "2", "--speed", "20", "--workers", "1"),
+            *("--operator-every", "60s", "--operator-fraction", "0.25", "--command-every", "1m"),  # shard 0's
+            *("--reboot-share", "0"),
+        ]  # fmt: skip
         args = [
-            *IOTFLEET, "simulate", "--cloud", str(tmp_path / "cloud.json"), "--shard", f"auto/{SHARDS}",
-            *("--sites", "2", "--duration", "10s", "--speed", "20", "--workers", "1"),
-            *("--start-at", f"{start_at:.3f}"),
+            *common, "--shard", f"auto/{SHARDS}", "--duration", "10s", "--start-at", f"{start_at:.3f}",
             *("--chaos", "kill:eu-west-1@3s", "--chaos", "restore:eu-west-1@6s"),  # run by shard 0 only
         ]  # fmt: skip
         shards = [
@@ -62,8 +67,24 @@ def test_shards_against_one_shared_cloud_merge_to_the_whole_run_with_nothing_los
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert merge.returncode == 0, merge.stderr
+        # a pod restarted with the same index and workdir reuses its devices' identities
+        again = subprocess.run(
+            [*common, "--shard", "1/2", "--workdir", str(tmp_path / "shard-1"), "--duration", "3s",
+             "--report", str(tmp_path / "again.json")],
+            capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+    restarted = json.loads((tmp_path / "again.json").read_text())
+    assert restarted["latency_ms"]["provision"]["count"] == 0  # no device provisioned again
+    assert restarted["sent"] > 0
     parts = [json.loads(Path(r).read_text()) for r in reports]
-    merged = json.loads(merged_path.read_text())
+    check_merged(parts, json.loads(merged_path.read_text()), whole, start_at)
+
+
+def check_merged(
+    parts: list[dict[str, Any]], merged: dict[str, Any], whole: list[dict[str, Any]], start_at: float
+) -> None:
+    """The merged report against its parts and against what the cloud stored in all."""
     assert [p["config"]["shard"] for p in parts] == ["0/2", "1/2"]  # the index came from JOB_COMPLETION_INDEX
     assert [p["devices"] for p in parts] == [40, 40]
     assert merged["devices"] == 80
@@ -82,3 +103,14 @@ def test_shards_against_one_shared_cloud_merge_to_the_whole_run_with_nothing_los
     assert (kill["action"], restore["action"]) == ("kill", "restore")
     assert kill["devices_affected"] == kill["failed_over"] == 40  # site 1, homed in eu-west-1 (shard 0's)
     assert parts[1]["chaos"] == []
+    assert parts[0]["latency_ms"]["provision"]["count"] == 40  # by claim, the first time
+    # the operator, in shard 0, changed desired states across the fleet; each device applied its own
+    operator = merged["shadow"]["operator"]
+    assert operator["changes"] >= 20  # a quarter of 80 devices, each round (every 3 s real)
+    assert operator["reconciled"] == operator["devices_changed"]
+    assert merged["shadow"]["device"]["applied"] > 0  # by delta (a change made while it moved: by resync)
+    commands = merged["commands"]
+    assert commands["sent"] > 40  # 80 devices, one a minute simulated each, at 20x for ~8 s
+    assert commands["delivered"] + commands["lost"] == commands["sent"]
+    assert commands["delivered"] >= 0.8 * commands["sent"]  # some reach devices while they fail over
+    assert sum(parts[1]["commands"]["handled"].values()) > 0  # shard 1's devices got shard 0's commands

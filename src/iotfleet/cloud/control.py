@@ -7,7 +7,10 @@ it. One request per connection, one line each way:
 
 - ``<action> <region>`` (kill, blackhole, restore, status), answered by ``ok <state>``;
 - ``ingest <json>``, with ``{"sites": ["<tenant>/<site>", ...] | null, "cloud": bool}``: each region's
-  ingest figures of those sites' devices (:meth:`LocalCloud.ingest_stats`), answered by ``ok <json>``.
+  ingest figures of those sites' devices (:meth:`LocalCloud.ingest_stats`), answered by ``ok <json>``;
+- the operator's requests, answered by ``ok <json>``: ``shadow-update {"region", "thing", "desired"}``,
+  ``shadow-get {"region", "thing"}`` (the classic shadow's document) and ``publish {"region", "topic",
+  "payload"}`` (``true`` when sent, ``false`` when the region is down).
 
 Any failure is answered by ``error <why>``. The TCP listener has no authentication: it is for a test
 cloud on a trusted network (anyone who reaches it can kill a region), like the brokers' ``--listen``.
@@ -26,7 +29,7 @@ import socket
 import socketserver
 import tempfile
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,11 @@ CHAOS_ACTIONS = (Action.KILL, Action.BLACKHOLE, Action.RESTORE)
 REQUEST_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 4 << 20  # an ingest request names the sites of a shard: thousands, not millions
 INGEST = "ingest"
+_OPERATOR_VERBS = {
+    "shadow-update": ("region", "thing", "desired"),
+    "shadow-get": ("region", "thing"),
+    "publish": ("region", "topic", "payload"),
+}
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -125,10 +133,33 @@ class ControlServer:
         return None
 
     def handle(self, line: str) -> str:
-        if line.startswith(INGEST + " "):
-            return self._ingest(line[len(INGEST) + 1 :])
+        verb, _, rest = line.partition(" ")
+        if verb == INGEST:
+            return self._ingest(rest)
+        if verb in _OPERATOR_VERBS:
+            return self._operate(verb, rest)
         with self._acting:
             return self._handle(line)
+
+    def _operate(self, verb: str, text: str) -> str:
+        """The operator's shadow and publish requests (:class:`ControlClient` sends them)."""
+        try:
+            try:
+                request = json.loads(text)
+                region = self.cloud.region(str(request["region"]))
+                if verb == "publish":
+                    return "ok " + json.dumps(region.publish(str(request["topic"]), str(request["payload"]).encode()))
+                thing = str(request["thing"])
+                if verb == "shadow-get":
+                    return "ok " + json.dumps(region.shadows.get(thing))
+                region.shadows.update(thing, desired=dict(request["desired"]))
+                return "ok {}"
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(
+                    f"{verb}: expected a JSON object with {', '.join(_OPERATOR_VERBS[verb])} ({exc!r})"
+                ) from exc
+        except IotFleetError as exc:
+            return f"error {exc.message}"
 
     def _ingest(self, text: str) -> str:
         try:
@@ -239,6 +270,21 @@ class ControlClient:
         request = json.dumps({"sites": None if sites is None else sorted(sites), "cloud": cloud})
         answer = self.request(f"{INGEST} {request}", timeout)
         return [ingest_from_json(region) for region in json.loads(answer)]
+
+    # the operator's access to the cloud (iotfleet.sim.access.CloudAccess), one request each
+
+    def shadow_update(self, region: str, thing: str, desired: Mapping[str, Any]) -> None:
+        self.request("shadow-update " + json.dumps({"region": region, "thing": thing, "desired": dict(desired)}))
+
+    def shadow_get(self, region: str, thing: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(
+            self.request("shadow-get " + json.dumps({"region": region, "thing": thing}))
+        )
+        return document
+
+    def publish(self, region: str, topic: str, payload: bytes) -> bool:
+        request = {"region": region, "topic": topic, "payload": payload.decode()}
+        return bool(json.loads(self.request("publish " + json.dumps(request))))
 
     def request(self, line: str, timeout: float = 30.0) -> str:
         """Send one request line; return the answer after ``ok`` (:class:`CloudError` on ``error``)."""

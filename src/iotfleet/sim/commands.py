@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from iotfleet.cloud.local import LocalCloud
 from iotfleet.errors import IotFleetError
 from iotfleet.metrics import SeqSet
+from iotfleet.sim.access import CloudAccess
 from iotfleet.sim.fleet import SimDevice, current_region
 from iotfleet.sim.workload import IDENTIFY, REBOOT
 from iotfleet.topics import ThingScope, TopicScheme
@@ -34,7 +34,8 @@ class Commander:
 
     def __init__(
         self,
-        cloud: LocalCloud,
+        cloud: CloudAccess,
+        regions: Sequence[str],
         devices: Sequence[SimDevice],
         *,
         every_s: float,
@@ -45,6 +46,7 @@ class Commander:
         scheme: TopicScheme | None = None,
     ) -> None:
         self.cloud = cloud
+        self.regions = list(regions)
         self.devices = list(devices)
         self.per_real_s = len(self.devices) / every_s * speed  # the fleet's commands per real second
         self.reboot_share = reboot_share
@@ -73,9 +75,9 @@ class Commander:
         if command == REBOOT:
             body["offline_s"] = self.offline_real_s
         topic = self.scheme.command_topic(ThingScope(device.tenant, device.site, device.thing), command)
-        region = current_region(device.home, [r.name for r in self.cloud.regions], failed)
+        region = current_region(device.home, self.regions, failed)
         try:
-            sent = self.cloud.region(region).publish(topic, json.dumps(body).encode())
+            sent = self.cloud.publish(region, topic, json.dumps(body).encode())
         except IotFleetError as exc:
             self.errors[type(exc).__name__] += 1
             sent = False

@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from iotfleet.cloud.local import LocalCloud
 from iotfleet.errors import IotFleetError
 from iotfleet.metrics import Histogram
+from iotfleet.sim.access import CloudAccess
 from iotfleet.sim.fleet import SimDevice, current_region
 from iotfleet.sim.workload import DEVICE_TYPES
 
@@ -32,7 +32,8 @@ class Operator:
 
     def __init__(
         self,
-        cloud: LocalCloud,
+        cloud: CloudAccess,
+        regions: Sequence[str],
         devices: Sequence[SimDevice],
         *,
         fraction: float,
@@ -41,6 +42,7 @@ class Operator:
         seed: int = 0,
     ) -> None:
         self.cloud = cloud
+        self.regions = list(regions)
         self.devices = [d for d in devices if DEVICE_TYPES[d.device_type].shadow is not None]
         self.fraction = fraction
         self.every_real_s = every_s / speed
@@ -52,7 +54,7 @@ class Operator:
 
     def region_name(self, device: SimDevice, failed: Collection[str]) -> str:
         """Where ``device`` is: its home region, else the first that is not failed in its endpoint order."""
-        return current_region(device.home, [r.name for r in self.cloud.regions], failed)
+        return current_region(device.home, self.regions, failed)
 
     def tick(self, elapsed_s: float, failed: Collection[str], *, until_s: float | None = None) -> None:
         """Run every round that is due by ``elapsed_s`` real seconds into the run (none after ``until_s``)."""
@@ -69,13 +71,12 @@ class Operator:
         count = min(len(self.devices), max(1, math.ceil(fraction * len(self.devices))))
         devices = self.rng.sample(self.devices, count)
         for device in devices:
-            shadows = self.cloud.region(self.region_name(device, failed)).shadows
             spec = DEVICE_TYPES[device.device_type].shadow
             if spec is None:
                 continue
             desired = spec.desired(self.rng)
             try:
-                shadows.update(device.thing, desired=desired)
+                self.cloud.shadow_update(self.region_name(device, failed), device.thing, desired)
             except IotFleetError as exc:
                 self.errors[type(exc).__name__] += 1
                 continue
@@ -88,9 +89,8 @@ class Operator:
         pending: list[str] = []
         by_thing = {d.thing: d for d in self.devices}
         for thing, desired in sorted(self.desired.items()):
-            shadows = self.cloud.region(self.region_name(by_thing[thing], failed)).shadows
             try:
-                document = shadows.get(thing)
+                document = self.cloud.shadow_get(self.region_name(by_thing[thing], failed), thing)
             except IotFleetError as exc:
                 self.errors[f"read back: {type(exc).__name__}"] += 1
                 pending.append(thing)

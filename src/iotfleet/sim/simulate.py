@@ -27,6 +27,7 @@ from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.metrics import SeqSet
+from iotfleet.sim.access import CloudAccess, LocalAccess
 from iotfleet.sim.commands import Commander
 from iotfleet.sim.fleet import FleetShape, Placement, SimDevice, build_fleet, home_regions, shard_of
 from iotfleet.sim.operator import Operator
@@ -216,8 +217,8 @@ class SimConfig:
 
     @property
     def commands(self) -> bool:
-        """Whether the operator sends commands (it can only through an embedded local cloud)."""
-        return self.command_every_s is not None and self.embedded
+        """Whether the operator sends commands (it can through a local cloud, embedded or shared)."""
+        return self.command_every_s is not None and self.target is None
 
     def publish_rate(self) -> float | None:
         """The account-wide publish rate in force: the option, else IoT Core's quota for a real target."""
@@ -261,35 +262,46 @@ def _split(devices: Sequence[SimDevice], workers: int) -> list[list[SimDevice]]:
 
 
 class _Director:
-    """What the parent does while the workers run: the chaos schedule and the operator's rounds.
+    """What the parent does while the workers run: the chaos schedule, the operator's rounds and commands.
 
-    Against a shared cloud, only shard 0 runs the chaos schedule (through the control API): one fault
-    for the whole fleet, not one per shard."""
+    Against a shared cloud, only shard 0 directs (through the control API), for the whole fleet: one
+    fault, one operator, one stream of commands, not one per shard. Otherwise each shard directs its
+    own cloud and devices."""
 
-    def __init__(self, config: SimConfig, reached: Reached, devices: Sequence[SimDevice], progress: Progress) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        reached: Reached,
+        devices: Sequence[SimDevice],
+        fleet: Sequence[SimDevice],
+        progress: Progress,
+    ) -> None:
         self.config = config
-        self.cloud = cloud = reached.cloud
         self.chaos = reached.chaos
         self.progress = progress
-        runs_chaos = reached.chaos is not None and (config.cloud is None or config.shard[0] == 0)
-        self.pending = sorted(config.chaos, key=lambda e: e.at_s) if runs_chaos else []
+        directs = config.cloud is None or config.shard[0] == 0
+        access = reached.access if directs else None
+        targets = fleet if config.cloud is not None else devices
+        self.pending = sorted(config.chaos, key=lambda e: e.at_s) if reached.chaos is not None and directs else []
         self.operator = None
-        if cloud is not None and config.shadow:
+        if access is not None and config.shadow:
             self.operator = Operator(
-                cloud,
-                devices,
+                access,
+                config.region_names,
+                targets,
                 fraction=config.operator_fraction,
                 every_s=config.operator_every_s,
                 speed=config.speed,
                 seed=config.shape.seed,
             )
         self.commander = None
-        self.devices = len(devices)
+        self.devices = len(devices)  # commands start once this shard's devices are all connected
         self.commands_from: float | None = None  # run time when the fleet was first all connected
-        if cloud is not None and config.commands and config.command_every_s is not None:
+        if access is not None and config.commands and config.command_every_s is not None:
             self.commander = Commander(
-                cloud,
-                devices,
+                access,
+                config.region_names,
+                targets,
                 every_s=config.command_every_s,
                 reboot_share=config.reboot_share,
                 reboot_offline_s=config.reboot_offline_s,
@@ -334,6 +346,7 @@ class Reached:
     identity_dir: Path
     cloud: LocalCloud | None
     chaos: Callable[[Action, str], object] | None = None  # apply a chaos action to a region
+    access: CloudAccess | None = None  # the operator's: shadows and commands
     # each region's ingest figures (of these sites, and with the cloud's own figures if the bool)
     ingest: Callable[[Collection[str] | None, bool], list[dict[str, Any]]] | None = None
 
@@ -351,8 +364,8 @@ class Simulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         homes = home_regions(config.shape, config.region_names, config.placement)
-        fleet = [dataclasses.replace(d, home=homes[d.site_index]) for d in build_fleet(config.shape)]
-        self.devices = shard_of(fleet, *config.shard)
+        self.fleet = [dataclasses.replace(d, home=homes[d.site_index]) for d in build_fleet(config.shape)]
+        self.devices = shard_of(self.fleet, *config.shard)
         if not self.devices:
             raise ConfigError(f"shard {config.shard[0]}/{config.shard[1]} holds no site of this fleet")
 
@@ -368,7 +381,7 @@ class Simulation:
             progress = Progress()
             if config.metrics_port is not None:
                 progress.metrics_url = self._serve_metrics(stack, progress, reached, config.metrics_port)
-            director = _Director(config, reached, self.devices, progress)
+            director = _Director(config, reached, self.devices, self.fleet, progress)
 
             def tick() -> None:
                 director.tick()
@@ -429,6 +442,7 @@ class Simulation:
                 identity_dir,
                 None,
                 chaos=control.chaos,
+                access=control,
                 ingest=lambda sites, whole: control.ingest_stats(sites, cloud=whole),
             )
         cloud = stack.enter_context(
@@ -451,6 +465,7 @@ class Simulation:
             identity_dir,
             cloud,
             chaos=lambda action, region: getattr(cloud.region(region), action)(),
+            access=LocalAccess(cloud),
             ingest=lambda sites, whole: cloud.ingest_stats(sites, cloud=whole),
         )
 
