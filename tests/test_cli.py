@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from iotfleet.cli import cli
+from iotfleet.cli import _advertise, cli
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from iotfleet.transport.tls import tls_client_context
 from tests.conftest import cloud_up, process_alive, wait_until
@@ -219,3 +219,16 @@ def test_sigusr1_prints_every_threads_stack_and_the_cloud_runs_on(tmp_path: Path
 
         assert wait_until(read, timeout=10, interval=0.01), dumped
         assert proc.poll() is None  # a dump, not a stop
+
+
+def test_advertise_names_a_reachable_host_for_listeners_bound_to_every_address() -> None:
+    info: dict[str, Any] = {
+        "regions": [
+            {"name": "eu-west-1", "host": "0.0.0.0", "port": 8883},  # noqa: S104 - data, not a bind
+            {"name": "b", "host": "10.1.1.1", "port": 1},
+        ],
+        "control": {"unix": "/w/control.sock", "tcp": "0.0.0.0:7000"},
+    }
+    _advertise(info, "cloud.lab")
+    assert [r["host"] for r in info["regions"]] == ["cloud.lab", "10.1.1.1"]  # a named address stays
+    assert info["control"]["tcp"] == "cloud.lab:7000"

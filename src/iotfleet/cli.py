@@ -300,6 +300,12 @@ def cloud() -> None:
     "machines ('iotfleet simulate --cloud'). No authentication: a trusted network only. Port 0: any free one.",
 )
 @click.option(
+    "--advertise",
+    metavar="HOST",
+    help="In the JSON line, name HOST for listeners bound to every address (0.0.0.0, ::), so that shards on "
+    "other machines can use it (give it to --san too, for the brokers' certificate).",
+)
+@click.option(
     "--san",
     "sans",
     multiple=True,
@@ -320,6 +326,7 @@ def cloud_up(
     policy_file: Path | None,
     no_quotas: bool,
     control_address: str | None,
+    advertise: str | None,
 ) -> None:
     """Start the local cloud, with its ingestion pipeline, and run until SIGINT or SIGTERM.
 
@@ -347,6 +354,8 @@ def cloud_up(
         tcp = None if control_address is None else parse_address(control_address)
         with local, ControlServer(local, tcp=tcp) as control:
             info = {**local.info(), "control": {"unix": str(control.path), "tcp": control.tcp_address}}
+            if advertise:
+                _advertise(info, advertise)
             if things:
                 policy_name = DEVICE_POLICY
                 if policy_file is not None:
@@ -386,6 +395,19 @@ def cloud_up(
             _wait_for_signal(stop)
         if not as_json:
             click.echo("stopped")
+
+
+def _advertise(info: dict[str, Any], host: str) -> None:
+    """Name ``host`` wherever the JSON line has a wildcard address (a listener bound to all of them)."""
+    wildcard = {"0.0.0.0", "::", "[::]"}  # noqa: S104 - recognised, not bound
+    for region in info["regions"]:
+        if region["host"] in wildcard:
+            region["host"] = host
+    tcp = info["control"]["tcp"]
+    if tcp is not None:
+        bound, _, port = tcp.rpartition(":")
+        if bound in wildcard:
+            info["control"]["tcp"] = f"{host}:{port}"
 
 
 @cloud.command("chaos")
@@ -812,7 +834,7 @@ def _write_outputs(
 
     thresholds = settings.thresholds
     writes: list[tuple[str, Path | None, Callable[[Path], object]]] = [
-        ("the report", settings.run.report, lambda path: path.write_text(json.dumps(report, indent=1))),
+        ("the report", settings.run.report, lambda path: _write_whole(path, json.dumps(report, indent=1))),
         ("the CSV files", csv_dir, lambda path: write_csv(report, path)),
         (
             "the JUnit XML",
@@ -838,6 +860,17 @@ def _write_outputs(
         except OSError as exc:
             problems.append(f"cannot write {what} to {path}: {exc.strerror or exc}")
     return "; ".join(problems) or None
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` at once: through a hidden file beside it, renamed into place, so that a
+    reader waiting for the file (the k8s merge Job) never reads half of it."""
+    staged = path.with_name(f".{path.name}.tmp")
+    try:
+        staged.write_text(text)
+        staged.replace(path)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _check_writable(path: Path, option: str = "--report") -> None:
