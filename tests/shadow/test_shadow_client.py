@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Awaitable
 from pathlib import Path
@@ -14,7 +15,7 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.services import shadow as shadow_service
 from iotfleet.config import Identity
 from iotfleet.device import DeviceClient
-from iotfleet.errors import PublishRejected, ShadowRejected
+from iotfleet.errors import PublishRejected, RequestTimeout, ShadowRejected
 from iotfleet.shadow.client import Shadow, ShadowSync
 from tests.conftest import Watcher, lamp_options, until
 
@@ -253,3 +254,34 @@ def test_a_handler_that_raises_is_counted_and_the_sync_goes_on(local_cloud: Loca
             await sync.stop()
 
     run(scenario())
+
+
+def test_a_request_whose_session_ends_while_it_is_sent_fails_once_and_leaves_nothing_unretrieved(
+    local_cloud: LocalCloud, lamp: Identity
+) -> None:
+    """The session ends (its region killed) while the request awaits its PUBACK, and no region answers
+    in time: the caller gets the timeout, and the answer's ConnectionLost is not left for asyncio to
+    report as a future whose exception was never retrieved."""
+    eu, us = local_cloud.region("eu-west-1"), local_cloud.region("us-east-1")
+    unretrieved: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        async with connect(local_cloud, lamp) as device:
+            shadow = Shadow(device)
+            await shadow.update(reported={"dim": 1})  # subscribed, and the shadow exists
+            us.blackhole()
+            eu.blackhole()  # no PUBACK, no answer
+            request = asyncio.ensure_future(shadow.get(timeout=3))
+            await asyncio.sleep(0.3)  # the request is out, waiting for its PUBACK (nothing to wait on)
+            eu.kill()  # the session ends while the request is being sent
+            with pytest.raises(RequestTimeout):
+                await request
+            del request
+            gc.collect()
+        eu.restore()
+        us.restore()
+
+    run(scenario())
+    assert [c for c in unretrieved if "never retrieved" in str(c.get("message"))] == []

@@ -162,6 +162,10 @@ class Shadow:
             ) from None
         finally:
             self._pending.pop(token, None)
+            if answer.done() and not answer.cancelled():
+                # a session that ended while the request was still being sent (publish_to failed): the
+                # answer's ConnectionLost is the same failure, already raised; mark it retrieved
+                answer.exception()
         payload: dict[str, Any] = json.loads(message.payload)
         if message.topic.endswith("/rejected"):
             raise ShadowRejected(int(payload.get("code", 0)), str(payload.get("message", "")), client_token=token)
