@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from iotfleet.cli import _advertise, cli
+from iotfleet.cli import _advertise, _write_whole, cli
 from iotfleet.cloud.local import DEFAULT_TEMPLATE, LocalCloud
 from iotfleet.transport.tls import tls_client_context
 from tests.conftest import cloud_up, process_alive, wait_until
@@ -232,3 +232,16 @@ def test_advertise_names_a_reachable_host_for_listeners_bound_to_every_address()
     _advertise(info, "cloud.lab")
     assert [r["host"] for r in info["regions"]] == ["cloud.lab", "10.1.1.1"]  # a named address stays
     assert info["control"]["tcp"] == "cloud.lab:7000"
+
+
+def test_a_report_is_renamed_into_place_whole_and_a_device_is_written_to_not_replaced(tmp_path: Path) -> None:
+    report = tmp_path / "shard-0.json"
+    report.write_text("old")
+    before = report.stat().st_ino
+    _write_whole(report, '{"new": true}')
+    assert report.read_text() == '{"new": true}'
+    assert report.stat().st_ino != before  # a new file took its place: a reader sees old or new, never half
+    assert [p.name for p in tmp_path.iterdir()] == ["shard-0.json"]  # no staged file left behind
+    null = Path(os.devnull)
+    _write_whole(null, "discarded")
+    assert null.is_char_device()

@@ -864,7 +864,11 @@ def _write_outputs(
 
 def _write_whole(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` at once: through a hidden file beside it, renamed into place, so that a
-    reader waiting for the file (the k8s merge Job) never reads half of it."""
+    reader waiting for the file (the k8s merge Job) never reads half of it. Anything but a regular file
+    (a pipe, a device such as /dev/stdout) is written to as it is, never replaced."""
+    if path.exists() and not path.is_file():
+        path.write_text(text)
+        return
     staged = path.with_name(f".{path.name}.tmp")
     try:
         staged.write_text(text)

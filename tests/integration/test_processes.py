@@ -6,6 +6,7 @@ import json
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -124,3 +125,4 @@ def test_a_full_disk_at_the_end_still_prints_the_summary_and_names_the_report_pa
     assert proc.returncode == 2
     assert "thresholds" in out  # the summary
     assert "Error: cannot write the report to /dev/full: No space left on device" in err
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # written to, never replaced by a file of ours
