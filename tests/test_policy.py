@@ -21,7 +21,8 @@ def arn(kind: str, rest: str) -> str:
 
 def test_device_policy_matches_golden() -> None:
     """The golden file was checked by hand against IOT_CORE.md section 5's least-privilege example (and the
-    Basic Ingest resource against section 3: the thing's own data topics, through the ingest rule only)."""
+    Basic Ingest resource against section 3: the thing's own data topics, through the ingest rule only;
+    the jobs resources against section 10: the thing's own requests, answers and events)."""
     rendered = render(TopicScheme(), region="eu-west-1", account="123456789012")
     assert rendered == json.loads((GOLDEN / "device-policy.json").read_text())
 
@@ -47,6 +48,13 @@ def test_claim_policy_matches_golden() -> None:
         ("iot:Publish", arn("topic", "$aws/things/lamp-1/shadow/name/cfg/get"), True),
         ("iot:Publish", arn("topic", "$aws/things/lamp-1/shadow/delete"), False),
         ("iot:Publish", arn("topic", "$aws/things/lamp-2/shadow/update"), False),
+        ("iot:Publish", arn("topic", "$aws/things/lamp-1/jobs/start-next"), True),
+        ("iot:Publish", arn("topic", "$aws/things/lamp-1/jobs/fw-2/update"), True),
+        ("iot:Publish", arn("topic", "$aws/things/lamp-1/jobs/notify"), False),  # the service's event
+        ("iot:Publish", arn("topic", "$aws/things/lamp-2/jobs/get"), False),
+        ("iot:Subscribe", arn("topicfilter", "$aws/things/lamp-1/jobs/start-next/+"), True),  # IotJobsClientV2's
+        ("iot:Subscribe", arn("topicfilter", "$aws/things/lamp-2/jobs/notify"), False),
+        ("iot:Receive", arn("topic", "$aws/things/lamp-1/jobs/notify-next"), True),
         ("iot:Subscribe", arn("topicfilter", "cmd/acme/hq/lamp-1/+"), True),
         ("iot:Subscribe", arn("topicfilter", "cmd/acme/hq/lamp-2/+"), False),
         ("iot:Subscribe", arn("topicfilter", "cmd/acme/hq/#"), False),

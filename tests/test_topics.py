@@ -95,7 +95,7 @@ def test_byte_limit_counts_utf8_bytes_not_characters() -> None:
         ("\ud800", "utf-8"),
         ("$SYS/broker", "reserved"),
         ("$aws/things/t/shadow/update/accepted", "reserved"),
-        ("$aws/things/t/jobs/get", "reserved"),
+        ("$aws/things/t/jobs/notify", "reserved"),  # the service's event, not a request
     ],
 )
 def test_publish_topic_rules_name_the_failed_rule(topic: str, rule: str) -> None:

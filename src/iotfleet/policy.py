@@ -22,6 +22,7 @@ from iotfleet.topics import (
     TopicScheme,
     create_certificate_from_csr_topic,
     create_keys_and_certificate_topic,
+    jobs_topic_prefix,
     register_thing_topic,
     shadow_topic_prefix,
     validate_rule_name,
@@ -66,8 +67,9 @@ def render(
 
     A device may connect only as its own thing name (and only with a certificate attached to a thing),
     publish its own data streams (on their topics, and by Basic Ingest to ``basic_ingest_rules``) and its
-    own shadow requests (classic and named; ``delete`` only when asked for), and subscribe to and receive
-    its own commands and shadow responses. Tenant and site come from the thing attributes
+    own shadow requests (classic and named; ``delete`` only when asked for) and jobs requests, and
+    subscribe to and receive its own commands, shadow responses and jobs responses and events.
+    Tenant and site come from the thing attributes
     ``tenant_attribute`` and ``site_attribute``.
     """
     scope = {
@@ -86,6 +88,8 @@ def render(
     publish += [arn("topic", f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{data}") for rule in basic_ingest_rules]
     publish += [arn("topic", f"{shadow_prefix}/{op}") for op in ops]
     publish += [arn("topic", f"{shadow_prefix}/name/*/{op}") for op in ops]
+    jobs_prefix = jobs_topic_prefix(THING_NAME)
+    publish += [arn("topic", f"{jobs_prefix}/{request}") for request in ("get", "start-next", "*/get", "*/update")]
     commands = scheme.render_command(**scope, command="*")
     return {
         "Version": VERSION,
@@ -100,12 +104,20 @@ def render(
             {
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": [arn("topicfilter", commands), arn("topicfilter", f"{shadow_prefix}/*")],
+                "Resource": [
+                    arn("topicfilter", commands),
+                    arn("topicfilter", f"{shadow_prefix}/*"),
+                    arn("topicfilter", f"{jobs_prefix}/*"),
+                ],
             },
             {
                 "Effect": "Allow",
                 "Action": "iot:Receive",
-                "Resource": [arn("topic", commands), arn("topic", f"{shadow_prefix}/*")],
+                "Resource": [
+                    arn("topic", commands),
+                    arn("topic", f"{shadow_prefix}/*"),
+                    arn("topic", f"{jobs_prefix}/*"),
+                ],
             },
         ],
     }

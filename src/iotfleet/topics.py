@@ -29,6 +29,7 @@ __all__ = [
     "MESSAGE_ID_PROPERTY",
     "SENT_AT_PROPERTY",
     "SEQUENCE_PROPERTY",
+    "JobsTopics",
     "PayloadFormat",
     "ShadowOp",
     "ShadowTopics",
@@ -38,6 +39,7 @@ __all__ = [
     "create_certificate_from_csr_topic",
     "create_keys_and_certificate_topic",
     "filter_matches",
+    "jobs_topic_prefix",
     "register_thing_topic",
     "shadow_topic_prefix",
     "slash_count",
@@ -73,6 +75,7 @@ _RESERVED_PUBLISH = (
     re.compile(r"\$aws/certificates/(create|create-from-csr)/(json|cbor)"),
     re.compile(r"\$aws/provisioning-templates/[^/]+/provision/(json|cbor)"),
     re.compile(r"\$aws/rules/[a-zA-Z0-9_]{1,128}/.+"),
+    re.compile(r"\$aws/things/[a-zA-Z0-9:_-]{1,128}/jobs/(get|start-next|(\$next|[a-zA-Z0-9_-]{1,64})/(get|update))"),
 )
 
 
@@ -178,7 +181,7 @@ def validate_topic(topic: str) -> str:
                 "reserved",
                 topic,
                 f"topic {topic!r} starts with '$', which is reserved for AWS: only the documented "
-                "shadow, fleet-provisioning and $aws/rules/ topics may be published",
+                "shadow, jobs, fleet-provisioning and $aws/rules/ topics may be published",
             )
     return topic
 
@@ -424,6 +427,40 @@ class ShadowTopics:
     @property
     def documents(self) -> str:
         return f"{self.prefix}/update/documents"
+
+
+def jobs_topic_prefix(thing: str) -> str:
+    """``$aws/things/<thing>/jobs``, unvalidated (for policy variables)."""
+    return f"$aws/things/{thing}/jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class JobsTopics:
+    """The reserved topics of a thing's jobs (IOT_CORE.md section 10): requests ``get``, ``start-next``,
+    ``<jobId>/get`` and ``<jobId>/update``, each answered on ``/accepted`` or ``/rejected``, and the
+    events ``notify`` and ``notify-next``."""
+
+    thing: str
+
+    def __post_init__(self) -> None:
+        validate_thing_name(self.thing)
+
+    @property
+    def prefix(self) -> str:
+        return jobs_topic_prefix(self.thing)
+
+    def request(self, op: str, job_id: str | None = None) -> str:
+        """``op`` is get, start-next or update; with ``job_id`` (``$next`` for the next one) the
+        execution's get or update."""
+        return f"{self.prefix}/{op}" if job_id is None else f"{self.prefix}/{job_id}/{op}"
+
+    @property
+    def notify(self) -> str:
+        return f"{self.prefix}/notify"
+
+    @property
+    def notify_next(self) -> str:
+        return f"{self.prefix}/notify-next"
 
 
 class PayloadFormat(StrEnum):

@@ -29,6 +29,7 @@ from iotfleet._files import write_private
 from iotfleet.cloud.authz import Principal, render_authz, write_authz
 from iotfleet.cloud.broker import Broker, BrokerState, Quotas, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id, unique_common_name
+from iotfleet.cloud.jobs import JobConfig
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateRecord,
@@ -44,6 +45,7 @@ from iotfleet.cloud.registry import (
 from iotfleet.cloud.rules import Rule, default_rules
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
+from iotfleet.cloud.services.jobs import JobsOperator, JobsService
 from iotfleet.cloud.services.lifecycle import LifecycleService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
 from iotfleet.cloud.services.rules import RulesService
@@ -229,6 +231,8 @@ class Region:
         self._operator: OperatorConnection | None = None
         self._host: ServiceHost | None = None
         self._shadows: ShadowOperator | None = None
+        self.jobs_service: JobsService | None = None
+        self._jobs: JobsOperator | None = None
         self._principals: dict[str, str] = {}  # certificate CN -> certificate id, for lifecycle events
         self.broker = Broker(
             name=name,
@@ -283,6 +287,13 @@ class Region:
             raise CloudError(f"region {self.name} has no shadow service: start the cloud first")
         return self._shadows
 
+    @property
+    def jobs(self) -> JobsOperator:
+        """Operator access to this region's jobs (CreateJob, CancelJob, DescribeJob, thing groups, ...)."""
+        if self._jobs is None:
+            raise CloudError(f"region {self.name} has no jobs service: start the cloud first")
+        return self._jobs
+
     def start_services(
         self,
         host: ServiceHost,
@@ -306,6 +317,9 @@ class Region:
         lifecycle = self.lifecycle = LifecycleService(self.name, self._principal)
         self.broker.log_listeners.append(self._log_line)
         self.rules = RulesService(self.name, rules)
+        jobs = self.jobs_service = JobsService(
+            region=self.name, registry=self.registry, path=self.directory / "jobs.json"
+        )
         self._operator = OperatorConnection(self.name)
         self._host = host
         connections = [
@@ -313,6 +327,7 @@ class Region:
             provisioner.attach(self.internal_endpoint, identity, host),
             lifecycle.attach(self.internal_endpoint, identity, host),
             self.rules.attach(self.internal_endpoint, identity, host),
+            jobs.attach(self.internal_endpoint, identity, host),
             self._operator.attach(self.internal_endpoint, identity, host),
         ]
         if ingest is not None:
@@ -328,6 +343,7 @@ class Region:
 
         async def start() -> None:
             provisioner.start()
+            jobs.start()
             if pipeline is not None:
                 pipeline.start()
             for connection in connections:
@@ -338,6 +354,7 @@ class Region:
         host.call(start())
         self.shadow_service = service
         self._shadows = ShadowOperator(service, host)
+        self._jobs = JobsOperator(jobs, host)
 
     def _principal(self, common_name: str) -> str:
         """The certificate id behind a connection's CN (IoT Core's ``principalIdentifier``)."""
@@ -368,6 +385,8 @@ class Region:
         self.broker.stop()
         if self.shadow_service is not None:
             self.shadow_service.store.close()
+        if self.jobs_service is not None:
+            self.jobs_service.save()
         if self.ingest is not None:
             self.ingest.close()  # what cannot be written is counted in its stats, not raised
         self.registry.close()
@@ -790,6 +809,51 @@ class LocalCloud:
         if fresh:
             self.replicate(registrations, source=home.name)
         return identities
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(
+        self,
+        job_id: str,
+        *,
+        targets: Sequence[str],
+        document: str | Mapping[str, Any],
+        regions: Sequence[str] | None = None,
+        description: str = "",
+        **config: Any,
+    ) -> dict[str, dict[str, Any]]:
+        """CreateJob in ``regions`` (default: every region; jobs are per region on AWS, and a device
+        that fails over finds its job where it lands). ``targets`` are thing names or ``group:<name>``;
+        ``config`` takes CreateJob's fields (``targetSelection``, ``jobExecutionsRolloutConfig``,
+        ``abortConfig``, ``timeoutConfig``, ``jobExecutionsRetryConfig``, ``presignedUrlConfig``).
+        Returns DescribeJob's ``job`` by region. A bad job raises :class:`JobsError` (AWS's code)."""
+        text = document if isinstance(document, str) else json.dumps(document)
+        job_config = JobConfig.from_api(config)
+        return {
+            name: self.region(name).jobs.create_job(job_id, list(targets), text, job_config, description)
+            for name in (regions or [r.name for r in self.regions])
+        }
+
+    def cancel_job(
+        self,
+        job_id: str,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+        comment: str | None = None,
+        regions: Sequence[str] | None = None,
+    ) -> None:
+        """CancelJob in ``regions`` (default: every region that has the job)."""
+        for name in regions or [r.name for r in self.regions]:
+            jobs = self.region(name).jobs
+            if regions is None and job_id not in jobs.service.state.jobs:
+                continue
+            jobs.cancel_job(job_id, force=force, reason=reason, comment=comment)
+
+    def add_things_to_group(self, group: str, things: Sequence[str], *, regions: Sequence[str] | None = None) -> None:
+        """Put things in a thing group (for job targets ``group:<name>``) in ``regions`` (default: all)."""
+        for name in regions or [r.name for r in self.regions]:
+            self.region(name).jobs.add_to_group(group, list(things))
 
     def create_policy(self, name: str, document: str | bytes | Mapping[str, Any]) -> None:
         """Create (or replace) the AWS IoT policy ``name``: any valid document (validated as CreatePolicy

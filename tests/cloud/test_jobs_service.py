@@ -1,0 +1,140 @@
+"""The local Jobs service over real MQTT, driven by AWS's own IotJobsClientV2 (awsiotsdk), unchanged."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from awscrt import mqtt_request_response
+from awsiot import V2ServiceException, iotjobs
+
+from iotfleet.cloud.jobs import JobsError
+from iotfleet.cloud.local import LocalCloud
+from iotfleet.config import Identity
+from tests.cloud.test_shadow_service import awsiot_stream_options
+from tests.conftest import aws_sdk_client, wait_until
+
+FIRMWARE = {"operation": "firmware-update", "version": "2.0.0"}
+
+
+@pytest.fixture
+def jobs_client(local_cloud: LocalCloud, lamp: Identity) -> Iterator[iotjobs.IotJobsClientV2]:
+    with aws_sdk_client(local_cloud.region("eu-west-1").endpoint, lamp, "lamp-1") as (client, options):
+        yield iotjobs.IotJobsClientV2(client, options)
+
+
+def next_changed_stream(client: iotjobs.IotJobsClientV2) -> tuple[list[Any], Any]:
+    """Open the notify-next stream; return what it receives, once its subscription is established, and
+    the stream (keep it referenced: a stream that is collected closes)."""
+    events: list[Any] = []
+    subscribed = threading.Event()
+
+    def on_status(event: mqtt_request_response.SubscriptionStatusEvent) -> None:
+        status = mqtt_request_response.SubscriptionStatusEventType(event.type)
+        if status is mqtt_request_response.SubscriptionStatusEventType.SUBSCRIPTION_ESTABLISHED:
+            subscribed.set()
+
+    stream = client.create_next_job_execution_changed_stream(
+        iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name="lamp-1"),
+        awsiot_stream_options(events.append, on_status),
+    )
+    stream.open()
+    assert subscribed.wait(10), "the notify-next subscription was not established"
+    return events, stream
+
+
+def test_aws_jobs_client_v2_runs_a_job_from_notify_to_succeeded(
+    local_cloud: LocalCloud, jobs_client: iotjobs.IotJobsClientV2
+) -> None:
+    events, stream = next_changed_stream(jobs_client)
+    created = local_cloud.create_job("fw-2", targets=["lamp-1"], document=FIRMWARE)
+    assert {job["status"] for job in created.values()} == {"IN_PROGRESS"}  # in both regions
+    assert wait_until(lambda: len(events) >= 1, 10)
+    assert events[0].execution.job_id == "fw-2"
+    assert events[0].execution.job_document == FIRMWARE
+
+    pending = jobs_client.get_pending_job_executions(
+        iotjobs.GetPendingJobExecutionsRequest(thing_name="lamp-1")
+    ).result(10)
+    assert [j.job_id for j in pending.queued_jobs] == ["fw-2"]
+    assert pending.in_progress_jobs == []
+
+    started = jobs_client.start_next_pending_job_execution(
+        iotjobs.StartNextPendingJobExecutionRequest(thing_name="lamp-1", status_details={"step": "download"})
+    ).result(10)
+    assert (started.execution.job_id, started.execution.status) == ("fw-2", "IN_PROGRESS")
+    assert started.execution.version_number == 2  # 1 -> 2 at start, as in AWS's sample run
+    assert started.execution.status_details == {"step": "download"}
+
+    with pytest.raises(V2ServiceException) as mismatch:
+        jobs_client.update_job_execution(
+            iotjobs.UpdateJobExecutionRequest(
+                thing_name="lamp-1", job_id="fw-2", status="SUCCEEDED", expected_version=7
+            )
+        ).result(10)
+    assert mismatch.value.modeled_error.code == "VersionMismatch"
+    assert mismatch.value.modeled_error.execution_state.version_number == 2
+
+    done = jobs_client.update_job_execution(
+        iotjobs.UpdateJobExecutionRequest(
+            thing_name="lamp-1", job_id="fw-2", status="SUCCEEDED", expected_version=2,
+            include_job_execution_state=True, status_details={"step": "done"},
+        )
+    ).result(10)  # fmt: skip
+    assert done.execution_state.status == "SUCCEEDED"
+    assert done.execution_state.version_number == 3
+
+    with pytest.raises(V2ServiceException) as terminal:
+        jobs_client.update_job_execution(
+            iotjobs.UpdateJobExecutionRequest(thing_name="lamp-1", job_id="fw-2", status="IN_PROGRESS")
+        ).result(10)
+    assert terminal.value.modeled_error.code == "InvalidStateTransition"
+    with pytest.raises(V2ServiceException) as described:
+        jobs_client.describe_job_execution(
+            iotjobs.DescribeJobExecutionRequest(thing_name="lamp-1", job_id="fw-2")
+        ).result(10)
+    assert described.value.modeled_error.code == "TerminalStateReached"
+    assert wait_until(lambda: len(events) >= 2 and events[-1].execution is None, 10)  # the queue is empty now
+    jobs = local_cloud.region("eu-west-1").jobs
+    assert jobs.describe_job("fw-2")["status"] == "COMPLETED"
+    assert jobs.describe_execution("fw-2", "lamp-1")["statusDetails"] == {"step": "done"}
+    # jobs are per region: the other region's execution still waits for the device
+    assert local_cloud.region("us-east-1").jobs.describe_job("fw-2")["status"] == "IN_PROGRESS"
+    del stream  # the stream closes when it is collected
+
+
+def test_bad_requests_get_aws_error_codes_and_echo_the_token(local_cloud: LocalCloud, lamp: Identity) -> None:
+    local_cloud.create_job("fw-3", targets=["lamp-1"], document=FIRMWARE, regions=["eu-west-1"])
+    service = local_cloud.region("eu-west-1").jobs_service
+    assert service is not None
+    cases = [
+        ("update", "fw-3", b'{"status": "SUCCESS", "clientToken": "t1"}', "InvalidRequest"),
+        ("update", "fw-3", b'{"status": "TIMED_OUT", "clientToken": "t2"}', "InvalidStateTransition"),
+        ("update", "no-such-job", b'{"status": "SUCCEEDED", "clientToken": "t3"}', "ResourceNotFound"),
+        ("start-next", None, b'{"stepTimeoutInMinutes": 0, "clientToken": "t4"}', "InvalidRequest"),
+        ("get", None, b"{not json", "InvalidJson"),
+    ]
+    for op, job_id, payload, code in cases:
+        topic, body = service.serve("lamp-1", op, job_id, payload, now=1.7e9)
+        assert topic.endswith("/rejected"), (op, payload)
+        assert body["code"] == code, (op, payload, body)
+        assert isinstance(body["timestamp"], int)
+        if code != "InvalidJson":
+            assert body["clientToken"] == payload.split(b'"clientToken": "')[1].split(b'"')[0].decode()
+    assert "executionState" in service.serve("lamp-1", "update", "fw-3", b'{"status": "TIMED_OUT"}', now=1.7e9)[1]
+    _, unknown = service.serve("lamp-9", "get", None, b"{}", now=1.7e9)
+    assert unknown["code"] == "ResourceNotFound"
+
+
+def test_a_bad_job_is_refused_with_aws_code(local_cloud: LocalCloud, lamp: Identity) -> None:
+    with pytest.raises(JobsError) as bad:
+        local_cloud.create_job(
+            "fw-4", targets=["lamp-1"], document=FIRMWARE, jobExecutionsRolloutConfig={"maximumPerMinute": 5000}
+        )
+    assert bad.value.code == "InvalidRequest"
+    local_cloud.create_job("fw-4", targets=["lamp-1"], document=FIRMWARE)
+    with pytest.raises(JobsError) as twice:
+        local_cloud.create_job("fw-4", targets=["lamp-1"], document=FIRMWARE)
+    assert twice.value.code == "ResourceAlreadyExists"
