@@ -12,6 +12,7 @@ from iotfleet.device.events import (
     PublishAcked,
     PublishFailed,
 )
+from iotfleet.device.jobs import JobExecution, JobRejected
 from iotfleet.transport.base import DisconnectReason
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "Disconnected",
     "EventKind",
     "FailedOver",
+    "JobExecution",
+    "JobRejected",
     "PublishAcked",
     "PublishFailed",
     "PublishReceipt",

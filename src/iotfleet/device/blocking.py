@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from iotfleet._loop_thread import LoopThread
 from iotfleet.config import Identity
 from iotfleet.device.client import Command, DeviceClient, Payload, PublishReceipt
+from iotfleet.device.jobs import JobExecution
 from iotfleet.device.stream import Stream
 from iotfleet.errors import ClientStateError
 from iotfleet.transport.base import InboundMessage
 
-__all__ = ["BlockingDeviceClient"]
+__all__ = ["BlockingDeviceClient", "BlockingJobExecution"]
 
 T = TypeVar("T")
 
@@ -108,6 +109,27 @@ class BlockingDeviceClient:
         (None: never) or when the client closes."""
         return self._iterate(self.device.commands, timeout)
 
+    def jobs(self, *, timeout: float | None = None) -> Iterator[BlockingJobExecution]:
+        """The thing's job executions, as :meth:`DeviceClient.jobs` hands them over; stops after ``timeout``
+        seconds without a new one (None: never) or when the client closes."""
+        executions = self._run(_jobs_of(self.device))
+
+        async def next_job() -> JobExecution:
+            return await anext(executions)
+
+        while True:
+            if self._runner is None:
+                return
+            future = self._runner.submit(next_job())
+            try:
+                job = future.result(timeout)
+            except (StopAsyncIteration, concurrent.futures.CancelledError):
+                return
+            except TimeoutError:
+                future.cancel()
+                return
+            yield BlockingJobExecution(job, self._run)
+
     def _iterate(self, source: Callable[[], Stream[Any]], timeout: float | None) -> Iterator[Any]:
         """Open ``source()`` on the loop and await its subscription, then hand its items to this thread."""
         items: queue.Queue[Any] = queue.Queue()
@@ -153,6 +175,42 @@ class BlockingDeviceClient:
 
 
 _END = object()
+
+
+async def _jobs_of(device: DeviceClient) -> AsyncIterator[JobExecution]:
+    return device.jobs()
+
+
+class BlockingJobExecution:
+    """A :class:`~iotfleet.device.jobs.JobExecution` with blocking methods."""
+
+    def __init__(self, job: JobExecution, run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        self.job = job
+        self._run = run
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def document(self) -> Any:
+        return self.job.document
+
+    @property
+    def status(self) -> str:
+        return self.job.status
+
+    def progress(self, details: Mapping[str, str], *, step_timeout_min: int | None = None) -> None:
+        self._run(self.job.progress(details, step_timeout_min=step_timeout_min))
+
+    def succeed(self, details: Mapping[str, str] | None = None) -> None:
+        self._run(self.job.succeed(details))
+
+    def fail(self, reason: str, details: Mapping[str, str] | None = None) -> None:
+        self._run(self.job.fail(reason, details))
+
+    def reject(self, reason: str) -> None:
+        self._run(self.job.reject(reason))
 
 
 class _Failed:

@@ -27,7 +27,7 @@ import asyncio
 import collections
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -37,6 +37,7 @@ from iotfleet.config import Endpoint, Identity, OutboxPolicy, PublishLimits, Rec
 from iotfleet.device.events import Listener, Listeners
 from iotfleet.device.failover import EndpointSelector
 from iotfleet.device.inbound import Inbound
+from iotfleet.device.jobs import JobExecution, Jobs
 from iotfleet.device.outbox import Outbox, open_outbox
 from iotfleet.device.publisher import Payload, Publisher, PublishReceipt
 from iotfleet.device.session_loop import SessionLoop
@@ -149,6 +150,7 @@ class DeviceClient:
         self._listeners = Listeners(listeners)
         self._stream_topics: dict[str, str] = {}  # data stream name -> its topic
         self._in = Inbound(self.thing, self.counters)
+        self._jobs: Jobs | None = None
         self._out = Publisher(
             self.thing,
             self.outbox,
@@ -434,6 +436,15 @@ class DeviceClient:
 
         self._require_running()
         return self._in.route("commands", command_filter, partial(self.subscribe, command_filter), command)
+
+    def jobs(self) -> AsyncIterator[JobExecution]:
+        """The thing's job executions (AWS IoT Jobs), each started and handed over with its document:
+        ``async for job in device.jobs(): ... await job.succeed()``. It waits for new ones, resumes after
+        a reconnect or a failover, and never runs one twice across regions (:mod:`iotfleet.device.jobs`)."""
+        self._require_running()
+        if self._jobs is None:
+            self._jobs = Jobs(self)
+        return self._jobs.executions()
 
     def add_message_handler(self, topic_filter: str, handler: Callable[[InboundMessage], None]) -> None:
         """Call ``handler(message)`` on the event loop for every inbound message matching ``topic_filter``.
