@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from click.testing import CliRunner
 
@@ -41,7 +42,14 @@ def test_cloud_up_json_prints_one_line_then_stops_cleanly_on_sigterm(tmp_path: P
         info = json.loads(proc.stdout.readline())
         keys = {"regions", "ca_file", "claim_cert", "claim_key", "template", "templates", "account", "workdir"}
         inline = {"ca_pem", "claim_cert_pem", "claim_key_pem"}  # what a shard on another machine needs
-        assert set(info) == {*keys, *inline, "quotas", "control"}
+        assert set(info) == {*keys, *inline, "quotas", "control", "api_url"}
+        assert info["api_url"].startswith("http://127.0.0.1:")
+        iot = boto3.client(
+            "iot", endpoint_url=info["api_url"], region_name="us-east-1",
+            aws_access_key_id="AKIDLOCAL", aws_secret_access_key="local",  # noqa: S106 - read, never verified
+        )  # fmt: skip
+        us_east = info["regions"][1]
+        assert iot.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"] == f"localhost:{us_east['port']}"
         assert info["ca_pem"] == Path(info["ca_file"]).read_text()
         assert info["control"] == {"unix": str(tmp_path / "w" / "control.sock"), "tcp": None}  # no --control
         assert info["quotas"]["connect_per_client"] == 1.0  # IoT Core's quotas, on by default

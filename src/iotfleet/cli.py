@@ -300,6 +300,15 @@ def cloud() -> None:
     "machines ('iotfleet simulate --cloud'). No authentication: a trusted network only. Port 0: any free one.",
 )
 @click.option(
+    "--api",
+    "api_address",
+    default="127.0.0.1:0",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve the HTTP control plane for boto3 and the AWS CLI here (iot: jobs, endpoint; iot-data: shadows, "
+    "publish); printed as api_url. Signatures are read for the region, not verified.",
+)
+@click.option(
     "--advertise",
     metavar="HOST",
     help="In the JSON line, name HOST for listeners bound to every address (0.0.0.0, ::), so that shards on "
@@ -327,6 +336,7 @@ def cloud_up(
     no_quotas: bool,
     control_address: str | None,
     advertise: str | None,
+    api_address: str,
 ) -> None:
     """Start the local cloud, with its ingestion pipeline, and run until SIGINT or SIGTERM.
 
@@ -335,6 +345,7 @@ def cloud_up(
     """
     from iotfleet.cloud.broker import Quotas  # noqa: PLC0415
     from iotfleet.cloud.control import ControlServer, parse_address  # noqa: PLC0415
+    from iotfleet.cloud.control_plane import ControlPlane  # noqa: PLC0415
     from iotfleet.cloud.local import DEVICE_POLICY, LocalCloud, ThingSpec  # noqa: PLC0415
 
     with _errors(), _until_signalled() as stop:
@@ -352,8 +363,13 @@ def cloud_up(
             ingest=True,
         )
         tcp = None if control_address is None else parse_address(control_address)
-        with local, ControlServer(local, tcp=tcp) as control:
-            info = {**local.info(), "control": {"unix": str(control.path), "tcp": control.tcp_address}}
+        api_host, api_port = parse_address(api_address)
+        with local, ControlServer(local, tcp=tcp) as control, ControlPlane(local, host=api_host, port=api_port) as api:
+            info = {
+                **local.info(),
+                "control": {"unix": str(control.path), "tcp": control.tcp_address},
+                "api_url": api.url,
+            }
             if advertise:
                 _advertise(info, advertise)
             if things:
@@ -387,6 +403,7 @@ def cloud_up(
                 click.echo(f"template    {info['template']} (default); all: {', '.join(info['templates'])}")
                 click.echo(f"account     {info['account']} (and region names as above, in policy ARNs)")
                 click.echo(f"workdir     {info['workdir']}")
+                click.echo(f"api         {api.url}  (boto3 / aws --endpoint-url; any credentials)")
                 click.echo(f"control     {control.path}" + (f", tcp {control.tcp_address}" if tcp else ""))
                 for thing in info.get("things", []):
                     click.echo(f"thing       {thing['name']} {thing['cert']} {thing['key']}")
@@ -403,6 +420,9 @@ def _advertise(info: dict[str, Any], host: str) -> None:
     for region in info["regions"]:
         if region["host"] in wildcard:
             region["host"] = host
+    api = info.get("api_url")
+    if isinstance(api, str) and any(f"//{w}:" in api for w in wildcard):
+        info["api_url"] = f"http://{host}:{api.rpartition(':')[2]}"
     tcp = info["control"]["tcp"]
     if tcp is not None:
         bound, _, port = tcp.rpartition(":")

@@ -216,6 +216,12 @@ class ShadowOperator:
     def delete(self, thing: str, *, name: str | None = None) -> dict[str, Any]:
         return self._run(thing, name, ShadowOp.DELETE, b"")
 
+    def request(self, thing: str, op: ShadowOp, payload: bytes, *, name: str | None = None) -> dict[str, Any]:
+        """A raw request (the body a device would send, e.g. an update with ``version``), as the HTTP
+        control plane's GetThingShadow / UpdateThingShadow / DeleteThingShadow make it; the accepted
+        document, or :class:`ShadowRejected`."""
+        return self._run(thing, name, op, payload)
+
     def _run(self, thing: str, name: str | None, op: ShadowOp, payload: bytes) -> dict[str, Any]:
         service = self._service
 

@@ -1,0 +1,342 @@
+"""The local cloud's HTTP control plane: what boto3 and the AWS CLI call, on one loopback endpoint.
+
+``iotfleet cloud up`` serves it and prints its address as ``api_url``; point a client at it with
+``endpoint_url`` (``boto3.client("iot", endpoint_url=api_url, region_name="eu-west-1")``) or
+``aws --endpoint-url``. The services are rest-json, as botocore's models have them (IOT_CORE.md section
+11(c)): ``iot`` and ``iot-data`` (which signs as ``iotdata``) share the host, told apart, with the region,
+by the SigV4 credential scope of the request's ``Authorization`` header
+(``Credential=<key>/<date>/<region>/<service>/aws4_request``). **Signatures are read, not verified**:
+any credentials work. A request with no signature goes to the first region's ``iot``.
+
+Errors have AWS's shape, so botocore raises its own exceptions: the status, the ``x-amzn-ErrorType``
+header (e.g. ``ResourceNotFoundException``) and a JSON body with ``message``.
+
+Served (section 11's table): ``iot`` DescribeEndpoint, CreateJob, DescribeJob, CancelJob,
+ListJobExecutionsForJob, DescribeJobExecution; ``iot-data`` GetThingShadow, UpdateThingShadow,
+DeleteThingShadow (named shadows with ``?name=``), Publish.
+
+aiohttp serves it: a maintained asyncio HTTP server (and client) that runs on a loop of ours, takes
+an ``ssl.SSLContext`` that asks for client certificates (what HTTPS device publish needs) and gives the
+handler the peer certificate; its own thread keeps it apart from the services' loop, whose blocking
+operator calls it makes in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from iotfleet._loop_thread import LoopThread
+from iotfleet.cloud.jobs import JobsError
+from iotfleet.cloud.local import LOCAL_ACCOUNT, LocalCloud, Region
+from iotfleet.errors import CloudError, IotFleetError, ShadowRejected
+from iotfleet.topics import ShadowOp
+
+__all__ = ["AwsError", "ControlPlane"]
+
+_SCOPE = re.compile(r"Credential=[^/,]*/\d{8}/([^/,]+)/([^/,]+)/aws4_request")
+_JOB_STATUS = {"InvalidRequest": 400, "ResourceNotFound": 404, "ResourceAlreadyExists": 409,
+               "InvalidStateTransition": 409, "VersionMismatch": 409, "LimitExceeded": 410}  # fmt: skip
+_SHADOW_ERRORS = {400: "InvalidRequestException", 401: "UnauthorizedException", 403: "ForbiddenException",
+                  404: "ResourceNotFoundException", 409: "ConflictException", 413: "RequestEntityTooLargeException",
+                  415: "UnsupportedDocumentEncodingException", 429: "ThrottlingException",
+                  500: "InternalFailureException", 503: "ServiceUnavailableException"}  # fmt: skip
+
+
+class AwsError(Exception):
+    """An answer in AWS's error shape: ``status``, ``code`` (the exception's name) and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+    def response(self) -> web.Response:
+        body = json.dumps({"message": self.message, "code": self.code})
+        headers = {"x-amzn-ErrorType": f"{self.code}:", "Content-Type": "application/json"}
+        return web.Response(status=self.status, text=body, headers=headers)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request, as the handlers need it."""
+
+    region: Region
+    params: Mapping[str, str]  # from the path
+    query: Mapping[str, str]
+    body: bytes
+    headers: Mapping[str, str]
+
+    def json(self) -> dict[str, Any]:
+        if not self.body.strip():
+            return {}
+        try:
+            data = json.loads(self.body)
+        except ValueError as exc:
+            raise AwsError(400, "InvalidRequestException", f"the body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise AwsError(400, "InvalidRequestException", "the body must be a JSON object")
+        return data
+
+
+Handler = Callable[[_Call], Any]
+
+
+class ControlPlane:
+    """The HTTP control plane of ``cloud`` on ``host:port`` (0: a free port; see :attr:`url`), on its
+    own loop thread, started by :meth:`start` and stopped by :meth:`stop`."""
+
+    def __init__(self, cloud: LocalCloud, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.cloud = cloud
+        self.host, self.port = host, port
+        self._thread: LoopThread | None = None
+        self._runner: web.AppRunner | None = None
+        self._routes: list[tuple[str, str, re.Pattern[str], Handler]] = []
+        for service, method, path, handler in self._table():
+            pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
+            self._routes.append((service, method, pattern, handler))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ControlPlane:
+        thread = self._thread = LoopThread("iotfleet control plane", start=self.cloud.failures.thread)
+
+        async def serve() -> int:
+            app = web.Application(client_max_size=1 << 20)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = self._runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            return int(runner.addresses[0][1])
+
+        self.port = thread.call(serve())
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        if self._runner is not None:
+            self._thread.call(self._runner.cleanup(), timeout=10)
+        self._thread.stop()
+        self._thread = None
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- dispatch
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            result = await self._dispatch(request)
+        except (AwsError, IotFleetError, JobsError) as exc:
+            return _error(exc).response()
+        except Exception as exc:  # noqa: BLE001 - a bug: recorded, answered as AWS's InternalFailure
+            self.cloud.failures.record("control plane", exc)
+            return AwsError(500, "InternalFailureException", "Internal failure").response()
+        if isinstance(result, web.StreamResponse):
+            return result
+        return web.json_response(result if result is not None else {})
+
+    async def _dispatch(self, request: web.Request) -> Any:
+        region_name, service = self._scope(request)
+        path = request.rel_url.raw_path  # still %-encoded: a topic in the path keeps its slashes apart
+        for route_service, method, pattern, handler in self._routes:
+            match = pattern.match(path) if route_service == service and method == request.method else None
+            if match is None:
+                continue
+            call = _Call(
+                self._region(region_name),
+                {k: _unquote(v) for k, v in match.groupdict().items()},
+                dict(request.query),
+                await request.read(),
+                dict(request.headers),
+            )
+            return await asyncio.to_thread(handler, call)
+        raise AwsError(404, "ResourceNotFoundException", f"no {service} operation {request.method} {path} here")
+
+    def _scope(self, request: web.Request) -> tuple[str, str]:
+        """The region and the service from the SigV4 credential scope (not verified)."""
+        match = _SCOPE.search(request.headers.get("Authorization", ""))
+        if match is None:
+            return self.cloud.regions[0].name, "iot"
+        return match.group(1), match.group(2)
+
+    def _region(self, name: str) -> Region:
+        try:
+            return self.cloud.region(name)
+        except (CloudError, KeyError, ValueError) as exc:
+            known = ", ".join(r.name for r in self.cloud.regions)
+            raise AwsError(400, "InvalidRequestException", f"region {name!r} is not this cloud's ({known})") from exc
+
+    def _table(self) -> list[tuple[str, str, str, Handler]]:
+        return [
+            ("iot", "GET", "/endpoint", self.describe_endpoint),
+            ("iot", "PUT", "/jobs/{jobId}", self.create_job),
+            ("iot", "GET", "/jobs/{jobId}", self.describe_job),
+            ("iot", "PUT", "/jobs/{jobId}/cancel", self.cancel_job),
+            ("iot", "GET", "/jobs/{jobId}/things", self.list_job_executions_for_job),
+            ("iot", "GET", "/things/{thingName}/jobs/{jobId}", self.describe_job_execution),
+            ("iotdata", "GET", "/things/{thingName}/shadow", self.get_thing_shadow),
+            ("iotdata", "POST", "/things/{thingName}/shadow", self.update_thing_shadow),
+            ("iotdata", "DELETE", "/things/{thingName}/shadow", self.delete_thing_shadow),
+            ("iotdata", "POST", "/topics/{topic}", self.publish),
+        ]
+
+    # ---------------------------------------------------------------- iot
+
+    def describe_endpoint(self, call: _Call) -> dict[str, Any]:
+        """The region's device endpoint: ``host``, or ``host:port`` when the port is not MQTT's 8883."""
+        endpoint = call.region.endpoint
+        address = endpoint.host if endpoint.port == 8883 else f"{endpoint.host}:{endpoint.port}"
+        return {"endpointAddress": address}
+
+    def _arn(self, region: Region, kind: str, name: str) -> str:
+        return f"arn:aws:iot:{region.name}:{LOCAL_ACCOUNT}:{kind}/{name}"
+
+    def create_job(self, call: _Call) -> dict[str, Any]:
+        body = call.json()
+        job_id = call.params["jobId"]
+        if "documentSource" in body and "document" not in body:
+            raise AwsError(400, "InvalidRequestException", "documentSource (S3) is not served here: give document")
+        targets = [_target(arn) for arn in body.get("targets", [])]
+        config = {k: v for k, v in body.items() if k not in ("targets", "document", "description", "tags")}
+        self.cloud.create_job(
+            job_id, targets=targets, document=str(body.get("document", "{}")), regions=[call.region.name],
+            description=str(body.get("description", "")), **config,
+        )  # fmt: skip
+        return {
+            "jobArn": self._arn(call.region, "job", job_id),
+            "jobId": job_id,
+            "description": body.get("description", ""),
+        }
+
+    def describe_job(self, call: _Call) -> dict[str, Any]:
+        job = call.region.jobs.describe_job(call.params["jobId"])
+        job["jobArn"] = self._arn(call.region, "job", job["jobId"])
+        job["targets"] = [self._target_arn(call.region, t) for t in job["targets"]]
+        return {"job": job}
+
+    def _target_arn(self, region: Region, target: str) -> str:
+        if target.startswith("group:"):
+            return self._arn(region, "thinggroup", target[6:])
+        return self._arn(region, "thing", target)
+
+    def cancel_job(self, call: _Call) -> dict[str, Any]:
+        body = call.json()
+        job_id = call.params["jobId"]
+        force = call.query.get("force", "false").lower() == "true"
+        call.region.jobs.cancel_job(job_id, force=force, reason=body.get("reasonCode"), comment=body.get("comment"))
+        return {"jobArn": self._arn(call.region, "job", job_id), "jobId": job_id}
+
+    def list_job_executions_for_job(self, call: _Call) -> dict[str, Any]:
+        executions = call.region.jobs.executions(call.params["jobId"], call.query.get("status"))
+        start = int(call.query.get("nextToken") or 0)
+        size = int(call.query.get("maxResults") or 250)
+        page = executions[start : start + size]
+        out: dict[str, Any] = {
+            "executionSummaries": [
+                {"thingArn": self._arn(call.region, "thing", e["thingName"]), "jobExecutionSummary": _summary(e)}
+                for e in page
+            ]
+        }
+        if start + size < len(executions):
+            out["nextToken"] = str(start + size)
+        return out
+
+    def describe_job_execution(self, call: _Call) -> dict[str, Any]:
+        number = call.query.get("executionNumber")
+        execution = call.region.jobs.describe_execution(
+            call.params["jobId"], call.params["thingName"], None if number is None else int(number)
+        )
+        return {
+            "execution": {
+                **_summary(execution),
+                "jobId": execution["jobId"],
+                "thingArn": self._arn(call.region, "thing", execution["thingName"]),
+                "statusDetails": {"detailsMap": execution.get("statusDetails", {})},
+                "versionNumber": execution["versionNumber"],
+                "forceCanceled": False,
+            }
+        }
+
+    # ---------------------------------------------------------------- iot-data
+
+    def get_thing_shadow(self, call: _Call) -> web.Response:
+        document = call.region.shadows.request(call.params["thingName"], ShadowOp.GET, b"", name=call.query.get("name"))
+        return _raw(document)
+
+    def update_thing_shadow(self, call: _Call) -> web.Response:
+        document = call.region.shadows.request(
+            call.params["thingName"], ShadowOp.UPDATE, call.body, name=call.query.get("name")
+        )
+        return _raw(document)
+
+    def delete_thing_shadow(self, call: _Call) -> web.Response:
+        document = call.region.shadows.request(
+            call.params["thingName"], ShadowOp.DELETE, b"", name=call.query.get("name")
+        )
+        return _raw(document)
+
+    def publish(self, call: _Call) -> dict[str, Any]:
+        properties: list[tuple[str, str]] = []
+        header = call.headers.get("x-amz-mqtt5-user-properties")
+        if header:
+            try:
+                decoded = json.loads(base64.b64decode(header))
+                properties = [(str(p["key"]), str(p["value"])) for p in decoded]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AwsError(400, "InvalidRequestException", f"x-amz-mqtt5-user-properties: {exc}") from exc
+        if not call.region.publish(call.params["topic"], call.body, properties):
+            raise AwsError(503, "ServiceUnavailableException", f"region {call.region.name} is down")
+        return {}
+
+
+def _error(exc: AwsError | IotFleetError | JobsError) -> AwsError:
+    """AWS's error shape for what went wrong: the Jobs and shadow services' codes, by name and status."""
+    if isinstance(exc, AwsError):
+        return exc
+    if isinstance(exc, JobsError):
+        code = "VersionConflict" if exc.code == "VersionMismatch" else exc.code
+        return AwsError(_JOB_STATUS.get(exc.code, 400), f"{code}Exception", exc.message)
+    if isinstance(exc, ShadowRejected):
+        return AwsError(exc.code, _SHADOW_ERRORS.get(exc.code, "InternalFailureException"), exc.error)
+    return AwsError(400, "InvalidRequestException", exc.message)
+
+
+def _target(arn: str) -> str:
+    """A job target: ``...:thing/<name>`` -> the name, ``...:thinggroup/<name>`` -> ``group:<name>``."""
+    kind, _, name = arn.rpartition(":")[2].partition("/")
+    if kind == "thing" and name:
+        return name
+    if kind == "thinggroup" and name:
+        return f"group:{name}"
+    raise AwsError(400, "InvalidRequestException", f"target {arn!r} is not a thing or thing group ARN")
+
+
+def _summary(execution: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: execution[k] for k in ("status", "queuedAt", "lastUpdatedAt", "executionNumber") if k in execution}
+    if "startedAt" in execution:
+        out["startedAt"] = execution["startedAt"]
+    out["retryAttempt"] = int(execution.get("executionNumber", 1)) - 1
+    return out
+
+
+def _raw(document: Mapping[str, Any]) -> web.Response:
+    return web.Response(body=json.dumps(document).encode(), content_type="application/json")
+
+
+def _unquote(value: str) -> str:
+    return urllib.parse.unquote(value)
