@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -12,9 +14,14 @@ import pytest
 from botocore.config import Config
 
 from iotfleet.cloud.control_plane import ControlPlane
-from iotfleet.cloud.local import LocalCloud
+from iotfleet.cloud.local import DEVICE_POLICY, LocalCloud
+from iotfleet.cloud.templates import default_template_body
 from iotfleet.config import Identity
-from tests.conftest import Probes, identity_context
+from iotfleet.device import DeviceClient
+from iotfleet.errors import IdentityRefused
+from iotfleet.provisioning import FleetProvisioner, IdentityStore
+from iotfleet.provisioning.keys import KeyType, csr_pem, new_private_key
+from tests.conftest import Probes, identity_context, lamp_options
 
 ARN = "arn:aws:iot:eu-west-1:000000000000"
 
@@ -99,3 +106,89 @@ def test_boto3_iot_data_reads_and_writes_shadows_and_publishes(
     data.publish(topic="cmd/acme/hq/lamp-1/identify", qos=1, payload=b'{"blink": 3}')
     device.pump(lambda: bool(device.messages))
     assert device.messages == [("cmd/acme/hq/lamp-1/identify", b'{"blink": 3}')]
+
+
+def test_boto3_sets_up_a_device_that_then_connects_and_is_cut_off_by_update_certificate(
+    api: ControlPlane, local_cloud: LocalCloud, tmp_path: Path
+) -> None:
+    iot = client(api, "iot")
+    attributes = {"tenant": "acme", "site": "hq"}
+    made = iot.create_thing(thingName="lamp-7", attributePayload={"attributes": attributes})
+    assert made["thingArn"] == f"{ARN}:thing/lamp-7"
+    assert iot.describe_thing(thingName="lamp-7")["attributes"] == attributes
+    assert [t["thingName"] for t in iot.list_things(attributeName="site", attributeValue="hq")["things"]] == ["lamp-7"]
+    keys = iot.create_keys_and_certificate(setAsActive=True)
+    assert keys["keyPair"]["PrivateKey"].startswith("-----BEGIN")
+    assert iot.describe_certificate(certificateId=keys["certificateId"])["certificateDescription"]["status"] == "ACTIVE"
+    iot.attach_policy(policyName=DEVICE_POLICY, target=keys["certificateArn"])
+    iot.attach_thing_principal(thingName="lamp-7", principal=keys["certificateArn"])
+    assert iot.list_thing_principals(thingName="lamp-7")["principals"] == [keys["certificateArn"]]
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.delete_thing(thingName="lamp-7")  # a principal is attached
+    (tmp_path / "cert.pem").write_text(keys["certificatePem"])
+    (tmp_path / "key.pem").write_text(keys["keyPair"]["PrivateKey"])
+    lamp = Identity(thing_name="lamp-7", cert_file=tmp_path / "cert.pem", key_file=tmp_path / "key.pem",
+                    ca_file=local_cloud.ca_file)  # fmt: skip
+
+    async def publish_once() -> None:
+        async with DeviceClient(**lamp_options(local_cloud, lamp)) as device:
+            receipt = await device.publish("power", {"ts": 1, "power_w": 3.0})
+            assert receipt.reason_code < 0x80  # accepted (0x10: no subscriber on this topic)
+
+    asyncio.run(publish_once())
+    iot.update_certificate(certificateId=keys["certificateId"], newStatus="INACTIVE")
+
+    async def refused() -> None:
+        with pytest.raises(IdentityRefused):
+            async with DeviceClient(**lamp_options(local_cloud, lamp)):
+                pass
+
+    asyncio.run(refused())
+    iot.detach_thing_principal(thingName="lamp-7", principal=keys["certificateArn"])
+    iot.delete_thing(thingName="lamp-7")
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_thing(thingName="lamp-7")
+
+
+def test_boto3_policies_csr_certificates_and_templates(api: ControlPlane, local_cloud: LocalCloud) -> None:
+    iot = client(api, "iot")
+    document = json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}
+    )
+    created = iot.create_policy(policyName="connect-only", policyDocument=document)
+    assert created["policyArn"] == f"{ARN}:policy/connect-only"
+    assert json.loads(iot.get_policy(policyName="connect-only")["policyDocument"]) == json.loads(document)
+    with pytest.raises(iot.exceptions.MalformedPolicyException):
+        iot.create_policy(policyName="bad", policyDocument='{"Statement": [{"Effect": "Maybe"}]}')
+    csr = csr_pem(new_private_key(KeyType.EC_P256), "ignored")
+    from_csr = iot.create_certificate_from_csr(certificateSigningRequest=csr, setAsActive=False)
+    description = iot.describe_certificate(certificateId=from_csr["certificateId"])["certificateDescription"]
+    assert description["status"] == "INACTIVE"
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_certificate(certificateId="0" * 64)
+    body = json.dumps(default_template_body(DEVICE_POLICY))
+    iot.create_provisioning_template(
+        templateName="lab", templateBody=body, provisioningRoleArn="arn:aws:iam::0:role/x", enabled=True
+    )
+    described = iot.describe_provisioning_template(templateName="lab")
+    assert json.loads(described["templateBody"]) == json.loads(body)
+    assert "lab" in local_cloud.templates
+
+
+def test_a_template_created_with_boto3_provisions_devices_at_once(
+    api: ControlPlane, local_cloud: LocalCloud, tmp_path: Path
+) -> None:
+    iot = client(api, "iot")
+    role = "arn:aws:iam::000000000000:role/provisioning"
+    body = json.dumps(default_template_body(DEVICE_POLICY))
+    iot.create_provisioning_template(templateName="factory-b", templateBody=body, provisioningRoleArn=role)
+    provisioner = FleetProvisioner(
+        endpoints=local_cloud.endpoints,
+        claim=local_cloud.claim_identity,
+        template="factory-b",  # the claim's policy now covers it
+        parameters={"SerialNumber": "lamp-42", "Tenant": "acme", "Site": "hq"},
+        timeout=5.0,
+    )
+    stored = asyncio.run(provisioner.provision_into(IdentityStore(tmp_path / "lamp-42")))
+    assert stored.identity.thing_name == "lamp-42"
+    assert iot.describe_thing(thingName="lamp-42")["attributes"] == {"tenant": "acme", "site": "hq"}

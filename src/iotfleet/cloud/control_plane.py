@@ -11,9 +11,14 @@ any credentials work. A request with no signature goes to the first region's ``i
 Errors have AWS's shape, so botocore raises its own exceptions: the status, the ``x-amzn-ErrorType``
 header (e.g. ``ResourceNotFoundException``) and a JSON body with ``message``.
 
-Served (section 11's table): ``iot`` DescribeEndpoint, CreateJob, DescribeJob, CancelJob,
-ListJobExecutionsForJob, DescribeJobExecution; ``iot-data`` GetThingShadow, UpdateThingShadow,
-DeleteThingShadow (named shadows with ``?name=``), Publish.
+Served (section 11's table): ``iot`` CreateThing, DescribeThing, ListThings, UpdateThing, DeleteThing,
+CreateKeysAndCertificate, CreateCertificateFromCsr, UpdateCertificate, DescribeCertificate, CreatePolicy,
+GetPolicy, AttachPolicy, DetachPolicy, AttachThingPrincipal, DetachThingPrincipal, ListThingPrincipals,
+CreateProvisioningTemplate, DescribeProvisioningTemplate, CreateJob, DescribeJob, CancelJob,
+ListJobExecutionsForJob, DescribeJobExecution, DescribeEndpoint; ``iot-data`` GetThingShadow,
+UpdateThingShadow, DeleteThingShadow (named shadows with ``?name=``), Publish. Things, certificates and
+their attachments are replicated to every region, as the local cloud's registrations are; policies and
+templates are the cloud's, jobs the region's.
 
 aiohttp serves it: a maintained asyncio HTTP server (and client) that runs on a loop of ours, takes
 an ``ssl.SSLContext`` that asks for client certificates (what HTTPS device publish needs) and gives the
@@ -28,15 +33,18 @@ import base64
 import json
 import re
 import urllib.parse
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from iotfleet._loop_thread import LoopThread
 from iotfleet.cloud.jobs import JobsError
 from iotfleet.cloud.local import LOCAL_ACCOUNT, LocalCloud, Region
+from iotfleet.cloud.templates import ProvisioningTemplate
 from iotfleet.errors import CloudError, IotFleetError, ShadowRejected
 from iotfleet.topics import ShadowOp
 
@@ -99,6 +107,7 @@ class ControlPlane:
         self._thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self._routes: list[tuple[str, str, re.Pattern[str], Handler]] = []
+        self._template_meta: dict[str, dict[str, Any]] = {}  # what CreateProvisioningTemplate said besides the body
         for service, method, path, handler in self._table():
             pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
             self._routes.append((service, method, pattern, handler))
@@ -184,6 +193,24 @@ class ControlPlane:
     def _table(self) -> list[tuple[str, str, str, Handler]]:
         return [
             ("iot", "GET", "/endpoint", self.describe_endpoint),
+            ("iot", "POST", "/things/{thingName}", self.create_thing),
+            ("iot", "GET", "/things/{thingName}", self.describe_thing),
+            ("iot", "GET", "/things", self.list_things),
+            ("iot", "PATCH", "/things/{thingName}", self.update_thing),
+            ("iot", "DELETE", "/things/{thingName}", self.delete_thing),
+            ("iot", "POST", "/keys-and-certificate", self.create_keys_and_certificate),
+            ("iot", "POST", "/certificates", self.create_certificate_from_csr),
+            ("iot", "PUT", "/certificates/{certificateId}", self.update_certificate),
+            ("iot", "GET", "/certificates/{certificateId}", self.describe_certificate),
+            ("iot", "POST", "/policies/{policyName}", self.create_policy),
+            ("iot", "GET", "/policies/{policyName}", self.get_policy),
+            ("iot", "PUT", "/target-policies/{policyName}", self.attach_policy),
+            ("iot", "POST", "/target-policies/{policyName}", self.detach_policy),
+            ("iot", "PUT", "/things/{thingName}/principals", self.attach_thing_principal),
+            ("iot", "DELETE", "/things/{thingName}/principals", self.detach_thing_principal),
+            ("iot", "GET", "/things/{thingName}/principals", self.list_thing_principals),
+            ("iot", "POST", "/provisioning-templates", self.create_provisioning_template),
+            ("iot", "GET", "/provisioning-templates/{templateName}", self.describe_provisioning_template),
             ("iot", "PUT", "/jobs/{jobId}", self.create_job),
             ("iot", "GET", "/jobs/{jobId}", self.describe_job),
             ("iot", "PUT", "/jobs/{jobId}/cancel", self.cancel_job),
@@ -202,6 +229,218 @@ class ControlPlane:
         endpoint = call.region.endpoint
         address = endpoint.host if endpoint.port == 8883 else f"{endpoint.host}:{endpoint.port}"
         return {"endpointAddress": address}
+
+    # things
+
+    def _thing(self, call: _Call) -> Any:
+        thing = call.region.registry.thing(call.params["thingName"])
+        if thing is None:
+            raise AwsError(404, "ResourceNotFoundException", f"Thing {call.params['thingName']} cannot be found.")
+        return thing
+
+    def _thing_out(self, region: Region, name: str) -> dict[str, str]:
+        return {"thingName": name, "thingArn": self._arn(region, "thing", name), "thingId": _thing_id(name)}
+
+    def create_thing(self, call: _Call) -> dict[str, Any]:
+        name = call.params["thingName"]
+        attributes = _attributes(call.json())
+        existing = call.region.registry.thing(name)
+        if existing is not None and dict(existing.attributes) != attributes:
+            raise AwsError(
+                409, "ResourceAlreadyExistsException", f"Thing {name} already exists with different attributes"
+            )
+        self.cloud.put_thing(name, attributes, region=call.region.name)
+        return self._thing_out(call.region, name)
+
+    def describe_thing(self, call: _Call) -> dict[str, Any]:
+        thing = self._thing(call)
+        return {**self._thing_out(call.region, thing.name), "defaultClientId": thing.name,
+                "attributes": dict(thing.attributes), "version": 1}  # fmt: skip
+
+    def list_things(self, call: _Call) -> dict[str, Any]:
+        name, value = call.query.get("attributeName"), call.query.get("attributeValue")
+        things = [t for t in call.region.registry.things() if _has_attribute(t.attributes, name, value)]
+        start, size = int(call.query.get("nextToken") or 0), int(call.query.get("maxResults") or 100)
+        out: dict[str, Any] = {
+            "things": [
+                {"thingName": t.name, "thingArn": self._arn(call.region, "thing", t.name),
+                 "attributes": dict(t.attributes), "version": 1}
+                for t in things[start : start + size]
+            ]
+        }  # fmt: skip
+        if start + size < len(things):
+            out["nextToken"] = str(start + size)
+        return out
+
+    def update_thing(self, call: _Call) -> dict[str, Any]:
+        thing = self._thing(call)
+        body = call.json()
+        payload = body.get("attributePayload") or {}
+        given = _attributes(body)
+        attributes = {**thing.attributes, **given} if payload.get("merge") else given
+        attributes = {k: v for k, v in attributes.items() if v != ""}  # merge: "" removes an attribute
+        self.cloud.put_thing(thing.name, attributes, region=call.region.name)
+        return {}
+
+    def delete_thing(self, call: _Call) -> dict[str, Any]:
+        if call.region.registry.thing(call.params["thingName"]) is not None:  # deleting nothing succeeds on AWS
+            try:
+                self.cloud.remove_thing(call.params["thingName"], region=call.region.name)
+            except IotFleetError as exc:
+                raise AwsError(400, "InvalidRequestException", exc.message) from exc
+        return {}
+
+    # certificates
+
+    def _certificate_out(self, region: Region, cert_id: str, pem: str) -> dict[str, Any]:
+        return {"certificateArn": self._arn(region, "cert", cert_id), "certificateId": cert_id, "certificatePem": pem}
+
+    def create_keys_and_certificate(self, call: _Call) -> dict[str, Any]:
+        active = call.query.get("setAsActive", "false").lower() == "true"
+        cert_id, pem, key = self.cloud.new_certificate(active=active, region=call.region.name)
+        assert key is not None  # noqa: S101 - new keys were made here
+        public = serialization.load_pem_private_key(key.encode(), None).public_key()
+        public_pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {**self._certificate_out(call.region, cert_id, pem),
+                "keyPair": {"PublicKey": public_pem.decode(), "PrivateKey": key}}  # fmt: skip
+
+    def create_certificate_from_csr(self, call: _Call) -> dict[str, Any]:
+        csr = call.json().get("certificateSigningRequest")
+        if not isinstance(csr, str):
+            raise AwsError(400, "InvalidRequestException", "certificateSigningRequest is required")
+        active = call.query.get("setAsActive", "false").lower() == "true"
+        cert_id, pem, _ = self.cloud.new_certificate(csr_pem=csr, active=active, region=call.region.name)
+        return self._certificate_out(call.region, cert_id, pem)
+
+    def _certificate(self, call: _Call) -> Any:
+        record = call.region.registry.certificate(call.params["certificateId"])
+        if record is None:
+            raise AwsError(
+                404, "ResourceNotFoundException", f"certificate {call.params['certificateId']} does not exist"
+            )
+        return record
+
+    def update_certificate(self, call: _Call) -> dict[str, Any]:
+        record = self._certificate(call)
+        status = call.query.get("newStatus", "")
+        if status not in ("ACTIVE", "INACTIVE", "REVOKED"):
+            raise AwsError(400, "InvalidRequestException", f"newStatus {status!r} is not ACTIVE, INACTIVE or REVOKED")
+        try:
+            self.cloud.update_certificate(record.certificate_id, status, region=call.region.name)
+        except IotFleetError as exc:
+            raise AwsError(406, "CertificateStateException", exc.message) from exc
+        return {}
+
+    def describe_certificate(self, call: _Call) -> dict[str, Any]:
+        record = self._certificate(call)
+        return {"certificateDescription": {
+            **self._certificate_out(call.region, record.certificate_id, record.pem),
+            "status": str(record.status), "ownedBy": LOCAL_ACCOUNT, "certificateMode": "DEFAULT",
+        }}  # fmt: skip
+
+    # policies
+
+    def create_policy(self, call: _Call) -> dict[str, Any]:
+        name = call.params["policyName"]
+        if name in self.cloud.policies:
+            raise AwsError(409, "ResourceAlreadyExistsException", f"policy {name} already exists")
+        document = call.json().get("policyDocument")
+        if not isinstance(document, str):
+            raise AwsError(400, "InvalidRequestException", "policyDocument is required")
+        try:
+            self.cloud.create_policy(name, document)
+        except IotFleetError as exc:
+            raise AwsError(400, "MalformedPolicyException", exc.message) from exc
+        return {"policyName": name, "policyArn": self._arn(call.region, "policy", name),
+                "policyDocument": document, "policyVersionId": "1"}  # fmt: skip
+
+    def get_policy(self, call: _Call) -> dict[str, Any]:
+        name = call.params["policyName"]
+        document = self.cloud.policies.get(name)
+        if document is None:
+            raise AwsError(404, "ResourceNotFoundException", f"policy {name} does not exist")
+        return {"policyName": name, "policyArn": self._arn(call.region, "policy", name),
+                "policyDocument": json.dumps(document), "defaultVersionId": "1"}  # fmt: skip
+
+    def _target_certificate(self, call: _Call) -> str:
+        target = str(call.json().get("target", ""))
+        cert_id = target.rpartition(":cert/")[2]
+        if not cert_id or call.region.registry.certificate(cert_id) is None:
+            raise AwsError(404, "ResourceNotFoundException", f"target {target!r} is not a certificate of this region")
+        return cert_id
+
+    def attach_policy(self, call: _Call) -> dict[str, Any]:
+        name = call.params["policyName"]
+        if name not in self.cloud.policies:
+            raise AwsError(404, "ResourceNotFoundException", f"policy {name} does not exist")
+        self.cloud.attach_policy(name, self._target_certificate(call), region=call.region.name)
+        return {}
+
+    def detach_policy(self, call: _Call) -> dict[str, Any]:
+        self.cloud.detach_policy(call.params["policyName"], self._target_certificate(call), region=call.region.name)
+        return {}
+
+    # thing principals
+
+    def _principal(self, call: _Call) -> str:
+        principal = call.headers.get("x-amzn-principal", "")
+        cert_id = principal.rpartition(":cert/")[2]
+        if not cert_id or call.region.registry.certificate(cert_id) is None:
+            raise AwsError(
+                404, "ResourceNotFoundException", f"principal {principal!r} is not a certificate of this region"
+            )
+        return cert_id
+
+    def attach_thing_principal(self, call: _Call) -> dict[str, Any]:
+        thing = self._thing(call)
+        try:
+            self.cloud.attach_thing_principal(thing.name, self._principal(call), region=call.region.name)
+        except IotFleetError as exc:
+            raise AwsError(409, "ResourceAlreadyExistsException", exc.message) from exc
+        return {}
+
+    def detach_thing_principal(self, call: _Call) -> dict[str, Any]:
+        thing = self._thing(call)
+        self.cloud.attach_thing_principal(thing.name, self._principal(call), attach=False, region=call.region.name)
+        return {}
+
+    def list_thing_principals(self, call: _Call) -> dict[str, Any]:
+        thing = self._thing(call)
+        certificates = call.region.registry.certificates_of(thing.name)
+        return {"principals": [self._arn(call.region, "cert", c.certificate_id) for c in certificates]}
+
+    # provisioning templates
+
+    def create_provisioning_template(self, call: _Call) -> dict[str, Any]:
+        body = call.json()
+        name, template_body = body.get("templateName"), body.get("templateBody")
+        if not isinstance(name, str) or not isinstance(template_body, str) or not body.get("provisioningRoleArn"):
+            raise AwsError(
+                400, "InvalidRequestException", "templateName, templateBody and provisioningRoleArn are required"
+            )
+        if name in self.cloud.templates:
+            raise AwsError(409, "ResourceAlreadyExistsException", f"template {name} already exists")
+        try:
+            template = ProvisioningTemplate(name, json.loads(template_body))
+        except (ValueError, IotFleetError) as exc:
+            raise AwsError(400, "InvalidRequestException", f"templateBody: {exc}") from exc
+        self.cloud.add_template(template)
+        self._template_meta[name] = {k: body[k] for k in ("description", "enabled", "provisioningRoleArn") if k in body}
+        return {"templateArn": self._arn(call.region, "provisioningtemplate", name), "templateName": name,
+                "defaultVersionId": 1}  # fmt: skip
+
+    def describe_provisioning_template(self, call: _Call) -> dict[str, Any]:
+        name = call.params["templateName"]
+        template = self.cloud.templates.get(name)
+        if template is None:
+            raise AwsError(404, "ResourceNotFoundException", f"template {name} does not exist")
+        meta = self._template_meta.get(name, {})
+        return {
+            "templateArn": self._arn(call.region, "provisioningtemplate", name), "templateName": name,
+            "templateBody": json.dumps(template.body), "enabled": meta.get("enabled", True),
+            "provisioningRoleArn": meta.get("provisioningRoleArn", f"arn:aws:iam::{LOCAL_ACCOUNT}:role/iotfleet-local"),
+            "description": meta.get("description", ""), "defaultVersionId": 1, "type": "FLEET_PROVISIONING",
+        }  # fmt: skip
 
     def _arn(self, region: Region, kind: str, name: str) -> str:
         return f"arn:aws:iot:{region.name}:{LOCAL_ACCOUNT}:{kind}/{name}"
@@ -314,6 +553,24 @@ def _error(exc: AwsError | IotFleetError | JobsError) -> AwsError:
     if isinstance(exc, ShadowRejected):
         return AwsError(exc.code, _SHADOW_ERRORS.get(exc.code, "InternalFailureException"), exc.error)
     return AwsError(400, "InvalidRequestException", exc.message)
+
+
+def _has_attribute(attributes: Mapping[str, str], name: str | None, value: str | None) -> bool:
+    """ListThings' filter: no name, or the attribute is there (with ``value``, if given)."""
+    if name is None:
+        return True
+    return name in attributes and (value is None or attributes[name] == value)
+
+
+def _thing_id(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"iotfleet-thing:{name}"))
+
+
+def _attributes(body: Mapping[str, Any]) -> dict[str, str]:
+    attributes = (body.get("attributePayload") or {}).get("attributes") or {}
+    if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+        raise AwsError(400, "InvalidRequestException", "attributePayload.attributes must map names to strings")
+    return {str(k): v for k, v in attributes.items()}
 
 
 def _target(arn: str) -> str:

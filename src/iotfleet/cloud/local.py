@@ -32,6 +32,7 @@ from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id,
 from iotfleet.cloud.jobs import JobConfig
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
+    CertificateAddition,
     CertificateRecord,
     CertificateStatus,
     Change,
@@ -41,6 +42,8 @@ from iotfleet.cloud.registry import (
     Replicator,
     StatusChange,
     Thing,
+    ThingChange,
+    ThingPrincipal,
 )
 from iotfleet.cloud.rules import Rule, default_rules
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceHost
@@ -409,6 +412,11 @@ class Region:
         """Record changes and make them effective: rewrite the authorization data and reload the broker once.
         The reload ends the live sessions of every certificate that may no longer connect."""
         self.registry.apply(*changes)
+        self.sync_authz()
+
+    def use_claim_policy(self, document: dict[str, Any]) -> None:
+        """The claim certificate's policy from now on (a template was added): effective at once."""
+        self._claim_policy = document
         self.sync_authz()
 
     def sync_authz(self) -> None:
@@ -935,6 +943,54 @@ class LocalCloud:
             raise RegistryError(f"certificate {certificate_id[:12]}... is REVOKED: a revoked certificate stays revoked")
         self.change(StatusChange(certificate_id, new), region=region)
 
+    def add_template(self, template: ProvisioningTemplate) -> None:
+        """CreateProvisioningTemplate while the cloud runs: devices may provision with it at once (the
+        claim certificate's policy is rendered again to cover it, in every region)."""
+        if template.name in self.templates:
+            raise ConfigError(f"a provisioning template named {template.name!r} already exists")
+        self.templates[template.name] = template
+        claim_policy = policy.render_claim(sorted(self.templates))
+        for region in self.regions:
+            region.use_claim_policy(claim_policy)
+
+    def put_thing(self, name: str, attributes: Mapping[str, str], *, region: str | None = None) -> None:
+        """CreateThing or UpdateThing: ``name`` with exactly ``attributes`` (no certificate yet), in
+        every region (replicated like a registration)."""
+        self.change(ThingChange(Thing(name, dict(attributes))), region=region)
+
+    def remove_thing(self, name: str, *, region: str | None = None) -> None:
+        """DeleteThing; refused while certificates are attached (detach them first)."""
+        if self.region(region or self._names[0]).registry.thing(name) is None:
+            raise RegistryError(f"no thing named {name!r}")
+        self.change(ThingChange(Thing(name), delete=True), region=region)
+
+    def new_certificate(
+        self, *, csr_pem: str | bytes | None = None, active: bool = False, region: str | None = None
+    ) -> tuple[str, str, str | None]:
+        """CreateKeysAndCertificate (or CreateCertificateFromCsr with ``csr_pem``): a certificate signed by
+        this cloud's CA, attached to nothing, ACTIVE with ``active`` else INACTIVE. Returns
+        ``(certificate_id, certificate_pem, private_key_pem)`` (no key for a CSR)."""
+        common_name, cert_pem, key_pem = self._issue(csr_pem)
+        cert_id = certificate_id(cert_pem)
+        status = CertificateStatus.ACTIVE if active else CertificateStatus.INACTIVE
+        self.change(CertificateAddition(CertificateRecord(cert_id, common_name, cert_pem, status, None)), region=region)
+        return cert_id, cert_pem, key_pem
+
+    def _issue(self, csr_pem: str | bytes | None) -> tuple[str, str, str | None]:
+        """A certificate with a new unique identity: ``(common_name, certificate_pem, private_key_pem)``,
+        for the device's CSR (no key) or with a new key."""
+        common_name = unique_common_name()
+        if csr_pem is not None:
+            return common_name, self.ca.sign_csr(csr_pem, common_name).decode(), None
+        creds = self.ca.issue(common_name)
+        return common_name, creds.certificate_pem.decode(), creds.private_key_pem.decode()
+
+    def attach_thing_principal(
+        self, thing: str, certificate_id: str, *, attach: bool = True, region: str | None = None
+    ) -> None:
+        """AttachThingPrincipal (or, with ``attach=False``, DetachThingPrincipal) of a certificate."""
+        self.change(ThingPrincipal(thing, certificate_id, attach), region=region)
+
     def create_certificate(
         self, thing: str, *, csr_pem: str | bytes | None = None, region: str | None = None
     ) -> tuple[str, str, str | None]:
@@ -948,13 +1004,7 @@ class LocalCloud:
         if current is None:
             raise RegistryError(f"no thing named {thing!r} in region {home.name}")
         policies = home.registry.policies_of_thing(thing)
-        common_name = unique_common_name()
-        key_pem: str | None = None
-        if csr_pem is not None:
-            cert_pem = self.ca.sign_csr(csr_pem, common_name).decode()
-        else:
-            creds = self.ca.issue(common_name)
-            cert_pem, key_pem = creds.certificate_pem.decode(), creds.private_key_pem.decode()
+        common_name, cert_pem, key_pem = self._issue(csr_pem)
         cert_id = certificate_id(cert_pem)
         record = CertificateRecord(cert_id, common_name, cert_pem, CertificateStatus.ACTIVE, thing)
         self.change(Registration(current, record, policies), region=home.name)

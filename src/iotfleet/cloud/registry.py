@@ -28,6 +28,7 @@ from iotfleet.errors import RegistryError
 from iotfleet.topics import validate_thing_name
 
 __all__ = [
+    "CertificateAddition",
     "CertificateRecord",
     "CertificateStatus",
     "Change",
@@ -38,6 +39,8 @@ __all__ = [
     "Replicator",
     "StatusChange",
     "Thing",
+    "ThingChange",
+    "ThingPrincipal",
 ]
 
 _SCHEMA = """
@@ -222,7 +225,89 @@ class StatusChange:
         db.execute("UPDATE certificates SET status = ? WHERE id = ?", (self.status, self.certificate_id))
 
 
-Change = Registration | PolicyAttachment | StatusChange
+@dataclass(frozen=True, slots=True)
+class ThingChange:
+    """CreateThing or UpdateThing (``thing``'s attributes become the thing's), or DeleteThing (``delete``),
+    which AWS refuses while certificates are attached."""
+
+    thing: Thing
+    delete: bool = False
+
+    def check(self) -> None:
+        validate_thing_name(self.thing.name)
+
+    def describe(self) -> str:
+        return f"{'deleting' if self.delete else 'putting'} thing {self.thing.name}"
+
+    def apply_to(self, db: sqlite3.Connection) -> None:
+        name = self.thing.name
+        if not self.delete:
+            db.execute(
+                "INSERT INTO things(name, attributes, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes",
+                (name, _json(self.thing.attributes), time.time()),
+            )
+            return
+        attached = db.execute("SELECT count(*) FROM certificates WHERE thing = ?", (name,)).fetchone()[0]
+        if attached:
+            raise RegistryError(f"thing {name!r} has {attached} principal(s) attached: detach them before deleting it")
+        db.execute("DELETE FROM things WHERE name = ?", (name,))
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateAddition:
+    """CreateKeysAndCertificate or CreateCertificateFromCsr: a certificate attached to nothing yet."""
+
+    certificate: CertificateRecord
+
+    def check(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"certificate {self.certificate.certificate_id[:12]}"
+
+    def apply_to(self, db: sqlite3.Connection) -> None:
+        cert = self.certificate
+        db.execute(
+            "INSERT OR IGNORE INTO certificates(id, common_name, pem, status, thing, created) "
+            "VALUES (?, ?, ?, ?, NULL, ?)",
+            (cert.certificate_id, cert.common_name, cert.pem, cert.status, time.time()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ThingPrincipal:
+    """AttachThingPrincipal (``attach``) or DetachThingPrincipal of a certificate. Here a certificate is
+    attached to one thing at most (AWS's exclusive attachment)."""
+
+    thing: str
+    certificate_id: str
+    attach: bool
+
+    def check(self) -> None:
+        validate_thing_name(self.thing)
+
+    def describe(self) -> str:
+        return f"{'attaching' if self.attach else 'detaching'} certificate {self.certificate_id[:12]} to {self.thing}"
+
+    def apply_to(self, db: sqlite3.Connection) -> None:
+        _known_certificate(db, self.certificate_id)
+        if not self.attach:
+            db.execute(
+                "UPDATE certificates SET thing = NULL WHERE id = ? AND thing = ?", (self.certificate_id, self.thing)
+            )
+            return
+        if db.execute("SELECT 1 FROM things WHERE name = ?", (self.thing,)).fetchone() is None:
+            raise RegistryError(f"no thing named {self.thing!r}")
+        row = db.execute("SELECT thing FROM certificates WHERE id = ?", (self.certificate_id,)).fetchone()
+        if row[0] not in (None, self.thing):
+            raise RegistryError(
+                f"certificate {self.certificate_id[:12]}... is attached to thing {row[0]!r}; detach it first"
+            )
+        db.execute("UPDATE certificates SET thing = ? WHERE id = ?", (self.thing, self.certificate_id))
+
+
+Change = Registration | PolicyAttachment | StatusChange | ThingChange | CertificateAddition | ThingPrincipal
 """One change to a registry; the same value is applied in every region it is replicated to."""
 
 
