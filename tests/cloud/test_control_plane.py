@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +195,37 @@ def test_a_template_created_with_boto3_provisions_devices_at_once(
     stored = asyncio.run(provisioner.provision_into(IdentityStore(tmp_path / "lamp-42")))
     assert stored.identity.thing_name == "lamp-42"
     assert iot.describe_thing(thingName="lamp-42")["attributes"] == {"tenant": "acme", "site": "hq"}
+
+
+def test_the_aws_cli_works_with_endpoint_url(api: ControlPlane, local_cloud: LocalCloud, lamp: Identity) -> None:
+    """`aws --endpoint-url` as a user types it (AWS CLI v1 from PyPI, in this environment)."""
+    aws = Path(sys.executable).parent / "aws"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIDLOCAL",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+    def run(*args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [str(aws), "--endpoint-url", api.url, "--output", "json", *args],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        parsed: dict[str, Any] = json.loads(result.stdout or "{}")
+        return parsed
+
+    described = run("iot", "describe-thing", "--thing-name", "lamp-1")
+    assert described["thingArn"] == "arn:aws:iot:us-east-1:000000000000:thing/lamp-1"  # the region it signed for
+    run("iot", "create-job", "--job-id", "cli-1", "--targets", described["thingArn"], "--document", '{"v": 1}')
+    assert run("iot", "describe-job", "--job-id", "cli-1")["job"]["status"] == "IN_PROGRESS"
+    missing = subprocess.run(
+        [str(aws), "--endpoint-url", api.url, "iot", "describe-thing", "--thing-name", "nobody"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "ResourceNotFoundException" in missing.stderr
