@@ -20,16 +20,12 @@ UpdateThingShadow, DeleteThingShadow (named shadows with ``?name=``), Publish. T
 their attachments are replicated to every region, as the local cloud's registrations are; policies and
 templates are the cloud's, jobs the region's.
 
-aiohttp serves it: a maintained asyncio HTTP server (and client) that runs on a loop of ours, takes
-an ``ssl.SSLContext`` that asks for client certificates (what HTTPS device publish needs) and gives the
-handler the peer certificate; its own thread keeps it apart from the services' loop, whose blocking
-operator calls it makes in a worker thread.
+aiohttp serves it (:mod:`iotfleet.cloud.http_server`, which says why).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 import urllib.parse
@@ -41,7 +37,8 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from iotfleet._loop_thread import LoopThread
+from iotfleet.cloud.http_server import HttpServer
+from iotfleet.cloud.https_publish import parse_user_properties
 from iotfleet.cloud.jobs import JobsError
 from iotfleet.cloud.local import LOCAL_ACCOUNT, LocalCloud, Region
 from iotfleet.cloud.templates import ProvisioningTemplate
@@ -104,8 +101,9 @@ class ControlPlane:
     def __init__(self, cloud: LocalCloud, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.cloud = cloud
         self.host, self.port = host, port
-        self._thread: LoopThread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server = HttpServer(
+            "iotfleet control plane", self._handle, host=host, port=port, start_thread=cloud.failures.thread
+        )
         self._routes: list[tuple[str, str, re.Pattern[str], Handler]] = []
         self._template_meta: dict[str, dict[str, Any]] = {}  # what CreateProvisioningTemplate said besides the body
         for service, method, path, handler in self._table():
@@ -117,27 +115,11 @@ class ControlPlane:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> ControlPlane:
-        thread = self._thread = LoopThread("iotfleet control plane", start=self.cloud.failures.thread)
-
-        async def serve() -> int:
-            app = web.Application(client_max_size=1 << 20)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = self._runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-            return int(runner.addresses[0][1])
-
-        self.port = thread.call(serve())
+        self.port = self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._thread is None:
-            return
-        if self._runner is not None:
-            self._thread.call(self._runner.cleanup(), timeout=10)
-        self._thread.stop()
-        self._thread = None
+        self._server.stop()
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -530,14 +512,10 @@ class ControlPlane:
         return _raw(document)
 
     def publish(self, call: _Call) -> dict[str, Any]:
-        properties: list[tuple[str, str]] = []
-        header = call.headers.get("x-amz-mqtt5-user-properties")
-        if header:
-            try:
-                decoded = json.loads(base64.b64decode(header))
-                properties = [(str(p["key"]), str(p["value"])) for p in decoded]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AwsError(400, "InvalidRequestException", f"x-amz-mqtt5-user-properties: {exc}") from exc
+        try:
+            properties = parse_user_properties(call.headers.get("x-amz-mqtt5-user-properties"))
+        except ValueError as exc:
+            raise AwsError(400, "InvalidRequestException", str(exc)) from exc
         if not call.region.publish(call.params["topic"], call.body, properties):
             raise AwsError(503, "ServiceUnavailableException", f"region {call.region.name} is down")
         return {}

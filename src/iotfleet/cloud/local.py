@@ -29,6 +29,7 @@ from iotfleet._files import write_private
 from iotfleet.cloud.authz import Principal, render_authz, write_authz
 from iotfleet.cloud.broker import Broker, BrokerState, Quotas, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id, unique_common_name
+from iotfleet.cloud.https_publish import HttpsPublish
 from iotfleet.cloud.jobs import JobConfig
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
@@ -235,6 +236,7 @@ class Region:
         self._host: ServiceHost | None = None
         self._shadows: ShadowOperator | None = None
         self.jobs_service: JobsService | None = None
+        self.https: HttpsPublish | None = None  # HTTPS device publish, once the cloud started
         self._jobs: JobsOperator | None = None
         self._principals: dict[str, str] = {}  # certificate CN -> certificate id, for lifecycle events
         self.broker = Broker(
@@ -590,6 +592,17 @@ class LocalCloud:
                     ingest_max_bytes=self.ingest_max_bytes,
                     rules=self.rules,
                 )
+                region.https = HttpsPublish(
+                    region=name,
+                    account=LOCAL_ACCOUNT,
+                    registry=region.registry,
+                    publish=region.publish,
+                    ca_file=self.ca_file,
+                    cert_file=server / "server.pem",
+                    key_file=server / "server.key",
+                    account_rate=self.quotas.publish_per_account,
+                    start_thread=self.failures.thread,
+                ).start()
             if self.replicate_shadows:
                 services = [r.shadow_service for r in self._regions.values() if r.shadow_service is not None]
                 for service in services:
@@ -663,6 +676,9 @@ class LocalCloud:
         if not self._regions and self._services is None:
             return list(self.problems)  # stopped already
         self.replicator.close()
+        for region in self._regions.values():
+            if region.https is not None:
+                region.https.stop()
         if self._services is not None:
             self._services.stop()
             self._services = None
@@ -736,6 +752,7 @@ class LocalCloud:
                     "name": r.name,
                     "host": r.endpoint.host,
                     "port": r.endpoint.port,
+                    "https_port": r.https.port if r.https is not None else None,
                     "listeners": [
                         *(f"{host}:{port}" for host, port in r.broker.listeners),
                         f"{r.internal_endpoint.host}:{r.internal_endpoint.port}",
