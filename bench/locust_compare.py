@@ -7,7 +7,11 @@ messages per second per device to a local-cloud broker. iotfleet runs one worker
 headless in one process with ``bench/locust_mqtt_user.py`` (its ``MqttUser``, one paho client each).
 Both ramp at ``--ramp`` devices per second.
 
-Both are measured the same way, from outside: the CPU time (utime + stime from /proc) of the load
+A third row, ``awscrt``, drives the same devices, identities, payload, rate and ramp with awscrt alone
+(``bench/awscrt_fleet.py``: PUBACKs counted on the CRT's thread, one pacing thread, no asyncio): the
+physical limit of this client library, against which iotfleet's own cost shows.
+
+All are measured the same way, from outside: the CPU time (utime + stime from /proc) of the load
 generator's own processes, sampled once a second with the tool's count of acknowledged publishes and
 connected devices. The steady window runs from 2 s after every device is connected to the end.
 Reported: achieved msg/s against offered, CPU in cores, msgs per CPU-second, RSS per device (the whole
@@ -45,6 +49,7 @@ from iotfleet.sim.fleet import FleetShape, build_fleet
 from iotfleet.sim.simulate import Progress, SimConfig, Simulation
 
 LOCUSTFILE = Path(__file__).with_name("locust_mqtt_user.py")
+AWSCRT_FLEET = Path(__file__).with_name("awscrt_fleet.py")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -109,10 +114,12 @@ class Samples:
 
 
 def run_iotfleet(devices: int, rate: float, seconds: float, ramp: float) -> dict[str, Any]:
-    samples = Samples(devices, devices * rate, time.monotonic() + seconds)
+    samples = Samples(devices, devices * rate, math.inf)
     shape = FleetShape(sites=math.ceil(devices / 40))
 
     def sample(progress: Progress) -> None:
+        if samples.until == math.inf:  # the run's clock starts with its workers, after the cloud's set-up
+            samples.until = time.monotonic() + seconds
         samples.take(_spawned_workers(), int(progress.total("acked")), int(progress.total("connected")))
 
     config = SimConfig(
@@ -124,6 +131,7 @@ def run_iotfleet(devices: int, rate: float, seconds: float, ramp: float) -> dict
         limits=PublishLimits(enabled=False),
         quotas=Quotas.none(),  # limits lifted in the devices: lifted in the cloud too
         shadow=False,
+        command_every_s=None,  # no commands (and so no reboots): the others send telemetry only
         settle_s=5.0,
     )
     report = Simulation(config).run(on_progress=sample)
@@ -131,6 +139,31 @@ def run_iotfleet(devices: int, rate: float, seconds: float, ramp: float) -> dict
 
 
 def run_locust(devices: int, rate: float, seconds: float, ramp: float, workdir: Path) -> dict[str, Any]:
+    command = [
+        *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary"),
+        *("-u", str(devices), "-r", str(ramp), "--run-time", f"{seconds:.0f}s", "--loglevel", "WARNING"),
+    ]
+    return run_external("locust", command, devices=devices, rate=rate, seconds=seconds, workdir=workdir)
+
+
+def run_awscrt(devices: int, rate: float, seconds: float, ramp: float, workdir: Path) -> dict[str, Any]:
+    env = {"IOTFLEET_RAMP": str(ramp), "IOTFLEET_SECONDS": str(seconds)}
+    command = [sys.executable, str(AWSCRT_FLEET)]
+    return run_external("awscrt", command, devices=devices, rate=rate, seconds=seconds, workdir=workdir, extra_env=env)
+
+
+def run_external(
+    tool: str,
+    command: list[str],
+    *,
+    devices: int,
+    rate: float,
+    seconds: float,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A load generator in its own process (Locust, raw awscrt) on the same fleet, identities and payload,
+    sampled from outside: its CPU from /proc, its counts from the stats file it writes once a second."""
     shape = FleetShape(sites=math.ceil(devices / 40))
     fleet = build_fleet(shape)
     with LocalCloud(["eu-west-1"], workdir=workdir / "locust-cloud", quotas=Quotas.none()) as cloud:
@@ -153,13 +186,14 @@ def run_locust(devices: int, rate: float, seconds: float, ramp: float, workdir: 
             ],
         }
         (workdir / "setup.json").write_text(json.dumps(setup))
-        stats = workdir / "locust-stats.json"
-        command = [
-            *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary"),
-            *("-u", str(devices), "-r", str(ramp), "--run-time", f"{seconds:.0f}s", "--loglevel", "WARNING"),
-        ]
-        env = {**os.environ, "IOTFLEET_LOCUST_SETUP": str(workdir / "setup.json"), "IOTFLEET_LOCUST_STATS": str(stats)}
-        with (workdir / "locust.log").open("w") as log:
+        stats = workdir / f"{tool}-stats.json"
+        env = {
+            **os.environ,
+            **(extra_env or {}),
+            "IOTFLEET_LOCUST_SETUP": str(workdir / "setup.json"),
+            "IOTFLEET_LOCUST_STATS": str(stats),
+        }
+        with (workdir / f"{tool}.log").open("w") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
             samples = Samples(devices, devices * rate, time.monotonic() + seconds)
             try:
@@ -174,9 +208,9 @@ def run_locust(devices: int, rate: float, seconds: float, ramp: float, workdir: 
                     process.wait()
     result = samples.result()
     if not result["held"]:
-        lines = (workdir / "locust.log").read_text().splitlines()
+        lines = (workdir / f"{tool}.log").read_text().splitlines()
         tail = [line for line in lines if "connect" in line.lower() or "error" in line.lower()][:8]
-        print("  locust's log ends:", *tail, sep="\n    ", file=sys.stderr)
+        print(f"  {tool}'s log ends:", *tail, sep="\n    ", file=sys.stderr)
     return result
 
 
@@ -195,7 +229,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds after the ramp")
     parser.add_argument("--ramp", type=float, default=500.0, help="devices started per second")
-    parser.add_argument("--only", choices=["iotfleet", "locust"], help="run one tool only")
+    parser.add_argument("--only", choices=["iotfleet", "locust", "awscrt"], help="run one tool only")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per device, for both tools
@@ -208,6 +242,7 @@ def main() -> None:
     runners: dict[str, Callable[[int, Path], dict[str, Any]]] = {
         "iotfleet": lambda n, _w: run_iotfleet(n, args.rate, n / args.ramp + args.duration, args.ramp),
         "locust": lambda n, w: run_locust(n, args.rate, n / args.ramp + args.duration, args.ramp, w),
+        "awscrt": lambda n, w: run_awscrt(n, args.rate, n / args.ramp + args.duration, args.ramp, w),
     }
     for devices in (40 * math.ceil(int(n) / 40) for n in args.devices.split(",")):  # whole sites
         for tool, run in runners.items():
