@@ -1034,10 +1034,11 @@ def k8s_render(
     _emit(text, out, "the manifests")
 
 
-def _emit(text: str, out: Path | None, what: str) -> None:
-    """Write ``text`` to ``out``, or to stdout when there is none; a failed write exits 2 naming ``what``."""
+def _emit(text: str, out: Path | None, what: str, *, nl: bool = False) -> None:
+    """Write ``text`` to ``out``, or to stdout (with a newline if ``nl``) when there is none; a failed
+    write exits 2 naming ``what``."""
     if out is None:
-        click.echo(text, nl=False)
+        click.echo(text, nl=nl)
         return
     try:
         out.write_text(text)
@@ -1127,14 +1128,7 @@ def report_merge(reports: tuple[Path, ...], out: Path | None, partial: bool) -> 
                 f"cannot merge {', '.join(map(str, reports))}: a report's raw section is damaged ({exc!r}); "
                 "write the reports again with --report"
             ) from exc
-    text = json.dumps(merged, indent=1)
-    if out is None:
-        click.echo(text)
-        return
-    try:
-        out.write_text(text)
-    except OSError as exc:
-        _fail(f"cannot write the merged report to {out}: {exc.strerror or exc}")
+    _emit(json.dumps(merged, indent=1), out, "the merged report", nl=True)
 
 
 @cli.group("drill")
