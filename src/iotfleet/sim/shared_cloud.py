@@ -33,7 +33,7 @@ class SharedCloud:
     claim_cert_pem: str
     claim_key_pem: str
     template: str
-    control: str  # "host:port" (TCP) or the path of the Unix socket
+    control: Path | str  # the Unix socket's path, or "host:port" when the cloud serves TCP
     source: str  # where it was read from, for messages
 
     @classmethod
@@ -72,8 +72,12 @@ class SharedCloud:
         if not endpoints:
             raise ConfigError(f"{where}: names no region")
         control = data["control"] if isinstance(data["control"], dict) else {}
-        address = control.get("tcp") or control.get("unix")
-        if not isinstance(address, str) or not address:
+        tcp, unix = control.get("tcp"), control.get("unix")
+        if isinstance(tcp, str) and tcp:
+            address: Path | str = tcp  # TCP when the cloud serves it: it works from other machines too
+        elif isinstance(unix, str) and unix:
+            address = Path(unix)
+        else:
             raise ConfigError(f"{where}: control: no address; start the cloud with --control HOST:PORT")
         return cls(
             endpoints,
@@ -91,8 +95,7 @@ class SharedCloud:
 
     def client(self) -> ControlClient:
         """The control API: TCP when the cloud serves it, else its Unix socket (the same machine)."""
-        address: Path | str = self.control if _is_tcp(self.control) else Path(self.control)
-        return ControlClient(address, name=f"the cloud of {self.source}")
+        return ControlClient(self.control, name=f"the cloud of {self.source}")
 
     def write_files(self, directory: Path) -> tuple[Path, Identity]:
         """Write the CA and the claim credentials into ``directory``; return the CA file and the claim."""
@@ -105,8 +108,3 @@ class SharedCloud:
             thing_name="claim", cert_file=directory / "claim.pem", key_file=directory / "claim.key", ca_file=ca
         )
         return ca, claim
-
-
-def _is_tcp(address: str) -> bool:
-    host, sep, port = address.rpartition(":")
-    return bool(sep and host and port.isdigit() and "/" not in address)
