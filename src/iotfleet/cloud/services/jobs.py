@@ -26,7 +26,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from iotfleet._rate import TokenBucket
 from iotfleet.cloud.jobs import Execution, JobConfig, JobsError, JobsState
@@ -46,6 +46,7 @@ _REQUEST = re.compile(r"\$aws/things/([^/]+)/jobs/(?:(get|start-next)|([^/]+)/(g
 _PRESIGNED = re.compile(r"\$\{aws:iot:s3-presigned-url:([^}]+)\}")
 RATE_PER_THING = 20.0  # device requests a second per thing; IoT Core names none (IOT_CORE.md section 10)
 TICK_S = 1.0
+T = TypeVar("T")
 
 
 class JobsService(RegionService):
@@ -246,33 +247,37 @@ class JobsOperator:
         self.service = service
         self._host = host
 
-    def _run(self, work: Callable[[JobsState, float], Any]) -> Any:
+    def _change(self, work: Callable[[JobsState, float], set[str]]) -> None:
+        """Apply a change on the services' loop; tell the things it touched and save the state."""
         service = self.service
 
-        async def apply() -> Any:
-            now = time.time()
-            result = work(service.state, now)
-            touched = result[1] if isinstance(result, tuple) else result
-            service.changed(touched)
+        async def apply() -> None:
+            service.changed(work(service.state, time.time()))
             service.save()
-            return result[0] if isinstance(result, tuple) else None
 
-        return self._host.call(apply())
+        self._host.call(apply())
+
+    def _read(self, work: Callable[[JobsState], T]) -> T:
+        """Read the state on the services' loop (nothing to tell, nothing to save)."""
+        service = self.service
+
+        async def read() -> T:
+            return work(service.state)
+
+        return self._host.call(read())
 
     def create_job(
         self, job_id: str, targets: list[str], document: str, config: JobConfig, description: str = ""
     ) -> dict[str, Any]:
-        def work(state: JobsState, now: float) -> tuple[dict[str, Any], set[str]]:
-            touched = state.create_job(job_id, targets, document, config, now, description=description)
-            return state.describe_job(job_id), touched
-
-        result: dict[str, Any] = self._run(work)
-        return result
+        self._change(
+            lambda state, now: state.create_job(job_id, targets, document, config, now, description=description)
+        )
+        return self.describe_job(job_id)
 
     def cancel_job(
         self, job_id: str, *, force: bool = False, reason: str | None = None, comment: str | None = None
     ) -> None:
-        self._run(lambda state, now: state.cancel_job(job_id, now, force=force, reason=reason, comment=comment))
+        self._change(lambda state, now: state.cancel_job(job_id, now, force=force, reason=reason, comment=comment))
 
     def add_to_group(self, group: str, things: list[str]) -> None:
         def work(state: JobsState, now: float) -> set[str]:
@@ -281,29 +286,22 @@ class JobsOperator:
                 touched |= state.add_to_group(group, thing, now)
             return touched
 
-        self._run(work)
+        self._change(work)
 
     def remove_from_group(self, group: str, thing: str) -> None:
-        self._run(lambda state, now: state.remove_from_group(group, thing, now))
+        self._change(lambda state, now: state.remove_from_group(group, thing, now))
 
     def describe_job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._run(lambda state, _now: (state.describe_job(job_id), set()))
-        return result
+        return self._read(lambda state: state.describe_job(job_id))
 
     def executions(self, job_id: str, status: str | None = None) -> list[dict[str, Any]]:
-        def work(state: JobsState, _now: float) -> tuple[list[dict[str, Any]], set[str]]:
-            return [e.data(None) for e in state.executions_of(job_id, status)], set()
-
-        result: list[dict[str, Any]] = self._run(work)
-        return result
+        return self._read(lambda state: [e.data(None) for e in state.executions_of(job_id, status)])
 
     def describe_execution(self, job_id: str, thing: str, execution_number: int | None = None) -> dict[str, Any]:
-        def work(state: JobsState, _now: float) -> tuple[dict[str, Any], set[str]]:
-            execution = state.describe(thing, job_id, execution_number)
-            return execution.data(self.service.document(job_id)), set()
+        def work(state: JobsState) -> dict[str, Any]:
+            return state.describe(thing, job_id, execution_number).data(self.service.document(job_id))
 
-        result: dict[str, Any] = self._run(work)
-        return result
+        return self._read(work)
 
 
 def _parse(payload: bytes) -> dict[str, Any]:
