@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TokenBucket"]
+__all__ = ["TokenBucket", "over_rate"]
 
 # A shortfall shorter than this is the float residue of refilling, not a real one.
 _RESIDUE_S = 1e-9
@@ -60,3 +60,12 @@ class TokenBucket:
         if need == 0.0:
             self.take(n)
         return need
+
+
+def over_rate(buckets: dict[str, TokenBucket], key: str, rate: float, now: float) -> bool:
+    """Whether ``key`` (a thing, ...) is over ``rate`` requests a second, with one second's burst: one
+    bucket per key in ``buckets``, started afresh when the rate in force changed (a test's)."""
+    bucket = buckets.get(key)
+    if bucket is None or bucket.rate != rate:
+        bucket = buckets[key] = TokenBucket(rate, now=now)
+    return bucket.acquire(now) > 0

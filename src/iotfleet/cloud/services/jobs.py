@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from iotfleet._rate import TokenBucket
+from iotfleet._rate import TokenBucket, over_rate
 from iotfleet.cloud.jobs import Execution, JobConfig, JobsError, JobsState
 from iotfleet.cloud.registry import Registry
 from iotfleet.cloud.services.base import RegionService, ServiceHost
@@ -109,7 +109,7 @@ class JobsService(RegionService):
             token = request.get("clientToken") if isinstance(request.get("clientToken"), str) else None
             if self.registry.thing(thing) is None:
                 raise JobsError("ResourceNotFound", f"thing {thing} does not exist")
-            if self._throttled(thing, now):
+            if over_rate(self._buckets, thing, RATE_PER_THING, now):
                 raise JobsError("RequestThrottled", f"thing {thing} is over {RATE_PER_THING:g} jobs requests a second")
             body = self._answer(thing, op, job_id, request, now)
             topic = f"{base}/accepted"
@@ -182,12 +182,6 @@ class JobsService(RegionService):
             return (time.time() if now is None else now) <= issued + int(query["X-Amz-Expires"])
         except (KeyError, ValueError):
             return False
-
-    def _throttled(self, thing: str, now: float) -> bool:
-        bucket = self._buckets.get(thing)
-        if bucket is None or bucket.rate != RATE_PER_THING:
-            bucket = self._buckets[thing] = TokenBucket(RATE_PER_THING, now=now)
-        return bucket.acquire(now) > 0
 
     # ---------------------------------------------------------------- telling devices
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iotfleet._rate import TokenBucket
+from iotfleet._rate import TokenBucket, over_rate
 from iotfleet.cloud.registry import Registry
 from iotfleet.cloud.services.base import RegionService, ServiceHost
 from iotfleet.errors import ShadowRejected
@@ -122,12 +122,6 @@ class ShadowService(RegionService):
         if self.connection is not None:
             self.connection.publish(answer.topic, json.dumps(answer.body, separators=(",", ":")).encode())
 
-    def _rate_limited(self, thing: str, now: float) -> bool:
-        bucket = self._buckets.get(thing)
-        if bucket is None or bucket.rate != RATE_PER_THING:  # the limit changed (a test's): start a new bucket
-            bucket = self._buckets[thing] = TokenBucket(RATE_PER_THING, now=now)
-        return bucket.acquire(now) > 0
-
     def handle(self, thing: str, name: str | None, op: ShadowOp, payload: bytes, *, now: float) -> list[_Answer]:
         """Apply one request; return the messages to publish (accepted/rejected, documents, delta)."""
         topics = ShadowTopics(thing, name)
@@ -136,7 +130,7 @@ class ShadowService(RegionService):
             if self.registry.thing(thing) is None:
                 _, token = _token_of(payload)
                 raise ShadowRejected(404, "Thing not found", client_token=token)
-            if self._rate_limited(thing, now):
+            if over_rate(self._buckets, thing, RATE_PER_THING, now):
                 _, token = _token_of(payload)
                 raise ShadowRejected(429, "Too Many Requests", client_token=token)
             stored = self.store.get(thing, name)
