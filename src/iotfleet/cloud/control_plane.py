@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from iotfleet.cloud.http_server import HttpServer
+from iotfleet.cloud.http_server import AwsError, HttpServer
 from iotfleet.cloud.https_publish import parse_user_properties
 from iotfleet.cloud.jobs import JobsError
 from iotfleet.cloud.local import LOCAL_ACCOUNT, LocalCloud, Region
@@ -54,19 +54,6 @@ _SHADOW_ERRORS = {400: "InvalidRequestException", 401: "UnauthorizedException", 
                   404: "ResourceNotFoundException", 409: "ConflictException", 413: "RequestEntityTooLargeException",
                   415: "UnsupportedDocumentEncodingException", 429: "ThrottlingException",
                   500: "InternalFailureException", 503: "ServiceUnavailableException"}  # fmt: skip
-
-
-class AwsError(Exception):
-    """An answer in AWS's error shape: ``status``, ``code`` (the exception's name) and ``message``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status, self.code, self.message = status, code, message
-
-    def response(self) -> web.Response:
-        body = json.dumps({"message": self.message, "code": self.code})
-        headers = {"x-amzn-ErrorType": f"{self.code}:", "Content-Type": "application/json"}
-        return web.Response(status=self.status, text=body, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -133,13 +120,15 @@ class ControlPlane:
         try:
             result = await self._dispatch(request)
         except (AwsError, IotFleetError, JobsError) as exc:
-            return _error(exc).response()
+            error = _error(exc)
         except Exception as exc:  # noqa: BLE001 - a bug: recorded, answered as AWS's InternalFailure
             self.cloud.failures.record("control plane", exc)
-            return AwsError(500, "InternalFailureException", "Internal failure").response()
-        if isinstance(result, web.StreamResponse):
-            return result
-        return web.json_response(result if result is not None else {})
+            error = AwsError(500, "InternalFailureException", "Internal failure")
+        else:
+            if isinstance(result, web.StreamResponse):
+                return result
+            return web.json_response(result if result is not None else {})
+        return error.response(code=error.code)
 
     async def _dispatch(self, request: web.Request) -> Any:
         region_name, service = self._scope(request)

@@ -9,6 +9,7 @@ makes in a worker thread.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +18,21 @@ from aiohttp import web
 
 from iotfleet._loop_thread import LoopThread
 
-__all__ = ["HttpServer"]
+__all__ = ["AwsError", "HttpServer"]
+
+
+class AwsError(Exception):
+    """An answer in AWS's error shape: ``status``, ``code`` (the exception's name, in the
+    ``x-amzn-ErrorType`` header botocore reads) and a JSON body with ``message`` and any ``fields``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+    def response(self, **fields: str) -> web.Response:
+        body = json.dumps({"message": self.message, **fields})
+        headers = {"x-amzn-ErrorType": f"{self.code}:", "Content-Type": "application/json"}
+        return web.Response(status=self.status, text=body, headers=headers)
 
 
 class HttpServer:

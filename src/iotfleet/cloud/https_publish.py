@@ -32,7 +32,7 @@ from pathlib import Path
 from aiohttp import web
 
 from iotfleet._rate import TokenBucket
-from iotfleet.cloud.http_server import HttpServer
+from iotfleet.cloud.http_server import AwsError, HttpServer
 from iotfleet.cloud.registry import CertificateStatus, Registry
 from iotfleet.errors import TopicError
 from iotfleet.policy_engine import PolicyDocument, RequestContext, authorize
@@ -41,12 +41,6 @@ from iotfleet.topics import validate_topic
 __all__ = ["MAX_PAYLOAD", "HttpsPublish", "parse_user_properties"]
 
 MAX_PAYLOAD = 128 * 1024  # IoT Core's message size limit
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class HttpsPublish:
@@ -96,49 +90,47 @@ class HttpsPublish:
             topic, qos, payload, properties, common_name = await self._read(request)
             self._authorize(common_name, topic)
             if self._bucket is not None and self._bucket.acquire(time.monotonic()) > 0:
-                raise _Refused(429, "ThrottlingException", "Rate exceeded: the account's publish quota")
+                raise AwsError(429, "ThrottlingException", "Rate exceeded: the account's publish quota")
             del qos  # delivered at QoS 1 through the broker either way
             if not await asyncio.to_thread(self._publish, topic, payload, properties):
-                raise _Refused(503, "ServiceUnavailableException", f"region {self.region} is unavailable")
-        except _Refused as refused:
+                raise AwsError(503, "ServiceUnavailableException", f"region {self.region} is unavailable")
+        except AwsError as refused:
             self.refused[refused.code] = self.refused.get(refused.code, 0) + 1
-            body = json.dumps({"message": refused.message, "traceId": trace})
-            headers = {"x-amzn-ErrorType": f"{refused.code}:", "Content-Type": "application/json"}
-            return web.Response(status=refused.status, text=body, headers=headers)
+            return refused.response(traceId=trace)
         self.published += 1
         return web.json_response({"message": "OK", "traceId": trace})
 
     async def _read(self, request: web.Request) -> tuple[str, int, bytes, list[tuple[str, str]], str]:
         if request.method != "POST":
-            raise _Refused(405, "MethodNotAllowedException", f"{request.method} is not allowed: POST /topics/<topic>")
+            raise AwsError(405, "MethodNotAllowedException", f"{request.method} is not allowed: POST /topics/<topic>")
         path = request.rel_url.raw_path
         if not path.startswith("/topics/"):
-            raise _Refused(404, "ResourceNotFoundException", "publish with POST /topics/<url-encoded topic>")
+            raise AwsError(404, "ResourceNotFoundException", "publish with POST /topics/<url-encoded topic>")
         topic = urllib.parse.unquote(path.removeprefix("/topics/"))
         try:
             validate_topic(topic)
         except TopicError as exc:
-            raise _Refused(400, "InvalidRequestException", exc.message) from exc
+            raise AwsError(400, "InvalidRequestException", exc.message) from exc
         qos_text = request.query.get("qos", "0")
         if qos_text not in ("0", "1"):
-            raise _Refused(400, "InvalidRequestException", f"qos {qos_text!r} must be 0 or 1")
+            raise AwsError(400, "InvalidRequestException", f"qos {qos_text!r} must be 0 or 1")
         if request.query.get("retain", "false").lower() == "true":
-            raise _Refused(400, "InvalidRequestException", "retain is not served here")
+            raise AwsError(400, "InvalidRequestException", "retain is not served here")
         payload = await request.read()
         if len(payload) > MAX_PAYLOAD:
-            raise _Refused(413, "RequestEntityTooLargeException", f"the payload is over {MAX_PAYLOAD} bytes")
+            raise AwsError(413, "RequestEntityTooLargeException", f"the payload is over {MAX_PAYLOAD} bytes")
         return topic, int(qos_text), payload, _user_properties(request), _common_name(request)
 
     def _authorize(self, common_name: str, topic: str) -> None:
         record = self.registry.certificate_by_identity(common_name)
         if record is None or record.status is not CertificateStatus.ACTIVE:
-            raise _Refused(403, "ForbiddenException", "the certificate is not ACTIVE in this region")
+            raise AwsError(403, "ForbiddenException", "the certificate is not ACTIVE in this region")
         attached = self.registry.policies_of(record.certificate_id).values()
         documents = [self._parsed(json.dumps(d, sort_keys=True)) for d in attached]
         context = RequestContext(client_id="", certificate={"Subject.CommonName": common_name})
         resource = f"arn:aws:iot:{self.region}:{self.account}:topic/{topic}"
         if not authorize(documents, "iot:Publish", resource, context).allowed:
-            raise _Refused(
+            raise AwsError(
                 403, "ForbiddenException", f"iot:Publish on {resource}: not allowed by the certificate's policies"
             )
 
@@ -156,7 +148,7 @@ def _common_name(request: web.Request) -> str:
         for key, value in entry:
             if key == "commonName":
                 return str(value)
-    raise _Refused(401, "UnauthorizedException", "no client certificate with a common name")
+    raise AwsError(401, "UnauthorizedException", "no client certificate with a common name")
 
 
 def parse_user_properties(header: str | None) -> list[tuple[str, str]]:
@@ -175,4 +167,4 @@ def _user_properties(request: web.Request) -> list[tuple[str, str]]:
     try:
         return parse_user_properties(request.headers.get("x-amz-mqtt5-user-properties"))
     except ValueError as exc:
-        raise _Refused(400, "InvalidRequestException", str(exc)) from exc
+        raise AwsError(400, "InvalidRequestException", str(exc)) from exc
