@@ -19,11 +19,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from iotfleet.device.correlated import Correlated
 from iotfleet.device.events import DeviceEvent, EventKind
 from iotfleet.errors import ConnectionLost, IotFleetError, RequestTimeout
 from iotfleet.topics import JobsTopics
@@ -110,7 +110,7 @@ class Jobs:
         self.topics = JobsTopics(device.thing)
         self.timeout = timeout
         self.finished: dict[str, tuple[str, dict[str, str]]] = {}  # job id -> its terminal status, here
-        self._pending: dict[str, asyncio.Future[tuple[bool, dict[str, Any]]]] = {}
+        self._requests = Correlated(device, "Jobs")
         self._wake = asyncio.Event()
         self._subscribed: asyncio.Task[None] | None = None
         device.add_message_handler(f"{self.topics.prefix}/#", self._on_message)
@@ -119,27 +119,12 @@ class Jobs:
     def _on_event(self, event: DeviceEvent) -> None:
         if event.kind is EventKind.CONNECTED:
             self._wake.set()  # a new session, maybe a new region: ask again
-        elif event.kind is EventKind.DISCONNECTED:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionLost(f"{self.device.thing}'s session ended before Jobs answered"))
 
     def _on_message(self, message: InboundMessage) -> None:
         if message.topic == self.topics.notify_next:
             self._wake.set()
-            return
-        accepted = message.topic.endswith("/accepted")
-        if not accepted and not message.topic.endswith("/rejected"):
-            return
-        try:
-            body = json.loads(message.payload)
-        except ValueError:
+        elif message.topic.endswith(("/accepted", "/rejected")) and not self._requests.resolve(message):
             log.warning("%s: unreadable jobs answer on %s", self.device.thing, message.topic)
-            return
-        token = body.get("clientToken") if isinstance(body, dict) else None
-        future = self._pending.get(token) if isinstance(token, str) else None
-        if future is not None and not future.done():
-            future.set_result((accepted, body))
 
     async def _subscribe(self) -> None:
         if self._subscribed is None:
@@ -152,24 +137,10 @@ class Jobs:
         """One request (``get``, ``start-next``, or ``get``/``update`` of ``job_id``); the accepted answer,
         or :class:`JobRejected`."""
         await self._subscribe()
-        token = uuid.uuid4().hex
-        answer: asyncio.Future[tuple[bool, dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._pending[token] = answer
-        try:
-            await self.device.publish_to(
-                self.topics.request(op, job_id), {**(body or {}), "clientToken": token}, timeout=self.timeout
-            )
-            accepted, payload = await asyncio.wait_for(answer, self.timeout)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"no answer to jobs {op} of {self.device.thing} within {self.timeout}s",
-                operation=f"jobs-{op}",
-                timeout=self.timeout,
-            ) from None
-        finally:
-            self._pending.pop(token, None)
-            if answer.done() and not answer.cancelled():
-                answer.exception()  # a session that ended while the request was being sent: already raised
+        topic = self.topics.request(op, job_id)
+        _, message = await self._requests.request(topic, body or {}, self.timeout, f"jobs {op}")
+        payload: dict[str, Any] = json.loads(message.payload)
+        accepted = message.topic.endswith("/accepted")
         if not accepted:
             raise JobRejected(
                 str(payload.get("code")), str(payload.get("message", "")), state=payload.get("executionState")

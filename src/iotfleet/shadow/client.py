@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -30,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from iotfleet._files import write_private
 from iotfleet.config import Endpoint
-from iotfleet.device.events import DeviceEvent, EventKind
+from iotfleet.device.correlated import Correlated
 from iotfleet.device.stream import Stream
-from iotfleet.errors import ClientError, ConnectionLost, RequestTimeout, ShadowRejected
+from iotfleet.errors import ClientError, ShadowRejected
 from iotfleet.shadow.document import merge
 from iotfleet.topics import ShadowOp, ShadowTopics
 from iotfleet.transport.base import InboundMessage
@@ -88,7 +87,7 @@ class Shadow:
         self.name = name
         self.topics = ShadowTopics(device.thing, name)
         self.timeout = timeout
-        self._pending: dict[str, asyncio.Future[InboundMessage]] = {}
+        self._requests = Correlated(device, "the shadow")
         self._delta_streams: list[Stream[ShadowDelta]] = []
         self._subscribing: asyncio.Task[None] | None = None
         self.malformed = 0  # answers that could not be parsed: counted, logged, never silently dropped
@@ -96,16 +95,6 @@ class Shadow:
             device.add_message_handler(self.topics.accepted(op), self._on_answer)
             device.add_message_handler(self.topics.rejected(op), self._on_answer)
         device.add_message_handler(self.topics.delta, self._on_delta)
-        device.add_listener(self._on_event)
-
-    def _on_event(self, event: DeviceEvent) -> None:
-        """Answers are per session: when it ends, waiting requests fail now instead of timing out."""
-        if event.kind is EventKind.DISCONNECTED:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(
-                        ConnectionLost(f"{self.device.thing}'s session ended before the shadow answered")
-                    )
 
     async def _subscribe(self) -> None:
         """Subscribe once; every caller waits until all the SUBACKs are in (no answer may slip past)."""
@@ -119,15 +108,9 @@ class Shadow:
             await self.device.subscribe(topic)
 
     def _on_answer(self, message: InboundMessage) -> None:
-        try:
-            token = json.loads(message.payload).get("clientToken")
-        except (ValueError, AttributeError):
+        if not self._requests.resolve(message):
             self.malformed += 1
             log.warning("%s: unreadable shadow answer on %s", self.device.thing, message.topic)
-            return
-        future = self._pending.get(token) if isinstance(token, str) else None
-        if future is not None and not future.done():
-            future.set_result(message)
 
     def _on_delta(self, message: InboundMessage) -> None:
         try:
@@ -148,24 +131,7 @@ class Shadow:
     async def _request(self, op: ShadowOp, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         await self._subscribe()
         wait = self.timeout if timeout is None else timeout
-        token = uuid.uuid4().hex
-        answer: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()
-        self._pending[token] = answer
-        try:
-            await self.device.publish_to(self.topics.request(op), {**body, "clientToken": token}, timeout=wait)
-            message = await asyncio.wait_for(answer, wait)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"no answer to shadow {op} of {self.device.thing} within {wait}s",
-                operation=f"shadow-{op}",
-                timeout=wait,
-            ) from None
-        finally:
-            self._pending.pop(token, None)
-            if answer.done() and not answer.cancelled():
-                # a session that ended while the request was still being sent (publish_to failed): the
-                # answer's ConnectionLost is the same failure, already raised; mark it retrieved
-                answer.exception()
+        token, message = await self._requests.request(self.topics.request(op), body, wait, f"shadow {op}")
         payload: dict[str, Any] = json.loads(message.payload)
         if message.topic.endswith("/rejected"):
             raise ShadowRejected(int(payload.get("code", 0)), str(payload.get("message", "")), client_token=token)
