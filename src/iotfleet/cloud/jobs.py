@@ -251,6 +251,9 @@ class JobsState:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
         self.executions: dict[tuple[str, str], list[Execution]] = {}  # (job, thing) -> attempts, oldest first
+        # the same attempt lists, by job and by thing: a device's request and a job's rules read only theirs
+        self._of_job: dict[str, dict[str, list[Execution]]] = {}
+        self._of_thing: dict[str, dict[str, list[Execution]]] = {}
         self.groups: dict[str, list[str]] = {}  # thing group -> its things
 
     # ---------------------------------------------------------------- the control plane
@@ -332,9 +335,9 @@ class JobsState:
         job.completed_at = now
         job.to_roll_out = []
         touched = set()
-        for (jid, thing), attempts in self.executions.items():
+        for thing, attempts in self._of_job.get(job_id, {}).items():
             latest = attempts[-1]
-            if jid != job_id or latest.status.terminal:
+            if latest.status.terminal:
                 continue
             if latest.status is ExecutionStatus.QUEUED or force:
                 latest.force_canceled = latest.status is ExecutionStatus.IN_PROGRESS
@@ -352,9 +355,8 @@ class JobsState:
         """DescribeJob's ``job``, with its process details (counts by execution status)."""
         job = self.job(job_id)
         counts = dict.fromkeys(ExecutionStatus, 0)
-        for (jid, _), attempts in self.executions.items():
-            if jid == job_id:
-                counts[attempts[-1].status] += 1
+        for attempts in self._of_job.get(job_id, {}).values():
+            counts[attempts[-1].status] += 1
         details = {f"numberOf{_camel(s)}Things": n for s, n in counts.items()}
         out: dict[str, Any] = {
             "jobId": job.job_id,
@@ -378,14 +380,14 @@ class JobsState:
     def executions_of(self, job_id: str, status: str | None = None) -> list[Execution]:
         """The latest execution of each thing of a job (ListJobExecutionsForJob), optionally by status."""
         self.job(job_id)
-        found = [a[-1] for (jid, _), a in self.executions.items() if jid == job_id]
+        found = [a[-1] for a in self._of_job.get(job_id, {}).values()]
         return [e for e in found if status is None or str(e.status) == status]
 
     # ---------------------------------------------------------------- the device's requests
 
     def pending(self, thing: str) -> list[Execution]:
         """The thing's executions that are not terminal: IN_PROGRESS first, then QUEUED, each oldest first."""
-        latest = [attempts[-1] for (_, t), attempts in self.executions.items() if t == thing]
+        latest = [attempts[-1] for attempts in self._of_thing.get(thing, {}).values()]
         live = [e for e in latest if not e.status.terminal]
         return sorted(live, key=lambda e: (e.status is not ExecutionStatus.IN_PROGRESS, e.queued_at, e.job_id))
 
@@ -537,10 +539,19 @@ class JobsState:
         job.next_increase += criterion
 
     def _queue(self, job: Job, thing: str, now: float) -> Execution:
-        attempts = self.executions.setdefault((job.job_id, thing), [])
+        attempts = self.executions.get((job.job_id, thing))
+        if attempts is None:
+            attempts = self._index(job.job_id, thing, [])
         execution = Execution(job.job_id, thing, len(attempts) + 1, now, last_updated_at=now)
         attempts.append(execution)
         return execution
+
+    def _index(self, job_id: str, thing: str, attempts: list[Execution]) -> list[Execution]:
+        """Record a thing's attempt list for a job, in :attr:`executions` and both indexes (one list)."""
+        self.executions[(job_id, thing)] = attempts
+        self._of_job.setdefault(job_id, {})[thing] = attempts
+        self._of_thing.setdefault(thing, {})[job_id] = attempts
+        return attempts
 
     def _latest(self, job_id: str, thing: str) -> Execution | None:
         attempts = self.executions.get((job_id, thing))
@@ -580,9 +591,7 @@ class JobsState:
         self._set(execution, status, now)
         job = self.jobs[execution.job_id]
         if status is ExecutionStatus.SUCCEEDED:
-            succeeded = sum(
-                1 for a in self.executions.values() if a[-1].job_id == job.job_id and a[-1].status is status
-            )
+            succeeded = sum(1 for a in self._of_job[job.job_id].values() if a[-1].status is status)
             self._maybe_increase(job, succeeded, job.config.increase_after_succeeded)
         if job.status is JobStatus.IN_PROGRESS and self._retry(job, execution, now):
             return
@@ -601,7 +610,7 @@ class JobsState:
         return True
 
     def _maybe_abort(self, job: Job, now: float) -> None:
-        latest = [a[-1] for (jid, _), a in self.executions.items() if jid == job.job_id]
+        latest = [a[-1] for a in self._of_job.get(job.job_id, {}).values()]
         executed = [e for e in latest if e.status.terminal]
         for criterion in job.config.abort:
             if len(executed) < criterion.min_executed:
@@ -622,7 +631,7 @@ class JobsState:
     def _maybe_complete(self, job: Job, now: float) -> None:
         if job.status is not JobStatus.IN_PROGRESS or job.config.continuous or job.to_roll_out:
             return
-        if all(a[-1].status.terminal for (jid, _), a in self.executions.items() if jid == job.job_id):
+        if all(a[-1].status.terminal for a in self._of_job.get(job.job_id, {}).values()):
             job.status, job.completed_at = JobStatus.COMPLETED, now
 
     # ---------------------------------------------------------------- persistence
@@ -642,7 +651,7 @@ class JobsState:
         for attempts in data.get("executions", []):
             loaded = [Execution.from_json(e) for e in attempts]
             if loaded:
-                state.executions[(loaded[0].job_id, loaded[0].thing)] = loaded
+                state._index(loaded[0].job_id, loaded[0].thing, loaded)
         state.groups = {g: list(t) for g, t in data.get("groups", {}).items()}
         return state
 
