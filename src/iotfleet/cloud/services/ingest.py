@@ -465,11 +465,13 @@ class IngestService(RegionService):
 
     @property
     def ingested(self) -> int:
-        return sum(figures.ingested for figures in self.sites.values())
+        """Messages stored so far; safe to read from another thread (a live dashboard's), as the writer
+        thread adds sites: the sites are taken in one step before they are summed."""
+        return sum(figures.ingested for figures in tuple(self.sites.values()))
 
     @property
     def duplicates(self) -> int:
-        return sum(figures.duplicates for figures in self.sites.values())
+        return sum(figures.duplicates for figures in tuple(self.sites.values()))
 
     # ---------------------------------------------------------------- reading
 
