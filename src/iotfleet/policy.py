@@ -34,6 +34,7 @@ __all__ = [
     "evaluate",
     "render",
     "render_claim",
+    "render_https",
     "thing_attribute",
 ]
 
@@ -121,6 +122,33 @@ def render(
             },
         ],
     }
+
+
+def render_https(
+    scheme: TopicScheme,
+    *,
+    tenant: str,
+    site: str,
+    thing: str,
+    region: str = "*",
+    account: str = "*",
+    basic_ingest_rules: Sequence[str] = (INGEST_RULE,),
+) -> Policy:
+    """The policy of a device that publishes over HTTPS only: ``iot:Publish`` on its own data streams
+    (and by Basic Ingest to ``basic_ingest_rules``), named literally, and nothing else.
+
+    HTTPS has no client id and no thing connection, so ``${iot:Connection.Thing.*}`` variables do not
+    resolve there (IOT_CORE.md section 11(b)) and :func:`render`'s policy allows such a device nothing:
+    it gets one of these per certificate instead. A provisioning template renders it with ``Fn::Sub``
+    when ``tenant``, ``site`` and ``thing`` are ``${Tenant}``-style parameter references.
+    """
+    data = scheme.render_data(tenant=tenant, site=site, thing=thing, stream="*")
+    publish = [_arn("topic", region, account, data)]
+    publish += [
+        _arn("topic", region, account, f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{data}")
+        for rule in basic_ingest_rules
+    ]
+    return {"Version": VERSION, "Statement": [{"Effect": "Allow", "Action": "iot:Publish", "Resource": publish}]}
 
 
 def render_claim(

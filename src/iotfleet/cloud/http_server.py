@@ -9,6 +9,7 @@ makes in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,12 @@ class AwsError(Exception):
 
 class HttpServer:
     """``handler`` for every request on ``host:port`` (0: a free port, then :attr:`port`), over TLS with
-    ``ssl_context``; bodies up to ``max_body`` bytes."""
+    ``ssl_context``; bodies up to ``max_body`` bytes.
+
+    Chaos, for a region's endpoint: :meth:`kill` stops listening and drops every connection (clients see
+    resets, then refused connections), :meth:`freeze` holds every request unanswered (a blackhole: the
+    handshake still completes, nothing comes back), :meth:`restore` undoes either on the same port.
+    """
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class HttpServer:
         self.ssl_context, self.max_body, self._start_thread = ssl_context, max_body, start_thread
         self._thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
+        self._open: asyncio.Event | None = None  # cleared while frozen
 
     def start(self) -> int:
         """Listen; return the port."""
@@ -61,19 +68,51 @@ class HttpServer:
         thread = self._thread = LoopThread(self.name, **kwargs)
 
         async def serve() -> int:
-            app = web.Application(client_max_size=self.max_body)
-            app.router.add_route("*", "/{tail:.*}", self.handler)
-            runner = self._runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
-            return int(runner.addresses[0][1])
+            self._open = asyncio.Event()
+            self._open.set()
+            return await self._serve()
 
         self.port = thread.call(serve())
         return self.port
 
+    async def _serve(self) -> int:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("*", "/{tail:.*}", self._gate)
+        runner = self._runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
+        return int(runner.addresses[0][1])
+
+    async def _gate(self, request: web.Request) -> web.StreamResponse:
+        if self._open is not None:
+            await self._open.wait()
+        return await self.handler(request)
+
+    def kill(self) -> None:
+        """Stop listening and drop the connections (:meth:`restore` listens again on the same port)."""
+        if self._thread is not None and self._runner is not None:
+            runner, self._runner = self._runner, None
+            self._thread.call(runner.cleanup(), timeout=10)
+
+    def freeze(self) -> None:
+        """Hold every request unanswered until :meth:`restore`."""
+        if self._thread is not None and self._open is not None:
+            self._thread.loop.call_soon_threadsafe(self._open.clear)
+
+    def restore(self) -> None:
+        """Answer again: listen on the same port after :meth:`kill`, release held requests after :meth:`freeze`."""
+        if self._thread is None:
+            return
+        if self._runner is None:
+            self._thread.call(self._serve(), timeout=10)
+        if self._open is not None:
+            self._thread.loop.call_soon_threadsafe(self._open.set)
+
     def stop(self) -> None:
         if self._thread is None:
             return
+        if self._open is not None:  # frozen requests are answered, not left to the shutdown timeout
+            self._thread.loop.call_soon_threadsafe(self._open.set)
         if self._runner is not None:
             self._thread.call(self._runner.cleanup(), timeout=10)
         self._thread.stop()

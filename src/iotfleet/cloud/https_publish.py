@@ -84,6 +84,17 @@ class HttpsPublish:
     def stop(self) -> None:
         self._server.stop()
 
+    def kill(self) -> None:
+        """The region died: stop listening, drop the connections."""
+        self._server.kill()
+
+    def freeze(self) -> None:
+        """The region is blackholed: hold every request unanswered."""
+        self._server.freeze()
+
+    def restore(self) -> None:
+        self._server.restore()
+
     async def _handle(self, request: web.Request) -> web.Response:
         trace = str(uuid.uuid4())
         try:

@@ -146,6 +146,24 @@ class ServiceConnection:
             return False
         return True
 
+    async def deliver(
+        self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = (), *, timeout: float = 10.0
+    ) -> bool:
+        """Send at QoS 1 and wait for the broker's PUBACK: True once the broker has the message (so a
+        broker killed right after cannot lose what the caller was told is accepted); False, counted in
+        :attr:`dropped`, when the session is down, ends first, refuses it or does not answer in time."""
+        session = self._session
+        if session is not None:
+            try:
+                code = await asyncio.wait_for(session.publish(topic, payload, 1, user_properties), timeout)
+            except (ConnectionLost, TimeoutError):
+                pass
+            else:
+                if code < 0x80:
+                    return True
+        self.dropped += 1
+        return False
+
 
 class RegionService:
     """A service of one region: ``kind`` names its client id, ``filters`` what it serves."""
@@ -200,3 +218,7 @@ class OperatorConnection(RegionService):
 
     def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
         return self.connection is not None and self.connection.publish(topic, payload, user_properties)
+
+    async def deliver(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+        """:meth:`publish`, returning once the broker acknowledged it (:meth:`ServiceConnection.deliver`)."""
+        return self.connection is not None and await self.connection.deliver(topic, payload, user_properties)
