@@ -22,6 +22,7 @@ client that connects and says nothing neither blocks other requests nor delays s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -29,12 +30,13 @@ import socket
 import socketserver
 import tempfile
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from iotfleet.cloud.local import LocalCloud
+from iotfleet.cloud.jobs import JobsError
+from iotfleet.cloud.local import LocalCloud, Region
 from iotfleet.errors import CloudError, ConfigError, IotFleetError
 from iotfleet.metrics import Histogram, SeqSet
 
@@ -61,12 +63,18 @@ CHAOS_ACTIONS = (Action.KILL, Action.BLACKHOLE, Action.RESTORE)
 
 
 REQUEST_TIMEOUT_S = 5.0
-MAX_REQUEST_BYTES = 4 << 20  # an ingest request names the sites of a shard: thousands, not millions
+# an ingest request names the sites of a shard (thousands, not millions); object-put carries a firmware image
+MAX_REQUEST_BYTES = 24 << 20
 INGEST = "ingest"
 _OPERATOR_VERBS = {
     "shadow-update": ("region", "thing", "desired"),
     "shadow-get": ("region", "thing"),
     "publish": ("region", "topic", "payload"),
+    "object-put": ("bucket", "key", "data_b64"),
+    "group-add": ("group", "things"),
+    "job-create": ("job_id", "group", "document", "config"),
+    "job-describe": ("region", "job_id"),
+    "job-cancel": ("region", "job_id", "comment"),
 }
 
 
@@ -145,21 +153,44 @@ class ControlServer:
         """The operator's shadow and publish requests (:class:`ControlClient` sends them)."""
         try:
             try:
-                request = json.loads(text)
-                region = self.cloud.region(str(request["region"]))
-                if verb == "publish":
-                    return "ok " + json.dumps(region.publish(str(request["topic"]), str(request["payload"]).encode()))
-                thing = str(request["thing"])
-                if verb == "shadow-get":
-                    return "ok " + json.dumps(region.shadows.get(thing))
-                region.shadows.update(thing, desired=dict(request["desired"]))
-                return "ok {}"
+                return "ok " + json.dumps(self._operation(verb, json.loads(text)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"{verb}: expected a JSON object with {', '.join(_OPERATOR_VERBS[verb])} ({exc!r})"
                 ) from exc
         except IotFleetError as exc:
             return f"error {exc.message}"
+        except JobsError as exc:
+            return f"error {exc.code}: {exc.message}"
+
+    def _operation(self, verb: str, request: dict[str, Any]) -> Any:
+        cloud = self.cloud
+        if verb == "object-put":
+            data = base64.b64decode(str(request["data_b64"]), validate=True)
+            return cloud.put_object(str(request["bucket"]), str(request["key"]), data)
+        if verb == "group-add":
+            cloud.add_things_to_group(str(request["group"]), [str(t) for t in request["things"]])
+        elif verb == "job-create":
+            config = dict(request["config"])
+            cloud.create_job(
+                str(request["job_id"]), targets=[f"group:{request['group']}"], document=request["document"], **config
+            )
+        else:
+            return self._in_region(verb, cloud.region(str(request["region"])), request)
+        return {}
+
+    def _in_region(self, verb: str, region: Region, request: dict[str, Any]) -> Any:
+        if verb == "job-describe":
+            return region.jobs.describe_job(str(request["job_id"]))
+        if verb == "job-cancel":
+            self.cloud.cancel_job(str(request["job_id"]), comment=str(request["comment"]), regions=[region.name])
+        elif verb == "publish":
+            return region.publish(str(request["topic"]), str(request["payload"]).encode())
+        elif verb == "shadow-get":
+            return region.shadows.get(str(request["thing"]))
+        else:
+            region.shadows.update(str(request["thing"]), desired=dict(request["desired"]))
+        return {}
 
     def _ingest(self, text: str) -> str:
         try:
@@ -274,17 +305,33 @@ class ControlClient:
     # the operator's access to the cloud (iotfleet.sim.access.CloudAccess), one request each
 
     def shadow_update(self, region: str, thing: str, desired: Mapping[str, Any]) -> None:
-        self.request("shadow-update " + json.dumps({"region": region, "thing": thing, "desired": dict(desired)}))
+        self._operate("shadow-update", region=region, thing=thing, desired=dict(desired))
 
     def shadow_get(self, region: str, thing: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(
-            self.request("shadow-get " + json.dumps({"region": region, "thing": thing}))
-        )
+        document: dict[str, Any] = self._operate("shadow-get", region=region, thing=thing)
         return document
 
     def publish(self, region: str, topic: str, payload: bytes) -> bool:
-        request = {"region": region, "topic": topic, "payload": payload.decode()}
-        return bool(json.loads(self.request("publish " + json.dumps(request))))
+        return bool(self._operate("publish", region=region, topic=topic, payload=payload.decode()))
+
+    def put_object(self, bucket: str, key: str, data: bytes) -> str:
+        return str(self._operate("object-put", bucket=bucket, key=key, data_b64=base64.b64encode(data).decode()))
+
+    def add_things_to_group(self, group: str, things: Sequence[str]) -> None:
+        self._operate("group-add", group=group, things=list(things))
+
+    def create_job(self, job_id: str, group: str, document: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+        self._operate("job-create", job_id=job_id, group=group, document=dict(document), config=dict(config))
+
+    def describe_job(self, region: str, job_id: str) -> dict[str, Any]:
+        described: dict[str, Any] = self._operate("job-describe", region=region, job_id=job_id)
+        return described
+
+    def cancel_job(self, region: str, job_id: str, comment: str) -> None:
+        self._operate("job-cancel", region=region, job_id=job_id, comment=comment)
+
+    def _operate(self, verb: str, **request: Any) -> Any:
+        return json.loads(self.request(f"{verb} {json.dumps(request)}"))
 
     def request(self, line: str, timeout: float = 30.0) -> str:
         """Send one request line; return the answer after ``ok`` (:class:`CloudError` on ``error``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -31,6 +32,7 @@ from iotfleet.cloud.broker import Broker, BrokerState, Quotas, TlsFiles
 from iotfleet.cloud.ca import CertificateAuthority, Credentials, certificate_id, unique_common_name
 from iotfleet.cloud.https_publish import HttpsPublish
 from iotfleet.cloud.jobs import JobConfig
+from iotfleet.cloud.objects import ObjectStore
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.registry import (
     CertificateAddition,
@@ -65,6 +67,7 @@ __all__ = [
     "DEFAULT_REGIONS",
     "DEFAULT_TEMPLATE",
     "DEVICE_POLICY",
+    "HTTPS_TEMPLATE",
     "SERVICE_IDENTITY",
     "CloudInfo",
     "CloudThing",
@@ -80,8 +83,21 @@ SERVICE_IDENTITY: Final = "iotfleet-service"
 CLAIM_IDENTITY: Final = "iotfleet-claim"
 DEFAULT_TEMPLATE: Final = "iotfleet-default"
 DEVICE_POLICY: Final = "iotfleet-device"
+HTTPS_TEMPLATE: Final = "iotfleet-https"  # provisions a device that publishes over HTTPS only
 LOCAL_HOST: Final = "localhost"
 LOCAL_ACCOUNT: Final = "000000000000"  # the account id in the local cloud's ARNs
+
+
+def _https_template_body(scheme: TopicScheme) -> dict[str, Any]:
+    """:data:`HTTPS_TEMPLATE`: the default template's thing, with a policy of its own rendered from the
+    parameters (``Fn::Sub``): publish to its own data streams only, as HTTPS resolves no thing variable."""
+    document = policy.render_https(scheme, tenant="${Tenant}", site="${Site}", thing="${SerialNumber}")
+    body = default_template_body(DEVICE_POLICY)
+    body["Resources"]["policy"] = {
+        "Type": "AWS::IoT::Policy",
+        "Properties": {"PolicyDocument": {"Fn::Sub": json.dumps(document)}},
+    }
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,14 +289,19 @@ class Region:
         """How many times this region's broker dropped messages for a cloud service (lost by the cloud)."""
         return sum(n for client, n in self.broker.drops.items() if client.startswith(SERVICE_CLIENT_PREFIX))
 
-    def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+    def publish(
+        self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = (), *, acked: bool = False
+    ) -> bool:
         """Publish to devices as the cloud's operator (QoS 1, through this region's broker): e.g. a
-        command on ``cmd/...``. False when the region is down (nothing was sent)."""
+        command on ``cmd/...``. False when the region is down (nothing was sent). With ``acked``, return
+        only once the broker acknowledged it (False if it did not): what HTTPS publish answers 200 on."""
         operator, host = self._operator, self._host
         if operator is None or host is None:
             raise CloudError(f"region {self.name} has no services: start the cloud first")
 
         async def send() -> bool:
+            if acked:
+                return await operator.deliver(topic, payload, user_properties)
             return operator.publish(topic, payload, user_properties)
 
         return host.call(send())
@@ -308,6 +329,7 @@ class Region:
         ingest: TopicScheme | None = None,
         ingest_max_bytes: int | None = None,
         rules: Sequence[Rule] = (),
+        presign: Callable[[str, int], str] | None = None,
     ) -> None:
         """Start this region's services on ``host`` (MQTT clients of this region's broker).
 
@@ -323,7 +345,7 @@ class Region:
         self.broker.log_listeners.append(self._log_line)
         self.rules = RulesService(self.name, rules)
         jobs = self.jobs_service = JobsService(
-            region=self.name, registry=self.registry, path=self.directory / "jobs.json"
+            region=self.name, registry=self.registry, path=self.directory / "jobs.json", presign=presign
         )
         self._operator = OperatorConnection(self.name)
         self._host = host
@@ -397,16 +419,24 @@ class Region:
         self.registry.close()
 
     def kill(self) -> None:
-        """SIGKILL this region's broker: its devices see a reset at once."""
+        """SIGKILL this region's broker: its devices see a reset at once (and its HTTPS endpoint stops)."""
         self.broker.kill()
+        if self.https is not None:
+            self.https.kill()
 
     def blackhole(self) -> None:
-        """Freeze this region's broker (SIGSTOP): its devices notice only by keepalive timeout."""
+        """Freeze this region's broker (SIGSTOP): its devices notice only by keepalive timeout (and its
+        HTTPS endpoint answers nothing)."""
         self.broker.blackhole()
+        if self.https is not None:
+            self.https.freeze()
 
     def restore(self) -> None:
-        """Bring the broker back after :meth:`kill` or :meth:`blackhole`, on the same port."""
+        """Bring the broker back after :meth:`kill` or :meth:`blackhole`, on the same port (and the HTTPS
+        endpoint)."""
         self.broker.restore()
+        if self.https is not None:
+            self.https.restore()
 
     # ------------------------------------------------------------------ registry and authorization
 
@@ -515,6 +545,8 @@ class LocalCloud:
         self.policies: dict[str, dict[str, Any]] = {DEVICE_POLICY: self.device_policy}
         self.templates = {t.name: t for t in templates}
         self.templates.setdefault(template, ProvisioningTemplate(template, default_template_body(DEVICE_POLICY)))
+        https_template = ProvisioningTemplate(HTTPS_TEMPLATE, _https_template_body(self.scheme))
+        self.templates.setdefault(HTTPS_TEMPLATE, https_template)
         self.token_ttl = token_ttl
         self.provisioning_rate_limit = provisioning_rate_limit
         self._names = names
@@ -526,6 +558,7 @@ class LocalCloud:
         self.final_ingest_stats: list[dict[str, Any]] = []  # each region's ingest figures at stop()
         self.replicator = Replicator(self._apply_replica, lag=replication_lag, failures=self.failures)
         self._services: ServiceHost | None = None
+        self.objects: ObjectStore | None = None  # S3-like objects for job documents, once started
         self.replicate_shadows = replicate_shadows
         self.ingest = ingest
         self.ingest_max_bytes = ingest_max_bytes
@@ -570,6 +603,12 @@ class LocalCloud:
             ca_file=self.ca_file,
         )
         try:
+            self.objects = ObjectStore(
+                self.workdir / "objects",
+                cert_file=server / "server.pem",
+                key_file=server / "server.key",
+                start_thread=self.failures.thread,
+            ).start()
             for name in self._names:
                 region = Region(
                     name,
@@ -591,12 +630,13 @@ class LocalCloud:
                     ingest=self.scheme if self.ingest else None,
                     ingest_max_bytes=self.ingest_max_bytes,
                     rules=self.rules,
+                    presign=self.objects.presign,
                 )
                 region.https = HttpsPublish(
                     region=name,
                     account=LOCAL_ACCOUNT,
                     registry=region.registry,
-                    publish=region.publish,
+                    publish=functools.partial(region.publish, acked=True),
                     ca_file=self.ca_file,
                     cert_file=server / "server.pem",
                     key_file=server / "server.key",
@@ -676,6 +716,8 @@ class LocalCloud:
         if not self._regions and self._services is None:
             return list(self.problems)  # stopped already
         self.replicator.close()
+        if self.objects is not None:
+            self.objects.stop()
         for region in self._regions.values():
             if region.https is not None:
                 region.https.stop()
@@ -743,6 +785,15 @@ class LocalCloud:
     def endpoints(self) -> list[Endpoint]:
         """Every region's endpoint, the first region first (the devices' preferred order)."""
         return [r.endpoint for r in self._regions.values()]
+
+    @property
+    def https_endpoints(self) -> list[Endpoint]:
+        """Every region's HTTPS publish endpoint (``transport="https"``), the first region first."""
+        return [
+            Endpoint(region=r.name, host=r.endpoint.host, port=r.https.port)
+            for r in self._regions.values()
+            if r.https is not None
+        ]
 
     def info(self) -> dict[str, Any]:
         """What `iotfleet cloud up --json` prints: endpoints, CA, claim credentials and template."""
@@ -875,6 +926,13 @@ class LocalCloud:
                 continue
             jobs.cancel_job(job_id, force=force, reason=reason, comment=comment)
 
+    def put_object(self, bucket: str, key: str, data: bytes) -> str:
+        """Store an object (a firmware image) for job documents; return its S3 URL, to put in a document as
+        ``${aws:iot:s3-presigned-url:<url>}``: devices get it presigned and fetch it over HTTPS."""
+        if self.objects is None:
+            raise CloudError("the local cloud is not started: start it before putting objects")
+        return self.objects.put(bucket, key, data, region=self._names[0])
+
     def add_things_to_group(self, group: str, things: Sequence[str], *, regions: Sequence[str] | None = None) -> None:
         """Put things in a thing group (for job targets ``group:<name>``) in ``regions`` (default: all)."""
         for name in regions or [r.name for r in self.regions]:
@@ -888,6 +946,13 @@ class LocalCloud:
             raise ConfigError(f"policy name {name!r} must be 1-128 characters of letters, digits and +=,.@-_")
         parsed = PolicyDocument.parse(document, name=f"policy {name}")
         self.policies[name] = json.loads(parsed.text)
+
+    def create_https_policy(self, tenant: str, site: str, thing: str) -> str:
+        """Create the policy of a thing that publishes over HTTPS only (:func:`iotfleet.policy.render_https`:
+        its own data streams, named literally); return its name, for ``ThingSpec(policy=...)``."""
+        name = f"iotfleet-https-{thing}"
+        self.create_policy(name, policy.render_https(self.scheme, tenant=tenant, site=site, thing=thing))
+        return name
 
     def _policy(self, name: str) -> dict[str, Any]:
         try:

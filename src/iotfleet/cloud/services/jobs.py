@@ -10,26 +10,23 @@ in the region's ``jobs.json``, written at most once a second and when the servic
 
 Job documents: ``${aws:iot:s3-presigned-url:<url>}`` placeholders are replaced, each time a device
 fetches the document, by a URL that expires (``presign``: by default the URL with AWS-like query
-parameters; the local cloud serves such URLs itself where it has a file server).
+parameters; the local cloud's :class:`~iotfleet.cloud.objects.ObjectStore` serves the objects it holds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
-import os
 import re
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from iotfleet._rate import TokenBucket, over_rate
 from iotfleet.cloud.jobs import Execution, JobConfig, JobsError, JobsState
+from iotfleet.cloud.objects import Presigner
 from iotfleet.cloud.registry import Registry
 from iotfleet.cloud.services.base import RegionService, ServiceHost
 from iotfleet.transport.base import InboundMessage
@@ -68,8 +65,7 @@ class JobsService(RegionService):
         self.registry = registry
         self.path = path
         self.state = JobsState.from_json(json.loads(path.read_text())) if path.exists() else JobsState()
-        self._secret = secret or os.urandom(32)
-        self.presign = presign or self._presign
+        self.presign = presign or Presigner(secret).sign
         self.requests = 0
         self.rejected: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
@@ -159,29 +155,6 @@ class JobsService(RegionService):
         job = self.state.job(job_id)
         text = _PRESIGNED.sub(lambda m: self.presign(m.group(1), job.config.presigned_url_expires_s), job.document)
         return json.loads(text)
-
-    def _presign(self, url: str, expires_s: int) -> str:
-        """``url`` with AWS's presigned-URL query parameters, signed with this service's secret (checked by
-        :meth:`presigned_valid`)."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        query = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Date": stamp, "X-Amz-Expires": str(expires_s)}
-        unsigned = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(query)}"
-        signature = hmac.new(self._secret, unsigned.encode(), hashlib.sha256).hexdigest()
-        return f"{unsigned}&X-Amz-Signature={signature}"
-
-    def presigned_valid(self, url: str, now: float | None = None) -> bool:
-        """Whether ``url`` is one this service presigned, unchanged and not expired."""
-        unsigned, sep, signature = url.rpartition("&X-Amz-Signature=")
-        if not sep or not hmac.compare_digest(
-            hmac.new(self._secret, unsigned.encode(), hashlib.sha256).hexdigest(), signature
-        ):
-            return False
-        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(unsigned).query))
-        try:
-            issued = time.mktime(time.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")) - time.timezone
-            return (time.time() if now is None else now) <= issued + int(query["X-Amz-Expires"])
-        except (KeyError, ValueError):
-            return False
 
     # ---------------------------------------------------------------- telling devices
 
