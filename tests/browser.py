@@ -75,4 +75,5 @@ def load(page: Path, workdir: Path, *, width: int = 1200, height: int = 8000, ti
     assert p.returncode == 0, f"chromium failed ({p.returncode}): {stderr[-2000:]}"
     assert shot.exists(), f"chromium wrote no screenshot: {stderr[-2000:]}"
     console = [line for line in stderr.splitlines() if ":CONSOLE" in line]
-    return Loaded(console, Image.open(shot))
+    with Image.open(shot) as image:  # read at once: a lazily read image would hold the file open
+        return Loaded(console, image.copy())

@@ -712,6 +712,35 @@ def _shard(value: str) -> tuple[int, int]:
 )
 @click.option("--reboot-offline", help="Simulated time a rebooting device stays offline [30s].")
 @click.option(
+    "--https-fraction",
+    type=click.FloatRange(min=0, max=1),
+    help="Share of the devices that publish their data over HTTPS only, with no MQTT connection (constrained "
+    "devices; each gets a publish-only policy of its own) [0].",
+)
+@click.option(
+    "--ota",
+    metavar="VERSION",
+    help="Roll firmware VERSION out to the luminaires with an IoT Jobs job in every region, once the fleet is "
+    "connected: each downloads it over HTTPS (a presigned URL), applies it, reboots and reports; the report's "
+    "'ota' section has the rollout curve.",
+)
+@click.option(
+    "--rollout-per-minute",
+    type=click.IntRange(min=1, max=1000),
+    help="Devices the rollout notifies a minute, fleet-wide (split over the regions) [1000].",
+)
+@click.option(
+    "--abort-failure-pct",
+    type=click.FloatRange(min=0, max=100, min_open=True),
+    help="Cancel the rollout (everywhere) once this percentage of the devices that finished failed [never].",
+)
+@click.option(
+    "--ota-failure-rate",
+    type=click.FloatRange(min=0, max=1),
+    help="Each device's chance that applying the image fails (FAILED) [0].",
+)
+@click.option("--ota-size", type=click.IntRange(min=1, max=16 << 20), help="Bytes of the firmware image [262144].")
+@click.option(
     "--keepalive",
     type=click.IntRange(min=1, max=1200),
     help="MQTT keepalive seconds [local cloud: 30, other targets: 1200 like the CRT]. A publishing device "
@@ -798,6 +827,12 @@ _FILE_KEYS = {
             "command_every",
             "reboot_share",
             "reboot_offline",
+            "https_fraction",
+            "ota",
+            "rollout_per_minute",
+            "abort_failure_pct",
+            "ota_failure_rate",
+            "ota_size",
         )
     },
     **{name: ("thresholds", name) for name in ("max_lost", "max_error_rate")},

@@ -100,7 +100,7 @@ def test_fleet_file_sections_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fleets: unknown section"):
         load_settings(path)
     path.write_text("[workload]\nspeeed = 5\n")
-    unknown = r"fleet.toml: workload.speeed: unknown key; known: command_every, duration, operator_every"
+    unknown = r"fleet.toml: workload.speeed: unknown key; known: abort_failure_pct, command_every, duration"
     with pytest.raises(ConfigError, match=unknown):
         load_settings(path)
 

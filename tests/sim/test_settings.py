@@ -52,7 +52,7 @@ def test_flags_given_beat_the_file_and_the_file_beats_the_defaults(tmp_path: Pat
         ("[thresholds]\nmax_error_rate = 'low'\n", "thresholds.max_error_rate: input should be a valid number"),
         ("[thresholds]\nmax_error_rate = nan\n", "thresholds.max_error_rate: input should be a finite number"),
         ("[thresholds]\nmax_losts = 1\n", "thresholds.max_losts: unknown key; known: max_error_rate, max_lost"),
-        ("[workload]\nspeeed = 5\n", "workload.speeed: unknown key; known: command_every, duration, operator_every"),
+        ("[workload]\nspeeed = 5\n", "workload.speeed: unknown key; known: abort_failure_pct, command_every, duration"),
         (
             "[target]\nendpoints = ['x:1']\nca = 'ca.pem'\nclaim_cert = 'c.pem'\nclaim_key = 'k.pem'\n",
             "target.ca: file ",

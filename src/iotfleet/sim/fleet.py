@@ -65,6 +65,7 @@ class SimDevice:
     seed: int
     device_type: str = "luminaire"
     home: str = ""  # the region its endpoint list starts with (set by the simulation's placement)
+    https: bool = False  # publishes its data over HTTPS only, with no MQTT connection (--https-fraction)
 
 
 def build_fleet(shape: FleetShape) -> list[SimDevice]:

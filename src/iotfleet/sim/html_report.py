@@ -106,6 +106,7 @@ def html_report(report: Mapping[str, Any], *, max_lost: int = 0, max_error_rate:
     ]
     parts += _time_series_parts(steps, regions, markers)
     parts.append(_distribution_chart(parsed))
+    parts += _ota_parts(None if parsed.raw.ota is None else parsed.raw.ota.summary(), markers, first_epoch)
     parts += _chaos_parts(samples)
     parts += _tables(report, regions)
     body = "\n".join(parts)
@@ -296,7 +297,7 @@ def _svg(chart: Any) -> str:
 
 
 def _marker_colour(event: Mapping[str, Any]) -> str:
-    return _FAULT_COLOUR if event["action"] in FAULTS else _RESTORE_COLOUR
+    return _FAULT_COLOUR if event["action"] in (*FAULTS, "abort") else _RESTORE_COLOUR
 
 
 def _marker_title(event: Mapping[str, Any], at: float) -> str:
@@ -305,6 +306,46 @@ def _marker_title(event: Mapping[str, Any], at: float) -> str:
 
 def _chart(title: str, caption: str, svg: str) -> str:
     return f'<section class="chart"><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>\n{svg}\n</section>'
+
+
+def _ota_parts(
+    ota: Mapping[str, Any] | None, markers: Sequence[tuple[Mapping[str, Any], float]], first_epoch: int | None
+) -> list[str]:
+    """The firmware rollout: devices on the new version over the run (the chaos events and the abort
+    dashed), and each region's job."""
+    if not ota or not ota.get("curve"):
+        return []
+    offset = ota["created_at"] - first_epoch if first_epoch is not None and ota.get("created_at") else 0.0
+    curve = [(offset + t, float(n)) for t, n in ota["curve"]]
+    end = max(curve[-1][0], offset + (ota["time_to_s"].get("100%") or 0.0))
+    lines: list[_Line] = [
+        (f"devices on {ota['version']}", _REGION_COLOURS[0], curve, None),
+        ("devices targeted", _GREY, [(offset, ota["targets"]), (end, ota["targets"])], _DASHED),
+    ]
+    events = list(markers)
+    if ota.get("aborted") and ota["aborted"].get("at_s") is not None:
+        abort = {"action": "abort", "region": ota["aborted"]["region"]}
+        events.append((abort, offset + ota["aborted"]["at_s"]))
+    caption = (
+        f"Devices that reported SUCCEEDED on {ota['version']} after their reboot, from the job's creation at "
+        f"{offset:.0f} s; chaos events and an abort dashed."
+    )
+    chart = _chart("Firmware rollout", caption, _time_chart("devices", lines, events, high=float(ota["targets"])))
+    rows = [
+        [region, job.get("status"), job.get("reasonCode", ""), *_process_counts(job)]
+        for region, job in sorted(ota.get("regions", {}).items())
+    ]
+    table = _table("Rollout job by region", ["region", "status", "reason", *_PROCESS_COLUMNS], rows)
+    return [chart, table]
+
+
+_PROCESS_COLUMNS = ("queued", "in progress", "succeeded", "failed", "timed out", "rejected", "canceled", "removed")
+
+
+def _process_counts(job: Mapping[str, Any]) -> list[int]:
+    details = job.get("jobProcessDetails", {})
+    names = ("Queued", "InProgress", "Succeeded", "Failed", "TimedOut", "Rejected", "Canceled", "Removed")
+    return [int(details.get(f"numberOf{name}Things", 0)) for name in names]
 
 
 def _distribution_chart(parsed: Report) -> str:

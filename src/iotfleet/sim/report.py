@@ -28,6 +28,7 @@ from typing import Any
 
 from iotfleet.errors import ConfigError
 from iotfleet.metrics import Histogram, SeqSet, Timeline
+from iotfleet.sim.ota import OtaFigures
 from iotfleet.sim.runner import WorkerMetrics
 
 __all__ = [
@@ -235,6 +236,7 @@ class Raw:
     shadow: dict[str, Any] = field(default_factory=lambda: {"device": {}, "operator": None})
     commands: CommandFigures | None = None  # None: the run sent no command
     timeline: Timeline = field(default_factory=Timeline)  # per second: sent, acked, errors, by region
+    ota: OtaFigures | None = None  # None: the run rolled out no firmware
 
     # ------------------------------------------------------------------ the parts of a run
 
@@ -261,6 +263,8 @@ class Raw:
         }
         raw.regions = {region: Counter(dict(counters)) for region, counters in w.by_region.items()}
         raw.timeline = w.timeline
+        if w.ota.targets:
+            raw.ota = w.ota
         if w.commands_received or w.commands_handled:
             raw.commands = CommandFigures(
                 received=w.commands_received, latency=w.command_ms, handled=Counter(w.commands_handled)
@@ -346,6 +350,10 @@ class Raw:
             if self.commands is None:
                 self.commands = CommandFigures()
             self.commands.merge(other.commands)
+        if other.ota is not None:
+            if self.ota is None:
+                self.ota = OtaFigures()
+            self.ota.merge(other.ota)
         self.timeline.merge(other.timeline)
         return self
 
@@ -368,6 +376,7 @@ class Raw:
             "shadow": self.shadow,
             **({} if self.commands is None else {"commands": self.commands.to_dict()}),
             **({"timeline": self.timeline.to_dict()} if self.timeline else {}),
+            **({} if self.ota is None else {"ota": self.ota.to_dict()}),
         }
 
     @classmethod
@@ -387,6 +396,7 @@ class Raw:
             shadow=data.get("shadow", {"device": {}, "operator": None}),
             commands=CommandFigures.from_dict(data["commands"]) if "commands" in data else None,
             timeline=Timeline.from_dict(data.get("timeline", {})),
+            ota=OtaFigures.from_dict(data["ota"]) if "ota" in data else None,
         )
 
 
@@ -408,6 +418,7 @@ class Report:
         ingest: Sequence[Mapping[str, Any]] | None,
         operator: Mapping[str, Any] | None = None,
         commands: Mapping[str, Any] | None = None,
+        ota: OtaFigures | None = None,
         duration_s: float,
         config: Mapping[str, Any],
         chaos: Sequence[Mapping[str, Any]] = (),
@@ -420,6 +431,8 @@ class Report:
             parts.append(Raw.of_operator(operator))
         if commands is not None:
             parts.append(Raw.of_commander(commands))
+        if ota is not None:
+            parts.append(Raw(ota=ota))
         raw = Raw.merged(parts)
         if ingest is not None and raw.ingested is None:
             raw.ingested = {}  # measured, and nothing arrived
@@ -478,6 +491,7 @@ class Report:
             "rejects": dict(counts["rejects"]),
             "shadow": raw.shadow,
             **({} if raw.commands is None else {"commands": raw.commands.summary()}),
+            **({} if raw.ota is None else {"ota": raw.ota.summary()}),
             **({"timeseries": raw.timeline.rows(sorted(raw.regions))} if raw.timeline else {}),
             "resources": {
                 "worker_cpu_s": round(totals.get("worker_cpu_s", 0), 3),
@@ -660,11 +674,28 @@ def summary_lines(report: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"latency ms p50 {latency['p50']}  p99 {latency['p99']}  max {latency['max']}",
             )
         )
+    ota = report.get("ota")
+    if ota:
+        rows.append(("firmware rollout", _ota_line(ota)))
     if report.get("rejects"):
         rows.append(("ingest rejects", ", ".join(f"{k}: {v}" for k, v in report["rejects"].items())))
     for region, counts in sorted(report["regions"].items()):
         rows.append((f"region {region}", ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))))
     return rows
+
+
+def _ota_line(ota: Mapping[str, Any]) -> str:
+    """The rollout's outcome, for the summary table."""
+    if ota.get("error"):
+        return f"{ota['version']}: did not start: {ota['error']}"
+    times = ", ".join(f"{share} in {'-' if s is None else f'{s:g} s'}" for share, s in ota["time_to_s"].items())
+    failures = ", ".join(f"{k} {v:,}" for k, v in sorted(ota["failures"].items()))
+    aborted = ota.get("aborted")
+    abort = "" if not aborted else f"; ABORTED in {aborted['region']} at {aborted['at_s']} s"
+    return (
+        f"{ota['version']}: {ota['updated']:,} of {ota['targets']:,} updated, {ota['failed']:,} failed"
+        f"{f' ({failures})' if failures else ''}, {ota['not_updated']:,} not updated; {times}{abort}"
+    )
 
 
 def _chaos_line(event: Mapping[str, Any]) -> str:

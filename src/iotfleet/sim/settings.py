@@ -26,6 +26,7 @@ from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
 from iotfleet.sim.fleet import FleetShape, Placement
+from iotfleet.sim.ota import OtaSpec
 from iotfleet.sim.shared_cloud import SharedCloud
 from iotfleet.sim.simulate import (
     LOCAL_RECONNECT,
@@ -70,6 +71,12 @@ class Workload(BaseModel):
     command_every: float | None = 3600.0  # simulated seconds between commands to one device; None: none
     reboot_share: float = Field(default=0.1, ge=0, le=1)  # of the commands that are reboots
     reboot_offline: float = 30.0  # simulated seconds a rebooting device stays offline
+    https_fraction: float = Field(default=0.0, ge=0, le=1)  # of the devices publish over HTTPS only
+    ota: str | None = Field(default=None, min_length=1, max_length=64)  # the firmware version to roll out
+    rollout_per_minute: int = Field(default=1000, ge=1, le=1000)
+    abort_failure_pct: float | None = Field(default=None, gt=0, le=100)
+    ota_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    ota_size: int = Field(default=256 * 1024, ge=1, le=16 << 20)  # bytes of the firmware image
 
     @field_validator("duration", "operator_every", "reboot_offline", mode="before")
     @classmethod
@@ -238,7 +245,22 @@ class SimSettings(BaseModel):
             start_at=run.start_at,
             metrics_port=run.metrics_port,
             metrics_host=run.metrics_host,
+            https_fraction=workload.https_fraction,
+            ota=self._ota(),
             **workers,
+        )
+
+    def _ota(self) -> OtaSpec | None:
+        workload = self.workload
+        if workload.ota is None:
+            return None
+        return OtaSpec(
+            workload.ota,
+            rollout_per_minute=workload.rollout_per_minute,
+            abort_failure_pct=workload.abort_failure_pct,
+            failure_rate=workload.ota_failure_rate,
+            size_bytes=workload.ota_size,
+            reboot_s=workload.reboot_offline,
         )
 
     def _base(self) -> Path:

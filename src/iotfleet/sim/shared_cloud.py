@@ -35,6 +35,7 @@ class SharedCloud:
     template: str
     control: Path | str  # the Unix socket's path, or "host:port" when the cloud serves TCP
     source: str  # where it was read from, for messages
+    https_endpoints: tuple[Endpoint, ...] = ()  # each region's HTTPS publish endpoint, where it has one
 
     @classmethod
     def from_file(cls, path: Path) -> SharedCloud:
@@ -71,6 +72,11 @@ class SharedCloud:
             raise ConfigError(f"{where}: regions: each needs name, host and port ({exc!r})") from exc
         if not endpoints:
             raise ConfigError(f"{where}: names no region")
+        https = tuple(
+            Endpoint(region=e.region, host=e.host, port=int(r["https_port"]))
+            for e, r in zip(endpoints, data["regions"], strict=True)
+            if isinstance(r.get("https_port"), int)
+        )
         control = data["control"] if isinstance(data["control"], dict) else {}
         tcp, unix = control.get("tcp"), control.get("unix")
         if isinstance(tcp, str) and tcp:
@@ -87,6 +93,7 @@ class SharedCloud:
             str(data["template"]),
             address,
             source,
+            https,
         )
 
     @property

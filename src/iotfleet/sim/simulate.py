@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import random
 import re
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.control import CHAOS_ACTIONS, Action
-from iotfleet.cloud.local import DEFAULT_REGIONS, LocalCloud, ThingSpec
+from iotfleet.cloud.local import DEFAULT_REGIONS, DEVICE_POLICY, HTTPS_TEMPLATE, LocalCloud, ThingSpec
 from iotfleet.cloud.rules import Rule
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.errors import ConfigError
@@ -31,6 +32,7 @@ from iotfleet.sim.access import CloudAccess, LocalAccess
 from iotfleet.sim.commands import Commander
 from iotfleet.sim.fleet import FleetShape, Placement, SimDevice, build_fleet, home_regions, shard_of
 from iotfleet.sim.operator import Operator
+from iotfleet.sim.ota import OtaDirector, OtaSpec
 from iotfleet.sim.report import Report
 from iotfleet.sim.runner import ClaimSettings, WorkerMetrics, WorkerSpec, default_workers, run_workers
 from iotfleet.sim.shared_cloud import SharedCloud
@@ -157,6 +159,8 @@ class SimConfig:
     start_at: float | None = None  # epoch when every shard's simulated time starts (a start barrier)
     metrics_port: int | None = None  # serve live Prometheus metrics here (0: any free port)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the pod from elsewhere
+    https_fraction: float = 0.0  # of the devices publish their data over HTTPS only (constrained devices)
+    ota: OtaSpec | None = None  # a fleet-wide firmware rollout over IoT Jobs
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
@@ -185,6 +189,7 @@ class SimConfig:
         if self.target is None:
             self.placement.check(self.region_names)
         self._check_operator()
+        self._check_local_only()
 
     def _check_operator(self) -> None:
         """The operator's settings: its desired-state rounds and its commands."""
@@ -196,6 +201,20 @@ class SimConfig:
             raise ConfigError("--command-every must be a positive duration, or 'off'")
         if not 0 <= self.reboot_share <= 1 or self.reboot_offline_s < 0:
             raise ConfigError("--reboot-share is a fraction from 0 to 1, and --reboot-offline a duration >= 0")
+
+    def _check_local_only(self) -> None:
+        """What only a local cloud (embedded or shared) serves: HTTPS devices' policies, firmware objects."""
+        if not 0 <= self.https_fraction <= 1:
+            raise ConfigError("--https-fraction is a fraction of the devices, from 0 to 1")
+        if self.https_fraction and self.target is not None:
+            raise ConfigError(
+                "--https-fraction works against the local cloud (embedded or --cloud): a real target needs "
+                "a provisioning template that gives such devices an HTTPS policy"
+            )
+        if self.ota is not None and self.target is not None:
+            raise ConfigError(
+                "--ota works against the local cloud (embedded or --cloud): it serves the firmware and the jobs"
+            )
 
     @property
     def region_names(self) -> list[str]:
@@ -281,7 +300,8 @@ class _Director:
         self.progress = progress
         directs = config.cloud is None or config.shard[0] == 0
         access = reached.access if directs else None
-        targets = fleet if config.cloud is not None else devices
+        # the operator's shadow changes and commands go to the devices that hold an MQTT connection
+        targets = [d for d in (fleet if config.cloud is not None else devices) if not d.https]
         self.pending = sorted(config.chaos, key=lambda e: e.at_s) if reached.chaos is not None and directs else []
         self.operator = None
         if access is not None and config.shadow:
@@ -296,7 +316,6 @@ class _Director:
             )
         self.commander = None
         self.devices = len(devices)  # commands start once this shard's devices are all connected
-        self.commands_from: float | None = None  # run time when the fleet was first all connected
         if access is not None and config.commands and config.command_every_s is not None:
             self.commander = Commander(
                 access,
@@ -308,6 +327,10 @@ class _Director:
                 speed=config.speed,
                 seed=config.shape.seed,
             )
+        self.ota = None
+        if access is not None and config.ota is not None:
+            self.ota = OtaDirector(access, config.region_names, targets, config.ota)
+        self.fleet_up_at: float | None = None  # run time when this shard's devices were first all connected
         # no desired change nor command in the last seconds of a timed run: devices need a moment to act
         self.operator_until = None if config.duration_s is None else config.duration_s - OPERATOR_QUIET_S
 
@@ -326,13 +349,16 @@ class _Director:
                 operator.change(self.config.operator_on_fault, progress.failed)
         if operator is not None:
             operator.tick(elapsed, progress.failed, until_s=self.operator_until)
-        if self.commander is not None:
-            # commands start once the whole fleet has connected: one sent before would find nobody
-            if self.commands_from is None and progress.total("connected") >= self.devices:
-                self.commands_from = elapsed
-            if self.commands_from is not None:
-                until = None if self.operator_until is None else self.operator_until - self.commands_from
-                self.commander.tick(elapsed - self.commands_from, progress.failed, until_s=until)
+        # commands and the rollout start once the whole fleet has connected: sent before, they'd find nobody
+        if self.fleet_up_at is None and progress.total("connected") >= self.devices:
+            self.fleet_up_at = elapsed
+        if self.commander is not None and self.fleet_up_at is not None:
+            until = None if self.operator_until is None else self.operator_until - self.fleet_up_at
+            self.commander.tick(elapsed - self.fleet_up_at, progress.failed, until_s=until)
+        if self.ota is not None and self.fleet_up_at is not None:
+            if self.ota.job is None:
+                self.ota.start()
+            self.ota.tick()
 
 
 @dataclass(frozen=True)
@@ -349,6 +375,7 @@ class Reached:
     access: CloudAccess | None = None  # the operator's: shadows and commands
     # each region's ingest figures (of these sites, and with the cloud's own figures if the bool)
     ingest: Callable[[Collection[str] | None, bool], list[dict[str, Any]]] | None = None
+    https_endpoints: Sequence[Endpoint] = ()  # each region's HTTPS publish endpoint
 
 
 class Simulation:
@@ -364,7 +391,10 @@ class Simulation:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         homes = home_regions(config.shape, config.region_names, config.placement)
-        self.fleet = [dataclasses.replace(d, home=homes[d.site_index]) for d in build_fleet(config.shape)]
+        self.fleet = [
+            dataclasses.replace(d, home=homes[d.site_index], https=_over_https(d, config.https_fraction))
+            for d in build_fleet(config.shape)
+        ]
         self.devices = shard_of(self.fleet, *config.shard)
         if not self.devices:
             raise ConfigError(f"shard {config.shard[0]}/{config.shard[1]} holds no site of this fleet")
@@ -407,6 +437,7 @@ class Simulation:
                 ingest=ingest,
                 operator=shadow,
                 commands=None if director.commander is None else director.commander.figures(),
+                ota=None if director.ota is None else director.ota.figures(),
                 duration_s=duration,
                 config=self.report_config(reached, len(specs)),
                 chaos=progress.chaos_done,
@@ -444,6 +475,7 @@ class Simulation:
                 chaos=control.chaos,
                 access=control,
                 ingest=lambda sites, whole: control.ingest_stats(sites, cloud=whole),
+                https_endpoints=shared.https_endpoints,
             )
         cloud = stack.enter_context(
             LocalCloud(
@@ -456,7 +488,17 @@ class Simulation:
             )
         )
         if config.provision == ProvisionMode.DIRECT:
-            cloud.register_things([ThingSpec(d.thing, d.tenant, d.site) for d in self.devices])
+            cloud.register_things(
+                [
+                    ThingSpec(
+                        d.thing,
+                        d.tenant,
+                        d.site,
+                        policy=cloud.create_https_policy(d.tenant, d.site, d.thing) if d.https else DEVICE_POLICY,
+                    )
+                    for d in self.devices
+                ]
+            )
             identity_dir = cloud.workdir / "things"
         return Reached(
             cloud.endpoints,
@@ -467,6 +509,7 @@ class Simulation:
             chaos=lambda action, region: getattr(cloud.region(region), action)(),
             access=LocalAccess(cloud),
             ingest=lambda sites, whole: cloud.ingest_stats(sites, cloud=whole),
+            https_endpoints=cloud.https_endpoints,
         )
 
     def worker_specs(self, reached: Reached, *, start_at: float) -> list[WorkerSpec]:
@@ -498,6 +541,9 @@ class Simulation:
                 publish_rate=None if account_rate is None else account_rate / len(chunks),
                 basic_ingest=INGEST_RULE if config.basic_ingest else None,
                 commands=config.commands,
+                https_endpoints=list(reached.https_endpoints),
+                https_template=HTTPS_TEMPLATE,
+                ota=config.ota,
             )
             for i, chunk in enumerate(chunks)
         ]
@@ -524,7 +570,15 @@ class Simulation:
             "account_publish_rate": config.publish_rate(),
             "basic_ingest": INGEST_RULE if config.basic_ingest else None,
             "rules": [{"name": r.name, "topic": r.topic_filter, "action": r.action} for r in config.rules],
+            "https": {"fraction": config.https_fraction, "devices": sum(d.https for d in self.devices)},
+            "ota": None if config.ota is None else dataclasses.asdict(config.ota),
         }
+
+
+def _over_https(device: SimDevice, fraction: float) -> bool:
+    """Whether ``device`` is one of the ``fraction`` that publish over HTTPS: decided by its seed alone,
+    so every shard and every rerun of the fleet agrees."""
+    return fraction > 0 and random.Random(device.seed ^ 0x48545450).random() < fraction
 
 
 def _target_name(config: SimConfig, reached: Reached) -> Any:

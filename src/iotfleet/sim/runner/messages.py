@@ -9,6 +9,7 @@ from pathlib import Path
 
 from iotfleet.config import Endpoint, Identity, PublishLimits, ReconnectPolicy
 from iotfleet.sim.fleet import SimDevice
+from iotfleet.sim.ota import OtaSpec
 
 __all__ = ["ClaimSettings", "WorkerMessage", "WorkerSpec"]
 
@@ -51,3 +52,6 @@ class WorkerSpec:
     publish_rate: float | None = None  # this worker's share of the account-wide publish quota, msg/s
     basic_ingest: str | None = None  # the rule that gets the devices' data by Basic Ingest, if any
     commands: bool = False  # devices subscribe to their commands and act on them
+    https_endpoints: Sequence[Endpoint] = ()  # each region's HTTPS publish endpoint, for devices with `https`
+    https_template: str | None = None  # the template devices with `https` provision by claim with
+    ota: OtaSpec | None = None  # the luminaires take part in this firmware rollout (IoT Jobs)

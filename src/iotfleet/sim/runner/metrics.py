@@ -17,6 +17,7 @@ from iotfleet.device.events import (
     PublishFailed,
 )
 from iotfleet.metrics import Histogram, SeqSet, Timeline
+from iotfleet.sim.ota import OtaFigures
 
 __all__ = ["SHADOW_PREFIX", "WorkerMetrics"]
 
@@ -62,6 +63,7 @@ class WorkerMetrics:
     commands_handled: Counter[str] = field(default_factory=Counter)
     # per second: sent, acked, errors, and by region acked, connects and disconnects; the ack latency
     timeline: Timeline = field(default_factory=Timeline)
+    ota: OtaFigures = field(default_factory=OtaFigures)  # the firmware rollout, if the run has one
 
     def error(self, kind: str) -> None:
         """Count one error of ``kind`` (and in its second of the timeline)."""

@@ -35,6 +35,7 @@ from iotfleet.errors import ClientError, IotFleetError
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
 from iotfleet.shadow.client import Shadow, ShadowSync
 from iotfleet.sim.fleet import SimDevice, home_first
+from iotfleet.sim.ota import run_ota
 from iotfleet.sim.runner.messages import WorkerMessage, WorkerSpec
 from iotfleet.sim.runner.metrics import WorkerMetrics
 from iotfleet.sim.runner.pacer import Pacer
@@ -114,10 +115,11 @@ async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics)
     if store.exists():
         return store.load().identity
     started = time.perf_counter()
+    template = spec.https_template if device.https and spec.https_template else spec.claim.template
     provisioner = FleetProvisioner(
         endpoints=home_first(spec.endpoints, device.home),
         claim=spec.claim.claim,
-        template=spec.claim.template,
+        template=template,
         parameters={"Tenant": device.tenant, "Site": device.site, "SerialNumber": device.thing},
         transport=spec.transport,
         timeout=30,
@@ -241,12 +243,13 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
         log.warning("%s: provisioning failed: %s", device.thing, exc)
         return
     metrics.region(device.home)["devices"] += 1
+    https = device.https and bool(spec.https_endpoints)  # a constrained device: HTTPS publish, no MQTT
     client = DeviceClient(
         identity=identity,
-        endpoints=home_first(spec.endpoints, device.home),
+        endpoints=home_first(spec.https_endpoints if https else spec.endpoints, device.home),
         tenant=device.tenant,
         site=device.site,
-        transport=spec.transport,
+        transport="https" if https else spec.transport,
         reconnect=spec.reconnect,
         limits=spec.limits,
         listeners=[metrics.on_event],
@@ -257,17 +260,25 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
     worker.clients.append(client)
     metrics.started += 1
     async with client:
-        if spec.commands and client.scope is not None:
+        if spec.commands and client.scope is not None and not https:
             command_filter = client.scheme.command_filter(client.scope)
             client.add_message_handler(command_filter, functools.partial(_on_command, client, metrics))
             await client.subscribe(command_filter)  # now if connected, else on the first session
         kind = DEVICE_TYPES[device.device_type]
         plan = _DevicePlan(device, client, spec, metrics, origin=asyncio.get_running_loop().time())
-        if spec.shadow and kind.shadow is not None:
+        if spec.shadow and kind.shadow is not None and not https:
             plan.shadow = _DeviceShadow(client, kind.shadow, plan.state, metrics)
         worker.pacer.add(plan)
+        ota = None
+        if spec.ota is not None and not https and hasattr(plan.state, "firmware"):
+            rollout = run_ota(device, client, plan.state, spec.ota, metrics.ota, ca_file=spec.ca_file, speed=spec.speed)
+            ota = asyncio.get_running_loop().create_task(rollout)
+            ota.add_done_callback(functools.partial(_ota_ended, metrics))
         await worker.stopping.wait()
         plan.active = False
+        if ota is not None:
+            ota.cancel()
+            await asyncio.gather(ota, return_exceptions=True)
         if plan.shadow is not None:
             await plan.shadow.stop()
         await client.close(spec.drain_s)
@@ -284,6 +295,13 @@ def _on_command(client: DeviceClient, metrics: WorkerMetrics, message: InboundMe
         return
     if metrics.on_command(command_id, command, sent_at_ms) and command == REBOOT:
         client.reboot(offline_s)
+
+
+def _ota_ended(metrics: WorkerMetrics, task: asyncio.Task[None]) -> None:
+    """A device's rollout task ends only when the device stops (cancelled); anything else is counted."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        metrics.error(f"ota: {type(exc).__name__}")
+        log.error("a device's firmware rollout task failed", exc_info=exc)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
