@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,9 +27,9 @@ def jobs_client(local_cloud: LocalCloud, lamp: Identity) -> Iterator[iotjobs.Iot
         yield iotjobs.IotJobsClientV2(client, options)
 
 
-def next_changed_stream(client: iotjobs.IotJobsClientV2) -> tuple[list[Any], Any]:
-    """Open the notify-next stream; return what it receives, once its subscription is established, and
-    the stream (keep it referenced: a stream that is collected closes)."""
+def open_stream(create: Callable[[Any], Any]) -> tuple[list[Any], Any]:
+    """Open the stream ``create(options)`` makes; return what it receives, once its subscription is
+    established, and the stream (keep it referenced: a stream that is collected closes)."""
     events: list[Any] = []
     subscribed = threading.Event()
 
@@ -38,13 +38,22 @@ def next_changed_stream(client: iotjobs.IotJobsClientV2) -> tuple[list[Any], Any
         if status is mqtt_request_response.SubscriptionStatusEventType.SUBSCRIPTION_ESTABLISHED:
             subscribed.set()
 
-    stream = client.create_next_job_execution_changed_stream(
-        iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name="lamp-1"),
-        awsiot_stream_options(events.append, on_status),
-    )
+    stream = create(awsiot_stream_options(events.append, on_status))
     stream.open()
-    assert subscribed.wait(10), "the notify-next subscription was not established"
+    assert subscribed.wait(10), "the stream's subscription was not established"
     return events, stream
+
+
+def next_changed_stream(client: iotjobs.IotJobsClientV2) -> tuple[list[Any], Any]:
+    """lamp-1's notify-next stream (see :func:`open_stream`)."""
+    request = iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name="lamp-1")
+    return open_stream(lambda options: client.create_next_job_execution_changed_stream(request, options))
+
+
+def executions_changed_stream(client: iotjobs.IotJobsClientV2) -> tuple[list[Any], Any]:
+    """lamp-1's notify stream (see :func:`open_stream`)."""
+    request = iotjobs.JobExecutionsChangedSubscriptionRequest(thing_name="lamp-1")
+    return open_stream(lambda options: client.create_job_executions_changed_stream(request, options))
 
 
 def test_aws_jobs_client_v2_runs_a_job_from_notify_to_succeeded(
@@ -215,3 +224,30 @@ def test_with_a_policy_open_on_the_jobs_namespace_any_unknown_topic_gets_invalid
     # the service answers in order: had it taken the two before for requests, their answers would be here
     rejected = [t for t, _ in probe.messages if t.endswith("/rejected")]
     assert rejected == [f"$aws/things/lamp-2/jobs/{p}/rejected" for p in ("foo", "fw-1/bar", "get/now")]
+
+
+def test_notify_is_sent_when_the_device_starts_a_job_and_not_when_it_stays_in_progress(
+    local_cloud: LocalCloud, jobs_client: iotjobs.IotJobsClientV2
+) -> None:
+    """The DG's ListNotification criteria: an execution queued, changed to a non-terminal status (QUEUED ->
+    IN_PROGRESS), or gone terminal; IN_PROGRESS again is no change of status."""
+    events, stream = executions_changed_stream(jobs_client)
+
+    def listed() -> list[dict[str, list[str]]]:
+        return [{status: [j.job_id for j in jobs] for status, jobs in (e.jobs or {}).items()} for e in events]
+
+    local_cloud.create_job("fw-5", targets=["lamp-1"], document=FIRMWARE, regions=["eu-west-1"])
+    assert wait_until(lambda: len(events) >= 1, 10)
+    jobs_client.start_next_pending_job_execution(
+        iotjobs.StartNextPendingJobExecutionRequest(thing_name="lamp-1")
+    ).result(10)
+    assert wait_until(lambda: len(events) >= 2, 10)
+    assert events[1].jobs["IN_PROGRESS"][0].version_number == 2
+    for status, details in (("IN_PROGRESS", {"step": "flashing"}), ("SUCCEEDED", None)):
+        jobs_client.update_job_execution(
+            iotjobs.UpdateJobExecutionRequest(thing_name="lamp-1", job_id="fw-5", status=status, status_details=details)
+        ).result(10)
+    assert wait_until(lambda: len(events) >= 3, 10)
+    # the service publishes in order: a notify for the second IN_PROGRESS would have come before the last one
+    assert listed() == [{"QUEUED": ["fw-5"]}, {"IN_PROGRESS": ["fw-5"]}, {}]
+    del stream

@@ -5,10 +5,11 @@ to ``<request>/accepted`` or ``<request>/rejected`` with ``timestamp`` (epoch se
 ``clientToken``, as IOT_CORE.md section 10 has them (so AWS's ``IotJobsClientV2`` matches them). Any other
 topic under a thing's jobs prefix that reaches the service (one its policy let the device publish) and is
 not an answer or a notification is refused with ``InvalidTopic`` on ``<topic>/rejected``. When a
-thing's pending executions change (one queued by the rollout, one gone terminal, canceled, timed out)
-it gets ``$aws/things/<thing>/jobs/notify``, and ``.../notify-next`` when the head of its list changes.
-A clock task rolls jobs out at their rate and times executions out, once a second. The state is kept
-in the region's ``jobs.json``, written at most once a second and when the service stops.
+thing's pending executions change (one queued by the rollout, one started: QUEUED -> IN_PROGRESS, one
+gone terminal, canceled, timed out) it gets ``$aws/things/<thing>/jobs/notify``, and ``.../notify-next``
+when the head of its list changes. A clock task rolls jobs out at their rate and times executions out,
+once a second. The state is kept in the region's ``jobs.json``, written at most once a second and when
+the service stops.
 
 Job documents: ``${aws:iot:s3-presigned-url:<url>}`` placeholders are replaced, each time a device
 fetches the document, by a URL that expires (``presign``: by default the URL with AWS-like query
@@ -198,7 +199,8 @@ class JobsService(RegionService):
         self.tell(things)
 
     def tell(self, things: Iterable[str]) -> None:
-        """Send ``notify`` to each thing whose pending list changed, ``notify-next`` if its head did."""
+        """Send ``notify`` to each thing whose pending list changed (an execution in or out of it, or one
+        whose status changed, as QUEUED -> IN_PROGRESS: the DG's criteria), ``notify-next`` if its head did."""
         now = int(time.time())
         for thing in things:
             self._dirty = True
