@@ -173,15 +173,22 @@ def _attach(db: sqlite3.Connection, thing: str, certificate_id: str) -> None:
     )
 
 
-def _check_version(db: sqlite3.Connection, name: str, expected: int | None) -> int | None:
-    """The thing's stored version (None: no such thing); :class:`VersionConflict` unless it is ``expected``
-    (when given)."""
+def _attached_things(db: sqlite3.Connection, certificate_id: str) -> list[str]:
+    """The things a certificate is attached to, in the order it was attached."""
+    rows = db.execute(
+        "SELECT thing FROM thing_principals WHERE certificate_id = ? ORDER BY attached, thing", (certificate_id,)
+    )
+    return [row[0] for row in rows]
+
+
+def _check_version(db: sqlite3.Connection, name: str, expected: int | None) -> None:
+    """:class:`VersionConflict` unless the thing is at version ``expected`` (when given)."""
+    if expected is None:
+        return
     row = db.execute("SELECT version FROM things WHERE name = ?", (name,)).fetchone()
-    stored = None if row is None else int(row[0])
-    if expected is not None and stored != expected:
-        found = "does not exist" if stored is None else f"is at version {stored}"
+    if row is None or row[0] != expected:
+        found = "does not exist" if row is None else f"is at version {row[0]}"
         raise VersionConflict(f"thing {name!r} {found}, not at the expected version {expected}")
-    return stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,13 +211,7 @@ class Registration:
         AttachThingPrincipal) and not to this one is refused."""
         thing, cert = self.thing, self.certificate
         _put_thing(db, thing.name, thing.attributes, bump=False)
-        others = [
-            row[0]
-            for row in db.execute(
-                "SELECT thing FROM thing_principals WHERE certificate_id = ? ORDER BY attached, thing",
-                (cert.certificate_id,),
-            )
-        ]
+        others = _attached_things(db, cert.certificate_id)
         if others and thing.name not in others:
             raise RegistryError(
                 f"certificate {cert.certificate_id[:12]}... is attached to thing {others[0]!r}; "
@@ -438,8 +439,10 @@ class Registry:
     def apply(self, *changes: Change) -> None:
         """Apply changes (registrations, policy attachments, status changes) in one transaction.
 
-        Applying the same change again is a no-op, so replication is idempotent. A certificate already
-        attached to another thing, an identity already used, or an unknown certificate fails the whole
+        Applying the same change again is a no-op, but for an UpdateThing (a :class:`ThingChange` that
+        puts an existing thing), which counts one more version each time, as on AWS: each change is
+        applied once in each region. A registration of a certificate attached to other things, an
+        identity already used, an unknown certificate or a version other than expected fails the whole
         transaction.
         """
         for change in changes:
@@ -503,10 +506,8 @@ class Registry:
 
     def things_of(self, certificate_id: str) -> list[str]:
         """The things ``certificate_id`` is attached to (ListPrincipalThings), in the order it was attached."""
-        rows = self._query(
-            "SELECT thing FROM thing_principals WHERE certificate_id = ? ORDER BY attached, thing", (certificate_id,)
-        )
-        return [row[0] for row in rows]
+        with self._lock:
+            return _attached_things(self._db, certificate_id)
 
     def policies_of(self, certificate_id: str) -> dict[str, dict[str, Any]]:
         """The policies attached to a certificate (ListPrincipalPolicies): name -> document."""
