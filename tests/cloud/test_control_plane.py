@@ -24,9 +24,10 @@ from iotfleet.device import DeviceClient
 from iotfleet.errors import IdentityRefused
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
 from iotfleet.provisioning.keys import KeyType, csr_pem, new_private_key
-from tests.conftest import Probes, identity_context, lamp_options
+from tests.conftest import Probe, Probes, identity_context, lamp_options
 
 ARN = "arn:aws:iot:eu-west-1:000000000000"
+NOT_AUTHORIZED = 0x87
 
 
 @pytest.fixture
@@ -229,3 +230,64 @@ def test_the_aws_cli_works_with_endpoint_url(api: ControlPlane, local_cloud: Loc
     )  # fmt: skip
     assert missing.returncode != 0
     assert "ResourceNotFoundException" in missing.stderr
+
+
+def test_a_thing_has_a_version_that_update_thing_counts_and_expected_version_guards(
+    api: ControlPlane, local_cloud: LocalCloud
+) -> None:
+    iot, other_region = client(api, "iot"), client(api, "iot", "us-east-1")
+    iot.create_thing(thingName="lamp-7", attributePayload={"attributes": {"site": "hq"}})
+    iot.create_thing(thingName="lamp-7", attributePayload={"attributes": {"site": "hq"}})  # the same: no change
+    assert iot.describe_thing(thingName="lamp-7")["version"] == 1
+    iot.update_thing(thingName="lamp-7", attributePayload={"attributes": {"room": "2"}, "merge": True})
+    with pytest.raises(iot.exceptions.VersionConflictException) as stale:
+        iot.update_thing(thingName="lamp-7", attributePayload={"attributes": {"room": "3"}}, expectedVersion=1)
+    assert stale.value.response["ResponseMetadata"]["HTTPStatusCode"] == 409
+    iot.update_thing(thingName="lamp-7", attributePayload={"attributes": {"room": "3"}}, expectedVersion=2)
+    described = iot.describe_thing(thingName="lamp-7")
+    assert (described["version"], described["attributes"]) == (3, {"room": "3"})
+    assert [(t["thingName"], t["version"]) for t in iot.list_things()["things"]] == [("lamp-7", 3)]
+    assert other_region.describe_thing(thingName="lamp-7")["version"] == 3  # replicated, same version
+    with pytest.raises(iot.exceptions.VersionConflictException):
+        iot.delete_thing(thingName="lamp-7", expectedVersion=2)
+    iot.delete_thing(thingName="lamp-7", expectedVersion=3)
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_thing(thingName="lamp-7")
+
+
+def test_a_certificate_attached_to_two_things_connects_as_either_with_that_things_policy_variables(
+    api: ControlPlane, local_cloud: LocalCloud, probes: Probes, tmp_path: Path
+) -> None:
+    iot = client(api, "iot")
+    for name in ("lamp-8", "lamp-9", "lamp-10"):
+        iot.create_thing(thingName=name, attributePayload={"attributes": {"tenant": "acme", "site": "hq"}})
+    keys = iot.create_keys_and_certificate(setAsActive=True)
+    iot.attach_policy(policyName=DEVICE_POLICY, target=keys["certificateArn"])
+    iot.attach_thing_principal(thingName="lamp-8", principal=keys["certificateArn"])
+    iot.attach_thing_principal(thingName="lamp-9", principal=keys["certificateArn"])  # non-exclusive: both
+    assert iot.list_thing_principals(thingName="lamp-9")["principals"] == [keys["certificateArn"]]
+    assert iot.list_principal_things(principal=keys["certificateArn"])["things"] == ["lamp-8", "lamp-9"]
+    with pytest.raises(iot.exceptions.InvalidRequestException):
+        iot.attach_thing_principal(
+            thingName="lamp-10", principal=keys["certificateArn"], thingPrincipalType="EXCLUSIVE_THING"
+        )
+    (tmp_path / "cert.pem").write_text(keys["certificatePem"])
+    (tmp_path / "key.pem").write_text(keys["keyPair"]["PrivateKey"])
+    files = Identity(thing_name="lamp-8", cert_file=tmp_path / "cert.pem", key_file=tmp_path / "key.pem",
+                     ca_file=local_cloud.ca_file)  # fmt: skip
+    endpoint = local_cloud.region("eu-west-1").endpoint
+
+    def device(client_id: str) -> Probe:
+        return probes(endpoint, client_id, identity_context(files))
+
+    lamp_8, lamp_9 = device("lamp-8"), device("lamp-9")
+    assert lamp_8.connect()  # the client id names the thing, among the certificate's
+    assert lamp_9.connect()
+    assert lamp_8.publish("dt/acme/hq/lamp-8/power", b"{}") in (0, 0x10)  # accepted (0x10: nobody subscribed)
+    assert lamp_9.publish("dt/acme/hq/lamp-9/power", b"{}") in (0, 0x10)
+    assert lamp_9.publish("dt/acme/hq/lamp-8/power", b"{}") == NOT_AUTHORIZED  # another thing's topic
+    assert not device("lamp-10").connect()  # not attached to lamp-10: the policy's IsAttached fails
+    iot.detach_thing_principal(thingName="lamp-8", principal=keys["certificateArn"])
+    assert iot.list_principal_things(principal=keys["certificateArn"])["things"] == ["lamp-9"]
+    assert not device("lamp-8").connect()
+    assert device("lamp-9").connect()

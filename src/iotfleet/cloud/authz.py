@@ -2,9 +2,10 @@
 written as the data file the plugin's C engine loads (``plugin/authz.c`` documents the format).
 
 The documents were validated by :class:`~iotfleet.policy_engine.PolicyDocument`; the file carries them
-statement by statement, with a principal per certificate: its thing (the thing variables resolve for a
-connection whose client id is that thing's name), the thing's type and attributes, the certificate's
-fields for ``${iot:Certificate.*}``, and which policies are attached. The plugin reloads the file on
+statement by statement, with a principal per certificate and thing it is attached to (the thing
+variables resolve for a connection whose client id is that thing's name; a certificate attached to
+several things is written once for each), the thing's type and attributes, the certificate's fields for
+``${iot:Certificate.*}``, and which policies are attached. The plugin reloads the file on
 SIGHUP, so the file is replaced atomically.
 """
 

@@ -14,11 +14,14 @@ header (e.g. ``ResourceNotFoundException``) and a JSON body with ``message``.
 Served (section 11's table): ``iot`` CreateThing, DescribeThing, ListThings, UpdateThing, DeleteThing,
 CreateKeysAndCertificate, CreateCertificateFromCsr, UpdateCertificate, DescribeCertificate, CreatePolicy,
 GetPolicy, AttachPolicy, DetachPolicy, AttachThingPrincipal, DetachThingPrincipal, ListThingPrincipals,
-CreateProvisioningTemplate, DescribeProvisioningTemplate, CreateJob, DescribeJob, CancelJob,
+ListPrincipalThings, CreateProvisioningTemplate, DescribeProvisioningTemplate, CreateJob, DescribeJob, CancelJob,
 ListJobExecutionsForJob, DescribeJobExecution, DescribeEndpoint; ``iot-data`` GetThingShadow,
 UpdateThingShadow, DeleteThingShadow (named shadows with ``?name=``), Publish. Things, certificates and
 their attachments are replicated to every region, as the local cloud's registrations are; policies and
-templates are the cloud's, jobs the region's.
+templates are the cloud's, jobs the region's. A thing's ``version`` is 1 at CreateThing and one more at
+each UpdateThing; UpdateThing and DeleteThing with ``expectedVersion`` refuse another version with 409
+VersionConflictException. A certificate may be attached to several things (AttachThingPrincipal's default
+NON_EXCLUSIVE_THING; EXCLUSIVE_THING is refused as not served here).
 
 aiohttp serves it (:mod:`iotfleet.cloud.http_server`, which says why).
 """
@@ -41,6 +44,7 @@ from iotfleet.cloud.http_server import AwsError, HttpServer
 from iotfleet.cloud.https_publish import parse_user_properties
 from iotfleet.cloud.jobs import JobsError
 from iotfleet.cloud.local import LOCAL_ACCOUNT, LocalCloud, Region
+from iotfleet.cloud.registry import Thing, ThingChange, VersionConflict
 from iotfleet.cloud.templates import ProvisioningTemplate
 from iotfleet.errors import CloudError, IotFleetError, ShadowRejected
 from iotfleet.topics import ShadowOp
@@ -180,6 +184,7 @@ class ControlPlane:
             ("iot", "PUT", "/things/{thingName}/principals", self.attach_thing_principal),
             ("iot", "DELETE", "/things/{thingName}/principals", self.detach_thing_principal),
             ("iot", "GET", "/things/{thingName}/principals", self.list_thing_principals),
+            ("iot", "GET", "/principals/things", self.list_principal_things),
             ("iot", "POST", "/provisioning-templates", self.create_provisioning_template),
             ("iot", "GET", "/provisioning-templates/{templateName}", self.describe_provisioning_template),
             ("iot", "PUT", "/jobs/{jobId}", self.create_job),
@@ -213,6 +218,7 @@ class ControlPlane:
         return {"thingName": name, "thingArn": self._arn(region, "thing", name), "thingId": _thing_id(name)}
 
     def create_thing(self, call: _Call) -> dict[str, Any]:
+        """CreateThing; the same thing again (same attributes) is no change and keeps its version."""
         name = call.params["thingName"]
         attributes = _attributes(call.json())
         existing = call.region.registry.thing(name)
@@ -220,13 +226,14 @@ class ControlPlane:
             raise AwsError(
                 409, "ResourceAlreadyExistsException", f"Thing {name} already exists with different attributes"
             )
-        self.cloud.put_thing(name, attributes, region=call.region.name)
+        if existing is None:
+            self.cloud.put_thing(name, attributes, region=call.region.name)
         return self._thing_out(call.region, name)
 
     def describe_thing(self, call: _Call) -> dict[str, Any]:
         thing = self._thing(call)
         return {**self._thing_out(call.region, thing.name), "defaultClientId": thing.name,
-                "attributes": dict(thing.attributes), "version": 1}  # fmt: skip
+                "attributes": dict(thing.attributes), "version": thing.version}  # fmt: skip
 
     def list_things(self, call: _Call) -> dict[str, Any]:
         name, value = call.query.get("attributeName"), call.query.get("attributeValue")
@@ -235,7 +242,7 @@ class ControlPlane:
         out: dict[str, Any] = {
             "things": [
                 {"thingName": t.name, "thingArn": self._arn(call.region, "thing", t.name),
-                 "attributes": dict(t.attributes), "version": 1}
+                 "attributes": dict(t.attributes), "version": t.version}
                 for t in things[start : start + size]
             ]
         }  # fmt: skip
@@ -250,15 +257,18 @@ class ControlPlane:
         given = _attributes(body)
         attributes = {**thing.attributes, **given} if payload.get("merge") else given
         attributes = {k: v for k, v in attributes.items() if v != ""}  # merge: "" removes an attribute
-        self.cloud.put_thing(thing.name, attributes, region=call.region.name)
+        expected = _version(body.get("expectedVersion"))
+        self.cloud.change(
+            ThingChange(Thing(thing.name, attributes), expected_version=expected), region=call.region.name
+        )
         return {}
 
     def delete_thing(self, call: _Call) -> dict[str, Any]:
-        if call.region.registry.thing(call.params["thingName"]) is not None:  # deleting nothing succeeds on AWS
-            try:
-                self.cloud.remove_thing(call.params["thingName"], region=call.region.name)
-            except IotFleetError as exc:
-                raise AwsError(400, "InvalidRequestException", exc.message) from exc
+        """DeleteThing: refused while principals are attached (400) or at another ``expectedVersion`` (409)."""
+        name = call.params["thingName"]
+        if call.region.registry.thing(name) is not None:  # deleting nothing succeeds on AWS
+            expected = _version(call.query.get("expectedVersion"))
+            self.cloud.change(ThingChange(Thing(name), delete=True, expected_version=expected), region=call.region.name)
         return {}
 
     # certificates
@@ -363,11 +373,14 @@ class ControlPlane:
         return cert_id
 
     def attach_thing_principal(self, call: _Call) -> dict[str, Any]:
+        """AttachThingPrincipal, NON_EXCLUSIVE_THING (AWS's default): the certificate keeps its other things."""
         thing = self._thing(call)
-        try:
-            self.cloud.attach_thing_principal(thing.name, self._principal(call), region=call.region.name)
-        except IotFleetError as exc:
-            raise AwsError(409, "ResourceAlreadyExistsException", exc.message) from exc
+        kind = call.query.get("thingPrincipalType", "NON_EXCLUSIVE_THING")
+        if kind != "NON_EXCLUSIVE_THING":
+            raise AwsError(
+                400, "InvalidRequestException", f"thingPrincipalType {kind} is not served here: NON_EXCLUSIVE_THING is"
+            )
+        self.cloud.attach_thing_principal(thing.name, self._principal(call), region=call.region.name)
         return {}
 
     def detach_thing_principal(self, call: _Call) -> dict[str, Any]:
@@ -379,6 +392,9 @@ class ControlPlane:
         thing = self._thing(call)
         certificates = call.region.registry.certificates_of(thing.name)
         return {"principals": [self._arn(call.region, "cert", c.certificate_id) for c in certificates]}
+
+    def list_principal_things(self, call: _Call) -> dict[str, Any]:
+        return {"things": call.region.registry.things_of(self._principal(call))}
 
     # provisioning templates
 
@@ -519,6 +535,8 @@ def _error(exc: AwsError | IotFleetError | JobsError) -> AwsError:
         return AwsError(_JOB_STATUS.get(exc.code, 400), f"{code}Exception", exc.message)
     if isinstance(exc, ShadowRejected):
         return AwsError(exc.code, _SHADOW_ERRORS.get(exc.code, "InternalFailureException"), exc.error)
+    if isinstance(exc, VersionConflict):
+        return AwsError(409, "VersionConflictException", exc.message)
     return AwsError(400, "InvalidRequestException", exc.message)
 
 
@@ -527,6 +545,17 @@ def _has_attribute(attributes: Mapping[str, str], name: str | None, value: str |
     if name is None:
         return True
     return name in attributes and (value is None or attributes[name] == value)
+
+
+def _version(value: Any) -> int | None:
+    """An ``expectedVersion`` (a JSON number in a body, a string in a query), or None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdecimal():
+        return int(value)
+    raise AwsError(400, "InvalidRequestException", f"expectedVersion {value!r} is not a whole number")
 
 
 def _thing_id(name: str) -> str:

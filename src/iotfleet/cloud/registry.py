@@ -1,11 +1,16 @@
 """A region's registry: things, certificates, policies and which policies each certificate has, in SQLite (WAL).
 
-As on AWS IoT, policies are attached to certificates (principals), any number each; a certificate is
-attached to at most one thing, and a thing may have several certificates (during a rotation). Every
-change is a value (:data:`Change`): a :class:`Registration`, a :class:`PolicyAttachment` or a
-:class:`StatusChange`, applied by :meth:`Registry.apply` in one transaction. Each region has its own
+As on AWS IoT, policies are attached to certificates (principals), any number each; a thing may have
+several certificates (during a rotation), and a certificate may be attached to several things
+(AttachThingPrincipal's default, NON_EXCLUSIVE_THING: the thing policy variables then resolve for the
+connection whose client id is one of those things' names). A thing record has a version: 1 when it is
+created, one more at each update (UpdateThing, or a registration that changes its attributes); an
+update or delete may require the version it expects (:class:`VersionConflict` otherwise). Every change
+is a value (:data:`Change`): a :class:`Registration`, a :class:`PolicyAttachment`, a
+:class:`StatusChange`, ... applied by :meth:`Registry.apply` in one transaction. Each region has its own
 file, as each AWS region has its own registry; :class:`Replicator` copies changes between them with a
-configurable lag (the shape of a DynamoDB global table).
+configurable lag (the shape of a DynamoDB global table), and a region applies them in the order they
+were made, so a thing has the same version in every region once its changes have arrived.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "Thing",
     "ThingChange",
     "ThingPrincipal",
+    "VersionConflict",
 ]
 
 _SCHEMA = """
@@ -51,17 +57,23 @@ CREATE TABLE IF NOT EXISTS policies (
 CREATE TABLE IF NOT EXISTS things (
     name TEXT PRIMARY KEY,
     attributes TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS certificates (
     id TEXT PRIMARY KEY,
     common_name TEXT NOT NULL UNIQUE,
     pem TEXT NOT NULL,
     status TEXT NOT NULL,
-    thing TEXT REFERENCES things(name) ON DELETE SET NULL,
     created REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS certificates_thing ON certificates(thing);
+CREATE TABLE IF NOT EXISTS thing_principals (
+    thing TEXT NOT NULL REFERENCES things(name) ON DELETE CASCADE,
+    certificate_id TEXT NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
+    attached REAL NOT NULL,
+    PRIMARY KEY (thing, certificate_id)
+);
+CREATE INDEX IF NOT EXISTS thing_principals_certificate ON thing_principals(certificate_id);
 CREATE TABLE IF NOT EXISTS principal_policies (
     certificate_id TEXT NOT NULL REFERENCES certificates(id) ON DELETE CASCADE,
     policy TEXT NOT NULL REFERENCES policies(name),
@@ -79,6 +91,18 @@ DROP TABLE things;
 ALTER TABLE things_v2 RENAME TO things;
 """
 
+# Registries written before a certificate could be attached to several things kept its one thing in a column.
+_MIGRATE_CERTIFICATE_THING = """
+INSERT OR IGNORE INTO thing_principals(thing, certificate_id, attached)
+    SELECT c.thing, c.id, c.created FROM certificates c JOIN things t ON c.thing = t.name;
+CREATE TABLE certificates_v2 (id TEXT PRIMARY KEY, common_name TEXT NOT NULL UNIQUE, pem TEXT NOT NULL,
+                              status TEXT NOT NULL, created REAL NOT NULL);
+INSERT INTO certificates_v2(id, common_name, pem, status, created)
+    SELECT id, common_name, pem, status, created FROM certificates;
+DROP TABLE certificates;
+ALTER TABLE certificates_v2 RENAME TO certificates;
+"""
+
 
 class CertificateStatus(StrEnum):
     """AWS IoT certificate states."""
@@ -89,12 +113,19 @@ class CertificateStatus(StrEnum):
     REVOKED = "REVOKED"
 
 
+class VersionConflict(RegistryError):
+    """An update or delete expected another version of the thing than the registry's (AWS's
+    VersionConflictException)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Thing:
-    """A registered thing; ``tenant`` and ``site`` are attributes the device policy reads."""
+    """A registered thing; ``tenant`` and ``site`` are attributes the device policy reads. ``version`` is
+    the registry record's, as read (a change given a thing leaves the version to the registry)."""
 
     name: str
     attributes: Mapping[str, str] = field(default_factory=dict)
+    version: int = 1
 
     @property
     def tenant(self) -> str | None:
@@ -107,7 +138,9 @@ class Thing:
 
 @dataclass(frozen=True, slots=True)
 class CertificateRecord:
-    """A certificate known to a region. ``common_name`` is the broker identity (the username)."""
+    """A certificate known to a region. ``common_name`` is the broker identity (the username). ``thing``:
+    in a :class:`Registration`, the thing it is attached to; as read, the first thing it was attached to
+    (:meth:`Registry.things_of` lists them all), or None."""
 
     certificate_id: str
     common_name: str
@@ -133,6 +166,31 @@ def _known_certificate(db: sqlite3.Connection, certificate_id: str) -> None:
         raise RegistryError(f"no certificate with id {certificate_id!r}")
 
 
+def _attach(db: sqlite3.Connection, thing: str, certificate_id: str) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO thing_principals(thing, certificate_id, attached) VALUES (?, ?, ?)",
+        (thing, certificate_id, time.time()),
+    )
+
+
+def _attached_things(db: sqlite3.Connection, certificate_id: str) -> list[str]:
+    """The things a certificate is attached to, in the order it was attached."""
+    rows = db.execute(
+        "SELECT thing FROM thing_principals WHERE certificate_id = ? ORDER BY attached, thing", (certificate_id,)
+    )
+    return [row[0] for row in rows]
+
+
+def _check_version(db: sqlite3.Connection, name: str, expected: int | None) -> None:
+    """:class:`VersionConflict` unless the thing is at version ``expected`` (when given)."""
+    if expected is None:
+        return
+    row = db.execute("SELECT version FROM things WHERE name = ?", (name,)).fetchone()
+    if row is None or row[0] != expected:
+        found = "does not exist" if row is None else f"is at version {row[0]}"
+        raise VersionConflict(f"thing {name!r} {found}, not at the expected version {expected}")
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """Everything a region needs to let one thing connect: the thing, its certificate (attached to it),
@@ -149,30 +207,28 @@ class Registration:
         return f"thing {self.thing.name}"
 
     def apply_to(self, db: sqlite3.Connection) -> None:
+        """The certificate is the thing's own identity: one attached to other things (by
+        AttachThingPrincipal) and not to this one is refused."""
         thing, cert = self.thing, self.certificate
-        db.execute(
-            "INSERT INTO things(name, attributes, created) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes",
-            (thing.name, _json(thing.attributes), time.time()),
-        )
-        row = db.execute("SELECT thing FROM certificates WHERE id = ?", (cert.certificate_id,)).fetchone()
-        if row is not None and row[0] not in (None, thing.name):
+        _put_thing(db, thing.name, thing.attributes, bump=False)
+        others = _attached_things(db, cert.certificate_id)
+        if others and thing.name not in others:
             raise RegistryError(
-                f"certificate {cert.certificate_id[:12]}... is attached to thing {row[0]!r}; "
-                f"detach it before attaching it to {thing.name!r}"
+                f"certificate {cert.certificate_id[:12]}... is attached to thing {others[0]!r}; "
+                f"detach it before registering it as {thing.name!r}'s"
             )
         try:
             db.execute(
-                "INSERT INTO certificates(id, common_name, pem, status, thing, created) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET status = excluded.status, thing = excluded.thing",
-                (cert.certificate_id, cert.common_name, cert.pem, cert.status, thing.name, time.time()),
+                "INSERT INTO certificates(id, common_name, pem, status, created) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET status = excluded.status",
+                (cert.certificate_id, cert.common_name, cert.pem, cert.status, time.time()),
             )
         except sqlite3.IntegrityError as exc:
             raise RegistryError(
                 f"another certificate already uses the identity {cert.common_name!r}: each certificate's "
                 "common name must be unique"
             ) from exc
+        _attach(db, thing.name, cert.certificate_id)
         for name, document in self.policies.items():
             PolicyAttachment(name, cert.certificate_id, document).apply_to(db)
 
@@ -227,11 +283,14 @@ class StatusChange:
 
 @dataclass(frozen=True, slots=True)
 class ThingChange:
-    """CreateThing or UpdateThing (``thing``'s attributes become the thing's), or DeleteThing (``delete``),
-    which AWS refuses while certificates are attached."""
+    """CreateThing (version 1) or UpdateThing (``thing``'s attributes become the thing's, and its version
+    goes up by one), or DeleteThing (``delete``), which AWS refuses while principals are attached. With
+    ``expected_version``, an update or delete of a thing at another version raises :class:`VersionConflict`.
+    Applied in every region in the same order, it leaves the same version everywhere."""
 
     thing: Thing
     delete: bool = False
+    expected_version: int | None = None
 
     def check(self) -> None:
         validate_thing_name(self.thing.name)
@@ -241,17 +300,25 @@ class ThingChange:
 
     def apply_to(self, db: sqlite3.Connection) -> None:
         name = self.thing.name
+        _check_version(db, name, self.expected_version)
         if not self.delete:
-            db.execute(
-                "INSERT INTO things(name, attributes, created) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes",
-                (name, _json(self.thing.attributes), time.time()),
-            )
+            _put_thing(db, name, self.thing.attributes, bump=True)
             return
-        attached = db.execute("SELECT count(*) FROM certificates WHERE thing = ?", (name,)).fetchone()[0]
+        attached = db.execute("SELECT count(*) FROM thing_principals WHERE thing = ?", (name,)).fetchone()[0]
         if attached:
             raise RegistryError(f"thing {name!r} has {attached} principal(s) attached: detach them before deleting it")
         db.execute("DELETE FROM things WHERE name = ?", (name,))
+
+
+def _put_thing(db: sqlite3.Connection, name: str, attributes: Mapping[str, str], *, bump: bool) -> None:
+    """Create the thing at version 1, or set its attributes: one version more with ``bump`` (UpdateThing),
+    else only if they change (a registration, so that applying it again changes nothing)."""
+    db.execute(
+        "INSERT INTO things(name, attributes, created, version) VALUES (?, ?, ?, 1) "
+        "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes, "
+        "version = version + (? OR attributes IS NOT excluded.attributes)",
+        (name, _json(attributes), time.time(), bump),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,16 +336,15 @@ class CertificateAddition:
     def apply_to(self, db: sqlite3.Connection) -> None:
         cert = self.certificate
         db.execute(
-            "INSERT OR IGNORE INTO certificates(id, common_name, pem, status, thing, created) "
-            "VALUES (?, ?, ?, ?, NULL, ?)",
+            "INSERT OR IGNORE INTO certificates(id, common_name, pem, status, created) VALUES (?, ?, ?, ?, ?)",
             (cert.certificate_id, cert.common_name, cert.pem, cert.status, time.time()),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ThingPrincipal:
-    """AttachThingPrincipal (``attach``) or DetachThingPrincipal of a certificate. Here a certificate is
-    attached to one thing at most (AWS's exclusive attachment)."""
+    """AttachThingPrincipal (``attach``) or DetachThingPrincipal of a certificate. A certificate may be
+    attached to any number of things (AWS's default, NON_EXCLUSIVE_THING)."""
 
     thing: str
     certificate_id: str
@@ -294,17 +360,12 @@ class ThingPrincipal:
         _known_certificate(db, self.certificate_id)
         if not self.attach:
             db.execute(
-                "UPDATE certificates SET thing = NULL WHERE id = ? AND thing = ?", (self.certificate_id, self.thing)
+                "DELETE FROM thing_principals WHERE thing = ? AND certificate_id = ?", (self.thing, self.certificate_id)
             )
             return
         if db.execute("SELECT 1 FROM things WHERE name = ?", (self.thing,)).fetchone() is None:
             raise RegistryError(f"no thing named {self.thing!r}")
-        row = db.execute("SELECT thing FROM certificates WHERE id = ?", (self.certificate_id,)).fetchone()
-        if row[0] not in (None, self.thing):
-            raise RegistryError(
-                f"certificate {self.certificate_id[:12]}... is attached to thing {row[0]!r}; detach it first"
-            )
-        db.execute("UPDATE certificates SET thing = ? WHERE id = ?", (self.thing, self.certificate_id))
+        _attach(db, self.thing, self.certificate_id)
 
 
 Change = Registration | PolicyAttachment | StatusChange | ThingChange | CertificateAddition | ThingPrincipal
@@ -313,8 +374,9 @@ Change = Registration | PolicyAttachment | StatusChange | ThingChange | Certific
 
 @dataclass(frozen=True, slots=True)
 class PrincipalRow:
-    """An ACTIVE certificate that has policies: what the broker's authorization data needs of it,
-    unparsed (``attributes`` and each document are JSON text) so a caller can cache what it renders."""
+    """An ACTIVE certificate that has policies, with one thing it is attached to (a certificate attached
+    to several things has a row for each): what the broker's authorization data needs of it, unparsed
+    (``attributes`` and each document are JSON text) so a caller can cache what it renders."""
 
     common_name: str
     thing: str | None
@@ -334,12 +396,28 @@ class Registry:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(things)")}
             self._db.executescript(_SCHEMA)
-            if "policy" in columns:
-                self._db.execute("PRAGMA foreign_keys=OFF")
-                self._db.executescript(f"BEGIN; {_MIGRATE_THING_POLICY} COMMIT;")
-                self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older iotfleet to this schema, in one transaction."""
+        steps = []
+        if "policy" in self._columns("things"):
+            steps.append(_MIGRATE_THING_POLICY)
+        if "thing" in self._columns("certificates"):
+            steps.append(_MIGRATE_CERTIFICATE_THING)
+        if "version" not in self._columns("things"):
+            steps.append("ALTER TABLE things ADD COLUMN version INTEGER NOT NULL DEFAULT 1;")
+        if not steps:
+            return
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            self._db.executescript(f"BEGIN; {''.join(steps)} COMMIT;")
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         with self._lock:
@@ -361,8 +439,10 @@ class Registry:
     def apply(self, *changes: Change) -> None:
         """Apply changes (registrations, policy attachments, status changes) in one transaction.
 
-        Applying the same change again is a no-op, so replication is idempotent. A certificate already
-        attached to another thing, an identity already used, or an unknown certificate fails the whole
+        Applying the same change again is a no-op, but for an UpdateThing (a :class:`ThingChange` that
+        puts an existing thing), which counts one more version each time, as on AWS: each change is
+        applied once in each region. A registration of a certificate attached to other things, an
+        identity already used, an unknown certificate or a version other than expected fails the whole
         transaction.
         """
         for change in changes:
@@ -376,8 +456,7 @@ class Registry:
         with self._tx() as db:
             try:
                 db.execute(
-                    "INSERT INTO certificates(id, common_name, pem, status, thing, created) "
-                    "VALUES (?, ?, ?, ?, NULL, ?)",
+                    "INSERT INTO certificates(id, common_name, pem, status, created) VALUES (?, ?, ?, ?, ?)",
                     (record.certificate_id, record.common_name, record.pem, record.status, time.time()),
                 )
             except sqlite3.IntegrityError as exc:
@@ -387,7 +466,8 @@ class Registry:
         """Delete a certificate that is still ``PENDING_ACTIVATION`` and attached to nothing; True if it was."""
         with self._tx() as db:
             deleted = db.execute(
-                "DELETE FROM certificates WHERE id = ? AND thing IS NULL AND status = ?",
+                "DELETE FROM certificates WHERE id = ? AND status = ? "
+                "AND NOT EXISTS (SELECT 1 FROM thing_principals tp WHERE tp.certificate_id = certificates.id)",
                 (certificate_id, CertificateStatus.PENDING_ACTIVATION.value),
             ).rowcount
         return deleted > 0
@@ -409,19 +489,25 @@ class Registry:
             return self._db.execute(sql, args).fetchall()
 
     def thing(self, name: str) -> Thing | None:
-        rows = self._query("SELECT name, attributes FROM things WHERE name = ?", (name,))
-        return Thing(rows[0][0], json.loads(rows[0][1])) if rows else None
+        rows = self._query("SELECT name, attributes, version FROM things WHERE name = ?", (name,))
+        return Thing(rows[0][0], json.loads(rows[0][1]), rows[0][2]) if rows else None
 
     def things(self) -> list[Thing]:
-        return [Thing(n, json.loads(a)) for n, a in self._query("SELECT name, attributes FROM things")]
+        return [Thing(n, json.loads(a), v) for n, a, v in self._query("SELECT name, attributes, version FROM things")]
 
     def certificates_of(self, thing: str) -> list[CertificateRecord]:
         """The certificates attached to ``thing`` (ListThingPrincipals), oldest first."""
         rows = self._query(
-            "SELECT id, common_name, pem, status, thing FROM certificates WHERE thing = ? ORDER BY created, id",
+            f"{_CERTIFICATE} JOIN thing_principals a ON a.certificate_id = c.id WHERE a.thing = ? "
+            "ORDER BY c.created, c.id",
             (thing,),
         )
         return [_cert(r) for r in rows]
+
+    def things_of(self, certificate_id: str) -> list[str]:
+        """The things ``certificate_id`` is attached to (ListPrincipalThings), in the order it was attached."""
+        with self._lock:
+            return _attached_things(self._db, certificate_id)
 
     def policies_of(self, certificate_id: str) -> dict[str, dict[str, Any]]:
         """The policies attached to a certificate (ListPrincipalPolicies): name -> document."""
@@ -433,16 +519,11 @@ class Registry:
         return {name: json.loads(document) for name, document in rows}
 
     def certificate_by_identity(self, common_name: str) -> CertificateRecord | None:
-        rows = self._query(
-            "SELECT id, common_name, pem, status, thing FROM certificates WHERE common_name = ?",
-            (common_name,),
-        )
+        rows = self._query(f"{_CERTIFICATE} WHERE c.common_name = ?", (common_name,))
         return _cert(rows[0]) if rows else None
 
     def certificate(self, certificate_id: str) -> CertificateRecord | None:
-        rows = self._query(
-            "SELECT id, common_name, pem, status, thing FROM certificates WHERE id = ?", (certificate_id,)
-        )
+        rows = self._query(f"{_CERTIFICATE} WHERE c.id = ?", (certificate_id,))
         return _cert(rows[0]) if rows else None
 
     def policy(self, name: str) -> dict[str, Any] | None:
@@ -467,23 +548,32 @@ class Registry:
         return policies
 
     def principals(self) -> list[PrincipalRow]:
-        """Every ACTIVE certificate with at least one policy: who may connect, and under which policies.
-        A certificate attached to no thing is a principal too (the thing variables do not resolve for it)."""
+        """Every ACTIVE certificate with at least one policy: who may connect, and under which policies;
+        one row for each thing it is attached to. A certificate attached to no thing is a principal too
+        (the thing variables do not resolve for it)."""
         rows = self._query(
-            "SELECT c.common_name, c.thing, COALESCE(t.attributes, '{}'), p.document "
-            "FROM certificates c LEFT JOIN things t ON c.thing = t.name "
+            "SELECT c.common_name, t.name, COALESCE(t.attributes, '{}'), p.document "
+            "FROM certificates c LEFT JOIN thing_principals tp ON tp.certificate_id = c.id "
+            "LEFT JOIN things t ON t.name = tp.thing "
             "JOIN principal_policies pp ON pp.certificate_id = c.id JOIN policies p ON p.name = pp.policy "
-            "WHERE c.status = ? ORDER BY c.common_name, p.name",
+            "WHERE c.status = ? ORDER BY c.common_name, t.name, p.name",
             (CertificateStatus.ACTIVE.value,),
         )
         principals: list[PrincipalRow] = []
         for common_name, thing, attributes, document in rows:
-            if principals and principals[-1].common_name == common_name:
-                last = principals[-1]
+            last = principals[-1] if principals else None
+            if last is not None and (last.common_name, last.thing) == (common_name, thing):
                 principals[-1] = PrincipalRow(common_name, thing, attributes, (*last.documents, document))
             else:
                 principals.append(PrincipalRow(common_name, thing, attributes, (document,)))
         return principals
+
+
+# A certificate with the first thing it was attached to (a correlated subquery: one row per certificate).
+_CERTIFICATE = (
+    "SELECT c.id, c.common_name, c.pem, c.status, (SELECT tp.thing FROM thing_principals tp "
+    "WHERE tp.certificate_id = c.id ORDER BY tp.attached, tp.thing LIMIT 1) FROM certificates c"
+)
 
 
 def _cert(row: tuple[Any, ...]) -> CertificateRecord:

@@ -11,7 +11,8 @@
  *   A <action pattern>                 of the last S (matched without regard to case)
  *   R <resource template>              of the last S
  *   C <operator> <quantifier> <if-exists 0|1> <key> <value>...   of the last S
- *   U <certificate CN> <thing> <thing type> <policy index>,...   a principal (thing and type may be empty)
+ *   U <certificate CN> <thing> <thing type> <policy index>,...   a principal (thing and type may be empty;
+ *                                      a certificate attached to several things has a U line for each)
  *   T <attribute> <value>              of the last U's thing
  *   X <certificate field> <value>      of the last U (a field given twice is multi-valued)
  * authz_check answers one request (action, resource ARN) of a connection (CN, client id, source IP):
@@ -170,12 +171,18 @@ static int authz_split(char *line, char **fields)
 	return n;
 }
 
-static struct authz_principal *authz_find(const struct authz_data *data, const char *cn)
+/* The principal of certificate cn: the one of its things named client_id if there is one (IoT Core's rule for
+ * a certificate attached to several things), else any (then no thing variable resolves). */
+static struct authz_principal *authz_find(const struct authz_data *data, const char *cn, const char *client_id)
 {
+	struct authz_principal *found = NULL;
 	if(data == NULL || cn == NULL || data->bucket_count == 0) return NULL;
-	struct authz_principal *u = data->buckets[authz_hash(cn) % data->bucket_count];
-	while(u && strcmp(u->cn, cn) != 0) u = u->next;
-	return u;
+	for(struct authz_principal *u = data->buckets[authz_hash(cn) % data->bucket_count]; u; u = u->next){
+		if(strcmp(u->cn, cn) != 0) continue;
+		if(u->thing && client_id && strcmp(u->thing, client_id) == 0) return u;
+		if(found == NULL) found = u;
+	}
+	return found;
 }
 
 static void authz_rehash(struct authz_data *data)
@@ -508,7 +515,7 @@ static int authz_applies(const struct authz_statement *st, const char *action, c
 int authz_check(const struct authz_data *data, const char *cn, const char *client_id, const char *source_ip,
 		const char *action, const char *resource)
 {
-	const struct authz_principal *u = authz_find(data, cn);
+	const struct authz_principal *u = authz_find(data, cn, client_id);
 	struct authz_request r;
 	int allowed = 0;
 	if(u == NULL) return AUTHZ_NO_PRINCIPAL;

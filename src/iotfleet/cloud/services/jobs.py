@@ -2,11 +2,14 @@
 
 Requests arrive on ``$aws/things/<thing>/jobs/{get,start-next,<jobId>/get,<jobId>/update}``; answers go
 to ``<request>/accepted`` or ``<request>/rejected`` with ``timestamp`` (epoch seconds) and the echoed
-``clientToken``, as IOT_CORE.md section 10 has them (so AWS's ``IotJobsClientV2`` matches them). When a
-thing's pending executions change (one queued by the rollout, one gone terminal, canceled, timed out)
-it gets ``$aws/things/<thing>/jobs/notify``, and ``.../notify-next`` when the head of its list changes.
-A clock task rolls jobs out at their rate and times executions out, once a second. The state is kept
-in the region's ``jobs.json``, written at most once a second and when the service stops.
+``clientToken``, as IOT_CORE.md section 10 has them (so AWS's ``IotJobsClientV2`` matches them). Any other
+topic under a thing's jobs prefix that reaches the service (one its policy let the device publish) and is
+not an answer or a notification is refused with ``InvalidTopic`` on ``<topic>/rejected``. When a
+thing's pending executions change (one queued by the rollout, one started: QUEUED -> IN_PROGRESS, one
+gone terminal, canceled, timed out) it gets ``$aws/things/<thing>/jobs/notify``, and ``.../notify-next``
+when the head of its list changes. A clock task rolls jobs out at their rate and times executions out,
+once a second. The state is kept in the region's ``jobs.json``, written at most once a second and when
+the service stops.
 
 Job documents: ``${aws:iot:s3-presigned-url:<url>}`` placeholders are replaced, each time a device
 fetches the document, by a URL that expires (``presign``: by default the URL with AWS-like query
@@ -33,13 +36,13 @@ from iotfleet.transport.base import InboundMessage
 
 __all__ = ["REQUEST_FILTERS", "JobsOperator", "JobsService"]
 
-REQUEST_FILTERS = (
-    "$aws/things/+/jobs/get",
-    "$aws/things/+/jobs/start-next",
-    "$aws/things/+/jobs/+/get",
-    "$aws/things/+/jobs/+/update",
-)
-_REQUEST = re.compile(r"\$aws/things/([^/]+)/jobs/(?:(get|start-next)|([^/]+)/(get|update))")
+# The whole jobs namespace: a request to no operation gets InvalidTopic, so the service must see it. It
+# sees its own answers and notifications too (the transport has no MQTT 5 no-local option), and drops them.
+REQUEST_FILTERS = ("$aws/things/+/jobs/#",)
+_JOBS_TOPIC = re.compile(r"\$aws/things/([^/]+)/jobs/(.*)")
+_OPERATIONS = ("get", "start-next")  # $aws/things/<thing>/jobs/<op>
+_EXECUTION_OPERATIONS = ("get", "update")  # $aws/things/<thing>/jobs/<jobId>/<op>
+_NOTIFICATIONS = ("notify", "notify-next")
 _PRESIGNED = re.compile(r"\$\{aws:iot:s3-presigned-url:([^}]+)\}")
 RATE_PER_THING = 20.0  # device requests a second per thing; IoT Core names none (IOT_CORE.md section 10)
 TICK_S = 1.0
@@ -85,24 +88,30 @@ class JobsService(RegionService):
     # ---------------------------------------------------------------- the MQTT path
 
     def on_message(self, message: InboundMessage) -> None:
-        match = _REQUEST.fullmatch(message.topic)
+        match = _JOBS_TOPIC.fullmatch(message.topic)
         if match is None:
             return
+        thing, rest = match.groups()
+        if rest in _NOTIFICATIONS or rest.endswith(("/accepted", "/rejected")):
+            return  # an answer or a notification (the service's own, as a rule): no request
         self.requests += 1
-        thing = match.group(1)
-        op = match.group(2) or match.group(4)
-        job_id = match.group(3)
-        self.serve(thing, op, job_id, message.payload, now=time.time())
+        job_id, _, op = rest.rpartition("/")
+        if not job_id or "/" in job_id or op not in _EXECUTION_OPERATIONS:
+            job_id, op = "", rest  # an operation of the thing (get, start-next), or none: InvalidTopic
+        self.serve(thing, op, job_id or None, message.payload, now=time.time())
 
     def serve(
         self, thing: str, op: str, job_id: str | None, payload: bytes, *, now: float
     ) -> tuple[str, dict[str, Any]]:
-        """Answer one request; return the answer's topic and body (also published)."""
+        """Answer one request (``op`` of the thing, or of its execution ``job_id``); return the answer's
+        topic and body (also published). An ``op`` that is no operation is refused with InvalidTopic."""
         base = f"$aws/things/{thing}/jobs/" + (op if job_id is None else f"{job_id}/{op}")
         token: str | None = None
         try:
             request = _parse(payload)
             token = request.get("clientToken") if isinstance(request.get("clientToken"), str) else None
+            if op not in (_OPERATIONS if job_id is None else _EXECUTION_OPERATIONS):
+                raise JobsError("InvalidTopic", f"{base} is no operation of the Jobs service")
             if self.registry.thing(thing) is None:
                 raise JobsError("ResourceNotFound", f"thing {thing} does not exist")
             if over_rate(self._buckets, thing, RATE_PER_THING, now):
@@ -163,7 +172,8 @@ class JobsService(RegionService):
         self.tell(things)
 
     def tell(self, things: Iterable[str]) -> None:
-        """Send ``notify`` to each thing whose pending list changed, ``notify-next`` if its head did."""
+        """Send ``notify`` to each thing whose pending list changed (an execution in or out of it, or one
+        whose status changed, as QUEUED -> IN_PROGRESS: the DG's criteria), ``notify-next`` if its head did."""
         now = int(time.time())
         for thing in things:
             self._dirty = True
