@@ -727,7 +727,7 @@ def _shard(value: str) -> tuple[int, int]:
 @click.option(
     "--rollout-per-minute",
     type=click.IntRange(min=1, max=1000),
-    help="Devices the rollout notifies a minute, fleet-wide (split over the regions) [1000].",
+    help="Devices the rollout notifies a minute, in each region's job (each over the whole fleet) [1000].",
 )
 @click.option(
     "--abort-failure-pct",

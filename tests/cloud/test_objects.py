@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -77,9 +78,37 @@ def test_a_job_document_gets_a_url_the_device_downloads_the_object_from(cloud: L
 
 
 def test_object_names_that_leave_the_store_are_refused(cloud: LocalCloud) -> None:
-    for bucket, key in (("firmware", "../../etc/passwd"), ("a/b", "x"), ("firmware", "")):
-        with pytest.raises(ConfigError, match="bucket and key"):
+    hostile = [
+        ("firmware", "../../etc/passwd"),
+        ("firmware", "/etc/passwd"),  # an absolute key would replace the store's path
+        ("..", "x"),
+        ("a/b", "x"),
+        ("firmware", ""),
+        ("firmware", "a//b"),
+        ("firmware", "a/./b"),
+    ]
+    for bucket, key in hostile:
+        with pytest.raises(ConfigError, match="naming rules"):
             cloud.put_object(bucket, key, b"x")
+    assert cloud.objects is not None
+    assert [p for p in cloud.workdir.rglob("*") if p.is_file() and "objects" in p.parts] == []
+    # nor can a job document name a file outside the store: presigned as a foreign URL, refused when fetched
+    escaped = cloud.objects.presign("https://s3.eu-west-1.amazonaws.com/firmware//etc/passwd", 60)
+    assert not escaped.startswith("https://localhost")
+
+
+def test_presigned_urls_last_their_time_in_any_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The date stamp is UTC: a summer-time zone must not take an hour off (or add one)."""
+    presigner = Presigner(b"k" * 32)
+    july = 1_783_000_000.0  # 2026-07-02, summer time in Berlin and New York
+    for zone in ("Europe/Berlin", "America/New_York", "UTC"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        url = presigner.sign("https://example.com/f.bin", 3600, now=july)
+        assert presigner.valid(url, now=july + 3599), zone
+        assert not presigner.valid(url, now=july + 3601), zone
+    monkeypatch.delenv("TZ")
+    time.tzset()
 
 
 def test_the_control_api_puts_objects_and_creates_describes_and_cancels_jobs(cloud: LocalCloud) -> None:
@@ -102,5 +131,7 @@ def test_the_control_api_puts_objects_and_creates_describes_and_cancels_jobs(clo
             client.describe_job("eu-west-1", "no-such-job")
         with pytest.raises(CloudError, match="object-put: expected"):
             client.request("object-put " + json.dumps({"bucket": "b", "key": "k", "data_b64": "%%%"}))
+        with pytest.raises(CloudError, match="not \\['regions'\\]"):  # a request cannot reach other arguments
+            client.create_job("fw-4", "lamps", document, {"regions": ["eu-west-1"]})
     document_url = cloud.region("eu-west-1").jobs.describe_execution("fw-3", "lamp-1")["jobDocument"]["url"]
     assert fetch(cloud, document_url) == (200, IMAGE)  # through the control API as base64, and back whole

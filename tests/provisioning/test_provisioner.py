@@ -292,7 +292,7 @@ def test_templates_load_from_files_in_either_shape_and_provision(tmp_path: Path)
     templates = [ProvisioningTemplate.from_file(body_file), ProvisioningTemplate.from_file(described)]
     assert [t.name for t in templates] == ["sensors", "lamps-v2"]
     with LocalCloud(workdir=tmp_path / "cloud", templates=templates, quotas=TEST_QUOTAS) as cloud:
-        assert cloud.info()["templates"] == ["iotfleet-default", "lamps-v2", "sensors"]
+        assert cloud.info()["templates"] == ["iotfleet-default", "iotfleet-https", "lamps-v2", "sensors"]
         for template, serial in (("sensors", "7"), ("lamps-v2", "8")):
             params = {"Tenant": "acme", "Site": "hq", "SerialNumber": serial}
             claim = FleetProvisioner(

@@ -33,14 +33,14 @@ def test_bad_rollout_settings_name_the_option(fields: dict[str, object], problem
 def test_the_job_it_asks_for_is_one_the_jobs_service_accepts() -> None:
     spec = OtaSpec("2.5.0+rc.1", rollout_per_minute=100, abort_failure_pct=20)
     assert spec.job_id == "ota-2_5_0_rc_1" == job_id_of("2.5.0+rc.1")
-    config = spec.job_config(regions=3)
-    assert config["jobExecutionsRolloutConfig"] == {"maximumPerMinute": 34}  # the fleet's rate over 3 regions
+    config = spec.job_config()
+    assert config["jobExecutionsRolloutConfig"] == {"maximumPerMinute": 100}  # each region's, over every device
     [criterion] = config["abortConfig"]["criteriaList"]
     assert criterion["thresholdPercentage"] == 20
     assert criterion["failureType"] == "FAILED"
     parsed = JobConfig.from_api(config)  # what CreateJob makes of it (raises on a bad field)
     assert parsed.presigned_url_expires_s == 3600
-    assert "abortConfig" not in OtaSpec("2.5.0").job_config(regions=2)
+    assert "abortConfig" not in OtaSpec("2.5.0").job_config()
 
 
 def test_the_image_is_the_same_bytes_for_a_version_and_as_long_as_asked() -> None:

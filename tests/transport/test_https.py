@@ -15,11 +15,11 @@ from iotfleet.cloud.local import HTTPS_TEMPLATE, LocalCloud, ThingSpec
 from iotfleet.config import LOCAL_FAST, Identity
 from iotfleet.device import DeviceClient
 from iotfleet.device.events import DeviceEvent, FailedOver, PublishFailed
-from iotfleet.errors import ClientError, ConnectError
+from iotfleet.errors import ClientError, ConnectError, IdentityRefused
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
-from iotfleet.transport.base import ConnectOptions, PubackCode
+from iotfleet.transport.base import ConnectOptions, PubackCode, refuses_identity
 from iotfleet.transport.https import HttpsTransport, puback_of_status, user_properties_header
-from tests.conftest import TEST_QUOTAS, UNLIMITED
+from tests.conftest import TEST_QUOTAS, UNLIMITED, until
 
 READING = {"ts": 1_700_000_000, "power_w": 12.5, "dim": 40, "lux": 300.0, "occupancy": True, "temperature_c": 21.0}
 
@@ -139,7 +139,57 @@ def test_a_dead_endpoint_is_a_connect_error_naming_it(cloud: LocalCloud) -> None
                 endpoint, ConnectOptions(client_id="meter-1", identity=meter, connect_timeout_s=0.5)
             )
         assert silent.value.reason == "timeout"
+        # killed while it holds a request: the connection is reset at once, not drained for a minute
+        https = cloud.region("eu-west-1").https
+        assert https is not None
+        before = https.held  # the request of the attempt that timed out is held still: its client left
+        held = asyncio.ensure_future(
+            HttpsTransport().connect(endpoint, ConnectOptions(client_id="meter-1", identity=meter))
+        )
+        assert await until(lambda: https.held == before + 1)
+        assert not held.done()
+        await asyncio.wait_for(asyncio.to_thread(cloud.region("eu-west-1").kill), 5)
+        with pytest.raises(ConnectError) as reset:  # aiohttp tries a HEAD once more: refused by then
+            await asyncio.wait_for(held, 5)
+        assert reset.value.reason in ("reset", "io", "refused")
+        assert https.held == 0
         cloud.region("eu-west-1").restore()
+
+    asyncio.run(scenario())
+
+
+def test_a_certificate_the_region_does_not_take_is_refused_at_connect_and_nothing_is_dropped(
+    cloud: LocalCloud,
+) -> None:
+    """As a failed handshake is over MQTT (IoT Core's answer): the device keeps its messages."""
+
+    async def scenario() -> None:
+        meter = https_meter(cloud)
+        certificate_id = cloud.region("eu-west-1").registry.certificates_of("meter-1")[0].certificate_id
+        await asyncio.to_thread(cloud.update_certificate, certificate_id, "INACTIVE")
+        with pytest.raises(ConnectError) as refused:
+            await HttpsTransport().connect(
+                cloud.https_endpoints[0], ConnectOptions(client_id="meter-1", identity=meter)
+            )
+        assert refused.value.reason == "tls"
+        assert refuses_identity(refused.value.reason)
+        async with DeviceClient(
+            identity=meter,
+            endpoints=cloud.https_endpoints,
+            tenant="acme",
+            site="hq",
+            transport="https",
+            reconnect=LOCAL_FAST,
+            limits=UNLIMITED,
+            connect_wait_s=0,
+        ) as device:
+            queued = device.enqueue("telemetry", READING)
+            with pytest.raises(IdentityRefused):  # every region refuses it: said, as over MQTT
+                await device.wait_connected(10)
+            assert not queued.done()
+            assert len(device.outbox) == 1  # kept for when the certificate is ACTIVE again
+            await asyncio.to_thread(cloud.update_certificate, certificate_id, "ACTIVE")
+            assert (await asyncio.wait_for(queued, 10)).reason_code == 0
 
     asyncio.run(scenario())
 

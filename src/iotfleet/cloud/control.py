@@ -35,7 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from iotfleet.cloud.jobs import JobsError
+from iotfleet.cloud.jobs import CONFIG_FIELDS, JobsError
 from iotfleet.cloud.local import LocalCloud, Region
 from iotfleet.errors import CloudError, ConfigError, IotFleetError
 from iotfleet.metrics import Histogram, SeqSet
@@ -172,6 +172,9 @@ class ControlServer:
             cloud.add_things_to_group(str(request["group"]), [str(t) for t in request["things"]])
         elif verb == "job-create":
             config = dict(request["config"])
+            unknown = sorted(set(config) - CONFIG_FIELDS)
+            if unknown:
+                raise ConfigError(f"job-create: config takes CreateJob's {sorted(CONFIG_FIELDS)}, not {unknown}")
             cloud.create_job(
                 str(request["job_id"]), targets=[f"group:{request['group']}"], document=request["document"], **config
             )

@@ -521,7 +521,7 @@ class ControlPlane:
             properties = parse_user_properties(call.headers.get("x-amz-mqtt5-user-properties"))
         except ValueError as exc:
             raise AwsError(400, "InvalidRequestException", str(exc)) from exc
-        if not call.region.publish(call.params["topic"], call.body, properties):
+        if not call.region.publish(call.params["topic"], call.body, properties, acked=True):
             raise AwsError(503, "ServiceUnavailableException", f"region {call.region.name} is down")
         return {}
 

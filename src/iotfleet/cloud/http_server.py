@@ -36,6 +36,21 @@ class AwsError(Exception):
         return web.Response(status=self.status, text=body, headers=headers)
 
 
+async def _abort(runner: web.AppRunner, held: set[asyncio.Task[Any]]) -> None:
+    """Close the listening sockets, cancel the requests held by :meth:`HttpServer.freeze` (they are
+    never answered), abort every connection (no graceful drain) and clean up."""
+    for site in list(runner.sites):
+        await site.stop()
+    server = runner.server
+    for handler in list(server.connections if server is not None else ()):
+        if handler.transport is not None:
+            handler.transport.abort()
+        handler.force_close()
+    for task in list(held):
+        task.cancel()
+    await runner.cleanup()
+
+
 class HttpServer:
     """``handler`` for every request on ``host:port`` (0: a free port, then :attr:`port`), over TLS with
     ``ssl_context``; bodies up to ``max_body`` bytes.
@@ -61,6 +76,7 @@ class HttpServer:
         self._thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self._open: asyncio.Event | None = None  # cleared while frozen
+        self._held: set[asyncio.Task[Any]] = set()  # requests waiting at the gate while frozen
 
     def start(self) -> int:
         """Listen; return the port."""
@@ -78,21 +94,33 @@ class HttpServer:
     async def _serve(self) -> int:
         app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/{tail:.*}", self._gate)
-        runner = self._runner = web.AppRunner(app, access_log=None)
+        runner = self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
         return int(runner.addresses[0][1])
 
     async def _gate(self, request: web.Request) -> web.StreamResponse:
-        if self._open is not None:
-            await self._open.wait()
+        if self._open is not None and not self._open.is_set():
+            task = asyncio.current_task()
+            assert task is not None  # noqa: S101 - aiohttp runs each request in a task
+            self._held.add(task)
+            try:
+                await self._open.wait()
+            finally:
+                self._held.discard(task)
         return await self.handler(request)
 
+    @property
+    def held(self) -> int:
+        """Requests held unanswered while frozen."""
+        return len(self._held)
+
     def kill(self) -> None:
-        """Stop listening and drop the connections (:meth:`restore` listens again on the same port)."""
+        """Stop listening and reset every connection at once, answered or not, as a dead host does
+        (:meth:`restore` listens again on the same port)."""
         if self._thread is not None and self._runner is not None:
             runner, self._runner = self._runner, None
-            self._thread.call(runner.cleanup(), timeout=10)
+            self._thread.call(_abort(runner, self._held), timeout=10)
 
     def freeze(self) -> None:
         """Hold every request unanswered until :meth:`restore`."""

@@ -18,7 +18,6 @@ Answers: 200 ``{"message": "OK", "traceId": ...}``; errors in AWS's shape (``{"m
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import ssl
@@ -26,7 +25,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -45,8 +44,10 @@ MAX_PAYLOAD = 128 * 1024  # IoT Core's message size limit
 
 class HttpsPublish:
     """One region's HTTPS publish endpoint on ``host`` (an ephemeral port: :attr:`port`), on its own
-    loop thread. ``publish(topic, payload, user_properties)`` hands a message to the region's broker
-    (False when the region is down)."""
+    loop thread. ``publish(topic, payload, user_properties)`` hands a message to the region's broker and
+    returns once the broker acknowledged it (False when the region is down). ``HEAD`` answers 200 for an
+    ACTIVE certificate and 401 otherwise, so a client can check the endpoint takes it before it sends (on
+    IoT Core such a certificate fails the handshake)."""
 
     def __init__(
         self,
@@ -54,7 +55,7 @@ class HttpsPublish:
         region: str,
         account: str,
         registry: Registry,
-        publish: Callable[[str, bytes, list[tuple[str, str]]], bool],
+        publish: Callable[[str, bytes, list[tuple[str, str]]], Awaitable[bool]],
         ca_file: Path,
         cert_file: Path,
         key_file: Path,
@@ -95,15 +96,24 @@ class HttpsPublish:
     def restore(self) -> None:
         self._server.restore()
 
+    @property
+    def held(self) -> int:
+        """Requests held unanswered while the region is blackholed."""
+        return self._server.held
+
     async def _handle(self, request: web.Request) -> web.Response:
         trace = str(uuid.uuid4())
         try:
+            if request.method == "HEAD":  # a client checking the endpoint takes its certificate
+                if not self._is_active(_common_name(request)):
+                    raise AwsError(401, "UnauthorizedException", "the certificate is not ACTIVE in this region")
+                return web.Response(status=200)
             topic, qos, payload, properties, common_name = await self._read(request)
             self._authorize(common_name, topic)
             if self._bucket is not None and self._bucket.acquire(time.monotonic()) > 0:
                 raise AwsError(429, "ThrottlingException", "Rate exceeded: the account's publish quota")
             del qos  # delivered at QoS 1 through the broker either way
-            if not await asyncio.to_thread(self._publish, topic, payload, properties):
+            if not await self._publish(topic, payload, properties):
                 raise AwsError(503, "ServiceUnavailableException", f"region {self.region} is unavailable")
         except AwsError as refused:
             self.refused[refused.code] = self.refused.get(refused.code, 0) + 1
@@ -131,6 +141,10 @@ class HttpsPublish:
         if len(payload) > MAX_PAYLOAD:
             raise AwsError(413, "RequestEntityTooLargeException", f"the payload is over {MAX_PAYLOAD} bytes")
         return topic, int(qos_text), payload, _user_properties(request), _common_name(request)
+
+    def _is_active(self, common_name: str) -> bool:
+        record = self.registry.certificate_by_identity(common_name)
+        return record is not None and record.status is CertificateStatus.ACTIVE
 
     def _authorize(self, common_name: str, topic: str) -> None:
         record = self.registry.certificate_by_identity(common_name)

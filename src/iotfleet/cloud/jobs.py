@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "CONFIG_FIELDS",
     "AbortCriterion",
     "Execution",
     "ExecutionStatus",
@@ -64,6 +65,18 @@ class JobStatus(StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     COMPLETED = "COMPLETED"
     CANCELED = "CANCELED"
+
+
+CONFIG_FIELDS = frozenset(
+    {
+        "targetSelection",
+        "jobExecutionsRolloutConfig",
+        "abortConfig",
+        "timeoutConfig",
+        "jobExecutionsRetryConfig",
+        "presignedUrlConfig",
+    }
+)  # CreateJob's fields that configure a job (JobConfig.from_api)
 
 
 class JobsError(Exception):

@@ -8,9 +8,9 @@ CONNECT, SUBSCRIBE, PUBLISH and delivery as IoT Core does, and is reloaded on ev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-import functools
 import ipaddress
 import json
 import logging
@@ -305,6 +305,15 @@ class Region:
             return operator.publish(topic, payload, user_properties)
 
         return host.call(send())
+
+    async def deliver(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+        """:meth:`publish` with ``acked``, awaited from another event loop (HTTPS publish's) without
+        holding a thread while the broker answers."""
+        operator, host = self._operator, self._host
+        if operator is None or host is None:
+            raise CloudError(f"region {self.name} has no services: start the cloud first")
+        sent = asyncio.run_coroutine_threadsafe(operator.deliver(topic, payload, user_properties), host.loop)
+        return await asyncio.wrap_future(sent)
 
     @property
     def shadows(self) -> ShadowOperator:
@@ -636,7 +645,7 @@ class LocalCloud:
                     region=name,
                     account=LOCAL_ACCOUNT,
                     registry=region.registry,
-                    publish=functools.partial(region.publish, acked=True),
+                    publish=region.deliver,
                     ca_file=self.ca_file,
                     cert_file=server / "server.pem",
                     key_file=server / "server.key",

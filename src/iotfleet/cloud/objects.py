@@ -13,6 +13,7 @@ of an object it holds is signed as its own URL. Answers, in S3's shape (an XML `
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import hmac
 import os
@@ -36,7 +37,8 @@ __all__ = ["ObjectStore", "Presigner", "s3_url"]
 
 _S3_PATH: Final = re.compile(r"https://s3[.-][a-z0-9-]*\.?amazonaws\.com/([^/?]+)/([^?]+)")
 _S3_HOST: Final = re.compile(r"https://([^./]+)\.s3[.-][a-z0-9.-]*amazonaws\.com/([^?]+)")
-_NAME: Final = re.compile(r"[A-Za-z0-9!_.*'()/-]{1,1024}")
+_BUCKET: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket naming rules
+_KEY_SEGMENT: Final = re.compile(r"[A-Za-z0-9!_.*'()-]+")
 _DATE: Final = "%Y%m%dT%H%M%SZ"
 
 
@@ -64,7 +66,7 @@ class Presigner:
             return False
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(unsigned).query))
         try:
-            issued = time.mktime(time.strptime(query["X-Amz-Date"], _DATE)) - time.timezone
+            issued = calendar.timegm(time.strptime(query["X-Amz-Date"], _DATE))  # the stamp is UTC
             return (time.time() if now is None else now) <= issued + int(query["X-Amz-Expires"])
         except (KeyError, ValueError):
             return False
@@ -101,6 +103,9 @@ class ObjectStore:
         self.served = 0
         self.served_bytes = 0
         self.refused: dict[str, int] = {}
+        self._held = {  # what is stored, so presigning needs no disk access on the services' loop
+            str(path.relative_to(directory)) for path in directory.glob("*/**/*") if path.is_file()
+        }
 
     def start(self) -> ObjectStore:
         self.port = self._server.start()
@@ -112,6 +117,7 @@ class ObjectStore:
     def put(self, bucket: str, key: str, data: bytes, *, region: str) -> str:
         """Store ``data`` as ``bucket``/``key``; return its S3 URL (for ``${aws:iot:s3-presigned-url:...}``)."""
         write_private(self._path(bucket, key), data)
+        self._held.add(f"{bucket}/{key}")
         return s3_url(region, bucket, key)
 
     def presign(self, url: str, expires_s: int) -> str:
@@ -119,14 +125,28 @@ class ObjectStore:
         match = _S3_PATH.fullmatch(url) or _S3_HOST.fullmatch(url)
         if match is not None:
             bucket, key = match.group(1), urllib.parse.unquote(match.group(2))
-            if self._path(bucket, key).is_file():
+            if f"{bucket}/{key}" in self._held:
                 url = f"https://{self.advertise}:{self.port}/{bucket}/{urllib.parse.quote(key)}"
         return self.presigner.sign(url, expires_s)
 
     def _path(self, bucket: str, key: str) -> Path:
-        if not _NAME.fullmatch(bucket) or "/" in bucket or not _NAME.fullmatch(key) or ".." in key.split("/"):
-            raise ConfigError(f"object {bucket}/{key}: a bucket and key of letters, digits and !_.*'()/- only")
-        return self.directory / bucket / key
+        """Where ``bucket``/``key`` lives: an S3 bucket name, and a key of ``/``-separated segments of
+        S3's safe characters (none empty, ``.`` or ``..``), so nothing names a file outside the store."""
+        segments = key.split("/")
+        if (
+            not _BUCKET.fullmatch(bucket)
+            or ".." in bucket
+            or len(key) > 1024
+            or not all(_KEY_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
+        ):
+            raise ConfigError(
+                f"object {bucket}/{key}: the bucket must follow S3's naming rules (3-63 of a-z, 0-9, '.' and "
+                "'-') and the key be '/'-separated names of letters, digits and !_.*'()- (no empty, '.' or '..')"
+            )
+        path = self.directory / bucket / key
+        if not path.resolve().is_relative_to(self.directory.resolve()):
+            raise ConfigError(f"object {bucket}/{key} would be outside the object store")
+        return path
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
@@ -137,12 +157,13 @@ class ObjectStore:
         bucket, _, key = urllib.parse.unquote(request.rel_url.raw_path).lstrip("/").partition("/")
         try:
             path = self._path(bucket, key)
-            data = path.read_bytes()
-        except (ConfigError, OSError):
+        except ConfigError:
+            path = None
+        if path is None or f"{bucket}/{key}" not in self._held:
             return self._error(404, "NoSuchKey", "The specified key does not exist.")
         self.served += 1
-        self.served_bytes += len(data)
-        return web.Response(body=data, content_type="application/octet-stream")
+        self.served_bytes += path.stat().st_size
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     def _error(self, status: int, code: str, message: str) -> web.Response:
         self.refused[code] = self.refused.get(code, 0) + 1

@@ -3,9 +3,10 @@
 The operator's side (:class:`OtaDirector`, in the parent: shard 0 against a shared cloud) puts the
 firmware image in the cloud's object store, puts the luminaires in a thing group and, once the fleet has
 connected, creates one job for that group **in every region** (jobs are regional, IOT_CORE.md section 10:
-a device that fails over finds its job where it lands). Each region rolls out at its share of
-``--rollout-per-minute`` (the rate divided by the regions, so the fleet's rate is about the one asked
-for) and aborts by ``--abort-failure-pct``; when one region's job aborts, the operator cancels it in the
+a device that fails over finds its job where it lands). Each region rolls out at ``--rollout-per-minute``
+over the whole group, in which only its own devices act (a region's rate is spent on every device, and
+a device takes the job from the region it is connected to), so the fleet's rate is about the one asked
+for; it aborts by ``--abort-failure-pct``; when one region's job aborts, the operator cancels it in the
 others too, as a fleet operator would, and the report says when and where.
 
 The device's side (:func:`run_ota`, in each worker): every luminaire iterates ``device.jobs()``. For a
@@ -55,6 +56,7 @@ OTA_OPERATION: Final = "firmware-update"
 OTA_GROUP: Final = "iotfleet-luminaires"
 FIRMWARE_BUCKET: Final = "iotfleet-firmware"
 POLL_S: Final = 1.0  # how often the operator reads the jobs' status
+RETRY_S: Final = 1.0  # a device's pause after its jobs request was refused
 CURVE_POINTS: Final = 600
 
 
@@ -98,10 +100,10 @@ class OtaSpec:
         blocks = math.ceil(self.size_bytes / 32)
         return b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(blocks))[: self.size_bytes]
 
-    def job_config(self, regions: int) -> dict[str, Any]:
-        """CreateJob's configuration in each of ``regions`` regions."""
+    def job_config(self) -> dict[str, Any]:
+        """CreateJob's configuration, the same in every region."""
         config: dict[str, Any] = {
-            "jobExecutionsRolloutConfig": {"maximumPerMinute": max(1, math.ceil(self.rollout_per_minute / regions))},
+            "jobExecutionsRolloutConfig": {"maximumPerMinute": self.rollout_per_minute},
             "presignedUrlConfig": {"expiresInSec": 3600},
         }
         if self.abort_failure_pct is not None:
@@ -230,13 +232,18 @@ async def run_ota(
     """One luminaire's part of the rollout, until its client closes (the task is cancelled then)."""
     figures.targets += 1
     rollout = _Rollout(device, client, state, spec, figures, tls_client_context(ca_file), speed)
-    async for job in client.jobs():
+    while True:
         try:
-            await rollout.handle(job)
-        except JobRejected as exc:  # e.g. the job was canceled meanwhile: counted, the device goes on
+            async for job in client.jobs():
+                try:
+                    await rollout.handle(job)
+                except JobRejected as exc:  # e.g. the job was canceled meanwhile: counted, the device goes on
+                    figures.counts[f"rejected {exc.code}"] += 1
+                except ClientError as exc:  # the session ended: the execution comes back on the next one
+                    figures.counts[f"interrupted {type(exc).__name__}"] += 1
+        except JobRejected as exc:  # start-next refused (throttled, an internal error): ask again later
             figures.counts[f"rejected {exc.code}"] += 1
-        except ClientError as exc:  # the session ended: the execution comes back on the next one
-            figures.counts[f"interrupted {type(exc).__name__}"] += 1
+            await asyncio.sleep(RETRY_S)
 
 
 @dataclass
@@ -355,7 +362,7 @@ class OtaDirector:
                 "size": len(image),
                 "sha256": hashlib.sha256(image).hexdigest(),
             }
-            self.access.create_job(job_id, OTA_GROUP, document, spec.job_config(len(self.regions)))
+            self.access.create_job(job_id, OTA_GROUP, document, spec.job_config())
         except IotFleetError as exc:
             log.error("the firmware rollout could not start: %s", exc)
             self.job["error"] = str(exc)

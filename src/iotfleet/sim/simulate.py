@@ -516,6 +516,11 @@ class Simulation:
         """Whole sites per worker process; the ramp and the account's publish rate split among them and
         among the shards (N shards against one account ask for its quota once, not N times)."""
         config = self.config
+        if not reached.https_endpoints and any(d.https for d in self.devices):
+            raise ConfigError(
+                "--https-fraction: the cloud names no HTTPS endpoint (https_port); write its JSON line with "
+                "this version's 'iotfleet cloud up --json'"
+            )
         chunks = _split(self.devices, config.workers)
         account_rate = config.publish_rate()
         if account_rate is not None:

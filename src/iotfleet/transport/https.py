@@ -4,7 +4,10 @@ keeps its outbox, failover, events and loss accounting over HTTPS too.
 
 A session is one endpoint's keep-alive connection (aiohttp's client, already the local cloud's HTTP
 server: one connection, so requests go in order). :meth:`HttpsTransport.connect` makes one request
-(``HEAD /``) to know the endpoint answers and takes the certificate; then each publish is one request,
+(``HEAD /``) to know the endpoint answers and takes the certificate (a 401 is a refused identity, as a
+failed handshake is: the device tries elsewhere and keeps its messages; IoT Core fails the handshake of
+a certificate that is not ACTIVE, the local cloud answers this 401); then each
+publish is one request,
 its user properties in the ``x-amz-mqtt5-user-properties`` header (base64 of a JSON list), so the ingest
 dedupes and counts it as it does an MQTT publish. What a status means to the device client, as the
 PUBACK reason code it would get over MQTT:
@@ -153,9 +156,11 @@ class HttpsSession:
         raise ClientError("an HTTPS session has no subscriptions")
 
     def _end(self, reason: str, detail: str = "", *, by_client: bool = False) -> None:
+        """The session is over: say why once, and release the connection (the device client may never
+        call :meth:`close` on a session that ended by itself)."""
         if not self.closed.done():
             self.closed.set_result(DisconnectInfo(reason, detail, by_client))
-            asyncio.get_running_loop().create_task(self._client.close())
+            _owned(asyncio.get_running_loop().create_task(self._client.close()))
 
     async def close(self) -> None:
         self._end(DisconnectReason.CLOSED, by_client=True)
@@ -164,6 +169,20 @@ class HttpsSession:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._posts, return_exceptions=True)
         await self._client.close()
+
+
+_closing: set[asyncio.Task[None]] = set()  # sessions being released: held until done, failures logged
+
+
+def _owned(task: asyncio.Task[None]) -> None:
+    _closing.add(task)
+    task.add_done_callback(_released)
+
+
+def _released(task: asyncio.Task[None]) -> None:
+    _closing.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("closing an HTTPS session failed: %r", exc)
 
 
 class HttpsTransport:
@@ -178,9 +197,11 @@ class HttpsTransport:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=options.connect_timeout_s)
         client = aiohttp.ClientSession(connector=connector, timeout=timeout)
         try:
-            async with asyncio.timeout(options.connect_timeout_s):
-                async with client.head(f"https://{endpoint.host}:{endpoint.port}/") as response:
-                    await response.read()
+            async with (
+                asyncio.timeout(options.connect_timeout_s),
+                client.head(f"https://{endpoint.host}:{endpoint.port}/") as response,
+            ):
+                await response.read()
         except TimeoutError as exc:
             await client.close()
             raise connect_timed_out(endpoint, options.connect_timeout_s) from exc
@@ -190,4 +211,7 @@ class HttpsTransport:
         except BaseException:
             await client.close()
             raise
+        if response.status == 401:  # the endpoint does not take this certificate (here, yet)
+            await client.close()
+            raise connect_failed(endpoint, DisconnectReason.TLS, "HTTP 401: the certificate is refused")
         return HttpsSession(endpoint, client, asyncio.get_running_loop())
