@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,19 @@ READING = {"ts": 1_700_000_000, "power_w": 12.5, "dim": 40, "lux": 300.0, "occup
 def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
     with LocalCloud(["eu-west-1", "us-east-1"], workdir=tmp_path / "cloud", ingest=True, quotas=TEST_QUOTAS) as local:
         yield local
+
+
+def https_device(cloud: LocalCloud, identity: Identity, **options: Any) -> DeviceClient:
+    """A device in acme/hq that publishes over HTTPS to ``cloud``'s regions, with no rate limits."""
+    return DeviceClient(
+        identity=identity,
+        endpoints=cloud.https_endpoints,
+        tenant="acme",
+        site="hq",
+        transport="https",
+        limits=UNLIMITED,
+        **options,
+    )
 
 
 def https_meter(cloud: LocalCloud, name: str = "meter-1") -> Identity:
@@ -54,14 +68,7 @@ def test_status_codes_map_to_the_pubacks_mqtt_would_give() -> None:
 def test_a_device_client_publishes_over_https_into_the_ingest(cloud: LocalCloud) -> None:
     async def scenario() -> None:
         meter = https_meter(cloud)
-        async with DeviceClient(
-            identity=meter,
-            endpoints=cloud.https_endpoints,
-            tenant="acme",
-            site="hq",
-            transport="https",
-            limits=UNLIMITED,
-        ) as device:
+        async with https_device(cloud, meter) as device:
             receipts = [await device.publish("telemetry", {**READING, "ts": READING["ts"] + i}) for i in range(5)]
             assert [r.reason_code for r in receipts] == [0] * 5
             assert {r.endpoint.region for r in receipts} == {"eu-west-1"}
@@ -79,15 +86,7 @@ def test_the_https_policy_allows_only_the_things_own_streams(cloud: LocalCloud) 
     async def scenario() -> None:
         meter = https_meter(cloud)
         failed: list[DeviceEvent] = []
-        async with DeviceClient(
-            identity=meter,
-            endpoints=cloud.https_endpoints,
-            tenant="acme",
-            site="hq",
-            transport="https",
-            limits=UNLIMITED,
-            listeners=[failed.append],
-        ) as device:
+        async with https_device(cloud, meter, listeners=[failed.append]) as device:
             refused = device.enqueue_to("dt/acme/hq/other-meter/telemetry", READING)
             with pytest.raises(ClientError, match="0x87"):
                 await refused
@@ -100,16 +99,7 @@ def test_a_killed_region_fails_the_https_device_over_without_loss(cloud: LocalCl
     async def scenario() -> None:
         meter = https_meter(cloud)
         events: list[DeviceEvent] = []
-        async with DeviceClient(
-            identity=meter,
-            endpoints=cloud.https_endpoints,
-            tenant="acme",
-            site="hq",
-            transport="https",
-            reconnect=LOCAL_FAST,
-            limits=UNLIMITED,
-            listeners=[events.append],
-        ) as device:
+        async with https_device(cloud, meter, reconnect=LOCAL_FAST, listeners=[events.append]) as device:
             await device.publish("telemetry", READING)
             cloud.region("eu-west-1").kill()
             pending = [device.enqueue("telemetry", {**READING, "ts": READING["ts"] + i}) for i in range(1, 4)]
@@ -173,16 +163,7 @@ def test_a_certificate_the_region_does_not_take_is_refused_at_connect_and_nothin
             )
         assert refused.value.reason == "tls"
         assert refuses_identity(refused.value.reason)
-        async with DeviceClient(
-            identity=meter,
-            endpoints=cloud.https_endpoints,
-            tenant="acme",
-            site="hq",
-            transport="https",
-            reconnect=LOCAL_FAST,
-            limits=UNLIMITED,
-            connect_wait_s=0,
-        ) as device:
+        async with https_device(cloud, meter, reconnect=LOCAL_FAST, connect_wait_s=0) as device:
             queued = device.enqueue("telemetry", READING)
             with pytest.raises(IdentityRefused):  # every region refuses it: said, as over MQTT
                 await device.wait_connected(10)
@@ -208,14 +189,7 @@ def test_a_device_provisioned_by_claim_with_the_https_template_publishes_over_ht
             timeout=10,
         )
         stored = await provisioner.provision_into(IdentityStore(tmp_path / "meter-9"), verify=False)
-        async with DeviceClient(
-            identity=stored.identity,
-            endpoints=cloud.https_endpoints,
-            tenant="acme",
-            site="hq",
-            transport="https",
-            limits=UNLIMITED,
-        ) as device:
+        async with https_device(cloud, stored.identity) as device:
             assert (await device.publish("telemetry", READING)).reason_code == 0
             with pytest.raises(ClientError, match="0x87"):
                 await device.publish_to("dt/acme/hq/meter-1/telemetry", READING)  # another thing's stream
