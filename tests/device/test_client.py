@@ -14,7 +14,7 @@ from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy
 from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
-from iotfleet.device.events import Disconnected
+from iotfleet.device.events import Disconnected, PublishAcked
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
 from iotfleet.shadow.client import Shadow
 from iotfleet.testing import LOCAL_FAST
@@ -275,6 +275,29 @@ def test_qos0_publish_is_sent_and_not_queued(local_cloud: LocalCloud, lamp: Iden
         assert [m.payload for _, m in watcher.messages] == [b"fire-and-forget"]
 
     run(scenario())
+
+
+def test_queue_sends_with_no_receipt_and_the_events_tell_the_outcome(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    acked: list[int] = []
+
+    async def scenario() -> None:
+        watcher = await Watcher(local_cloud).start()
+        async with device(lamp, local_cloud, transport) as dev:
+            dev.add_listener(lambda e: acked.append(e.seq) if isinstance(e, PublishAcked) else None)
+            for level in (10, 20, 30):
+                dev.queue("power", {"level": level})
+            await dev.flush(10)
+            assert len(dev.outbox) == 0
+        await watcher.wait_for(lambda: len(watcher.messages) >= 3)
+        await watcher.close()
+        assert sorted(json.loads(m.payload)["level"] for _, m in watcher.messages) == [10, 20, 30]
+        with pytest.raises(ClientStateError):
+            dev.queue("power", {"level": 40})
+
+    run(scenario())
+    assert sorted(acked) == [1, 2, 3]
 
 
 def test_an_unanswered_publish_ends_the_session_long_before_keepalive_would(

@@ -8,6 +8,7 @@ from pathlib import Path
 from iotfleet.config import Endpoint, Identity
 from iotfleet.sim.runner.pacer import Pacer
 from iotfleet.sim.simulate import AWS_ACCOUNT_PUBLISH_RATE, ProvisionMode, SimConfig, Target
+from tests.conftest import until
 
 
 class AlwaysDue:
@@ -91,3 +92,47 @@ def test_a_real_target_gets_iot_cores_account_quota_unless_told_otherwise(tmp_pa
     assert SimConfig().publish_rate() is None  # the local cloud: unlimited
     assert SimConfig(target=target, provision=ProvisionMode.CLAIM).publish_rate() == AWS_ACCOUNT_PUBLISH_RATE
     assert SimConfig(target=target, provision=ProvisionMode.CLAIM, account_publish_rate=2000).publish_rate() == 2000
+
+
+class Once:
+    """A device with one task, due ``after_s`` from ``start``: it records when it ran."""
+
+    def __init__(self, start: float, after_s: float, fired: list[tuple[str, float]], name: str) -> None:
+        self.active = True
+        self.due = start + after_s
+        self.fired, self.name = fired, name
+
+    def next_at(self) -> float:
+        return self.due
+
+    def fire(self) -> None:
+        self.fired.append((self.name, asyncio.get_running_loop().time()))
+        self.active = False  # one task only: dropped when next due
+        self.due += 3600
+
+    def failed(self, exc: Exception) -> None:
+        raise AssertionError(exc)
+
+
+def test_tasks_due_within_the_batch_window_run_in_one_wakeup_and_none_runs_earlier_than_that() -> None:
+    fired: list[tuple[str, float]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(batch_s=0.05)
+        start = loop.time()
+        plans = [Once(start, 0.1, fired, "a"), Once(start, 0.13, fired, "b"), Once(start, 0.4, fired, "c")]
+        for plan in plans:
+            pacer.add(plan)
+        running = loop.create_task(pacer.run())
+        assert await until(lambda: len(fired) == 3)  # each records itself; the pacer wakes by its own timer
+        pacer.stop()
+        await running
+        due = {p.name: p.due - 3600 for p in plans}
+        assert [name for name, _ in fired] == ["a", "b", "c"]
+        at = dict(fired)
+        assert at["b"] - at["a"] < 0.01  # b, due 30 ms after a, went with a: one wakeup for both
+        assert at["c"] > at["b"]  # 300 ms later: a wakeup of its own
+        assert all(at[name] >= due[name] - 0.05 for name in at)  # never more than the window early
+
+    asyncio.run(scenario())

@@ -390,6 +390,13 @@ class DeviceClient:
         self._require_running()
         return self._out.enqueue(topic, payload, qos)
 
+    def queue(self, stream: str, payload: Payload) -> None:
+        """Queue a QoS 1 publish to ``stream`` with no receipt: durable once this returns, its outcome
+        told only by the ``PublishAcked`` / ``PublishFailed`` events. For a sender that counts through
+        events (the simulator): no future per message."""
+        self._require_running()
+        self._out.enqueue(self.data_topic(stream), payload, 1, receipt=False)
+
     # ------------------------------------------------------------------ subscriptions and inbound
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:

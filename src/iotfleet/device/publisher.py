@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from iotfleet._rate import TokenBucket
 from iotfleet.config import Endpoint, PublishLimits
@@ -194,9 +194,19 @@ class Publisher:
 
     # ------------------------------------------------------------------ admission
 
-    def enqueue(self, topic: str, payload: Payload, qos: int) -> asyncio.Future[PublishReceipt]:
+    @overload
+    def enqueue(self, topic: str, payload: Payload, qos: int) -> asyncio.Future[PublishReceipt]: ...
+
+    @overload
+    def enqueue(self, topic: str, payload: Payload, qos: int, *, receipt: Literal[False]) -> None: ...
+
+    def enqueue(
+        self, topic: str, payload: Payload, qos: int, *, receipt: bool = True
+    ) -> asyncio.Future[PublishReceipt] | None:
         """Queue one publish to a validated ``topic``; the future resolves on its PUBACK. QoS 1 is durable
-        once this returns; QoS 0 goes out now on the live session, or fails if there is none."""
+        once this returns; QoS 0 goes out now on the live session, or fails if there is none. With
+        ``receipt=False`` (QoS 1 only) there is no future: the events tell the outcome, a message the
+        full outbox dropped included."""
         if qos not in (0, 1):
             raise ConfigError(f"QoS {qos} is not supported by IoT Core: use 0 or 1")
         data = encode_payload(payload)
@@ -205,10 +215,13 @@ class Publisher:
                 f"payload of {len(data)} bytes exceeds IoT Core's {self.limits.max_payload_bytes}-byte limit: "
                 "split it, compress it, or send a reference to object storage"
             )
-        future: asyncio.Future[PublishReceipt] = asyncio.get_running_loop().create_future()
         if qos == 0:
-            self._send_qos0(topic, data, future)
-            return future
+            if not receipt:
+                raise ConfigError("a publish with no receipt is QoS 1 (queued, durable): QoS 0 has nothing to tell")
+            now: asyncio.Future[PublishReceipt] = asyncio.get_running_loop().create_future()
+            self._send_qos0(topic, data, now)
+            return now
+        future = asyncio.get_running_loop().create_future() if receipt else None
         wrap = None
         if self.outbox.policy.envelope and isinstance(payload, Mapping):
             body = dict(payload)
@@ -223,7 +236,8 @@ class Publisher:
             self.left_outbox.set()
         if admission.entry is None:
             self.listeners.emit(PublishFailed(self.thing, "", 0, topic, "dropped-newest"))
-            future.set_exception(ClientError(f"the outbox of {self.thing} is full; the new message was dropped"))
+            if future is not None:
+                future.set_exception(ClientError(f"the outbox of {self.thing} is full; the new message was dropped"))
             return future
         entry = admission.entry
         self.counts.enqueued += 1

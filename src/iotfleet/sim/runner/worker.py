@@ -212,7 +212,7 @@ class _DevicePlan:
             return
         metrics = self.metrics
         try:
-            self.client.enqueue(task.stream, payload).add_done_callback(_consume)
+            self.client.queue(task.stream, payload)  # counted by the PublishAcked/PublishFailed events
         except ClientError as exc:
             metrics.error(f"enqueue: {type(exc).__name__}")
             return
@@ -302,12 +302,6 @@ def _ota_ended(metrics: WorkerMetrics, task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
         metrics.error(f"ota: {type(exc).__name__}")
         log.error("a device's firmware rollout task failed", exc_info=exc)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Receipts are counted by the PublishAcked/PublishFailed events; retrieve the outcome so none is logged."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def _worker(
