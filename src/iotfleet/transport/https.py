@@ -35,8 +35,8 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import CertificateError, ClientError, ConnectionLost
+from iotfleet.config import Endpoint
+from iotfleet.errors import ClientError, ConnectionLost
 from iotfleet.transport.base import (
     ConnectOptions,
     DisconnectInfo,
@@ -47,7 +47,7 @@ from iotfleet.transport.base import (
     connect_timed_out,
     publish_via_send,
 )
-from iotfleet.transport.tls import tls_client_context
+from iotfleet.transport.tls import identity_context
 
 __all__ = ["HTTPS_PORT", "HttpsSession", "HttpsTransport", "puback_of_status", "user_properties_header"]
 
@@ -74,17 +74,6 @@ def user_properties_header(properties: Sequence[tuple[str, str]]) -> str:
     """The ``x-amz-mqtt5-user-properties`` header's value for ``properties``."""
     items = [{"key": key, "value": value} for key, value in properties]
     return base64.b64encode(json.dumps(items, separators=(",", ":")).encode()).decode()
-
-
-def _tls(identity: Identity) -> ssl.SSLContext:
-    identity.check()
-    try:
-        return tls_client_context(identity.ca_file, identity.cert_file, identity.key_file)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise CertificateError(
-            f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
-            f"{identity.ca_file}): {exc}; check the files exist and belong together"
-        ) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -192,7 +181,7 @@ class HttpsTransport:
     name = "https"
 
     async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> HttpsSession:
-        context = _tls(options.identity)
+        context = identity_context(options.identity)
         connector = aiohttp.TCPConnector(ssl=context, limit=1)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=options.connect_timeout_s)
         client = aiohttp.ClientSession(connector=connector, timeout=timeout)

@@ -24,8 +24,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import CertificateError, ConnectError, ConnectionLost
+from iotfleet.config import Endpoint
+from iotfleet.errors import ConnectError, ConnectionLost
 from iotfleet.transport.base import (
     ALPN_IOT_CORE,
     ConnectOptions,
@@ -38,26 +38,12 @@ from iotfleet.transport.base import (
     publish_via_send,
     uses_alpn,
 )
-from iotfleet.transport.tls import tls_client_context
+from iotfleet.transport.tls import identity_context
 
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike
 
 __all__ = ["PahoSession", "PahoTransport"]
-
-
-def _tls_context(identity: Identity, *, alpn: bool) -> ssl.SSLContext:
-    """mTLS with the identity's files (checked first, so a bad file is named), offering ALPN on port 443."""
-    identity.check()
-    try:
-        return tls_client_context(
-            identity.ca_file, identity.cert_file, identity.key_file, alpn=[ALPN_IOT_CORE] if alpn else []
-        )
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        raise CertificateError(
-            f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
-            f"{identity.ca_file}): {exc}; check the files exist and belong together"
-        ) from exc
 
 
 class _Client(mqtt.Client):
@@ -114,7 +100,7 @@ class PahoSession:
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=mqtt.MQTTv5,
-            tls=_tls_context(options.identity, alpn=uses_alpn(endpoint)),
+            tls=identity_context(options.identity, alpn=[ALPN_IOT_CORE] if uses_alpn(endpoint) else []),
             host=endpoint.host,
             timeout=options.connect_timeout_s,
         )

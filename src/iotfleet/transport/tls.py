@@ -10,7 +10,10 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["tls_client_context"]
+from iotfleet.config import Identity
+from iotfleet.errors import CertificateError
+
+__all__ = ["identity_context", "tls_client_context"]
 
 
 def tls_client_context(
@@ -28,3 +31,16 @@ def tls_client_context(
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+def identity_context(identity: Identity, *, alpn: Sequence[str] = ()) -> ssl.SSLContext:
+    """mTLS with ``identity``'s files, checked first so a missing or bad file is named; a file that will not
+    load (not PEM, a key that is not the certificate's) raises :class:`CertificateError` naming them all."""
+    identity.check()
+    try:
+        return tls_client_context(identity.ca_file, identity.cert_file, identity.key_file, alpn=alpn)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise CertificateError(
+            f"cannot load the identity of {identity.thing_name} ({identity.cert_file}, {identity.key_file}, "
+            f"{identity.ca_file}): {exc}; check the files exist and belong together"
+        ) from exc
