@@ -84,9 +84,7 @@ def render(
     def arn(kind: str, rest: str) -> str:
         return _arn(kind, region, account, rest)
 
-    data = scheme.render_data(**scope, stream="*")
-    publish = [arn("topic", data)]
-    publish += [arn("topic", f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{data}") for rule in basic_ingest_rules]
+    publish = _data_topics(scheme, scope, region, account, basic_ingest_rules)
     publish += [arn("topic", f"{shadow_prefix}/{op}") for op in ops]
     publish += [arn("topic", f"{shadow_prefix}/name/*/{op}") for op in ops]
     jobs_prefix = jobs_topic_prefix(THING_NAME)
@@ -142,13 +140,18 @@ def render_https(
     it gets one of these per certificate instead. A provisioning template renders it with ``Fn::Sub``
     when ``tenant``, ``site`` and ``thing`` are ``${Tenant}``-style parameter references.
     """
-    data = scheme.render_data(tenant=tenant, site=site, thing=thing, stream="*")
-    publish = [_arn("topic", region, account, data)]
-    publish += [
-        _arn("topic", region, account, f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{data}")
-        for rule in basic_ingest_rules
-    ]
+    scope = {"tenant": tenant, "site": site, "thing": thing}
+    publish = _data_topics(scheme, scope, region, account, basic_ingest_rules)
     return {"Version": VERSION, "Statement": [{"Effect": "Allow", "Action": "iot:Publish", "Resource": publish}]}
+
+
+def _data_topics(
+    scheme: TopicScheme, scope: dict[str, str], region: str, account: str, basic_ingest_rules: Sequence[str]
+) -> list[str]:
+    """The topic ARNs of ``scope``'s data streams, directly and by Basic Ingest to each rule."""
+    data = scheme.render_data(**scope, stream="*")
+    topics = [data, *(f"{BASIC_INGEST_PREFIX}{validate_rule_name(rule)}/{data}" for rule in basic_ingest_rules)]
+    return [_arn("topic", region, account, topic) for topic in topics]
 
 
 def render_claim(
