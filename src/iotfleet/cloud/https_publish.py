@@ -32,7 +32,7 @@ from aiohttp import web
 
 from iotfleet._rate import TokenBucket
 from iotfleet.cloud.http_server import AwsError, HttpServer
-from iotfleet.cloud.registry import CertificateStatus, Registry
+from iotfleet.cloud.registry import CertificateRecord, CertificateStatus, Registry
 from iotfleet.errors import TopicError
 from iotfleet.policy_engine import PolicyDocument, RequestContext, authorize
 from iotfleet.topics import validate_topic
@@ -105,7 +105,7 @@ class HttpsPublish:
         trace = str(uuid.uuid4())
         try:
             if request.method == "HEAD":  # a client checking the endpoint takes its certificate
-                if not self._is_active(_common_name(request)):
+                if self._active(_common_name(request)) is None:
                     raise AwsError(401, "UnauthorizedException", "the certificate is not ACTIVE in this region")
                 return web.Response(status=200)
             topic, qos, payload, properties, common_name = await self._read(request)
@@ -142,13 +142,14 @@ class HttpsPublish:
             raise AwsError(413, "RequestEntityTooLargeException", f"the payload is over {MAX_PAYLOAD} bytes")
         return topic, int(qos_text), payload, _user_properties(request), _common_name(request)
 
-    def _is_active(self, common_name: str) -> bool:
+    def _active(self, common_name: str) -> CertificateRecord | None:
+        """The certificate of ``common_name`` if this region has it ACTIVE."""
         record = self.registry.certificate_by_identity(common_name)
-        return record is not None and record.status is CertificateStatus.ACTIVE
+        return record if record is not None and record.status is CertificateStatus.ACTIVE else None
 
     def _authorize(self, common_name: str, topic: str) -> None:
-        record = self.registry.certificate_by_identity(common_name)
-        if record is None or record.status is not CertificateStatus.ACTIVE:
+        record = self._active(common_name)
+        if record is None:
             raise AwsError(403, "ForbiddenException", "the certificate is not ACTIVE in this region")
         attached = self.registry.policies_of(record.certificate_id).values()
         documents = [self._parsed(json.dumps(d, sort_keys=True)) for d in attached]

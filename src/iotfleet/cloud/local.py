@@ -294,10 +294,8 @@ class Region:
     ) -> bool:
         """Publish to devices as the cloud's operator (QoS 1, through this region's broker): e.g. a
         command on ``cmd/...``. False when the region is down (nothing was sent). With ``acked``, return
-        only once the broker acknowledged it (False if it did not): what HTTPS publish answers 200 on."""
-        operator, host = self._operator, self._host
-        if operator is None or host is None:
-            raise CloudError(f"region {self.name} has no services: start the cloud first")
+        only once the broker acknowledged it (False if it did not): what iot-data Publish answers 200 on."""
+        operator, host = self._operator_on_host()
 
         async def send() -> bool:
             if acked:
@@ -306,12 +304,16 @@ class Region:
 
         return host.call(send())
 
-    async def deliver(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
-        """:meth:`publish` with ``acked``, awaited from another event loop (HTTPS publish's) without
-        holding a thread while the broker answers."""
+    def _operator_on_host(self) -> tuple[OperatorConnection, ServiceHost]:
         operator, host = self._operator, self._host
         if operator is None or host is None:
             raise CloudError(f"region {self.name} has no services: start the cloud first")
+        return operator, host
+
+    async def deliver(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
+        """:meth:`publish` with ``acked``, awaited from another event loop (HTTPS publish's) without
+        holding a thread while the broker answers."""
+        operator, host = self._operator_on_host()
         sent = asyncio.run_coroutine_threadsafe(operator.deliver(topic, payload, user_properties), host.loop)
         return await asyncio.wrap_future(sent)
 

@@ -387,13 +387,12 @@ class OtaDirector:
             }
             if job["abort"] is None and described.get("reasonCode") == "ABORTED":
                 job["abort"] = {"region": region, "epoch": time.time(), "comment": described.get("comment")}
-                self._cancel_others(region)
+                self._cancel_others(job["job_id"], region)
 
-    def _cancel_others(self, aborted_in: str) -> None:
+    def _cancel_others(self, job_id: str, aborted_in: str) -> None:
         for region in self.regions:
             if region == aborted_in:
                 continue
-            job_id = self.job["job_id"] if self.job else self.spec.job_id
             try:
                 self.access.cancel_job(region, job_id, f"aborted in {aborted_in}")
             except IotFleetError as exc:

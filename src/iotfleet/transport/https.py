@@ -96,6 +96,7 @@ class HttpsSession:
         self._client = client
         self._base = f"https://{endpoint.host}:{endpoint.port}"
         self._posts: set[asyncio.Task[None]] = set()
+        self._release: asyncio.Task[None] | None = None  # closing the connection, once the session ended
 
     def send(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
@@ -149,7 +150,8 @@ class HttpsSession:
         call :meth:`close` on a session that ended by itself)."""
         if not self.closed.done():
             self.closed.set_result(DisconnectInfo(reason, detail, by_client))
-            _owned(asyncio.get_running_loop().create_task(self._client.close()))
+            self._release = asyncio.get_running_loop().create_task(self._client.close())
+            _owned(self._release)
 
     async def close(self) -> None:
         self._end(DisconnectReason.CLOSED, by_client=True)
@@ -157,7 +159,8 @@ class HttpsSession:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._posts, return_exceptions=True)
-        await self._client.close()
+        if self._release is not None:  # set by _end: the one close of the connection
+            await asyncio.shield(self._release)
 
 
 _closing: set[asyncio.Task[None]] = set()  # sessions being released: held until done, failures logged

@@ -243,7 +243,7 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
         log.warning("%s: provisioning failed: %s", device.thing, exc)
         return
     metrics.region(device.home)["devices"] += 1
-    https = device.https and bool(spec.https_endpoints)  # a constrained device: HTTPS publish, no MQTT
+    https = device.https  # a constrained device: HTTPS publish, no MQTT (the endpoints: Simulation checked)
     client = DeviceClient(
         identity=identity,
         endpoints=home_first(spec.https_endpoints if https else spec.endpoints, device.home),
