@@ -344,11 +344,7 @@ class ControlPlane:
                 "policyDocument": json.dumps(document), "defaultVersionId": "1"}  # fmt: skip
 
     def _target_certificate(self, call: _Call) -> str:
-        target = str(call.json().get("target", ""))
-        cert_id = target.rpartition(":cert/")[2]
-        if not cert_id or call.region.registry.certificate(cert_id) is None:
-            raise AwsError(404, "ResourceNotFoundException", f"target {target!r} is not a certificate of this region")
-        return cert_id
+        return _certificate_of_arn(call.region, str(call.json().get("target", "")), "target")
 
     def attach_policy(self, call: _Call) -> dict[str, Any]:
         name = call.params["policyName"]
@@ -364,13 +360,7 @@ class ControlPlane:
     # thing principals
 
     def _principal(self, call: _Call) -> str:
-        principal = call.headers.get("x-amzn-principal", "")
-        cert_id = principal.rpartition(":cert/")[2]
-        if not cert_id or call.region.registry.certificate(cert_id) is None:
-            raise AwsError(
-                404, "ResourceNotFoundException", f"principal {principal!r} is not a certificate of this region"
-            )
-        return cert_id
+        return _certificate_of_arn(call.region, call.headers.get("x-amzn-principal", ""), "principal")
 
     def attach_thing_principal(self, call: _Call) -> dict[str, Any]:
         """AttachThingPrincipal, NON_EXCLUSIVE_THING (AWS's default): the certificate keeps its other things."""
@@ -524,6 +514,14 @@ class ControlPlane:
         if not call.region.publish(call.params["topic"], call.body, properties, acked=True):
             raise AwsError(503, "ServiceUnavailableException", f"region {call.region.name} is down")
         return {}
+
+
+def _certificate_of_arn(region: Region, arn: str, what: str) -> str:
+    """The id of the certificate ``arn`` (``...:cert/<id>``) names, if ``region`` has it; else 404."""
+    cert_id = arn.rpartition(":cert/")[2]
+    if not cert_id or region.registry.certificate(cert_id) is None:
+        raise AwsError(404, "ResourceNotFoundException", f"{what} {arn!r} is not a certificate of this region")
+    return cert_id
 
 
 def _error(exc: AwsError | IotFleetError | JobsError) -> AwsError:
