@@ -23,7 +23,14 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "iotfleet"
 
 LAYERS: list[set[str]] = [
-    {"iotfleet.errors", "iotfleet._files", "iotfleet._model", "iotfleet._loop_thread", "iotfleet._rate"},
+    {
+        "iotfleet.errors",
+        "iotfleet._files",
+        "iotfleet._model",
+        "iotfleet._loop_thread",
+        "iotfleet._rate",
+        "iotfleet._children",
+    },
     {"iotfleet.topics"},
     {"iotfleet.policy", "iotfleet.policy_engine", "iotfleet.config", "iotfleet.metrics"},
     {"iotfleet.transport"},

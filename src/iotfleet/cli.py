@@ -309,6 +309,14 @@ def cloud() -> None:
     "publish); printed as api_url. Signatures are read for the region, not verified.",
 )
 @click.option(
+    "--ingest-workers",
+    type=click.IntRange(min=0, max=64),
+    default=0,
+    show_default=True,
+    help="Run each region's ingest in N processes of its own, on its shared subscription (for more messages "
+    "a second than one core stores); 0 runs it in the cloud's process.",
+)
+@click.option(
     "--advertise",
     metavar="HOST",
     help="In the JSON line, name HOST for listeners bound to every address (0.0.0.0, ::), so that shards on "
@@ -337,6 +345,7 @@ def cloud_up(
     control_address: str | None,
     advertise: str | None,
     api_address: str,
+    ingest_workers: int,
 ) -> None:
     """Start the local cloud, with its ingestion pipeline, and run until SIGINT or SIGTERM.
 
@@ -361,6 +370,7 @@ def cloud_up(
             sans=sans,
             quotas=Quotas.none() if no_quotas else Quotas(),
             ingest=True,
+            ingest_workers=ingest_workers,
         )
         tcp = None if control_address is None else parse_address(control_address)
         api_host, api_port = parse_address(api_address)
@@ -636,6 +646,14 @@ def _shard(value: str) -> tuple[int, int]:
     help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s) in the devices and in the local cloud.",
 )
 @click.option(
+    "--ingest-workers",
+    type=click.IntRange(min=0, max=64),
+    default=0,
+    show_default=True,
+    help="Run the embedded cloud's ingest of each region in N processes of its own, on its shared subscription "
+    "(for more messages a second than one core stores); 0 runs it in the simulator's process.",
+)
+@click.option(
     "--basic-ingest",
     is_flag=True,
     help="Devices send their data by Basic Ingest ($aws/rules/iotfleet_ingest/<topic>): straight to the ingest "
@@ -856,6 +874,7 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "no_limits": options["no_limits"],
         "no_quotas": options["no_quotas"],
         "basic_ingest": options["basic_ingest"],
+        "ingest_workers": options["ingest_workers"],
         "account_rate": options["account_rate"],
         "regions": _regions(options["regions"]),
         "cloud": options["cloud_file"],

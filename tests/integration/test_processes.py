@@ -89,7 +89,19 @@ def simulate(*args: str, family: set[int] | None = None) -> Iterator[subprocess.
 def test_a_signal_to_the_process_group_stops_the_run_and_still_writes_the_report(tmp_path: Path, signum: int) -> None:
     report = tmp_path / "report.json"
     family: set[int] = set()
-    with simulate("--sites", "2", "--speed", "10", "--workers", "2", "--report", str(report), family=family) as proc:
+    with simulate(
+        "--sites",
+        "2",
+        "--speed",
+        "10",
+        "--workers",
+        "2",
+        "--ingest-workers",
+        "1",
+        "--report",
+        str(report),
+        family=family,
+    ) as proc:
         wait_for_line(proc, RUNNING)
         family |= descendants(proc.pid)
         os.killpg(proc.pid, signum)  # what Ctrl-C (or `timeout`) does: signal the whole group
@@ -107,11 +119,11 @@ def test_a_signal_to_the_process_group_stops_the_run_and_still_writes_the_report
 
 def test_after_kill_9_of_the_parent_its_workers_and_brokers_exit_within_seconds(tmp_path: Path) -> None:
     family: set[int] = set()
-    with simulate("--sites", "2", "--speed", "10", "--workers", "2", family=family) as proc:
+    with simulate("--sites", "2", "--speed", "10", "--workers", "2", "--ingest-workers", "1", family=family) as proc:
         wait_for_line(proc, RUNNING)
         family |= descendants(proc.pid)
         workers = [p for p in family if b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        assert len(workers) >= 3  # two workers and the resource tracker
+        assert len(workers) >= 5  # two simulator workers, two ingest workers (a region each), the resource tracker
         proc.kill()
         proc.wait(timeout=10)
         assert wait_until(lambda: not [p for p in family if process_alive(p)], timeout=10), [

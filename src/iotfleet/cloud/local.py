@@ -51,6 +51,7 @@ from iotfleet.cloud.registry import (
 from iotfleet.cloud.rules import Rule, default_rules
 from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
+from iotfleet.cloud.services.ingest_pool import IngestPool
 from iotfleet.cloud.services.jobs import JobsOperator, JobsService
 from iotfleet.cloud.services.lifecycle import LifecycleService
 from iotfleet.cloud.services.provisioning import TOKEN_TTL, ProvisioningService
@@ -245,7 +246,7 @@ class Region:
         self._serials: dict[str, int] = {}  # certificate id -> serial number, for the CRL
         self.shadow_service: ShadowService | None = None
         self.provisioning: ProvisioningService | None = None
-        self.ingest: IngestService | None = None
+        self.ingest: IngestService | IngestPool | None = None
         self.lifecycle: LifecycleService | None = None
         self.rules: RulesService | None = None
         self._operator: OperatorConnection | None = None
@@ -339,6 +340,7 @@ class Region:
         *,
         ingest: TopicScheme | None = None,
         ingest_max_bytes: int | None = None,
+        ingest_workers: int = 0,
         rules: Sequence[Rule] = (),
         presign: Callable[[str, int], str] | None = None,
     ) -> None:
@@ -347,6 +349,8 @@ class Region:
         With ``ingest`` (the topic scheme of device data) the region also runs an ingestion pipeline,
         whose store may be capped at ``ingest_max_bytes``; its ``rules`` with the ``ingest`` action feed
         it, and the rules engine serves the others (and counts Basic Ingest to rules that do not exist).
+        With ``ingest_workers`` the pipeline runs in that many processes of its own (:class:`IngestPool`),
+        else on ``host`` with the other services.
         """
         service = ShadowService(
             region=self.name, registry=self.registry, store=ShadowStore(self.directory / "shadows.sqlite")
@@ -368,16 +372,28 @@ class Region:
             jobs.attach(self.internal_endpoint, identity, host),
             self._operator.attach(self.internal_endpoint, identity, host),
         ]
-        if ingest is not None:
-            self.ingest = IngestService(
+        pipeline: IngestService | None = None
+        if ingest is not None and ingest_workers:
+            self.ingest = IngestPool(
+                region=self.name,
+                path=self.directory / "ingest.sqlite",
+                scheme=ingest,
+                max_store_bytes=ingest_max_bytes,
+                rules=rules,
+                workers=ingest_workers,
+                endpoint=self.internal_endpoint,
+                identity=identity,
+                failures=self.failures,
+            ).start()
+        elif ingest is not None:
+            pipeline = self.ingest = IngestService(
                 region=self.name,
                 path=self.directory / "ingest.sqlite",
                 scheme=ingest,
                 max_store_bytes=ingest_max_bytes,
                 rules=rules,
             )
-            connections.append(self.ingest.attach(self.internal_endpoint, identity, host))
-        pipeline = self.ingest
+            connections.append(pipeline.attach(self.internal_endpoint, identity, host))
 
         async def start() -> None:
             provisioner.start()
@@ -509,7 +525,9 @@ class LocalCloud:
     across runs. Each region holds its own shadows, as on AWS; ``replicate_shadows=True`` copies classic
     shadows to every other region at once (the shape of the AWS DR solution's global table; named shadows
     stay regional, and the copy publishes no delta). ``ingest_max_bytes`` caps each region's ingest store
-    (beyond it, messages are counted as not stored, as on a full disk).
+    (beyond it, messages are counted as not stored, as on a full disk). ``ingest_workers`` runs each
+    region's ingest in that many processes of its own, on its shared subscription (0: on the services'
+    thread, in this process).
     """
 
     def __init__(
@@ -526,6 +544,7 @@ class LocalCloud:
         replicate_shadows: bool = False,
         ingest: bool = False,
         ingest_max_bytes: int | None = None,
+        ingest_workers: int = 0,
         listen: Iterable[Endpoint] = (),
         sans: Iterable[str] = (),
         quotas: Quotas | None = None,
@@ -573,6 +592,9 @@ class LocalCloud:
         self.replicate_shadows = replicate_shadows
         self.ingest = ingest
         self.ingest_max_bytes = ingest_max_bytes
+        if ingest_workers < 0:
+            raise ConfigError(f"ingest workers must be 0 (in the cloud's process) or more, got {ingest_workers}")
+        self.ingest_workers = ingest_workers
         self.ca = CertificateAuthority.open(self.workdir / "ca")
         self.service = self._identity_files(SERVICE_IDENTITY)
         self.claim = self._identity_files(CLAIM_IDENTITY)
@@ -640,6 +662,7 @@ class LocalCloud:
                     self._provisioning_service,
                     ingest=self.scheme if self.ingest else None,
                     ingest_max_bytes=self.ingest_max_bytes,
+                    ingest_workers=self.ingest_workers,
                     rules=self.rules,
                     presign=self.objects.presign,
                 )

@@ -287,6 +287,8 @@ class Raw:
             "lifecycle_disconnected": sum(n for kind, n in presence.items() if kind.startswith("disconnected")),
         }
         counts.update({k: v for k, v in lifecycle.items() if v})
+        if "cpu_s" in stats:  # the ingest's own processes (--ingest-workers): its CPU, for CPU per message
+            counts["ingest_cpu_ms"] = round(stats["cpu_s"] * 1000)
         counts.update({f"throttled_{kind}": n for kind, n in stats.get("throttled", {}).items() if n})
         rules = stats.get("rules", {})
         routed = {

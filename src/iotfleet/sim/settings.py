@@ -148,6 +148,7 @@ class RunOptions(BaseModel):
     no_limits: bool = False
     no_quotas: bool = False
     basic_ingest: bool = False
+    ingest_workers: int = Field(default=0, ge=0, le=64)  # the embedded cloud's ingest processes per region
     account_rate: float | None = Field(default=None, gt=0)
     regions: tuple[str, ...] = DEFAULT_REGIONS
     cloud: Path | None = None  # a running `cloud up`'s --json line, to drive instead of an embedded cloud
@@ -240,6 +241,7 @@ class SimSettings(BaseModel):
             account_publish_rate=run.account_rate,
             quotas=self._quotas(),
             basic_ingest=run.basic_ingest,
+            ingest_workers=run.ingest_workers,
             rules=self.rules,
             cloud=cloud,
             start_at=run.start_at,

@@ -154,6 +154,7 @@ class SimConfig:
     # the embedded local cloud's rate quotas (IoT Core's by default); a real target has its own
     quotas: Quotas = field(default_factory=Quotas)
     basic_ingest: bool = False  # devices send their data to the ingest rule by Basic Ingest
+    ingest_workers: int = 0  # the embedded cloud's ingest processes per region (0: in this process)
     rules: Sequence[Rule] = ()  # the embedded cloud's topic rules besides the ingest one
     cloud: SharedCloud | None = None  # a running `cloud up` to drive instead of an embedded one
     start_at: float | None = None  # epoch when every shard's simulated time starts (a start barrier)
@@ -210,6 +211,11 @@ class SimConfig:
             raise ConfigError(
                 "--https-fraction works against the local cloud (embedded or --cloud): a real target needs "
                 "a provisioning template that gives such devices an HTTPS policy"
+            )
+        if self.ingest_workers and not self.embedded:
+            raise ConfigError(
+                "--ingest-workers sets the embedded cloud's ingest: give it to 'iotfleet cloud up --ingest-workers' "
+                "for a shared cloud (a real target has its own ingestion)"
             )
         if self.ota is not None and self.target is not None:
             raise ConfigError(
@@ -482,6 +488,7 @@ class Simulation:
                 config.regions,
                 workdir=workdir / "cloud",
                 ingest=True,
+                ingest_workers=config.ingest_workers,
                 replicate_shadows=True,
                 quotas=config.quotas,
                 rules=config.rules,
@@ -574,6 +581,7 @@ class Simulation:
             },
             "account_publish_rate": config.publish_rate(),
             "basic_ingest": INGEST_RULE if config.basic_ingest else None,
+            "ingest_workers": config.ingest_workers if config.embedded else None,
             "rules": [{"name": r.name, "topic": r.topic_filter, "action": r.action} for r in config.rules],
             "https": {"fraction": config.https_fraction, "devices": sum(d.https for d in self.devices)},
             "ota": None if config.ota is None else dataclasses.asdict(config.ota),

@@ -187,11 +187,14 @@ class RegionService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
-        """Create this service's connection to its region (started by the caller on ``host``'s loop)."""
+    def attach(
+        self, endpoint: Endpoint, identity: Identity, host: ServiceHost, *, instance: str = ""
+    ) -> ServiceConnection:
+        """Create this service's connection to its region (started by the caller on ``host``'s loop);
+        ``instance`` tells apart the client ids of several processes running the same service."""
         self.failures = host.failures
         self.connection = ServiceConnection(
-            client_id=f"{SERVICE_CLIENT_PREFIX}-{self.kind}-{self.region}",
+            client_id=f"{SERVICE_CLIENT_PREFIX}-{self.kind}-{self.region}{instance}",
             endpoint=endpoint,
             identity=identity,
             filters=self.filters,

@@ -53,7 +53,7 @@ from iotfleet.topics import (
 )
 from iotfleet.transport.base import InboundMessage
 
-__all__ = ["IngestService"]
+__all__ = ["IngestService", "merge_stats"]
 
 SHARE_GROUP: Final = "iotfleet-ingest"
 FLUSH_EVERY_S: Final = 0.2
@@ -142,6 +142,11 @@ def _cells_of(rows: list[_Row]) -> dict[tuple[str, str, int], Cell]:
     return cells
 
 
+# Several ingest workers (processes) may write one store: each transaction takes the write lock before
+# it reads which message ids are stored, so two workers handed the same message (a replay after a
+# failover goes to any worker of the shared subscription) cannot both store it; the other waits.
+_BEGIN: Final = "BEGIN IMMEDIATE"
+_BUSY_TIMEOUT_MS: Final = 60_000
 _INSERT_RAW: Final = "INSERT OR IGNORE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_EVENT: Final = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)"
 _INSERT_REJECT: Final = "INSERT INTO rejects(topic, message_id, reason, payload, at) VALUES (?, ?, ?, ?, ?)"
@@ -169,6 +174,7 @@ class IngestService(RegionService):
         scheme: TopicScheme | None = None,
         max_store_bytes: int | None = None,
         rules: Sequence[Rule] | None = None,
+        unshared: bool = True,
     ) -> None:
         super().__init__(region)
         self.path = path
@@ -179,9 +185,9 @@ class IngestService(RegionService):
             *(f"$share/{SHARE_GROUP}/{r.topic_filter}" for r in self.rules if r.topic_filter is not None),
             # Basic Ingest to each ingest rule, and lifecycle events (counted, as a fleet dashboard would).
             # Not shared: mosquitto 2.0.11 delivers no $-topic to a shared subscription (tried:
-            # "$share/g/$aws/events/presence/+/+" is granted and gets nothing)
-            *(f"{BASIC_INGEST_PREFIX}{r.name}/#" for r in self.rules),
-            PRESENCE_FILTER,
+            # "$share/g/$aws/events/presence/+/+" is granted and gets nothing), so of several workers of
+            # a region only one (``unshared``) subscribes to them, or each would get every such message
+            *((*(f"{BASIC_INGEST_PREFIX}{r.name}/#" for r in self.rules), PRESENCE_FILTER) if unshared else ()),
         )
         self._lock = threading.Lock()  # the connection is shared by the writer thread and query()
         self._db = _open_store(path, max_store_bytes)
@@ -343,7 +349,7 @@ class IngestService(RegionService):
 
     def _store_batch(self, batch: _Batch) -> list[_Row]:
         db = self._db
-        db.execute("BEGIN")
+        db.execute(_BEGIN)
         fresh = self._fresh(batch.rows)
         db.executemany(_INSERT_RAW, [row.raw for row in fresh])
         db.executemany(_INSERT_EVENT, [row.event for row in fresh if row.event is not None])
@@ -527,6 +533,44 @@ class IngestService(RegionService):
                 self._db.close()
 
 
+def merge_stats(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several ingest workers of one region (:meth:`IngestService.stats` each, one store)
+    as one region's: counts add up, sequence sets and histograms are united, the last store error stays."""
+    merged = dict(parts[0])
+    merged["e2e"] = Histogram()
+    merged["by_device"] = {}
+    per_second: Counter[int] = Counter()
+    rejected: Counter[str] = Counter()
+    presence: Counter[str] = Counter()
+    for key in _SUMMED:
+        merged[key] = 0
+    for part in parts:
+        for key in _SUMMED:
+            merged[key] += part.get(key, 0)
+        merged["e2e"].merge(part["e2e"])
+        for thing, seqs in part["by_device"].items():
+            merged["by_device"].setdefault(thing, SeqSet()).update(seqs)
+        per_second.update(part["per_second"])
+        rejected.update(part["rejected"])
+        presence.update(part.get("presence", {}))
+        merged["store_error"] = part["store_error"] or merged["store_error"]
+    merged.update(per_second=dict(per_second), rejected=dict(rejected))
+    if "presence" in merged:
+        merged["presence"] = dict(presence)
+    return merged
+
+
+_SUMMED: Final = (
+    "ingested",
+    "duplicates",
+    "received",
+    "failed_batches",
+    "not_stored",
+    "hourly_not_stored",
+    "basic_ingest",
+)
+
+
 class _Transaction:
     """``BEGIN`` ... ``COMMIT``, rolled back on any error (the connection is in autocommit mode)."""
 
@@ -534,7 +578,7 @@ class _Transaction:
         self._db = db
 
     def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN")
+        self._db.execute(_BEGIN)
         return self._db
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -548,6 +592,7 @@ def _open_store(path: Path, max_store_bytes: int | None) -> sqlite3.Connection:
     """Open (or create) the store; an error names the path and what to do."""
     try:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")  # first: workers open the store together
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)

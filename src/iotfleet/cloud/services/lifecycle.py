@@ -34,9 +34,11 @@ class LifecycleService(OperatorConnection):
         self.dropped = 0  # events not published: the service's connection was down
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def attach(self, endpoint: Endpoint, identity: Identity, host: ServiceHost) -> ServiceConnection:
+    def attach(
+        self, endpoint: Endpoint, identity: Identity, host: ServiceHost, *, instance: str = ""
+    ) -> ServiceConnection:
         self._loop = host.loop
-        return super().attach(endpoint, identity, host)
+        return super().attach(endpoint, identity, host, instance=instance)
 
     def feed(self, line: str) -> None:
         """One line of the broker's log (the log reader's thread)."""

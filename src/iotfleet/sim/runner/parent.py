@@ -7,20 +7,19 @@ that is still alive 30 s after the end is killed by its own PID.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import queue
-import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
+from iotfleet._children import signals_blocked
 from iotfleet.errors import IotFleetError
 from iotfleet.sim.runner.messages import WorkerMessage, WorkerSpec
 from iotfleet.sim.runner.metrics import WorkerMetrics
-from iotfleet.sim.runner.worker import LEFT_TO_PARENT, worker_entry
+from iotfleet.sim.runner.worker import worker_entry
 
 __all__ = ["default_workers", "run_workers"]
 
@@ -40,7 +39,7 @@ def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is o
         context.Process(target=worker_entry, args=(spec, results, stop), name=f"iotfleet-worker-{spec.index}")
         for spec in specs
     ]
-    with _signals_blocked():  # inherited through the exec: a Ctrl-C cannot kill a worker while it starts
+    with signals_blocked():  # inherited through the exec: a Ctrl-C cannot kill a worker while it starts
         for process in processes:
             process.start()
     finals: dict[int, WorkerMetrics] = {}
@@ -81,19 +80,6 @@ def run_workers(  # noqa: PLR0912 - one loop reading one queue; each branch is o
     if failures:
         raise IotFleetError("; ".join(failures))
     return [finals[i] for i in sorted(finals)]
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM in this thread; one that arrives meanwhile is delivered when the block ends."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, LEFT_TO_PARENT)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def default_workers() -> int:

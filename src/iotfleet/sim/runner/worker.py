@@ -21,14 +21,13 @@ import logging
 import multiprocessing
 import os
 import random
-import signal
-import sys
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
+from iotfleet._children import become_child
 from iotfleet.config import Identity
 from iotfleet.device.client import DeviceClient
 from iotfleet.errors import ClientError, IotFleetError
@@ -42,45 +41,18 @@ from iotfleet.sim.runner.pacer import Pacer
 from iotfleet.sim.workload import DEVICE_TYPES, REBOOT, ShadowSpec
 from iotfleet.transport.base import InboundMessage
 
-__all__ = ["LEFT_TO_PARENT", "worker_entry"]
+__all__ = ["worker_entry"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_S = 1.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-LEFT_TO_PARENT = {signal.SIGINT, signal.SIGTERM}  # signals a worker ignores: the parent stops the run
-
-
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this worker when the parent dies, even by SIGKILL (Linux; elsewhere the
-    worker's watch notices a new parent pid)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes  # noqa: PLC0415 - Linux only
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d; the parent-pid watch remains", ctypes.get_errno())
-
-
-def _parent_pid() -> int | None:
-    parent = multiprocessing.parent_process()
-    return None if parent is None else parent.pid
 
 
 def worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
     from iotfleet.transport.crt import skip_system_trust_store  # noqa: PLC0415 - in the child only
 
     # Ctrl-C (and `timeout`'s SIGTERM) reach the whole process group: the parent alone decides (it sets
-    # `stop`, the workers drain and report). They were blocked while the parent started us, so none
-    # kills us before this point.
-    for signum in LEFT_TO_PARENT:
-        signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_PARENT)
-    _die_with_parent()
-    parent = _parent_pid()
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)  # the parent died before the death signal was armed: nobody would read our results
+    # `stop`, the workers drain and report). They were blocked while the parent started us.
+    parent = become_child()
     skip_system_trust_store()
     try:
         import resource  # noqa: PLC0415 - POSIX only; the SDK never needs it
