@@ -766,6 +766,12 @@ def _shard(value: str) -> tuple[int, int]:
     "Each ping costs CPU.",
 )
 @click.option(
+    "--standby",
+    is_flag=True,
+    help="Each device keeps a second session open to its next region (same client id), which takes over the "
+    "moment the live one ends: failover with no handshake storm, at twice the connections.",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the cloud and identities here; later runs reuse them (default: temporary).",
@@ -885,6 +891,7 @@ def _sim_settings(ctx: click.Context, options: dict[str, Any]) -> SimSettings:
         "shard": options["shard"],
         "shadow": not options["no_shadow"],
         "keepalive": options["keepalive"],
+        "standby": options["standby"],
         "workdir": options["workdir"],
         "report": options["report_path"],
     }
@@ -1205,9 +1212,12 @@ def drill() -> None:
 )
 @click.option("--observe", type=click.FloatRange(min=1), default=15.0, show_default=True, help="Seconds after it.")
 @click.option("--transport", type=click.Choice(["crt", "paho"]), default="crt", show_default=True)
+@click.option(
+    "--standby", is_flag=True, help="Devices keep a standby session open to region 2, which takes over at once."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def drill_failover(
-    devices: int, rate: float, mode: str, warmup: float, observe: float, transport: str, as_json: bool
+    devices: int, rate: float, mode: str, warmup: float, observe: float, transport: str, standby: bool, as_json: bool
 ) -> None:
     """Run a fleet on region 1, fail it, and report RTO (to first publish on region 2), loss, duplicates.
 
@@ -1217,7 +1227,13 @@ def drill_failover(
 
     with _errors():
         config = drill_config(
-            devices=devices, rate=rate, mode=mode, warmup_s=warmup, observe_s=observe, transport=transport
+            devices=devices,
+            rate=rate,
+            mode=mode,
+            warmup_s=warmup,
+            observe_s=observe,
+            transport=transport,
+            standby=standby,
         )
         result = run_drill(config)
     if as_json:

@@ -204,6 +204,9 @@ class ReconnectPolicy(_Frozen):
     connection, whichever comes first. Connected anywhere but the first
     endpoint, it probes the first every ``failback_probe_s`` and moves back when a probe connects.
     A session is declared dead when a PINGRESP or a PUBACK is ``ping_timeout_s`` late.
+    With ``standby``, a second session is kept open to the next endpoint of another region, with the
+    same client id (regions are separate brokers), and takes over the moment the live one ends: a
+    failover with no handshake and no backoff, and a failback once it is open on the first endpoint.
     Defaults follow the AWS CRT (keepalive 1200 s, ping timeout 30 s, backoff 1-120 s); tests against
     the local cloud use seconds.
     """
@@ -218,6 +221,7 @@ class ReconnectPolicy(_Frozen):
     failover_after_s: float = Field(default=20.0, gt=0)
     failback: bool = True
     failback_probe_s: float = Field(default=30.0, gt=0)
+    standby: bool = False
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Self:

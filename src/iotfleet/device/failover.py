@@ -10,7 +10,10 @@ The rules (DESIGN.md decision 8, :class:`~iotfleet.config.ReconnectPolicy`):
 - after ``failover_after_failures`` consecutive failures, or ``failover_after_s`` without a stable
   connection, move to the next endpoint (in order, wrapping), with a fresh backoff;
 - connected anywhere but the first endpoint, failback is due every ``failback_probe_s``; that interval
-  doubles (up to an hour) after each failback whose session ended before it proved stable.
+  doubles (up to an hour) after each failback whose session ended before it proved stable;
+- with ``standby``, a standby session goes to the endpoint a failover would choose, if it is in another
+  region (:meth:`EndpointSelector.standby_target`); when it takes over it is current at once
+  (:meth:`EndpointSelector.promoted`), with no backoff.
 """
 
 from __future__ import annotations
@@ -154,6 +157,27 @@ class EndpointSelector:
     def probe_failed(self) -> None:
         """The preferred endpoint is still down: probe again after another interval."""
         self._next_probe = self._clock() + self._probe_interval()
+
+    def standby_target(self) -> Endpoint | None:
+        """Where a standby session goes (``policy.standby``): the endpoint a failover would move to, if it
+        is in another region than the current one (one region's broker would take the client id from one
+        session to give it to the other, back and forth)."""
+        if not self.policy.standby or len(self.endpoints) < 2:
+            return None
+        target = self.endpoints[(self.index + 1) % len(self.endpoints)]
+        return target if target.region != self.current.region else None
+
+    def promoted(self, endpoint: Endpoint) -> Endpoint:
+        """The standby session to ``endpoint`` took over and is current, with a fresh backoff. On the
+        preferred endpoint this is a failback, on probation as a probe's. Returns the endpoint left."""
+        previous = self.current
+        self.index = self.endpoints.index(endpoint)
+        self._failures = 0
+        self._level = 0
+        self._down_since = self._clock()
+        self.connected()
+        self._on_probation = self.index == 0 and previous != endpoint
+        return previous
 
     def failed_back(self) -> Endpoint:
         """A probe connected: the preferred endpoint is current again. Returns the endpoint left."""

@@ -5,7 +5,9 @@ endpoint the :class:`~iotfleet.device.failover.EndpointSelector` chooses; on eac
 the session to the publisher, restores the inbound part's subscriptions, starts the session hooks and
 lets the outbox move. A session ends when the broker or the network ends it, when the oldest in-flight
 publish goes unanswered past its deadline (the publisher wakes the loop), or when a failback probe to
-the preferred endpoint connects. Then the selector says how long to wait and where to go next. It knows
+the preferred endpoint connects. Then the selector says how long to wait and where to go next, unless
+a standby session (``ReconnectPolicy.standby``), kept open to the next region meanwhile, takes over at
+once. It knows
 the network only through the :class:`~iotfleet.transport.base.Transport` and
 :class:`~iotfleet.transport.base.Session` protocols, so it is tested against fake ones.
 """
@@ -38,6 +40,16 @@ SILENT_REASONS = frozenset(  # the endpoint stopped answering
 )
 
 SessionStart = Callable[[Endpoint], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Standby:
+    """A second session kept open to ``endpoint`` (another region), ready to take over."""
+
+    endpoint: Endpoint
+    task: asyncio.Task[None] | None = None  # keeps it open: connects, waits for its end, reconnects
+    session: Session | None = None  # while open and not taken over
+    connect_s: float = 0.0  # how long its CONNECT took
 
 
 class SessionCounts(Protocol):
@@ -94,29 +106,36 @@ class SessionLoop:
         self._renewal: asyncio.Future[None] | None = None  # use_identity's: done when the new session is up
         self._reboot_s: float | None = None  # reboot's: the offline time asked for, until the session is closed
         self._hook_tasks: set[asyncio.Task[None]] = set()  # running hooks (each logs its own failure)
+        self._standby: _Standby | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # standby sessions being closed
 
     async def run(self) -> None:
         """Connect, serve, and reconnect / fail over / fail back until :attr:`stop` is set."""
         delay = 0.0
+        session: Session | None = None
         while not self.stop.is_set():
-            if delay > 0 and await _wait_or(self.stop, delay):
-                return
-            session = await self.attempt(self.selector.current)
             if session is None:
-                delay = self._moved(self.selector.failed())
-                if self.refusal is not None:  # no hot loop: the next round comes after the longest backoff
-                    delay = max(delay, self.policy.max_backoff_s * (0.5 + self.selector.jitter() / 2))
-                self.next_delay_s = delay
-                continue
-            self.selector.connected()
+                if delay > 0 and await _wait_or(self.stop, delay):
+                    return
+                session = await self.attempt(self.selector.current)
+                if session is None:
+                    delay = self._moved(self.selector.failed())
+                    if self.refusal is not None:  # no hot loop: the next round comes after the longest backoff
+                        delay = max(delay, self.policy.max_backoff_s * (0.5 + self.selector.jitter() / 2))
+                    self.next_delay_s = delay
+                    continue
+                self.selector.connected()
             while session is not None:
                 session = await self.serve(session)
+            if self.stop.is_set():
+                return
             if self._reboot_s is not None:  # a deliberate restart, not a failure: off for a while, then anew
                 delay, self._reboot_s = self._reboot_s, None
+                self._drop_standby()
                 self.selector.restart()
                 self.next_delay_s = delay
                 continue
-            if not self.selector.stable() and not self.stop.is_set():
+            if not self.selector.stable():
                 self.counts.short_sessions += 1
                 log.info(
                     "%s: the session to %s ended within %.0fs (%s): a failed attempt",
@@ -125,9 +144,11 @@ class SessionLoop:
                     self.policy.stable_after_s,
                     self.last_reason,
                 )
-            delay = self.next_delay_s = self._moved(
-                self.selector.disconnected(silent=self.last_reason in SILENT_REASONS)
-            )
+            left = self.selector.current
+            step = self.selector.disconnected(silent=self.last_reason in SILENT_REASONS)
+            session = self._take_over(left)
+            if session is None:
+                delay = self.next_delay_s = self._moved(step)
 
     def _moved(self, step: NextAttempt) -> float:
         """Count and tell a failover the selector decided on; return how long to wait before the next try."""
@@ -204,6 +225,7 @@ class SessionLoop:
             task.add_done_callback(self._hook_tasks.discard)
         self.connected.set()
         self.publisher.pump()
+        self._keep_standby()
         ended = asyncio.ensure_future(_settled(session.closed))
         stop = asyncio.ensure_future(self.stop.wait())
         try:
@@ -305,13 +327,89 @@ class SessionLoop:
         self._went_offline()
         await session.close()
         self._opened(replacement.endpoint, started)
+        self._drop_standby()  # reopened with the new identity once the new session is served
         return replacement
 
     async def close(self) -> None:
-        """Close the live session, if any (the loop's task is cancelled by its owner)."""
+        """Close the live session and the standby, if any (the loop's task is cancelled by its owner)."""
+        self._drop_standby()
         if self.session is not None:
             session, self.session = self.session, None
             await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # ---------------------------------------------------------------- the standby session
+
+    def _keep_standby(self) -> None:
+        """Have a standby session open to the selector's standby target (moved there if it was elsewhere)."""
+        target = self.selector.standby_target()
+        if self._standby is not None and self._standby.endpoint == target:
+            return
+        self._drop_standby()
+        if target is not None:
+            standby = self._standby = _Standby(target)
+            standby.task = asyncio.get_running_loop().create_task(self._hold_standby(standby))
+
+    async def _hold_standby(self, standby: _Standby) -> None:
+        """Keep ``standby`` open until it is dropped or taken over: connect, wait for the session's end,
+        reconnect, backing off as the selector's policy says while the endpoint is down. Its attempts
+        are not the device's (no events, no counts): it serves nothing until it takes over."""
+        level = 0
+        while True:
+            started = time.monotonic()
+            try:
+                session = await self.transport.connect(standby.endpoint, self.options)
+            except (ConnectError, CertificateError) as exc:
+                log.debug("%s: standby to %s: %s", self.thing, standby.endpoint, exc)
+                level += 1
+                ceiling = min(self.policy.max_backoff_s, self.policy.min_backoff_s * 2**level)
+                await asyncio.sleep(self.selector.jitter() * ceiling)
+                continue
+            level = 0
+            standby.session, standby.connect_s = session, time.monotonic() - started
+            with contextlib.suppress(Exception):  # not CancelledError: taken over or dropped, this task ends
+                await asyncio.shield(session.closed)
+            standby.session = None
+            await asyncio.sleep(self.selector.jitter() * self.policy.min_backoff_s)
+
+    def _take_standby(self) -> tuple[Session, float] | None:
+        """The open standby session and its connect time, now the caller's; None if there is none."""
+        standby = self._standby
+        session = None if standby is None else standby.session
+        if standby is None or session is None or session.closed.done():
+            return None
+        standby.session, self._standby = None, None
+        if standby.task is not None:
+            standby.task.cancel()
+        return session, standby.connect_s
+
+    def _take_over(self, left: Endpoint) -> Session | None:
+        """The live session to ``left`` ended: the open standby session, if any, is the device's now (a
+        failover, or a failback on the preferred endpoint)."""
+        taken = self._take_standby()
+        if taken is None:
+            return None
+        session, connect_s = taken
+        self.selector.promoted(session.endpoint)
+        self.counts.failovers += 1
+        failback = session.endpoint == self.selector.preferred
+        self.listeners.emit(FailedOver(self.thing, left, session.endpoint, failback=failback))
+        self._opened(session.endpoint, time.monotonic() - connect_s)
+        return session
+
+    def _drop_standby(self) -> None:
+        """Stop keeping a standby; its open session is closed in the background (awaited by :meth:`close`)."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return
+        if standby.task is not None:
+            standby.task.cancel()
+        if standby.session is not None:
+            task = asyncio.get_running_loop().create_task(standby.session.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            standby.session = None
 
     def _wake(self) -> None:
         if self._look is not None and not self._look.done():
@@ -331,13 +429,27 @@ class SessionLoop:
         return None
 
     async def _fail_back(self, session: Session) -> Session | None:
-        """Probe the preferred endpoint; if it connects, close ``session`` and return the new one."""
-        replacement = await self._probe_preferred()
-        if replacement is not None:
-            self._went_offline()
-            self.listeners.emit(FailedOver(self.thing, session.endpoint, replacement.endpoint, failback=True))
-            self.counts.failovers += 1
-            await session.close()
+        """Move back to the preferred endpoint: the standby session there takes over if it is open (if
+        the standby is still trying it, wait for the next probe), else a probe connects. On success
+        close ``session`` and return the new one."""
+        preferred = self.selector.preferred
+        replacement: Session | None
+        if self._standby is not None and self._standby.endpoint == preferred:
+            taken = self._take_standby()
+            if taken is None:
+                self.selector.probe_failed()
+                return None
+            replacement, connect_s = taken
+            self.selector.promoted(preferred)
+            self._opened(preferred, time.monotonic() - connect_s)
+        else:
+            replacement = await self._probe_preferred()
+            if replacement is None:
+                return None
+        self._went_offline()
+        self.listeners.emit(FailedOver(self.thing, session.endpoint, replacement.endpoint, failback=True))
+        self.counts.failovers += 1
+        await session.close()
         return replacement
 
     async def _probe_preferred(self) -> Session | None:

@@ -42,10 +42,12 @@ def drill_config(
     transport: str = "crt",
     workers: int | None = None,
     reconnect: ReconnectPolicy | None = None,
+    standby: bool = False,
 ) -> SimConfig:
     """The drill as a simulation: ``devices`` on region 1 publishing ``rate`` messages/s each, region 1
     failed (``kill`` or ``blackhole``) after ``warmup_s``, observed for ``observe_s`` more; every device
-    gets a new desired state while its region is down."""
+    gets a new desired state while its region is down. With ``standby`` every device keeps a standby
+    session open to region 2 (:class:`~iotfleet.config.ReconnectPolicy` ``standby``)."""
     if mode not in tuple(Outage):
         raise ConfigError("--mode is kill or blackhole")
     if devices < 1 or rate <= 0:
@@ -53,6 +55,9 @@ def drill_config(
     assets = min(devices, 40)
     shape = FleetShape(sites=math.ceil(devices / assets), tenants=1, buildings=1, rooms=1, assets=assets)
     regions = list(DEFAULT_REGIONS)
+    policy = reconnect or LOCAL_RECONNECT
+    if standby:
+        policy = policy.model_copy(update={"standby": True})
     return SimConfig(
         shape=shape,
         duration_s=warmup_s + observe_s,
@@ -62,7 +67,7 @@ def drill_config(
         chaos=[ChaosEvent(Action(mode), regions[0], warmup_s)],
         regions=regions,
         placement=Placement(weights={regions[0]: 1.0}),  # every device homed in the region that fails
-        reconnect=reconnect or LOCAL_RECONNECT,
+        reconnect=policy,
         limits=PublishLimits(enabled=False),
         operator_fraction=0.0,
         operator_on_fault=1.0,  # every device gets a new desired dim level while its region is down
@@ -77,6 +82,7 @@ def run_drill(config: SimConfig) -> dict[str, Any]:
     fault = next(e for e in report["chaos"] if e["action"] == mode)  # measured as in any run (report.chaos_effects)
     return {
         "mode": mode,
+        "standby": policy.standby,
         "devices": report["devices"],
         "sent": report["sent"],
         "acked": report["acked"],

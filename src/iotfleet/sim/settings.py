@@ -159,6 +159,7 @@ class RunOptions(BaseModel):
     shard: tuple[int, int] = (0, 1)
     shadow: bool = True
     keepalive: int | None = Field(default=None, ge=1, le=1200)
+    standby: bool = False  # each device keeps a standby session open to its next region
     workdir: Path | None = None
     report: Path | None = None
 
@@ -214,9 +215,11 @@ class SimSettings(BaseModel):
         provision = run.provision or (ProvisionMode.CLAIM if cloud is not None else ProvisionMode.DIRECT)
         workers: dict[str, Any] = {} if run.workers is None else {"workers": run.workers}
         reconnect = None
-        if run.keepalive is not None:
+        changes: dict[str, Any] = {"keepalive_s": run.keepalive} if run.keepalive is not None else {}
+        changes.update({"standby": True} if run.standby else {})
+        if changes:
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
-            reconnect = base.model_copy(update={"keepalive_s": run.keepalive})
+            reconnect = base.model_copy(update=changes)
         return SimConfig(
             shape=self.fleet,
             duration_s=workload.duration,
