@@ -400,3 +400,40 @@ def test_blocking_commands_are_subscribed_on_return_and_end_on_close(
         dev.close()
         assert rest.result(timeout=10) == []
         reader.shutdown()
+
+
+def test_a_standby_session_takes_over_when_the_region_dies_and_fails_back_when_it_returns(
+    local_cloud: LocalCloud, lamp: Identity, transport: str
+) -> None:
+    """With ``standby`` the device holds a session in each region; the kill costs it no CONNECT at all."""
+    primary, secondary = local_cloud.regions
+    events: list[Any] = []
+
+    async def scenario() -> None:
+        presence = await Watcher(local_cloud, "$aws/events/presence/connected/lamp-1").start()
+        policy = LOCAL_FAST.model_copy(update={"standby": True})
+        async with device(lamp, local_cloud, transport, reconnect=policy, listeners=[events.append]) as dev:
+            assert await presence.wait_for(lambda: {r for r, _ in presence.messages} == {"eu-west-1", "us-east-1"})
+            assert (await dev.publish("power", b"before")).endpoint.region == primary.name
+            killed_at = len(events)
+            primary.kill()
+            after = await dev.publish("power", b"after the kill")
+            assert after.endpoint.region == secondary.name
+            kinds = [e.kind for e in events[killed_at:] if e.kind is not EventKind.PUBLISH_ACKED]
+            # reset, the standby takes over (told as a failover and a connection), and nothing else: no
+            # CONNECT refused by the dead region, no backoff
+            assert kinds == [EventKind.DISCONNECTED, EventKind.FAILED_OVER, EventKind.CONNECTED]
+            primary.restore()
+            receipts = []
+            while not receipts or receipts[-1].endpoint.region != primary.name:  # the failback, once it opens
+                receipts.append(await dev.publish("power", b"until back home"))
+            moves = [
+                (e.from_endpoint.region, e.to_endpoint.region, e.failback)
+                for e in events
+                if e.kind is EventKind.FAILED_OVER
+            ]
+            assert moves == [(primary.name, secondary.name, False), (secondary.name, primary.name, True)]
+            assert dev.counters.connect_failures == 0
+        await presence.close()
+
+    run(scenario())

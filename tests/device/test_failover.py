@@ -195,3 +195,45 @@ def test_a_failback_that_does_not_last_makes_the_next_probe_wait_longer() -> Non
     while not sel.failback_due():
         clock.now += 1
     assert clock.now - start == 10
+
+
+STANDBY = ReconnectPolicy(
+    failover_after_failures=1, failover_after_s=1e9, failback_probe_s=10, stable_after_s=5, standby=True
+)
+
+
+def test_a_standby_goes_where_a_failover_would_but_only_to_another_region() -> None:
+    sel, _ = selector(STANDBY)
+    assert sel.standby_target() == EPS[1]
+    assert sel.promoted(EPS[1]) == EPS[0]
+    assert sel.current == EPS[1]
+    assert sel.standby_target() == EPS[2]
+    assert selector(ReconnectPolicy())[0].standby_target() is None  # not asked for
+    assert selector(STANDBY, endpoints=EPS[:1])[0].standby_target() is None
+    same_region = Endpoint(region="r0", host="127.0.0.9", port=9)  # one broker: one client id, two sessions
+    assert selector(STANDBY, endpoints=[EPS[0], same_region])[0].standby_target() is None
+
+
+def test_a_standby_that_takes_over_resets_the_backoff_and_on_the_preferred_endpoint_is_on_probation() -> None:
+    sel, clock = selector(STANDBY, endpoints=EPS[:2])
+    sel.failed()  # the preferred endpoint is down: on to the other
+    sel.connected()
+    clock.now += 100
+    assert sel.failback_due()
+    sel.promoted(EPS[0])  # the standby, open on the preferred endpoint, takes over: a failback
+    assert sel.current == EPS[0]
+    assert not sel.failback_due()
+    clock.now += 1
+    sel.disconnected()  # it did not last: like a failed probe, the next failback waits twice as long
+    sel.promoted(EPS[1])
+    assert sel.current == EPS[1]
+    clock.now += 10
+    assert not sel.failback_due()
+    clock.now += 10
+    assert sel.failback_due()
+    sel.promoted(EPS[0])
+    clock.now += 6
+    sel.disconnected()  # this one lasted: a stable session, the plain probe interval again
+    sel.promoted(EPS[1])
+    clock.now += 10
+    assert sel.failback_due()

@@ -349,3 +349,72 @@ def test_a_reboot_ends_the_session_waits_and_starts_over_from_the_preferred_endp
             assert (await queued).endpoint == US
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- the standby session
+
+STANDBY = FAST.model_copy(update={"standby": True})
+
+
+def test_the_standby_session_takes_over_at_once_and_the_next_standby_never_targets_the_live_region() -> None:
+    async def scenario() -> None:
+        rig = Rig(STANDBY, up={EU, US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert await until(lambda: len(rig.transport.sessions) == 2)  # the live session, then the standby
+            live, standby = rig.transport.sessions
+            assert (live.endpoint, standby.endpoint) == (EU, US)
+            assert rig.loop.session is live
+            future = rig.publisher.enqueue(TOPIC, b"in flight when EU dies", 1)
+            assert await until(lambda: len(live.sent) == 1)
+            rig.transport.up.discard(EU)
+            live.end(DisconnectReason.RESET)
+            assert await until(lambda: len(standby.sent) == 1)  # resent on the standby: no CONNECT, no backoff
+            assert rig.loop.session is standby
+            standby.sent[0].ack()
+            assert (await future).endpoint == US
+            assert rig.moves() == [(EU, US, False)]
+            assert [e.endpoint for e in rig.of(Connected)] == [EU, US]
+            assert rig.counters.failovers == 1
+            # the next standby goes to EU (down: retried, not told); never again to US, which is live
+            assert await until(lambda: rig.transport.attempts.count(EU) >= 3)
+            assert rig.transport.attempts.count(US) == 1
+            assert rig.of(ConnectFailed) == []
+            assert not standby.lost
+
+    asyncio.run(scenario())
+
+
+def test_the_standby_on_the_preferred_endpoint_is_the_failback() -> None:
+    async def scenario() -> None:
+        rig = Rig(STANDBY, up={US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            secondary = rig.transport.sessions[0]
+            assert secondary.endpoint == US
+            rig.transport.up.add(EU)  # the standby, retrying EU, opens there; the failback takes it over
+            assert await until(lambda: rig.loop.session is not None and rig.loop.session.endpoint == EU)
+            [on_eu] = [s for s in rig.transport.sessions if s.endpoint == EU]  # no probe of its own
+            assert rig.loop.session is on_eu
+            assert secondary.lost  # closed once the standby took over
+            assert rig.moves() == [(EU, US, False), (US, EU, True)]
+            assert await until(lambda: sum(s.endpoint == US for s in rig.transport.sessions) == 2)  # a new standby
+        assert all(s.lost for s in rig.transport.sessions)  # the live one and the standby end with the loop
+
+    asyncio.run(scenario())
+
+
+def test_a_reboot_drops_the_standby() -> None:
+    async def scenario() -> None:
+        rig = Rig(STANDBY, up={EU, US})
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert await until(lambda: len(rig.transport.sessions) == 2)
+            live, standby = rig.transport.sessions
+            rig.loop.reboot(0.05)
+            assert await until(lambda: standby.lost)  # a rebooting device holds no session anywhere
+            assert live.lost
+            assert await until(lambda: rig.loop.session is not None and rig.loop.session.endpoint == EU)
+            assert rig.moves() == []  # the reboot starts over on the preferred endpoint: no takeover
+
+    asyncio.run(scenario())

@@ -250,6 +250,8 @@ class SessionLoop:
         if session.closed.done():
             self.last_reason = session.closed.result().reason
             self.listeners.emit(Disconnected(self.thing, session.endpoint, self.last_reason))
+        elif self.stop.is_set():  # the loop ends: the session ends with it, not left to its owner
+            await session.close()
         self._went_offline()
         return None
 
