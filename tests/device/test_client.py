@@ -13,7 +13,7 @@ import pytest
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.registry import CertificateStatus
 from iotfleet.config import Endpoint, Identity, OutboxPolicy, OverflowPolicy
-from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed
+from iotfleet.device import BlockingDeviceClient, DeviceClient, DeviceState, EventKind, PublishFailed, PublishReceipt
 from iotfleet.device.events import Disconnected, PublishAcked
 from iotfleet.errors import ClientStateError, ConfigError, ConnectError, PublishRejected, TopicError
 from iotfleet.shadow.client import Shadow
@@ -424,7 +424,7 @@ def test_a_standby_session_takes_over_when_the_region_dies_and_fails_back_when_i
             # CONNECT refused by the dead region, no backoff
             assert kinds == [EventKind.DISCONNECTED, EventKind.FAILED_OVER, EventKind.CONNECTED]
             primary.restore()
-            receipts = []
+            receipts: list[PublishReceipt] = []
             while not receipts or receipts[-1].endpoint.region != primary.name:  # the failback, once it opens
                 receipts.append(await dev.publish("power", b"until back home"))
             moves = [

@@ -38,7 +38,7 @@ from iotfleet.transport.base import ConnectOptions, DisconnectReason
 from tests.conftest import until
 from tests.device.fakes import EU, US, FakeTransport
 
-E = TypeVar("E", Disconnected, ConnectFailed)
+E = TypeVar("E", Disconnected, ConnectFailed, Connected)
 
 TOPIC = "dt/acme/hq/lamp-1/power"
 FAST = LOCAL_FAST.model_copy(update={"stable_after_s": 0.0, "failover_after_failures": 1, "failback_probe_s": 0.2})
