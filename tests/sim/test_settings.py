@@ -119,3 +119,25 @@ def test_shard_auto_takes_the_pods_index() -> None:
     result = CliRunner().invoke(cli, ["simulate", "--check", "--shard", "auto/4"], env={"JOB_COMPLETION_INDEX": ""})
     assert result.exit_code == 2
     assert "not a shard index" in result.output
+
+
+def test_standby_and_keepalive_shape_one_reconnect_policy_and_ingest_workers_reach_the_embedded_cloud() -> None:
+    config = load_settings(None, run={"standby": True, "keepalive": 45, "ingest_workers": 2}).sim_config()
+    assert config.reconnect is not None
+    assert (config.reconnect.standby, config.reconnect.keepalive_s) == (True, 45)
+    assert config.reconnect.ping_timeout_s == 2.0  # the rest is the local cloud's policy
+    assert config.ingest_workers == 2
+    assert load_settings(None).sim_config().reconnect is None  # nothing given: the target's default
+    assert checked("--standby", "--ingest-workers", "3")["run"]["ingest_workers"] == 3
+
+
+def test_ingest_workers_are_refused_against_a_cloud_the_run_does_not_start(tmp_path: Path) -> None:
+    for name in ("ca.pem", "c.pem", "k.pem"):
+        (tmp_path / name).write_text("not read before the check")
+    target = tmp_path / "fleet.toml"
+    target.write_text(
+        "[target]\nendpoints = ['eu-west-1=iot.example.com:8883']\nca = 'ca.pem'\nclaim_cert = 'c.pem'\n"
+        "claim_key = 'k.pem'\n"
+    )
+    with pytest.raises(ConfigError, match="cloud up --ingest-workers"):
+        load_settings(target, run={"ingest_workers": 2, "provision": "claim"}).sim_config()
