@@ -229,8 +229,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds after the ramp")
     parser.add_argument("--ramp", type=float, default=500.0, help="devices started per second")
-    parser.add_argument("--only", choices=["iotfleet", "locust", "awscrt"], help="run one tool only")
+    parser.add_argument("--only", help="run only these tools, comma separated (iotfleet, locust, awscrt)")
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else {"iotfleet", "locust", "awscrt"}
+    if only - {"iotfleet", "locust", "awscrt"}:
+        parser.error(f"--only: unknown tools {sorted(only - {'iotfleet', 'locust', 'awscrt'})}")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per device, for both tools
     print(f"machine: {platform.machine()} cores={os.cpu_count()} python={platform.python_version()}")
@@ -246,7 +249,7 @@ def main() -> None:
     }
     for devices in (40 * math.ceil(int(n) / 40) for n in args.devices.split(",")):  # whole sites
         for tool, run in runners.items():
-            if args.only in (None, tool):
+            if tool in only:
                 with tempfile.TemporaryDirectory(prefix="iotfleet-vs-locust-") as workdir:
                     print(_row(tool, devices, args.rate, run(devices, Path(workdir))), flush=True)
 
