@@ -60,19 +60,7 @@ def main() -> None:
     start = time.monotonic()
     for index, thing in enumerate(setup["things"]):
         time.sleep(max(0.0, start + index / ramp - time.monotonic()))
-        opts = io.TlsContextOptions.create_client_with_mtls_from_path(thing["cert"], thing["key"])
-        opts.override_default_trust_store_from_path(None, setup["ca"])
-        client = mqtt5.Client(
-            mqtt5.ClientOptions(
-                host_name=setup["host"],
-                port=setup["port"],
-                bootstrap=runtime.bootstrap,
-                tls_ctx=io.ClientTlsContext(opts),
-                connect_options=mqtt5.ConnectPacket(client_id=thing["thing"], keep_alive_interval_sec=1200),
-                on_lifecycle_event_connection_success_fn=on_connected,
-            )
-        )
-        client.start()
+        client = _started_client(setup, thing, runtime, on_connected)
         device = SimDevice(**thing["device"])
         rng = random.Random(device.seed)  # noqa: S311 - a workload stream, as in the simulator
         topic = f"dt/{thing['tenant']}/{thing['site']}/{thing['thing']}/telemetry"
@@ -99,6 +87,26 @@ def main() -> None:
         client.publish(packet).add_done_callback(on_ack)
     for client, *_ in clients:
         client.stop()
+
+
+def _started_client(
+    setup: dict[str, Any], thing: dict[str, Any], runtime: CrtRuntime, on_connected: Any
+) -> mqtt5.Client:
+    """One device's awscrt MQTT 5 client with its own mTLS identity, started."""
+    opts = io.TlsContextOptions.create_client_with_mtls_from_path(thing["cert"], thing["key"])
+    opts.override_default_trust_store_from_path(None, setup["ca"])
+    client = mqtt5.Client(
+        mqtt5.ClientOptions(
+            host_name=setup["host"],
+            port=setup["port"],
+            bootstrap=runtime.bootstrap,
+            tls_ctx=io.ClientTlsContext(opts),
+            connect_options=mqtt5.ConnectPacket(client_id=thing["thing"], keep_alive_interval_sec=1200),
+            on_lifecycle_event_connection_success_fn=on_connected,
+        )
+    )
+    client.start()
+    return client
 
 
 if __name__ == "__main__":
