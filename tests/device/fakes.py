@@ -7,6 +7,7 @@ checked on their own, with the test deciding when a PUBACK arrives and when a se
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,10 +104,18 @@ class FakeTransport:
     attempted_at: list[float] = field(default_factory=list)  # time.monotonic() of each attempt
     identities: list[str] = field(default_factory=list)  # the certificate file of each session opened
     connected: asyncio.Event = field(default_factory=asyncio.Event)  # set on each new session
+    delays: dict[Endpoint, float] = field(default_factory=dict)  # endpoint -> how long a CONNECT takes there
+    connecting: collections.Counter[Endpoint] = field(default_factory=collections.Counter)  # CONNECTs in flight
 
     async def connect(self, endpoint: Endpoint, options: ConnectOptions) -> Session:
         self.attempts.append(endpoint)
         self.attempted_at.append(time.monotonic())
+        if endpoint in self.delays:  # whether the endpoint is up is decided when the CONNECT completes
+            self.connecting[endpoint] += 1
+            try:
+                await asyncio.sleep(self.delays[endpoint])
+            finally:
+                self.connecting[endpoint] -= 1
         if str(options.identity.cert_file) in self.refused_certificates:
             raise ConnectError("not authorized", endpoint=str(endpoint), reason="connack 0x87")
         if endpoint not in self.up:

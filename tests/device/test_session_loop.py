@@ -418,3 +418,21 @@ def test_a_reboot_drops_the_standby() -> None:
             assert rig.moves() == []  # the reboot starts over on the preferred endpoint: no takeover
 
     asyncio.run(scenario())
+
+
+def test_a_standby_still_trying_where_the_device_reconnects_is_dropped_first() -> None:
+    """Two sessions of one client id in one region evict each other: the loop's own attempt wins."""
+
+    async def scenario() -> None:
+        rig = Rig(STANDBY, up={EU})
+        rig.transport.delays[US] = 0.5
+        async with running(rig):
+            await asyncio.wait_for(rig.loop.connected.wait(), 5)
+            assert await until(lambda: rig.transport.connecting[US] == 1)  # the standby's CONNECT, in flight
+            rig.transport.up = {US}  # it would open now, as the device's own attempt does
+            rig.transport.sessions[0].end(DisconnectReason.RESET)
+            assert await until(lambda: rig.loop.session is not None and rig.loop.session.endpoint == US)
+            assert await until(lambda: rig.transport.attempts[-3:] == [EU, EU, EU])  # the next standby: EU
+            assert [s.endpoint for s in rig.transport.sessions] == [EU, US]  # no second session to US
+
+    asyncio.run(scenario())

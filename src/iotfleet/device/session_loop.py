@@ -117,6 +117,8 @@ class SessionLoop:
             if session is None:
                 if delay > 0 and await _wait_or(self.stop, delay):
                     return
+                if self._standby is not None and self._standby.endpoint == self.selector.current:
+                    self._drop_standby()  # the standby did not open in time; two sessions there would evict each other
                 session = await self.attempt(self.selector.current)
                 if session is None:
                     delay = self._moved(self.selector.failed())
