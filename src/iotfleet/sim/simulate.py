@@ -69,6 +69,7 @@ LOCAL_RECONNECT = ReconnectPolicy(
     stable_after_s=2.0,  # below failover_after_s, so a hiccup right after a failover does not bounce back
 )
 OPERATOR_QUIET_S = 3.0
+SETTLE_CAP = 30  # an ingest still storing is waited for up to 30 times settle_s
 AWS_ACCOUNT_PUBLISH_RATE = 20_000.0  # inbound publishes/s per account, the larger Regions' default quota
 
 
@@ -616,15 +617,25 @@ def _barrier(start_at: float | None, stop: Any) -> float:
 def _settle(
     read: Callable[[], list[dict[str, Any]]], metrics: Sequence[WorkerMetrics], settle_s: float
 ) -> list[dict[str, Any]]:
-    """Wait until the ingest has everything that was acknowledged (or ``settle_s`` passes)."""
+    """Wait until the ingest has everything that was acknowledged, or until it stored nothing more for
+    ``settle_s`` (an ingest that is behind but still storing is waited for, up to ``SETTLE_CAP`` times
+    ``settle_s``: what it stores late is late, not lost)."""
     acked = sum(sum(len(s) for s in m.acked_seqs.values()) for m in metrics)
-    deadline = time.monotonic() + settle_s
+    started = time.monotonic()
+    deadline = started + settle_s
+    stored, pause = -1, 0.1
     while True:
         stats = read()
         distinct: dict[str, SeqSet] = {}
         for region in stats:
             for thing, seqs in region["by_device"].items():
                 distinct.setdefault(thing, SeqSet()).update(seqs)
-        if sum(len(v) for v in distinct.values()) >= acked or time.monotonic() > deadline:
+        now_stored = sum(len(v) for v in distinct.values())
+        now = time.monotonic()
+        if now_stored >= acked or now > deadline:
             return stats
-        time.sleep(0.1)
+        if now_stored > stored:  # still storing: give it settle_s more, within the cap
+            deadline = min(now + settle_s, started + settle_s * SETTLE_CAP)
+            stored = now_stored
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)  # reading a large fleet's figures is not free: less often as it goes

@@ -185,6 +185,9 @@ class ConnectOptions:
     connect_timeout_s: float = 10.0
     receive_maximum: int = 100
     on_message: Callable[[InboundMessage], None] = field(default=lambda _msg: None)
+    # 0: a clean session every time. Else the broker keeps the session (subscriptions, queued and
+    # unacknowledged QoS 1 messages) this long after a disconnect and the next CONNECT resumes it
+    session_expiry_s: int = 0
 
 
 PublishCallback = Callable[[int, ClientError | None], None]

@@ -346,10 +346,14 @@ class CrtTransport:
                 connect_options=mqtt5.ConnectPacket(
                     client_id=options.client_id,
                     keep_alive_interval_sec=options.keepalive_s,
-                    session_expiry_interval_sec=0,
+                    session_expiry_interval_sec=options.session_expiry_s,
                     receive_maximum=options.receive_maximum,
                 ),
-                session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
+                session_behavior=(
+                    mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS
+                    if options.session_expiry_s
+                    else mqtt5.ClientSessionBehaviorType.CLEAN
+                ),
                 extended_validation_and_flow_control_options=mqtt5.ExtendedValidationAndFlowControlOptions.NONE,
                 offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
                 min_reconnect_delay_ms=_NEVER_MS,

@@ -326,8 +326,19 @@ class PahoTransport:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(self._connect_threads, "iotfleet-paho-connect")
 
+        properties = None
+        if options.session_expiry_s:  # a session the broker keeps, resumed by the next CONNECT
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+            properties.SessionExpiryInterval = options.session_expiry_s
+
         def blocking_connect() -> None:
-            client.connect(endpoint.host, endpoint.port, keepalive=options.keepalive_s, clean_start=True)
+            client.connect(
+                endpoint.host,
+                endpoint.port,
+                keepalive=options.keepalive_s,
+                clean_start=not options.session_expiry_s,
+                properties=properties,
+            )
 
         connecting = loop.run_in_executor(self._executor, blocking_connect)
         try:

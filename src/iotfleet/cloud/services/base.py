@@ -27,6 +27,10 @@ __all__ = ["SERVICE_CLIENT_PREFIX", "OperatorConnection", "RegionService", "Serv
 # Client ids starting with this belong to the cloud's own services: the broker plugin refuses them to
 # every other certificate (iotfleet_routing.c), so no device can take over a service's session.
 SERVICE_CLIENT_PREFIX: Final = "iotfleet-service"
+# A service's session outlives a dropped connection by this long: the broker keeps queuing what the
+# service subscribed to, and the reconnect resumes it (a clean session would discard what was queued,
+# e.g. a second of device data for an ingest whose pings went unanswered on an overloaded machine)
+SERVICE_SESSION_EXPIRY_S: Final = 600
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,8 +79,10 @@ class ServiceConnection:
         handler: Callable[[InboundMessage], None],
         transport: Transport,
         failures: Failures | None = None,
+        session_expiry_s: int = SERVICE_SESSION_EXPIRY_S,
     ) -> None:
         self.client_id = client_id
+        self._session_expiry_s = session_expiry_s
         self.endpoint = endpoint
         self._identity = identity
         self._filters = list(filters)
@@ -88,6 +94,8 @@ class ServiceConnection:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # answers that could not be sent because the region was down
         self.handler_failures = 0  # messages whose handler raised (each recorded in ``failures``)
+        self.sessions = 0  # connections made
+        self.reconnects = 0  # connections after the first (a broker restarted or a session dropped)
 
     def start(self) -> None:
         self._task = self._failures.spawn(self._run(), f"{self.client_id} connection")
@@ -112,10 +120,15 @@ class ServiceConnection:
             connect_timeout_s=5,
             receive_maximum=65535,
             on_message=self._deliver,
+            session_expiry_s=self._session_expiry_s,
         )
         while True:
             try:
                 session = await self._transport.connect(self.endpoint, options)
+                if self.sessions:
+                    self.reconnects += 1
+                    log.warning("%s reconnected to %s (its session resumed)", self.client_id, self.endpoint)
+                self.sessions += 1
                 if self._filters:
                     await session.subscribe([(f, 1) for f in self._filters])
             except (ConnectError, ConnectionLost) as exc:
@@ -188,10 +201,17 @@ class RegionService:
         task.add_done_callback(self._tasks.discard)
 
     def attach(
-        self, endpoint: Endpoint, identity: Identity, host: ServiceHost, *, instance: str = ""
+        self,
+        endpoint: Endpoint,
+        identity: Identity,
+        host: ServiceHost,
+        *,
+        instance: str = "",
+        session_expiry_s: int = SERVICE_SESSION_EXPIRY_S,
     ) -> ServiceConnection:
         """Create this service's connection to its region (started by the caller on ``host``'s loop);
-        ``instance`` tells apart the client ids of several processes running the same service."""
+        ``instance`` tells apart the client ids of several processes running the same service, and
+        ``session_expiry_s`` is how long the broker keeps its session after a dropped connection."""
         self.failures = host.failures
         self.connection = ServiceConnection(
             client_id=f"{SERVICE_CLIENT_PREFIX}-{self.kind}-{self.region}{instance}",
@@ -201,6 +221,7 @@ class RegionService:
             handler=self.on_message,
             transport=host.transport,
             failures=host.failures,
+            session_expiry_s=session_expiry_s,
         )
         return self.connection
 

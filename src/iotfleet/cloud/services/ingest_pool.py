@@ -299,7 +299,9 @@ def worker_entry(spec: WorkerSpec, pipe: Connection) -> None:
             rules=spec.rules,
             unshared=spec.index == 0,
         )
-        connection = service.attach(spec.endpoint, spec.identity, host, instance=f"-{spec.index}")
+        # a clean session: mosquitto keeps handing a shared subscription's messages to a member whose
+        # session it keeps, so a dead worker's kept session would take its share for as long as it lasts
+        connection = service.attach(spec.endpoint, spec.identity, host, instance=f"-{spec.index}", session_expiry_s=0)
 
         async def start() -> None:
             service.start()

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from iotfleet.cloud.presence import LifecycleEvent, PresenceTracker
-from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceConnection, ServiceHost
+from iotfleet.cloud.services.base import (
+    SERVICE_CLIENT_PREFIX,
+    SERVICE_SESSION_EXPIRY_S,
+    OperatorConnection,
+    ServiceConnection,
+    ServiceHost,
+)
 from iotfleet.config import Endpoint, Identity
 
 __all__ = ["LifecycleService"]
@@ -35,10 +41,16 @@ class LifecycleService(OperatorConnection):
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(
-        self, endpoint: Endpoint, identity: Identity, host: ServiceHost, *, instance: str = ""
+        self,
+        endpoint: Endpoint,
+        identity: Identity,
+        host: ServiceHost,
+        *,
+        instance: str = "",
+        session_expiry_s: int = SERVICE_SESSION_EXPIRY_S,
     ) -> ServiceConnection:
         self._loop = host.loop
-        return super().attach(endpoint, identity, host, instance=instance)
+        return super().attach(endpoint, identity, host, instance=instance, session_expiry_s=session_expiry_s)
 
     def feed(self, line: str) -> None:
         """One line of the broker's log (the log reader's thread)."""
