@@ -31,6 +31,8 @@ SERVICE_CLIENT_PREFIX: Final = "iotfleet-service"
 # service subscribed to, and the reconnect resumes it (a clean session would discard what was queued,
 # e.g. a second of device data for an ingest whose pings went unanswered on an overloaded machine)
 SERVICE_SESSION_EXPIRY_S: Final = 600
+SERVICE_PING_TIMEOUT_S: Final = 30.0
+SERVICE_RECEIVE_MAXIMUM: Final = 1000
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,9 +118,14 @@ class ServiceConnection:
             client_id=self.client_id,
             identity=self._identity,
             keepalive_s=30,
-            ping_timeout_s=5,
+            # a busy service is not a dead broker: on an overloaded machine the CRT's thread waits for
+            # the GIL behind thousands of messages, and a 5 s ping timeout dropped the ingest's session
+            # (at 30,000 devices on 2 cores); a dead broker resets the connection at once anyway
+            ping_timeout_s=SERVICE_PING_TIMEOUT_S,
             connect_timeout_s=5,
-            receive_maximum=65535,
+            # what the broker may have in flight to the service; the rest waits in its (unbounded) queue.
+            # 65,535 meant a resumed session got tens of thousands of messages again at once
+            receive_maximum=SERVICE_RECEIVE_MAXIMUM,
             on_message=self._deliver,
             session_expiry_s=self._session_expiry_s,
         )
