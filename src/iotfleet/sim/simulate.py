@@ -630,12 +630,13 @@ def _settle(
         for region in stats:
             for thing, seqs in region["by_device"].items():
                 distinct.setdefault(thing, SeqSet()).update(seqs)
-        now_stored = sum(len(v) for v in distinct.values())
         now = time.monotonic()
-        if now_stored >= acked or now > deadline:
+        if sum(len(v) for v in distinct.values()) >= acked or now > deadline:
             return stats
-        if now_stored > stored:  # still storing: give it settle_s more, within the cap
+        # still working (a duplicate it handles counts: a resumed session may hand it thousands again)
+        handled = sum(region["ingested"] + region["duplicates"] for region in stats)
+        if handled > stored:  # give it settle_s more, within the cap
             deadline = min(now + settle_s, started + settle_s * SETTLE_CAP)
-            stored = now_stored
+            stored = handled
         time.sleep(pause)
         pause = min(1.0, pause * 2)  # reading a large fleet's figures is not free: less often as it goes
