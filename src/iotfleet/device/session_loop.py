@@ -7,8 +7,7 @@ lets the outbox move. A session ends when the broker or the network ends it, whe
 publish goes unanswered past its deadline (the publisher wakes the loop), or when a failback probe to
 the preferred endpoint connects. Then the selector says how long to wait and where to go next, unless
 a standby session (``ReconnectPolicy.standby``), kept open to the next region meanwhile, takes over at
-once. It knows
-the network only through the :class:`~iotfleet.transport.base.Transport` and
+once. It knows the network only through the :class:`~iotfleet.transport.base.Transport` and
 :class:`~iotfleet.transport.base.Session` protocols, so it is tested against fake ones.
 """
 
@@ -354,6 +353,13 @@ class SessionLoop:
         if target is not None:
             standby = self._standby = _Standby(target)
             standby.task = asyncio.get_running_loop().create_task(self._hold_standby(standby))
+            standby.task.add_done_callback(self._standby_ended)
+
+    def _standby_ended(self, task: asyncio.Task[None]) -> None:
+        """A standby task ends by being cancelled; anything else is a bug, logged (the device goes on
+        without a standby until its next session)."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s: the standby session's task failed", self.thing, exc_info=exc)
 
     async def _hold_standby(self, standby: _Standby) -> None:
         """Keep ``standby`` open until it is dropped or taken over: connect, wait for the session's end,
