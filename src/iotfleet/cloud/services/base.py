@@ -135,7 +135,14 @@ class ServiceConnection:
                 session = await self._transport.connect(self.endpoint, options)
                 if self.sessions:
                     self.reconnects += 1
-                    log.warning("%s reconnected to %s (its session resumed)", self.client_id, self.endpoint)
+                    log.warning(
+                        "%s reconnected to %s (%s)",
+                        self.client_id,
+                        self.endpoint,
+                        "its session resumed"
+                        if self._session_expiry_s
+                        else "a clean session: what the broker had queued for the old one is gone",
+                    )
                 self.sessions += 1
                 if self._filters:
                     await session.subscribe([(f, 1) for f in self._filters])
@@ -196,6 +203,7 @@ class RegionService:
         self.region = region
         self.connection: ServiceConnection | None = None
         self.failures = Failures()  # the host's, once attached
+        self.loop: asyncio.AbstractEventLoop | None = None  # the host's, once attached
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, message: InboundMessage) -> None:
@@ -221,6 +229,7 @@ class RegionService:
         ``instance`` tells apart the client ids of several processes running the same service, and
         ``session_expiry_s`` is how long the broker keeps its session after a dropped connection."""
         self.failures = host.failures
+        self.loop = host.loop
         self.connection = ServiceConnection(
             client_id=f"{SERVICE_CLIENT_PREFIX}-{self.kind}-{self.region}{instance}",
             endpoint=endpoint,

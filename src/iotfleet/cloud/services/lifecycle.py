@@ -9,21 +9,13 @@ cannot be published (the service's own connection is down) is counted in :attr:`
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from iotfleet.cloud.presence import LifecycleEvent, PresenceTracker
-from iotfleet.cloud.services.base import (
-    SERVICE_CLIENT_PREFIX,
-    SERVICE_SESSION_EXPIRY_S,
-    OperatorConnection,
-    ServiceConnection,
-    ServiceHost,
-)
-from iotfleet.config import Endpoint, Identity
+from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection
 
 __all__ = ["LifecycleService"]
 
@@ -38,25 +30,13 @@ class LifecycleService(OperatorConnection):
         self.tracker = PresenceTracker(principal, ignore=lambda client_id: client_id.startswith(SERVICE_CLIENT_PREFIX))
         self.published: Counter[str] = Counter()  # by event type (on the services' loop)
         self.dropped = 0  # events not published: the service's connection was down
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def attach(
-        self,
-        endpoint: Endpoint,
-        identity: Identity,
-        host: ServiceHost,
-        *,
-        instance: str = "",
-        session_expiry_s: int = SERVICE_SESSION_EXPIRY_S,
-    ) -> ServiceConnection:
-        self._loop = host.loop
-        return super().attach(endpoint, identity, host, instance=instance, session_expiry_s=session_expiry_s)
 
     def feed(self, line: str) -> None:
         """One line of the broker's log (the log reader's thread)."""
         events = self.tracker.feed(line)
-        if events and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._publish, events)
+        loop = self.loop  # the services' loop, once attached
+        if events and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._publish, events)
 
     def _publish(self, events: list[LifecycleEvent]) -> None:
         for event in events:
