@@ -238,6 +238,18 @@ def cloud() -> None:
     """The local cloud: regions of mosquitto + IoT Core services on loopback."""
 
 
+def _ingest_workers_option(what: str, otherwise: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--ingest-workers N``: run ``what`` in N processes of its own (0: in ``otherwise``)."""
+    return click.option(
+        "--ingest-workers",
+        type=click.IntRange(min=0, max=64),
+        default=0,
+        show_default=True,
+        help=f"Run {what} in N processes of its own, on its shared subscription (for more messages a second "
+        f"than one core stores); 0 runs it in {otherwise}.",
+    )
+
+
 @cloud.command("up")
 @click.option("--regions", default="eu-west-1,us-east-1", show_default=True, help="Comma-separated region names.")
 @click.option(
@@ -308,14 +320,7 @@ def cloud() -> None:
     help="Serve the HTTP control plane for boto3 and the AWS CLI here (iot: jobs, endpoint; iot-data: shadows, "
     "publish); printed as api_url. Signatures are read for the region, not verified.",
 )
-@click.option(
-    "--ingest-workers",
-    type=click.IntRange(min=0, max=64),
-    default=0,
-    show_default=True,
-    help="Run each region's ingest in N processes of its own, on its shared subscription (for more messages "
-    "a second than one core stores); 0 runs it in the cloud's process.",
-)
+@_ingest_workers_option("each region's ingest", "the cloud's process")
 @click.option(
     "--advertise",
     metavar="HOST",
@@ -645,14 +650,7 @@ def _shard(value: str) -> tuple[int, int]:
     is_flag=True,
     help="Lift IoT Core's per-connection publish limits (100 msg/s, 512 KiB/s) in the devices and in the local cloud.",
 )
-@click.option(
-    "--ingest-workers",
-    type=click.IntRange(min=0, max=64),
-    default=0,
-    show_default=True,
-    help="Run the embedded cloud's ingest of each region in N processes of its own, on its shared subscription "
-    "(for more messages a second than one core stores); 0 runs it in the simulator's process.",
-)
+@_ingest_workers_option("the embedded cloud's ingest of each region", "the simulator's process")
 @click.option(
     "--basic-ingest",
     is_flag=True,
