@@ -60,7 +60,7 @@ def main() -> None:
     start = time.monotonic()
     for index, thing in enumerate(setup["things"]):
         time.sleep(max(0.0, start + index / ramp - time.monotonic()))
-        client = _started_client(setup, thing, runtime, on_connected)
+        client = started_client(setup, thing, runtime, on_connected)
         device = SimDevice(**thing["device"])
         rng = random.Random(device.seed)  # noqa: S311 - a workload stream, as in the simulator
         topic = f"dt/{thing['tenant']}/{thing['site']}/{thing['thing']}/telemetry"
@@ -89,10 +89,12 @@ def main() -> None:
         client.stop()
 
 
-def _started_client(
+def started_client(
     setup: dict[str, Any], thing: dict[str, Any], runtime: CrtRuntime, on_connected: Any
 ) -> mqtt5.Client:
-    """One device's awscrt MQTT 5 client with its own mTLS identity, started."""
+    """One device's awscrt MQTT 5 client with its own mTLS identity, started: ``setup`` names the broker
+    (``host``, ``port``) and the CA (``ca``), ``thing`` the device (``thing``, ``cert``, ``key``). Also
+    the client of bench/ingest_scale.py's generator."""
     opts = io.TlsContextOptions.create_client_with_mtls_from_path(thing["cert"], thing["key"])
     opts.override_default_trust_store_from_path(None, setup["ca"])
     client = mqtt5.Client(

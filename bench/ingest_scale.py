@@ -54,8 +54,10 @@ def generate(setup: dict[str, Any]) -> None:
     line with the wall and CPU time it took."""
     import resource  # noqa: PLC0415
 
-    from awscrt import io, mqtt5  # noqa: PLC0415
+    from awscrt import mqtt5  # noqa: PLC0415
+    from awscrt_fleet import started_client  # noqa: PLC0415 - bench/ is the script's directory
 
+    from iotfleet.topics import MESSAGE_ID_PROPERTY, SENT_AT_PROPERTY, SEQUENCE_PROPERTY  # noqa: PLC0415
     from iotfleet.transport.crt import CrtRuntime, skip_system_trust_store  # noqa: PLC0415
 
     skip_system_trust_store()
@@ -72,30 +74,15 @@ def generate(setup: dict[str, Any]) -> None:
         body = {"ts": HOUR + seq, "power_w": 10.0 + seq % 90, "dim": seq % 100, "lux": 400.0,
                 "occupancy": seq % 2 == 0, "temperature_c": 21.5}  # fmt: skip
         properties = [
-            mqtt5.UserProperty("iotfleet-msg-id", f"{thing}-{seq}"),
-            mqtt5.UserProperty("iotfleet-seq", str(seq)),
-            mqtt5.UserProperty("iotfleet-sent-at", str(int(time.time() * 1000))),
+            mqtt5.UserProperty(MESSAGE_ID_PROPERTY, f"{thing}-{seq}"),
+            mqtt5.UserProperty(SEQUENCE_PROPERTY, str(seq)),
+            mqtt5.UserProperty(SENT_AT_PROPERTY, str(int(time.time() * 1000))),
         ]
         return mqtt5.PublishPacket(
             topic=topic, payload=json.dumps(body).encode(), qos=mqtt5.QoS.AT_LEAST_ONCE, user_properties=properties
         )
 
-    started: list[mqtt5.Client] = []
-    for entry in clients:
-        opts = io.TlsContextOptions.create_client_with_mtls_from_path(entry["cert"], entry["key"])
-        opts.override_default_trust_store_from_path(None, setup["ca"])
-        client = mqtt5.Client(
-            mqtt5.ClientOptions(
-                host_name=setup["host"],
-                port=setup["port"],
-                bootstrap=runtime.bootstrap,
-                tls_ctx=io.ClientTlsContext(opts),
-                connect_options=mqtt5.ConnectPacket(client_id=entry["thing"], keep_alive_interval_sec=1200),
-                on_lifecycle_event_connection_success_fn=lambda _d: connected.release(),
-            )
-        )
-        client.start()
-        started.append(client)
+    started = [started_client(setup, entry, runtime, lambda _d: connected.release()) for entry in clients]
     for _ in started:
         if not connected.acquire(timeout=60):
             raise SystemExit("generator: a client did not connect within 60 s")
