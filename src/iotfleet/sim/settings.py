@@ -215,8 +215,11 @@ class SimSettings(BaseModel):
         provision = run.provision or (ProvisionMode.CLAIM if cloud is not None else ProvisionMode.DIRECT)
         workers: dict[str, Any] = {} if run.workers is None else {"workers": run.workers}
         reconnect = None
-        changes: dict[str, Any] = {"keepalive_s": run.keepalive} if run.keepalive is not None else {}
-        changes.update({"standby": True} if run.standby else {})
+        changes: dict[str, Any] = {}
+        if run.keepalive is not None:
+            changes["keepalive_s"] = run.keepalive
+        if run.standby:
+            changes["standby"] = True
         if changes:
             base = LOCAL_RECONNECT if target is None else ReconnectPolicy()
             reconnect = base.model_copy(update=changes)

@@ -67,8 +67,6 @@ class WorkerSpec:
 class IngestPool:
     """``workers`` ingest processes for one region, read as one pipeline. Start with :meth:`start`."""
 
-    kind = "ingest"
-
     def __init__(
         self,
         *,
