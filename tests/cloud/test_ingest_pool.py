@@ -7,17 +7,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from iotfleet.cloud.broker import BrokerState
 from iotfleet.cloud.local import LocalCloud
 from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.cloud.services.ingest_pool import IngestPool
 from iotfleet.errors import ConfigError
 from tests.cloud.test_ingest_service import HOUR, TOPIC, message, props, send_all, telemetry
-from tests.conftest import TEST_QUOTAS, process_alive, wait_until
+from tests.conftest import TEST_QUOTAS, Probe, identity_context, process_alive, wait_until
 
 
 @pytest.fixture
@@ -87,6 +88,33 @@ def test_a_worker_that_dies_is_recorded_and_the_other_goes_on(cloud: LocalCloud)
     assert cloud.final_ingest_stats[0]["ingested"] == 20
     assert not process_alive(victim)
     assert not any(process_alive(pid) for pid in pool.pids)
+
+
+def test_a_killed_region_lets_devices_in_again_only_once_its_ingest_serves_it(
+    cloud: LocalCloud, probes: Callable[..., Probe]
+) -> None:
+    """A restarted broker that let devices in before the ingest had subscribed again dropped their
+    messages (no subscriber): a rollout test lost one that way. Here an ingest worker is held stopped
+    while its region restarts: no device gets in until the worker is back, then nothing is lost."""
+    lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
+    region = cloud.region("eu-west-1")
+    stopped = pool_of(cloud).pids[1]
+    region.kill()
+    os.kill(stopped, signal.SIGSTOP)
+    restoring = threading.Thread(target=region.restore)
+    try:
+        restoring.start()
+        assert wait_until(lambda: region.state is BrokerState.RUNNING, timeout=10)
+        early = probes(region.endpoint, "lamp-1", identity_context(lamp))
+        assert not early.connect(), "a device got in before the ingest was back"
+        assert early.connack is None  # hung up on before its CONNACK, as a region still coming up
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+        restoring.join(timeout=60)
+    assert not restoring.is_alive()
+    send_all(cloud, lamp, [(TOPIC, telemetry(HOUR, 1.0), props("after-restart", 1))])
+    assert wait_until(lambda: cloud.ingest_stats()[0]["ingested"] == 1, timeout=10)
+    assert cloud.failures.count == 0
 
 
 def test_workers_stop_with_the_cloud(tmp_path: Path) -> None:

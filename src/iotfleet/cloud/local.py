@@ -49,7 +49,7 @@ from iotfleet.cloud.registry import (
     ThingPrincipal,
 )
 from iotfleet.cloud.rules import Rule, default_rules
-from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceHost
+from iotfleet.cloud.services.base import SERVICE_CLIENT_PREFIX, OperatorConnection, ServiceConnection, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService
 from iotfleet.cloud.services.ingest_pool import IngestPool
 from iotfleet.cloud.services.jobs import JobsOperator, JobsService
@@ -87,6 +87,7 @@ DEVICE_POLICY: Final = "iotfleet-device"
 HTTPS_TEMPLATE: Final = "iotfleet-https"  # provisions a device that publishes over HTTPS only
 LOCAL_HOST: Final = "localhost"
 LOCAL_ACCOUNT: Final = "000000000000"  # the account id in the local cloud's ARNs
+SERVICES_BACK_S: Final = 30.0  # how long a restarted broker waits for its services before letting devices in
 
 
 def _https_template_body(scheme: TopicScheme) -> dict[str, Any]:
@@ -251,6 +252,9 @@ class Region:
         self.rules: RulesService | None = None
         self._operator: OperatorConnection | None = None
         self._host: ServiceHost | None = None
+        self._connections: list[ServiceConnection] = []  # the services' connections on _host
+        self._sessions_at_kill: tuple[list[int], dict[int, int]] | None = None  # theirs, and the ingest pool's
+        self._services_only = False  # a restarted broker serves no device until its services are back
         self._shadows: ShadowOperator | None = None
         self.jobs_service: JobsService | None = None
         self.https: HttpsPublish | None = None  # HTTPS device publish, once the cloud started
@@ -364,7 +368,7 @@ class Region:
         )
         self._operator = OperatorConnection(self.name)
         self._host = host
-        connections = [
+        connections = self._connections = [
             service.attach(self.internal_endpoint, identity, host),
             provisioner.attach(self.internal_endpoint, identity, host),
             lifecycle.attach(self.internal_endpoint, identity, host),
@@ -447,7 +451,12 @@ class Region:
 
     def kill(self) -> None:
         """SIGKILL this region's broker: its devices see a reset at once (and its HTTPS endpoint stops)."""
+        sessions = None
+        if self._host is not None and self.broker.state is BrokerState.RUNNING:
+            pool = self.ingest.sessions() if isinstance(self.ingest, IngestPool) else {}
+            sessions = ([c.sessions for c in self._connections], pool)
         self.broker.kill()
+        self._sessions_at_kill = sessions
         if self.https is not None:
             self.https.kill()
 
@@ -460,10 +469,51 @@ class Region:
 
     def restore(self) -> None:
         """Bring the broker back after :meth:`kill` or :meth:`blackhole`, on the same port (and the HTTPS
-        endpoint)."""
-        self.broker.restore()
+        endpoint).
+
+        A killed broker restarts with no session: until its services have reconnected and subscribed, a
+        device's message would reach no subscriber and be dropped (and a provisioning request would go
+        unanswered). So it restarts serving the services alone (every device is hung up on before its
+        CONNACK, as a region still coming up; a device retries or fails over), and the devices are let in
+        once every service is back."""
+        sessions, self._sessions_at_kill = self._sessions_at_kill, None
+        if sessions is None or self.broker.state is not BrokerState.KILLED:
+            self.broker.restore()
+        else:
+            with self._authz_lock:
+                self._services_only = True
+                self.write_authz_file()
+            try:
+                self.broker.restore()
+                self._await_services(*sessions)
+            finally:
+                with self._authz_lock:
+                    self._services_only = False
+                self.sync_authz()
         if self.https is not None:
             self.https.restore()
+
+    def _await_services(self, connections: list[int], pool: dict[int, int]) -> None:
+        """Wait until every service serves the restarted broker; one that does not is recorded (the devices
+        are let in anyway: a region that never opens again would hide the fault)."""
+        host = self._host
+        if host is None:
+            return
+
+        async def served() -> None:
+            await asyncio.gather(
+                *(c.wait_session_after(n, SERVICES_BACK_S) for c, n in zip(self._connections, connections, strict=True))
+            )
+
+        try:
+            host.call(served(), timeout=SERVICES_BACK_S + 5.0)
+        except TimeoutError:
+            self.failures.record(
+                f"region {self.name} restore",
+                f"a service was not back within {SERVICES_BACK_S:.0f}s of the broker's restart; devices let in anyway",
+            )
+        if isinstance(self.ingest, IngestPool):
+            self.ingest.wait_sessions_after(pool, SERVICES_BACK_S)
 
     # ------------------------------------------------------------------ registry and authorization
 
@@ -497,11 +547,13 @@ class Region:
                 parsed.append(PolicyDocument.parse(text, name=f"the policy of {self.name}'s registry"))
             return documents[text]
 
-        principals = [Principal(CLAIM_IDENTITY, [index(json.dumps(self._claim_policy, sort_keys=True))])]
-        for row in self.registry.principals():
-            indexes = [index(document) for document in row.documents]
-            attributes = json.loads(row.attributes)
-            principals.append(Principal(row.common_name, indexes, thing=row.thing, attributes=attributes))
+        principals: list[Principal] = []
+        if not self._services_only:  # else no principal at all: every device is hung up on before its CONNACK
+            principals.append(Principal(CLAIM_IDENTITY, [index(json.dumps(self._claim_policy, sort_keys=True))]))
+            for row in self.registry.principals():
+                indexes = [index(document) for document in row.documents]
+                attributes = json.loads(row.attributes)
+                principals.append(Principal(row.common_name, indexes, thing=row.thing, attributes=attributes))
         write_authz(self.authz_file, render_authz(self.name, LOCAL_ACCOUNT, parsed, principals))
         self._write_crl()
 

@@ -94,6 +94,7 @@ class ServiceConnection:
         self._failures = failures or Failures()
         self._session: Session | None = None
         self._ready = asyncio.Event()
+        self._became_ready = asyncio.Condition()  # notified each time a session is up and subscribed
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # answers that could not be sent because the region was down
         self.handler_failures = 0  # messages whose handler raised (each recorded in ``failures``)
@@ -113,6 +114,17 @@ class ServiceConnection:
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def wait_session_after(self, sessions: int, timeout: float) -> None:
+        """Wait until a session later than the first ``sessions`` is up and subscribed: after its broker
+        was killed and restarted, this service serves the new one (the old session may not have been
+        seen to end yet, so being ready is not enough)."""
+
+        def served() -> bool:
+            return self.sessions > sessions and self._ready.is_set()
+
+        async with self._became_ready:
+            await asyncio.wait_for(self._became_ready.wait_for(served), timeout)
 
     async def _run(self) -> None:
         options = ConnectOptions(
@@ -152,6 +164,8 @@ class ServiceConnection:
                 continue
             self._session = session
             self._ready.set()
+            async with self._became_ready:
+                self._became_ready.notify_all()
             try:
                 await asyncio.shield(session.closed)
             except asyncio.CancelledError:

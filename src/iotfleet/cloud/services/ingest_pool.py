@@ -36,7 +36,7 @@ from typing import Any, Final, cast
 from iotfleet._children import become_child, signals_blocked
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.rules import Rule
-from iotfleet.cloud.services.base import ServiceHost
+from iotfleet.cloud.services.base import ServiceConnection, ServiceHost
 from iotfleet.cloud.services.ingest import IngestService, merge_stats
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import CloudError
@@ -213,6 +213,16 @@ class IngestPool:
             return int(self._final["ingested"])
         return sum(self._ask("ingested", timeout=10.0))
 
+    def sessions(self) -> dict[int, int]:
+        """How many sessions each live worker's connection has had, by worker index."""
+        return dict(self._ask("sessions", timeout=10.0))
+
+    def wait_sessions_after(self, sessions: dict[int, int], timeout: float) -> None:
+        """Return once every live worker is connected and subscribed on a session later than those counted
+        in ``sessions`` (see :meth:`ServiceConnection.wait_session_after`); a worker that is not in time is
+        recorded in the failures."""
+        self._ask("await-session", sessions, timeout, timeout=timeout + 10.0)
+
     def flush(self) -> None:
         """Have every worker write everything it received."""
         self._ask("settle", None, False)
@@ -313,7 +323,7 @@ def worker_entry(spec: WorkerSpec, pipe: Connection) -> None:
         return
     reported = _Reported(host.failures)
     pipe.send(("ok", None, reported.new()))
-    _serve(spec, pipe, host, service, reported)
+    _serve(pipe, _Served(spec, host, service, connection), reported)
 
 
 class _Reported:
@@ -329,30 +339,50 @@ class _Reported:
         return [str(f) for f in fresh]
 
 
-def _serve(spec: WorkerSpec, pipe: Connection, host: ServiceHost, service: IngestService, reported: _Reported) -> None:
-    import resource  # noqa: PLC0415 - POSIX only, as the workers are
+@dataclass
+class _Served:
+    """What one worker serves, and how it answers the parent's requests."""
 
+    spec: WorkerSpec
+    host: ServiceHost
+    service: IngestService
+    connection: ServiceConnection
+
+    @staticmethod
     def cpu_s() -> float:
+        import resource  # noqa: PLC0415 - POSIX only, as the workers are
+
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
+    def answer(self, verb: str, args: Any) -> Any:
+        host, service = self.host, self.service
+        if verb == "settle":
+            sites, whole = args
+            return host.call(service.settle(sites, cloud=whole), timeout=ANSWER_TIMEOUT_S), self.cpu_s()
+        if verb == "ingested":
+            return service.ingested
+        if verb == "sessions":
+            return self.spec.index, self.connection.sessions
+        if verb == "await-session":
+            after, timeout = args
+            wait = self.connection.wait_session_after(after.get(self.spec.index, 0), timeout)
+            return host.call(wait, timeout=timeout + 5.0)
+        if verb == "close":
+            host.stop()
+            service.close()
+            return service.stats(), self.cpu_s()
+        raise CloudError(f"unknown request {verb!r}")
+
+
+def _serve(pipe: Connection, served: _Served, reported: _Reported) -> None:
     while True:
         try:
             verb, args = pipe.recv()
         except (EOFError, OSError):  # the parent closed the pool or died: write what is left and go
             verb, args = "close", ()
         try:
-            if verb == "settle":
-                sites, whole = args
-                value: Any = (host.call(service.settle(sites, cloud=whole), timeout=ANSWER_TIMEOUT_S), cpu_s())
-            elif verb == "ingested":
-                value = service.ingested
-            elif verb == "close":
-                host.stop()
-                service.close()
-                value = (service.stats(), cpu_s())
-            else:
-                raise CloudError(f"unknown request {verb!r}")
+            value = served.answer(verb, args)
         except Exception as exc:  # noqa: BLE001 - handed to the parent, which records it
             answer: tuple[str, Any, list[str]] = ("error", f"{type(exc).__name__}: {exc}", reported.new())
         else:
@@ -361,8 +391,8 @@ def _serve(spec: WorkerSpec, pipe: Connection, host: ServiceHost, service: Inges
             pipe.send(answer)
         except OSError:  # the parent is gone
             if verb != "close":
-                host.stop()
-                service.close()
+                served.host.stop()
+                served.service.close()
             return
         if verb == "close":
             return
