@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -215,12 +216,13 @@ def test_a_mapping_is_sent_as_json_that_reads_back_the_same(payload: dict[str, o
 
 
 def test_payload_encoding_keeps_what_json_dumps_accepts_and_names_what_it_cannot() -> None:
-    assert encode_payload({1: "a", "b": [1.5, None, True]}) == b'{"1":"a","b":[1.5,null,true]}'
+    keyed_by_int: dict[Any, Any] = {1: "a", "b": [1.5, None, True]}  # not a Payload's type, as json.dumps takes it
+    assert encode_payload(keyed_by_int) == b'{"1":"a","b":[1.5,null,true]}'
     assert encode_payload({"x": float("nan")}) == b'{"x":null}'
     assert encode_payload({"name": "l\u00e4mpe"}) == '{"name":"l\u00e4mpe"}'.encode()
     assert encode_payload("l\u00e4mpe") == "l\u00e4mpe".encode()
     assert encode_payload(b"\x00raw") == b"\x00raw"
-    with pytest.raises(ConfigError, match="not JSON-serialisable .*pass bytes, str or a JSON-able mapping"):
+    with pytest.raises(ConfigError, match=r"not JSON-serialisable .*pass bytes, str or a JSON-able mapping"):
         encode_payload({"big": 2**70})
 
 
