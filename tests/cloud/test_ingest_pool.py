@@ -90,8 +90,9 @@ def test_a_worker_that_dies_is_recorded_and_the_other_goes_on(cloud: LocalCloud)
     assert not any(process_alive(pid) for pid in pool.pids)
 
 
+@pytest.mark.parametrize("faults", [("kill",), ("blackhole", "kill")])
 def test_a_killed_region_lets_devices_in_again_only_once_its_ingest_serves_it(
-    cloud: LocalCloud, probes: Callable[..., Probe]
+    cloud: LocalCloud, probes: Callable[..., Probe], faults: tuple[str, ...]
 ) -> None:
     """A restarted broker that let devices in before the ingest had subscribed again dropped their
     messages (no subscriber): a rollout test lost one that way. Here an ingest worker is held stopped
@@ -99,7 +100,8 @@ def test_a_killed_region_lets_devices_in_again_only_once_its_ingest_serves_it(
     lamp = cloud.register_thing("lamp-1", tenant="acme", site="hq")
     region = cloud.region("eu-west-1")
     stopped = pool_of(cloud).pids[1]
-    region.kill()
+    for fault in faults:  # however the broker came to be killed
+        getattr(region, fault)()
     os.kill(stopped, signal.SIGSTOP)
     restoring = threading.Thread(target=region.restore)
     try:

@@ -94,4 +94,5 @@ def test_the_curve_rises_to_every_device_updated_in_few_points(offsets: list[flo
     assert len(curve) <= CURVE_POINTS + 2
     assert curve[-1][1] == len(offsets)
     assert all(a[0] <= b[0] and a[1] < b[1] for a, b in itertools.pairwise(curve))
-    assert figures.summary()["time_to_s"]["100%"] == round(max(offsets), 1)
+    last = max(figures.updated.values()) - 100.0  # as the figure is taken: time of update minus the job's creation
+    assert figures.summary()["time_to_s"]["100%"] == round(last, 1)

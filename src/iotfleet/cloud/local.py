@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ DEVICE_POLICY: Final = "iotfleet-device"
 HTTPS_TEMPLATE: Final = "iotfleet-https"  # provisions a device that publishes over HTTPS only
 LOCAL_HOST: Final = "localhost"
 LOCAL_ACCOUNT: Final = "000000000000"  # the account id in the local cloud's ARNs
-SERVICES_BACK_S: Final = 30.0  # how long a restarted broker waits for its services before letting devices in
+SERVICES_BACK_S: Final = 20.0  # how long a restarted broker waits for its services (under the CLI's 30 s)
 
 
 def _https_template_body(scheme: TopicScheme) -> dict[str, Any]:
@@ -253,7 +254,6 @@ class Region:
         self._operator: OperatorConnection | None = None
         self._host: ServiceHost | None = None
         self._connections: list[ServiceConnection] = []  # the services' connections on _host
-        self._sessions_at_kill: tuple[list[int], dict[int, int]] | None = None  # theirs, and the ingest pool's
         self._services_only = False  # a restarted broker serves no device until its services are back
         self._shadows: ShadowOperator | None = None
         self.jobs_service: JobsService | None = None
@@ -451,12 +451,7 @@ class Region:
 
     def kill(self) -> None:
         """SIGKILL this region's broker: its devices see a reset at once (and its HTTPS endpoint stops)."""
-        sessions = None
-        if self._host is not None and self.broker.state is BrokerState.RUNNING:
-            pool = self.ingest.sessions() if isinstance(self.ingest, IngestPool) else {}
-            sessions = ([c.sessions for c in self._connections], pool)
         self.broker.kill()
-        self._sessions_at_kill = sessions
         if self.https is not None:
             self.https.kill()
 
@@ -476,44 +471,39 @@ class Region:
         unanswered). So it restarts serving the services alone (every device is hung up on before its
         CONNACK, as a region still coming up; a device retries or fails over), and the devices are let in
         once every service is back."""
-        sessions, self._sessions_at_kill = self._sessions_at_kill, None
-        if sessions is None or self.broker.state is not BrokerState.KILLED:
+        if self._host is None or self.broker.state is not BrokerState.KILLED:
             self.broker.restore()
         else:
             with self._authz_lock:
                 self._services_only = True
                 self.write_authz_file()
             try:
+                since = time.monotonic()  # a service's session from now on is with the restarted broker
                 self.broker.restore()
-                self._await_services(*sessions)
+                self._await_services(since, since + SERVICES_BACK_S)
             finally:
                 with self._authz_lock:
                     self._services_only = False
                 self.sync_authz()
-        if self.https is not None:
+        if self.https is not None and self.broker.state is BrokerState.RUNNING:  # not killed again meanwhile
             self.https.restore()
 
-    def _await_services(self, connections: list[int], pool: dict[int, int]) -> None:
-        """Wait until every service serves the restarted broker; one that does not is recorded (the devices
-        are let in anyway: a region that never opens again would hide the fault)."""
+    def _await_services(self, since: float, deadline: float) -> None:
+        """Wait until every service serves the restarted broker; one that does not by ``deadline`` is
+        recorded, by name (the devices are let in anyway: a region that never opens would hide the fault)."""
         host = self._host
         if host is None:
             return
 
-        async def served() -> None:
-            await asyncio.gather(
-                *(c.wait_session_after(n, SERVICES_BACK_S) for c, n in zip(self._connections, connections, strict=True))
-            )
+        async def late() -> list[BaseException]:
+            waits = (c.wait_served_since(since, deadline) for c in self._connections)
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            return [r for r in results if isinstance(r, BaseException)]
 
-        try:
-            host.call(served(), timeout=SERVICES_BACK_S + 5.0)
-        except TimeoutError:
-            self.failures.record(
-                f"region {self.name} restore",
-                f"a service was not back within {SERVICES_BACK_S:.0f}s of the broker's restart; devices let in anyway",
-            )
+        for problem in host.call(late(), timeout=SERVICES_BACK_S + 5.0):
+            self.failures.record(f"region {self.name} restore", f"{problem}; its devices were let in anyway")
         if isinstance(self.ingest, IngestPool):
-            self.ingest.wait_sessions_after(pool, SERVICES_BACK_S)
+            self.ingest.wait_served_since(since, deadline)
 
     # ------------------------------------------------------------------ registry and authorization
 

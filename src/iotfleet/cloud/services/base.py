@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
 from iotfleet._loop_thread import LoopThread
 from iotfleet.cloud.owned import Failures
 from iotfleet.config import Endpoint, Identity
-from iotfleet.errors import ConnectError, ConnectionLost
+from iotfleet.errors import CloudError, ConnectError, ConnectionLost
 from iotfleet.transport.base import ConnectOptions, InboundMessage, Session, Transport
 from iotfleet.transport.crt import CrtTransport
 
@@ -100,6 +101,7 @@ class ServiceConnection:
         self.handler_failures = 0  # messages whose handler raised (each recorded in ``failures``)
         self.sessions = 0  # connections made
         self.reconnects = 0  # connections after the first (a broker restarted or a session dropped)
+        self.ready_since: float | None = None  # time.monotonic() when the live session was subscribed
 
     def start(self) -> None:
         self._task = self._failures.spawn(self._run(), f"{self.client_id} connection")
@@ -115,16 +117,22 @@ class ServiceConnection:
     async def wait_ready(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def wait_session_after(self, sessions: int, timeout: float) -> None:
-        """Wait until a session later than the first ``sessions`` is up and subscribed: after its broker
-        was killed and restarted, this service serves the new one (the old session may not have been
-        seen to end yet, so being ready is not enough)."""
+    async def wait_served_since(self, since: float, deadline: float) -> None:
+        """Wait until this service has a session that became ready (connected and subscribed) at or after
+        ``since`` (``time.monotonic()``, the same clock in every process on Linux): after its broker was
+        killed and restarted, it serves the new one. Raises :class:`CloudError` at ``deadline``."""
 
         def served() -> bool:
-            return self.sessions > sessions and self._ready.is_set()
+            return self._ready.is_set() and self.ready_since is not None and self.ready_since >= since
 
-        async with self._became_ready:
-            await asyncio.wait_for(self._became_ready.wait_for(served), timeout)
+        try:
+            async with self._became_ready:
+                await asyncio.wait_for(self._became_ready.wait_for(served), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise CloudError(
+                f"{self.client_id} was not connected and subscribed again to {self.endpoint} in time after its "
+                "broker restarted; see the cloud's log for its connect errors"
+            ) from None
 
     async def _run(self) -> None:
         options = ConnectOptions(
@@ -163,6 +171,7 @@ class ServiceConnection:
                 await asyncio.sleep(0.1)
                 continue
             self._session = session
+            self.ready_since = time.monotonic()
             self._ready.set()
             async with self._became_ready:
                 self._became_ready.notify_all()
@@ -173,6 +182,7 @@ class ServiceConnection:
                 raise
             finally:
                 self._session = None
+                self.ready_since = None
                 self._ready.clear()
 
     def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:

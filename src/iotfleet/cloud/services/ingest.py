@@ -588,6 +588,13 @@ class _Transaction:
             self._db.execute("ROLLBACK")
 
 
+def create_store(path: Path) -> None:
+    """Create the store (its tables, in WAL mode) before several processes open it: switching to WAL and
+    creating the tables take the write lock in ways SQLite's busy timeout does not always wait for, and two
+    ingest workers opening a new store at once failed with "database is locked" (seen on a loaded machine)."""
+    _open_store(path, None).close()
+
+
 def _open_store(path: Path, max_store_bytes: int | None) -> sqlite3.Connection:
     """Open (or create) the store; an error names the path and what to do."""
     try:

@@ -27,6 +27,7 @@ import multiprocessing.connection
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -37,7 +38,7 @@ from iotfleet._children import become_child, signals_blocked
 from iotfleet.cloud.owned import Failures
 from iotfleet.cloud.rules import Rule
 from iotfleet.cloud.services.base import ServiceConnection, ServiceHost
-from iotfleet.cloud.services.ingest import IngestService, merge_stats
+from iotfleet.cloud.services.ingest import IngestService, create_store, merge_stats
 from iotfleet.config import Endpoint, Identity
 from iotfleet.errors import CloudError
 from iotfleet.metrics import Histogram
@@ -103,6 +104,7 @@ class IngestPool:
     def start(self) -> IngestPool:
         """Spawn the workers and return once each is connected and subscribed (or raise, stopping them)."""
         context = multiprocessing.get_context("spawn")
+        create_store(self.path)
         try:
             with signals_blocked():  # inherited through the exec: a Ctrl-C cannot kill a worker half started
                 for spec in self._specs:
@@ -213,15 +215,11 @@ class IngestPool:
             return int(self._final["ingested"])
         return sum(self._ask("ingested", timeout=10.0))
 
-    def sessions(self) -> dict[int, int]:
-        """How many sessions each live worker's connection has had, by worker index."""
-        return dict(self._ask("sessions", timeout=10.0))
-
-    def wait_sessions_after(self, sessions: dict[int, int], timeout: float) -> None:
-        """Return once every live worker is connected and subscribed on a session later than those counted
-        in ``sessions`` (see :meth:`ServiceConnection.wait_session_after`); a worker that is not in time is
-        recorded in the failures."""
-        self._ask("await-session", sessions, timeout, timeout=timeout + 10.0)
+    def wait_served_since(self, since: float, deadline: float) -> None:
+        """Return once every live worker has a session subscribed at or after ``since`` (see
+        :meth:`ServiceConnection.wait_served_since`), or at ``deadline``; a worker not back in time is
+        recorded in the failures, by name."""
+        self._ask("await-session", since, deadline, timeout=max(0.0, deadline - time.monotonic()) + 5.0)
 
     def flush(self) -> None:
         """Have every worker write everything it received."""
@@ -350,24 +348,24 @@ class _Served:
 
     @staticmethod
     def cpu_s() -> float:
+        """This worker's CPU seconds so far (user and system, every thread)."""
         import resource  # noqa: PLC0415 - POSIX only, as the workers are
 
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
     def answer(self, verb: str, args: Any) -> Any:
+        """The value that answers one request from the parent (raises if it cannot be answered)."""
         host, service = self.host, self.service
         if verb == "settle":
             sites, whole = args
             return host.call(service.settle(sites, cloud=whole), timeout=ANSWER_TIMEOUT_S), self.cpu_s()
         if verb == "ingested":
             return service.ingested
-        if verb == "sessions":
-            return self.spec.index, self.connection.sessions
         if verb == "await-session":
-            after, timeout = args
-            wait = self.connection.wait_session_after(after.get(self.spec.index, 0), timeout)
-            return host.call(wait, timeout=timeout + 5.0)
+            since, deadline = args
+            wait = self.connection.wait_served_since(since, deadline)
+            return host.call(wait, timeout=max(0.0, deadline - time.monotonic()) + 5.0)
         if verb == "close":
             host.stop()
             service.close()
