@@ -471,7 +471,8 @@ class Region:
         unanswered). So it restarts serving the services alone (every device is hung up on before its
         CONNACK, as a region still coming up; a device retries or fails over), and the devices are let in
         once every service is back."""
-        if self._host is None or self.broker.state is not BrokerState.KILLED:
+        host = self._host
+        if host is None or self.broker.state is not BrokerState.KILLED:
             self.broker.restore()
         else:
             with self._authz_lock:
@@ -480,7 +481,7 @@ class Region:
             try:
                 since = time.monotonic()  # a service's session from now on is with the restarted broker
                 self.broker.restore()
-                self._await_services(since, since + SERVICES_BACK_S)
+                self._await_services(host, since, since + SERVICES_BACK_S)
             finally:
                 with self._authz_lock:
                     self._services_only = False
@@ -488,12 +489,9 @@ class Region:
         if self.https is not None and self.broker.state is BrokerState.RUNNING:  # not killed again meanwhile
             self.https.restore()
 
-    def _await_services(self, since: float, deadline: float) -> None:
+    def _await_services(self, host: ServiceHost, since: float, deadline: float) -> None:
         """Wait until every service serves the restarted broker; one that does not by ``deadline`` is
         recorded, by name (the devices are let in anyway: a region that never opens would hide the fault)."""
-        host = self._host
-        if host is None:
-            return
 
         async def late() -> list[BaseException]:
             waits = (c.wait_served_since(since, deadline) for c in self._connections)

@@ -94,14 +94,13 @@ class ServiceConnection:
         self._transport = transport
         self._failures = failures or Failures()
         self._session: Session | None = None
-        self._ready = asyncio.Event()
         self._became_ready = asyncio.Condition()  # notified each time a session is up and subscribed
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # answers that could not be sent because the region was down
         self.handler_failures = 0  # messages whose handler raised (each recorded in ``failures``)
         self.sessions = 0  # connections made
         self.reconnects = 0  # connections after the first (a broker restarted or a session dropped)
-        self.ready_since: float | None = None  # time.monotonic() when the live session was subscribed
+        self.ready_since: float | None = None  # time.monotonic() when the live session was subscribed; None: none
 
     def start(self) -> None:
         self._task = self._failures.spawn(self._run(), f"{self.client_id} connection")
@@ -115,7 +114,7 @@ class ServiceConnection:
             self._failures.record(f"{self.client_id} handler", exc)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        await self._wait_until(lambda: self.ready_since is not None, timeout)
 
     async def wait_served_since(self, since: float, deadline: float) -> None:
         """Wait until this service has a session that became ready (connected and subscribed) at or after
@@ -123,16 +122,20 @@ class ServiceConnection:
         killed and restarted, it serves the new one. Raises :class:`CloudError` at ``deadline``."""
 
         def served() -> bool:
-            return self._ready.is_set() and self.ready_since is not None and self.ready_since >= since
+            return self.ready_since is not None and self.ready_since >= since
 
         try:
-            async with self._became_ready:
-                await asyncio.wait_for(self._became_ready.wait_for(served), max(0.0, deadline - time.monotonic()))
+            await self._wait_until(served, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise CloudError(
                 f"{self.client_id} was not connected and subscribed again to {self.endpoint} in time after its "
                 "broker restarted; see the cloud's log for its connect errors"
             ) from None
+
+    async def _wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``ready()`` holds, checked now and each time a session becomes ready."""
+        async with self._became_ready:
+            await asyncio.wait_for(self._became_ready.wait_for(ready), timeout)
 
     async def _run(self) -> None:
         options = ConnectOptions(
@@ -172,7 +175,6 @@ class ServiceConnection:
                 continue
             self._session = session
             self.ready_since = time.monotonic()
-            self._ready.set()
             async with self._became_ready:
                 self._became_ready.notify_all()
             try:
@@ -183,7 +185,6 @@ class ServiceConnection:
             finally:
                 self._session = None
                 self.ready_since = None
-                self._ready.clear()
 
     def publish(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]] = ()) -> bool:
         """Send at QoS 1 on the live session; False (and counted in :attr:`dropped`) when there is none."""
