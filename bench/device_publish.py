@@ -16,6 +16,7 @@ DeviceClient adds the outbox, ordering, per-message ids, events and receipts on 
 driven the same way: ``window`` tasks per client, each awaiting ``device.publish(...)`` in turn.
 
     python bench/device_publish.py [--clients 1000] [--messages 100000] [--window 10] [--rounds 2] [--quotas]
+                                   [--gc default|settled]
 
 The closed loop publishes far beyond IoT Core's quotas (100 publishes/s per connection, 20,000/s per
 account), so the region's quotas are lifted (``Quotas.none()``). ``--quotas`` runs the quota engine with
@@ -37,7 +38,7 @@ from typing import Any
 
 from awscrt import io, mqtt5
 
-from iotfleet import DeviceClient, Identity, PublishLimits, ReconnectPolicy
+from iotfleet import DeviceClient, Identity, PublishLimits, ReconnectPolicy, settle_heap
 from iotfleet.cloud.broker import Quotas
 from iotfleet.cloud.local import LocalCloud, ThingSpec
 from iotfleet.config import Endpoint
@@ -79,9 +80,18 @@ def cpu_split(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 class Phase:
-    """Measures one phase: CPU seconds of this process, wall seconds, and the CPU split by thread."""
+    """Measures one phase: CPU seconds of this process, wall seconds, and the CPU split by thread.
+
+    With ``--gc settled`` every row calls :func:`iotfleet.settle_heap` first (its clients are connected by
+    then), as an application with many clients in one process would; ``--gc default`` leaves CPython's
+    collector as it is.
+    """
+
+    settle = False
 
     def __enter__(self) -> Phase:
+        if Phase.settle:
+            settle_heap()
         self.cpu0, self.wall0, self.threads0 = cpu(), time.perf_counter(), thread_cpu()
         return self
 
@@ -95,7 +105,29 @@ def lanes(per_client: int, window: int) -> list[int]:
     return [per_client // window + (1 if i < per_client % window else 0) for i in range(window)]
 
 
-def raw_client(endpoint: Endpoint, identity: Identity, runtime: CrtRuntime, on_connected: object) -> mqtt5.Client:
+def settle(quiet_s: float = 0.5, limit_s: float = 30.0) -> None:
+    """Wait until this process is idle (under 2% of a core over ``quiet_s``), so that one run's teardown
+    (a thousand clients disconnecting on the CRT threads) is not charged to the next run's phase."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = cpu()
+        time.sleep(quiet_s)
+        if cpu() - before < 0.02 * quiet_s:
+            return
+    print(f"   (the process was still busy {limit_s:.0f} s after the run; the next phase may carry its tail)")
+
+
+def stop_all(clients: list[mqtt5.Client], stopped: threading.Semaphore) -> None:
+    """Stop every client and wait for each one's "stopped" lifecycle event."""
+    for client in clients:
+        client.stop()
+    for _ in clients:
+        stopped.acquire(timeout=30)
+
+
+def raw_client(
+    endpoint: Endpoint, identity: Identity, runtime: CrtRuntime, on_connected: object, on_stopped: object
+) -> mqtt5.Client:
     """A started awscrt MQTT5 client with the identity's mTLS credentials and no iotfleet code."""
     opts = io.TlsContextOptions.create_client_with_mtls_from_path(str(identity.cert_file), str(identity.key_file))
     opts.override_default_trust_store_from_path(None, str(identity.ca_file))
@@ -108,6 +140,7 @@ def raw_client(endpoint: Endpoint, identity: Identity, runtime: CrtRuntime, on_c
             connect_options=mqtt5.ConnectPacket(client_id=identity.thing_name, keep_alive_interval_sec=1200),
             extended_validation_and_flow_control_options=mqtt5.ExtendedValidationAndFlowControlOptions.NONE,
             on_lifecycle_event_connection_success_fn=on_connected,
+            on_lifecycle_event_stopped_fn=on_stopped,
         )
     )
     client.start()
@@ -116,17 +149,20 @@ def raw_client(endpoint: Endpoint, identity: Identity, runtime: CrtRuntime, on_c
 
 def raw_crt(endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, window: int) -> tuple[float, float]:
     """Connect every client, then publish ``total`` messages, ``window`` in flight per client."""
-    runtime = CrtRuntime()
+    runtime = CrtRuntime.shared()
     per_client = total // len(things)
     done = threading.Event()
     lock = threading.Lock()
     remaining = [per_client * len(things)]
     refused = [0]
     connected = threading.Semaphore(0)
+    stopped = threading.Semaphore(0)
     clients: list[mqtt5.Client] = []
 
     for identity, _topic in things:
-        clients.append(raw_client(endpoint, identity, runtime, lambda _d: connected.release()))
+        clients.append(
+            raw_client(endpoint, identity, runtime, lambda _d: connected.release(), lambda _d: stopped.release())
+        )
 
     for _ in clients:
         connected.acquire(timeout=60)
@@ -156,8 +192,7 @@ def raw_crt(endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, 
         for client, (_, topic) in zip(clients, things, strict=True):
             pump(client, topic, [per_client])
         done.wait(timeout=600)
-    for client in clients:
-        client.stop()
+    stop_all(clients, stopped)
     if refused[0]:
         raise SystemExit(f"{refused[0]} publishes were refused: the bench measures accepted messages only")
     return phase.cpu, phase.wall
@@ -167,16 +202,23 @@ async def raw_asyncio(
     endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, window: int
 ) -> tuple[float, float]:
     """awscrt used directly from asyncio: wrap_future per publish, ``window`` in flight per client."""
-    runtime = CrtRuntime()
+    runtime = CrtRuntime.shared()
     per_client = total // len(things)
     loop = asyncio.get_running_loop()
     clients: list[mqtt5.Client] = []
+    stopped = threading.Semaphore(0)
     connected: list[asyncio.Future[None]] = []
     for identity, _ in things:
         fut: asyncio.Future[None] = loop.create_future()
         connected.append(fut)
         clients.append(
-            raw_client(endpoint, identity, runtime, lambda _d, f=fut: loop.call_soon_threadsafe(f.set_result, None))
+            raw_client(
+                endpoint,
+                identity,
+                runtime,
+                lambda _d, f=fut: loop.call_soon_threadsafe(f.set_result, None),
+                lambda _d: stopped.release(),
+            )
         )
     await asyncio.gather(*connected)
 
@@ -188,15 +230,14 @@ async def raw_asyncio(
     with Phase() as phase:
         clients_topics = zip(clients, things, strict=True)
         await asyncio.gather(*(lane(c, t, n) for c, (_, t) in clients_topics for n in lanes(per_client, window)))
-    for client in clients:
-        client.stop()
+    await asyncio.to_thread(stop_all, clients, stopped)
     return phase.cpu, phase.wall
 
 
 async def device_clients(
     endpoint: Endpoint, things: list[tuple[Identity, str]], total: int, window: int
 ) -> tuple[float, float]:
-    transport = CrtTransport(CrtRuntime())
+    transport = CrtTransport(CrtRuntime.shared())
     per_client = total // len(things)
     devices = [
         DeviceClient(
@@ -231,14 +272,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quotas", action="store_true", help="check quotas (rates no run reaches)")
+    parser.add_argument(
+        "--gc",
+        choices=("default", "settled"),
+        default="default",
+        help="the cyclic collector: CPython's defaults, or iotfleet.settle_heap() before each row's phase",
+    )
     args = parser.parse_args()
     quotas = Quotas(1e9, 1e9, 1e9, 1e12) if args.quotas else Quotas.none()
+    Phase.settle = args.gc == "settled"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     total = args.messages - args.messages % args.clients
     print(f"machine: {platform.machine()} cores={os.cpu_count()} python={platform.python_version()}")
     print(f"{args.clients} clients, mTLS, QoS 1, {len(PAYLOAD)}-byte payload, window {args.window}, {total} messages")
-    print(f"quotas: {quotas}")
+    print(f"quotas: {quotas}; collector: {args.gc}")
     with (
         tempfile.TemporaryDirectory() as tmp,
         LocalCloud(["bench-1"], workdir=Path(tmp) / "cloud", quotas=quotas) as cloud,
@@ -256,6 +304,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in runs}
         for round_no in range(1, args.rounds + 1):
             for name, run in runs.items():
+                settle()
                 broker_before = process_cpu(broker_pid)
                 used, wall = run()
                 broker = process_cpu(broker_pid) - broker_before  # connects included: the same in every run
