@@ -356,7 +356,10 @@ class DeviceClient:
         ``timeout`` (the message stays queued), :class:`OutboxFull` when the outbox rejects it.
         """
         topic = self.data_topic(stream)
-        return await self._receipt(self._enqueue(topic, payload, qos), topic, timeout)
+        receipt = self._enqueue(topic, payload, qos)
+        if timeout is None:  # the common case awaits here: no second coroutine per message
+            return await receipt  # cancelling this wait cancels the receipt, never the queued message
+        return await self._receipt(receipt, topic, timeout)
 
     async def publish_to(
         self, topic: str, payload: Payload, *, qos: int = 1, timeout: float | None = None

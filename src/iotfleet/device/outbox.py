@@ -18,8 +18,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from iotfleet.config import Durability, OutboxPolicy, OverflowPolicy
@@ -56,7 +56,7 @@ class Admission:
     """What adding one message did: the entry (None if it was dropped) and any older entries evicted."""
 
     entry: OutboxEntry | None
-    evicted: list[OutboxEntry] = field(default_factory=list)
+    evicted: Sequence[OutboxEntry] = ()
 
 
 class Outbox:
@@ -88,7 +88,7 @@ class Outbox:
         sequence number are known (the JSON envelope); ``payload`` is then only used to apply the bound.
         """
         size = len(payload) + len(topic)
-        evicted: list[OutboxEntry] = []
+        evicted: list[OutboxEntry] | None = None  # made only when something is evicted: this runs per message
         while self._entries and (
             len(self._entries) >= self.policy.max_messages or self._bytes + size > self.policy.max_bytes
         ):
@@ -105,6 +105,8 @@ class Outbox:
             _, oldest = self._entries.popitem(last=False)
             self._bytes -= len(oldest.payload) + len(oldest.topic)
             self.stats.dropped_oldest += 1
+            if evicted is None:
+                evicted = []
             evicted.append(oldest)
         if evicted:
             self._forget([e.seq for e in evicted])
@@ -116,14 +118,14 @@ class Outbox:
         self._store(entry)
         self._entries[entry.seq] = entry
         self._bytes += len(payload) + len(topic)
-        return Admission(entry, evicted)
+        return Admission(entry, evicted or ())
 
     def remove(self, seq: int) -> None:
         """Forget an entry (PUBACK received, or rejected for good); unknown seqs are ignored."""
         entry = self._entries.pop(seq, None)
         if entry is not None:
             self._bytes -= len(entry.payload) + len(entry.topic)
-            self._forget([seq])
+            self._forget((seq,))
 
     def pending(self) -> Iterator[OutboxEntry]:
         """Entries in sequence order (a snapshot: safe while entries are added or removed)."""
@@ -154,7 +156,7 @@ class Outbox:
     def _store(self, entry: OutboxEntry) -> None:
         """Persist a new entry before it is sent."""
 
-    def _forget(self, seqs: list[int]) -> None:
+    def _forget(self, seqs: Sequence[int]) -> None:
         """Persist the removal of entries."""
 
 
@@ -204,7 +206,7 @@ class SqliteOutbox(Outbox):
             )
         self._next_seq = (cur.lastrowid or entry.seq) + 1
 
-    def _forget(self, seqs: list[int]) -> None:
+    def _forget(self, seqs: Sequence[int]) -> None:
         with self._lock:
             if len(seqs) == 1:
                 self._db.execute("DELETE FROM outbox WHERE seq = ?", (seqs[0],))

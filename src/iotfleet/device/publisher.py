@@ -163,6 +163,7 @@ class Publisher:
         self._pump_timer: asyncio.TimerHandle | None = None
         self._pumping = False
         self._session: Session | None = None
+        self._settle = self._on_puback  # bound once: a partial of it travels with every publish
         self.left_outbox = asyncio.Event()  # set whenever a message leaves the outbox
 
     # ------------------------------------------------------------------ sessions
@@ -373,7 +374,7 @@ class Publisher:
                 (SENT_AT_PROPERTY, str(int(entry.created * 1000))),
             )
         try:
-            done = partial(self._on_puback, session, entry, sent)
+            done = partial(self._settle, session, entry, sent)
             session.send(entry.topic, entry.payload, entry.qos, entry.properties, done)
         except ConnectionLost:
             del self._inflight[entry.seq]  # stays in the outbox: the next session replays it

@@ -153,6 +153,12 @@ class CrtSession:
         self.client: mqtt5.Client | None = None
         self._stopping: mqtt5.Client | None = None
         self._stopped = loop.create_future()
+        # Each publish's callback, found by its future when the PUBACK comes: per message a dict entry,
+        # not a closure (a closure and its cells are five objects the garbage collector walks while the
+        # publish is in flight; bench/BENCHMARKS.md). The two methods are bound once for the same reason.
+        self._awaiting: dict[Future[mqtt5.PublishCompletionData], PublishCallback] = {}
+        self._on_publish_done = self._publish_done
+        self._on_settle = self._settle
 
     # ---- native-thread callbacks: queue on the bridge, nothing else
 
@@ -169,6 +175,9 @@ class CrtSession:
     def on_stopped(self, _data: mqtt5.LifecycleStoppedData) -> None:
         self._bridge.call(self._on_stopped)
 
+    def _publish_done(self, future: Future[mqtt5.PublishCompletionData]) -> None:
+        self._bridge.call(self._on_settle, future)
+
     def on_publish(self, data: mqtt5.PublishReceivedData) -> None:
         p = data.publish_packet
         props = tuple([(u.name, u.value) for u in p.user_properties or ()])
@@ -176,6 +185,9 @@ class CrtSession:
         self._bridge.call(self._options.on_message, message)
 
     # ---- loop-thread handlers
+
+    def _settle(self, future: Future[mqtt5.PublishCompletionData]) -> None:
+        _complete_publish(future, self._awaiting.pop(future), self)
 
     def _connected(self) -> None:
         if not self.connected.done():
@@ -230,8 +242,9 @@ class CrtSession:
             qos=_QOS[qos],
             user_properties=[mqtt5.UserProperty(k, v) for k, v in user_properties] or None,
         )
-        bridge = self._bridge
-        client.publish(packet).add_done_callback(lambda f: bridge.call(_complete_publish, f, done, self))
+        future = client.publish(packet)
+        self._awaiting[future] = done
+        future.add_done_callback(self._on_publish_done)
 
     async def publish(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
