@@ -35,6 +35,7 @@ from iotfleet.device import (
     PublishAcked,
     PublishFailed,
     PublishReceipt,
+    settle_heap,
 )
 from iotfleet.errors import (
     BrokerNotInstalled,
@@ -138,6 +139,7 @@ __all__ = [
     "ThingSpec",
     "TopicError",
     "TopicScheme",
+    "settle_heap",
 ]
 
 

@@ -12,6 +12,7 @@ from iotfleet.device.events import (
     PublishAcked,
     PublishFailed,
 )
+from iotfleet.device.heap import settle_heap
 from iotfleet.device.jobs import JobExecution, JobRejected
 from iotfleet.transport.base import DisconnectReason
 
@@ -32,4 +33,5 @@ __all__ = [
     "PublishAcked",
     "PublishFailed",
     "PublishReceipt",
+    "settle_heap",
 ]

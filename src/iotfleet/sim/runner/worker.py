@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import json
 import logging
 import multiprocessing
@@ -31,6 +30,7 @@ from typing import Any
 from iotfleet._children import become_child
 from iotfleet.config import Identity
 from iotfleet.device.client import DeviceClient
+from iotfleet.device.heap import settle_heap
 from iotfleet.errors import ClientError, IotFleetError
 from iotfleet.provisioning import FleetProvisioner, IdentityStore
 from iotfleet.shadow.client import Shadow, ShadowSync
@@ -46,10 +46,6 @@ __all__ = ["worker_entry"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_S = 1.0
-# Once the fleet is up, the collector looks at new objects only after this many allocations (700 by
-# default) and at older ones 20 times less often each (10): a running fleet allocates a few dozen short-lived
-# objects per message, which reference counting frees; see _settle_heap.
-GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
@@ -106,23 +102,6 @@ async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics)
     metrics.provision_ms.add((time.perf_counter() - started) * 1000)
     metrics.provisioned += 1
     return stored.identity
-
-
-def _settle_heap() -> None:
-    """The fleet is up (2 s after the ramp): what it holds now (clients, sessions, TLS contexts, plans)
-    mostly lives until the run ends, so it leaves the cyclic collector's generations (``gc.freeze``), and
-    the collector runs less often.
-
-    With the defaults a worker of 2,000 devices spent about a tenth of its CPU in the collector, most of it
-    walking the same long-lived objects again (bench/BENCHMARKS.md, issue 17). Garbage in cycles is still
-    collected, later; what reference counting frees (almost everything a message allocates) is not delayed.
-    The cost is bounded: a frozen object that later becomes cyclic garbage (say the session a failover
-    replaced) is not reclaimed, at most what existed at the freeze. The one ``gc.collect()`` blocks the
-    loop once (a fraction of a second at 10,000 devices).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class _DeviceShadow:
@@ -312,7 +291,7 @@ async def _worker(
         while not stopping.is_set():
             await asyncio.sleep(SNAPSHOT_EVERY_S)
             if not steady and ramped.is_set() and loop.time() >= ramped_at[0] + 2.0:
-                _settle_heap()  # every device's client exists by now
+                settle_heap()  # every device's client exists by now: see its docstring
                 steady.extend((time.process_time(), loop.time()))
             metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
             results.put((WorkerMessage.SNAPSHOT, spec.index, metrics.snapshot()))
