@@ -38,7 +38,7 @@ class InstantSession:
     def send(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]], done: PublishCallback
     ) -> None:
-        self._loop.call_soon(done, 0, None)
+        self._loop.call_soon(done, 0, None, time.monotonic())
 
     async def publish(self, topic: str, payload: bytes, qos: int, user_properties: Any = ()) -> int:
         return 0

@@ -31,15 +31,16 @@ class Sent:
     done: PublishCallback
     answered: bool = False
 
-    def ack(self, code: int = 0) -> None:
+    def ack(self, code: int = 0, at: float | None = None) -> None:
+        """``at``: when the transport saw the PUBACK (now unless given)."""
         assert not self.answered, "a transport answers each publish once"
         self.answered = True
-        self.done(code, None)
+        self.done(code, None, time.monotonic() if at is None else at)
 
     def lose(self) -> None:
         assert not self.answered, "a transport answers each publish once"
         self.answered = True
-        self.done(0, ConnectionLost("the session ended"))
+        self.done(0, ConnectionLost("the session ended"), time.monotonic())
 
 
 @dataclass

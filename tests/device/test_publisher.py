@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,24 @@ def test_at_most_the_window_is_in_flight_and_each_puback_lets_the_next_go_in_ord
         props = dict(session.sent[0].properties)
         assert props[SEQUENCE_PROPERTY] == "1"
         assert props[MESSAGE_ID_PROPERTY] == receipts[0].message_id
+
+    run(scenario)
+
+
+def test_latency_is_measured_to_when_the_transport_saw_the_puback_not_when_the_loop_ran_it() -> None:
+    async def scenario() -> None:
+        publisher, _, events = make()
+        session = FakeSession()
+        publisher.attach(session, wake=lambda: None)
+        before = time.monotonic()
+        future = publisher.enqueue(TOPIC, b"x", 1)
+        after = time.monotonic()
+        seen = after + 5.0  # a transport that gathered its callbacks reports the PUBACK's own time
+        session.sent[0].ack(at=seen)
+        receipt = await future
+        assert seen - after <= receipt.latency_s <= seen - before
+        (acked,) = [e for e in events if isinstance(e, PublishAcked)]
+        assert acked.latency_s == receipt.latency_s
 
     run(scenario)
 

@@ -22,7 +22,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal, Protocol, overload
 
 import orjson
@@ -128,6 +127,22 @@ class _Delivery:
         self.sends = sends
 
 
+class _Attempt:
+    """One transmission of an outbox entry on one session, and the callback its answer settles: one
+    object per publish in flight (the garbage collector walks each while it is in flight)."""
+
+    __slots__ = ("entry", "publisher", "sent", "session")
+
+    def __init__(self, publisher: Publisher, session: Session, entry: OutboxEntry, sent: float) -> None:
+        self.publisher = publisher
+        self.session = session
+        self.entry = entry
+        self.sent = sent
+
+    def __call__(self, code: int, error: ClientError | None, at: float) -> None:
+        self.publisher.settle(self, code, error, at)
+
+
 class Publisher:
     """The outbox, the in-flight window, the rate limits, the ack deadline and PUBACK settlement.
 
@@ -163,7 +178,6 @@ class Publisher:
         self._pump_timer: asyncio.TimerHandle | None = None
         self._pumping = False
         self._session: Session | None = None
-        self._settle = self._on_puback  # bound once: a partial of it travels with every publish
         self.left_outbox = asyncio.Event()  # set whenever a message leaves the outbox
 
     # ------------------------------------------------------------------ sessions
@@ -279,13 +293,13 @@ class Publisher:
             return
         started = time.monotonic()
 
-        def done(code: int, error: ClientError | None) -> None:
+        def done(code: int, error: ClientError | None, at: float) -> None:
             if future.done():
                 return
             if error is not None:
                 future.set_exception(error)
             else:
-                future.set_result(PublishReceipt("", 0, topic, code, time.monotonic() - started, session.endpoint))
+                future.set_result(PublishReceipt("", 0, topic, code, at - started, session.endpoint))
 
         try:
             session.send(topic, data, 0, (), done)
@@ -356,7 +370,7 @@ class Publisher:
         self.pump()
 
     def _transmit(self, session: Session, entry: OutboxEntry) -> None:
-        """Put one entry on the wire; :meth:`_on_puback` takes it from there (no task per message)."""
+        """Put one entry on the wire; :meth:`settle` takes it from there (no task per message)."""
         sent = time.monotonic()
         self._inflight[entry.seq] = sent
         if self._ack_timer is None:
@@ -374,14 +388,13 @@ class Publisher:
                 (SENT_AT_PROPERTY, str(int(entry.created * 1000))),
             )
         try:
-            done = partial(self._settle, session, entry, sent)
-            session.send(entry.topic, entry.payload, entry.qos, entry.properties, done)
+            session.send(entry.topic, entry.payload, entry.qos, entry.properties, _Attempt(self, session, entry, sent))
         except ConnectionLost:
             del self._inflight[entry.seq]  # stays in the outbox: the next session replays it
 
-    def _on_puback(
-        self, session: Session, entry: OutboxEntry, sent: float, code: int, error: ClientError | None
-    ) -> None:
+    def settle(self, attempt: _Attempt, code: int, error: ClientError | None, at: float) -> None:
+        """The answer to one transmission (its PUBACK, or the session's end): called by the attempt."""
+        session, entry, sent = attempt.session, attempt.entry, attempt.sent
         if self._inflight.get(entry.seq) == sent:  # a late answer from an older session frees no slot
             del self._inflight[entry.seq]
             self.pump()
@@ -394,17 +407,16 @@ class Publisher:
             self._fail(entry, reason_name(code), code)
             return
         self.counts.acked += 1
-        now = time.monotonic()
         delivery = self._deliveries.pop(entry.seq, None)
         if self.listeners:
-            age = now - delivery.enqueued if delivery else now - sent
+            age = at - delivery.enqueued if delivery else at - sent
             event = PublishAcked(
-                self.thing, entry.message_id, entry.seq, entry.topic, code, now - sent, age, session.endpoint
+                self.thing, entry.message_id, entry.seq, entry.topic, code, at - sent, age, session.endpoint
             )
             self.listeners.emit(event)
         if delivery is not None and delivery.future is not None and not delivery.future.done():
             delivery.future.set_result(
-                PublishReceipt(entry.message_id, entry.seq, entry.topic, code, now - sent, session.endpoint)
+                PublishReceipt(entry.message_id, entry.seq, entry.topic, code, at - sent, session.endpoint)
             )
 
     # ------------------------------------------------------------------ the ack deadline

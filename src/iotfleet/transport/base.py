@@ -190,9 +190,11 @@ class ConnectOptions:
     session_expiry_s: int = 0
 
 
-PublishCallback = Callable[[int, ClientError | None], None]
-"""Called on the event loop once a publish completes: ``(reason code, None)``, or ``(0, error)`` when the
-session ended first (:class:`~iotfleet.errors.ConnectionLost`)."""
+PublishCallback = Callable[[int, ClientError | None, float], None]
+"""Called on the event loop once a publish completes: ``(reason code, None, at)``, or ``(0, error, at)`` when
+the session ended first (:class:`~iotfleet.errors.ConnectionLost`). ``at`` is ``time.monotonic()`` when the
+transport saw the answer, which may be a little before the loop runs the callback (a transport may gather
+the callbacks of a few milliseconds into one wakeup of the loop): latencies are measured to ``at``."""
 
 
 class Session(Protocol):
@@ -234,7 +236,7 @@ async def publish_via_send(
     """The awaitable form of :meth:`Session.send`, shared by the implementations."""
     future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    def done(code: int, error: ClientError | None) -> None:
+    def done(code: int, error: ClientError | None, _at: float) -> None:
         if future.done():
             return
         if error is not None:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Final
@@ -116,20 +117,28 @@ class HttpsSession:
             async with self._client.post(url, data=payload, headers=headers) as response:
                 body = await response.read()
         except asyncio.CancelledError:
-            done(0, ConnectionLost(f"the HTTPS session to {self.endpoint} was closed before {topic} was answered"))
+            done(
+                0,
+                ConnectionLost(f"the HTTPS session to {self.endpoint} was closed before {topic} was answered"),
+                time.monotonic(),
+            )
             raise
         except (aiohttp.ClientError, OSError) as exc:
             self._end(_reason(exc), str(exc) or type(exc).__name__)
-            done(0, ConnectionLost(f"the HTTPS session to {self.endpoint} ended: {exc}"))
+            done(0, ConnectionLost(f"the HTTPS session to {self.endpoint} ended: {exc}"), time.monotonic())
             return
         code = puback_of_status(response.status)
         if code is None:
             self._end(DisconnectReason.RESET, f"HTTP {response.status}: {body[:200]!r}")
-            done(0, ConnectionLost(f"{self.endpoint} answered HTTP {response.status}: the region is unavailable"))
+            done(
+                0,
+                ConnectionLost(f"{self.endpoint} answered HTTP {response.status}: the region is unavailable"),
+                time.monotonic(),
+            )
             return
         if code == PubackCode.IMPLEMENTATION_SPECIFIC_ERROR:
             log.warning("%s refused a publish to %s: HTTP %d %r", self.endpoint, topic, response.status, body[:200])
-        done(int(code), None)
+        done(int(code), None, time.monotonic())
 
     async def publish(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()

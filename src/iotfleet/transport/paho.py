@@ -201,8 +201,9 @@ class PahoSession:
                 fut.set_exception(ConnectionLost(f"the session to {self.endpoint} ended ({info.reason})"))
         self._pending.clear()
         sends, self._sends = self._sends, {}
+        now = time.monotonic()
         for done in sends.values():
-            done(0, ConnectionLost(f"the session to {self.endpoint} ended ({info.reason}) before the PUBACK"))
+            done(0, ConnectionLost(f"the session to {self.endpoint} ended ({info.reason}) before the PUBACK"), now)
         if self._ticker is not None:
             self._ticker.cancel()
 
@@ -214,7 +215,7 @@ class PahoSession:
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
         done = self._sends.pop(mid, None)
         if done is not None:
-            done(rc.value, None)
+            done(rc.value, None, time.monotonic())
 
     def _on_ack(self, _c: mqtt.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Properties | None) -> None:
         fut = self._pending.pop(mid, None)
@@ -278,7 +279,7 @@ class PahoSession:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise ConnectionLost(f"the session to {self.endpoint} has ended ({mqtt.error_string(info.rc)})")
         if qos == 0:  # nothing comes back; paho may even have reported the write already, inside publish()
-            done(0, None)
+            done(0, None, time.monotonic())
             return
         self._sends[info.mid] = done
 

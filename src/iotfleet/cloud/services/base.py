@@ -268,7 +268,7 @@ class RegionService:
         return self.connection
 
 
-def _ignore(_code: int, _error: object) -> None:
+def _ignore(_code: int, _error: object, _at: float) -> None:
     """Service answers are fire-and-forget: a lost answer is a lost request, as on AWS."""
 
 

@@ -40,12 +40,16 @@ from iotfleet.sim.runner.messages import WorkerMessage, WorkerSpec
 from iotfleet.sim.runner.metrics import WorkerMetrics
 from iotfleet.sim.runner.pacer import Pacer
 from iotfleet.sim.workload import DEVICE_TYPES, REBOOT, ShadowSpec
-from iotfleet.transport.base import InboundMessage
+from iotfleet.transport.base import InboundMessage, Transport
 
 __all__ = ["worker_entry"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_S = 1.0
+# How long the CRT's callbacks gather before the loop runs them (bench/BENCHMARKS.md: about an eighth of a
+# 2,000-device worker's CPU went to waking the loop once per PUBACK). Ack latencies are measured on the
+# CRT's thread, so they do not include it.
+CALLBACK_COALESCE_S = 0.005
 
 
 def worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent) -> None:
@@ -73,6 +77,16 @@ def worker_entry(spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: Mp
         metrics.cpu_s = usage.ru_utime + usage.ru_stime
         metrics.max_rss_kb = usage.ru_maxrss
     results.put((WorkerMessage.FINAL, spec.index, metrics))
+
+
+def _transport(spec: WorkerSpec) -> Transport | str:
+    """The worker's own awscrt transport gathers the CRT's callbacks for CALLBACK_COALESCE_S before it wakes
+    the loop: thousands of PUBACKs a second then cost a few hundred wakeups, not one each."""
+    if spec.transport != "crt":
+        return spec.transport
+    from iotfleet.transport.crt import CrtTransport  # noqa: PLC0415 - awscrt only when used
+
+    return CrtTransport(coalesce_s=CALLBACK_COALESCE_S)
 
 
 async def _identity(device: SimDevice, spec: WorkerSpec, metrics: WorkerMetrics) -> Identity:
@@ -205,6 +219,7 @@ class _Worker:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     clients: list[DeviceClient] = field(default_factory=list)
     pacer: Pacer = field(default_factory=Pacer)
+    transport: Transport | str = "crt"
 
 
 async def _run_device(device: SimDevice, worker: _Worker) -> None:
@@ -222,7 +237,7 @@ async def _run_device(device: SimDevice, worker: _Worker) -> None:
         endpoints=home_first(spec.https_endpoints if https else spec.endpoints, device.home),
         tenant=device.tenant,
         site=device.site,
-        transport="https" if https else spec.transport,
+        transport="https" if https else worker.transport,
         reconnect=spec.reconnect,
         limits=spec.limits,
         listeners=[metrics.on_event],
@@ -280,7 +295,9 @@ def _ota_ended(metrics: WorkerMetrics, task: asyncio.Task[None]) -> None:
 async def _worker(
     spec: WorkerSpec, results: multiprocessing.Queue[Any], stop: MpEvent, parent: int | None = None
 ) -> WorkerMetrics:
-    worker = _Worker(spec, WorkerMetrics(devices=len(spec.devices)), pacer=Pacer(spec.publish_rate))
+    worker = _Worker(
+        spec, WorkerMetrics(devices=len(spec.devices)), pacer=Pacer(spec.publish_rate), transport=_transport(spec)
+    )
     metrics, stopping = worker.metrics, worker.stopping
     loop = asyncio.get_running_loop()
     deadline = None if spec.duration_s is None else loop.time() + spec.duration_s
