@@ -65,3 +65,24 @@ def test_calls_from_many_threads_each_run_once_in_each_threads_order() -> None:
         assert all(ran[t] == list(range(per_thread)) for t in range(threads))
 
     asyncio.run(scenario())
+
+
+def test_a_failing_callback_is_reported_and_the_ones_behind_it_still_run() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        bridge = LoopBridge(loop)
+        ran: list[int] = []
+
+        def broken() -> None:
+            raise ValueError("a bug in one callback")
+
+        bridge.call(ran.append, 1)
+        bridge.call(broken)
+        bridge.call(ran.append, 2)
+        await asyncio.sleep(0)
+        assert ran == [1, 2]
+        assert [type(c["exception"]) for c in reported] == [ValueError]
+
+    asyncio.run(scenario())

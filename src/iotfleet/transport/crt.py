@@ -95,7 +95,12 @@ class LoopBridge:
         items = self._items
         while items:
             fn, args = items.popleft()
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - one callback's bug must not strand the ones queued behind it
+                self._loop.call_exception_handler(
+                    {"message": f"a transport callback failed: {fn!r}", "exception": exc, "bridge": self}
+                )
 
 
 @dataclass
