@@ -117,12 +117,16 @@ def settle(quiet_s: float = 0.5, limit_s: float = 30.0) -> None:
     print(f"   (the process was still busy {limit_s:.0f} s after the run; the next phase may carry its tail)")
 
 
-def stop_all(clients: list[mqtt5.Client], stopped: threading.Semaphore) -> None:
-    """Stop every client and wait for each one's "stopped" lifecycle event."""
+def stop_all(clients: list[mqtt5.Client], stopped: threading.Semaphore, limit_s: float = 60.0) -> None:
+    """Stop every client and wait (``limit_s`` in all) for each one's "stopped" lifecycle event."""
     for client in clients:
         client.stop()
-    for _ in clients:
-        stopped.acquire(timeout=30)
+    deadline = time.monotonic() + limit_s
+    waiting = len(clients)
+    while waiting and stopped.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        waiting -= 1
+    if waiting:
+        print(f"   ({waiting} clients had not stopped after {limit_s:.0f} s; the next phase may carry their tail)")
 
 
 def raw_client(

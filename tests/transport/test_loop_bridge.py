@@ -86,3 +86,22 @@ def test_a_failing_callback_is_reported_and_the_ones_behind_it_still_run() -> No
         assert [type(c["exception"]) for c in reported] == [ValueError]
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_callback_leaves_the_ones_behind_it_for_the_next_turn() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _context: None)  # the cancellation escapes the handle
+        bridge = LoopBridge(loop)
+        ran: list[int] = []
+
+        def cancelled() -> None:
+            raise asyncio.CancelledError
+
+        bridge.call(cancelled)
+        bridge.call(ran.append, 1)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert ran == [1]
+
+    asyncio.run(scenario())

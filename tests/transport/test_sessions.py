@@ -4,6 +4,8 @@ what arrives while the client is away is delivered when it reconnects, with no n
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -53,3 +55,28 @@ def test_a_kept_session_gets_what_was_queued_while_away_and_a_clean_one_does_not
         await again.close()
 
     asyncio.run(scenario())
+
+
+def test_an_ended_crt_session_is_freed_by_reference_counting(local_cloud: LocalCloud) -> None:
+    """Not left to the cyclic collector (disabled here): once settle_heap() has frozen the heap, a session
+    in a reference cycle would never be freed. The CRT lets go of its callbacks after "stopped", a little
+    later, so the test waits for the session to go."""
+    endpoint = local_cloud.endpoints[0]
+    options = ConnectOptions(client_id="iotfleet-service-freed", identity=service_identity(local_cloud))
+
+    async def scenario() -> None:
+        session = await resolve_transport("crt").connect(endpoint, options)
+        assert await session.publish(TOPIC, b"one", 1) < 0x80  # a publish through the in-flight bookkeeping
+        await session.close()  # returns once the CRT reports the client stopped
+        ref = weakref.ref(session)
+        del session
+        assert await until(lambda: ref() is None, timeout=10), (
+            f"the ended session is still referenced by {[type(r).__name__ for r in gc.get_referrers(ref())]}"
+        )
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()

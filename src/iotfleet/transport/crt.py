@@ -86,6 +86,7 @@ class LoopBridge:
             self._loop.call_soon_threadsafe(self._first)
         except RuntimeError:  # the loop is closed: nothing is waiting for these any more
             self._items.clear()
+            self._scheduled = False
 
     def _drain_later(self) -> None:
         self._loop.call_later(self._coalesce_s, self._drain)
@@ -93,14 +94,19 @@ class LoopBridge:
     def _drain(self) -> None:
         self._scheduled = False
         items = self._items
-        while items:
-            fn, args = items.popleft()
-            try:
-                fn(*args)
-            except Exception as exc:  # noqa: BLE001 - one callback's bug must not strand the ones queued behind it
-                self._loop.call_exception_handler(
-                    {"message": f"a transport callback failed: {fn!r}", "exception": exc, "bridge": self}
-                )
+        try:
+            while items:
+                fn, args = items.popleft()
+                try:
+                    fn(*args)
+                except Exception as exc:  # noqa: BLE001 - one callback's bug must not strand the ones queued behind it
+                    self._loop.call_exception_handler(
+                        {"message": f"a transport callback failed: {fn!r}", "exception": exc, "bridge": self}
+                    )
+        finally:
+            if items and not self._scheduled:  # a BaseException (a cancellation) left some behind: next turn
+                self._scheduled = True
+                self._loop.call_soon(self._drain)
 
 
 @dataclass
@@ -167,12 +173,12 @@ class CrtSession:
         self.client: mqtt5.Client | None = None
         self._stopping: mqtt5.Client | None = None
         self._stopped = loop.create_future()
-        # Each publish's callback, found by its future when the PUBACK comes: per message a dict entry,
-        # not a closure (a closure and its cells are five objects the garbage collector walks while the
-        # publish is in flight; bench/BENCHMARKS.md). The two methods are bound once for the same reason.
+        # Each publish's callback, found by its future when the PUBACK comes: per message a dict entry and
+        # a bound method, not a closure (a closure and its cells are five objects the garbage collector
+        # walks while the publish is in flight; bench/BENCHMARKS.md). The methods are bound per use, not
+        # kept on the session: a session holding its own bound methods is a cycle that only the collector
+        # frees, and never once a settled heap has frozen it.
         self._awaiting: dict[Future[mqtt5.PublishCompletionData], PublishCallback] = {}
-        self._on_publish_done = self._publish_done
-        self._on_settle = self._settle
 
     # ---- native-thread callbacks: queue on the bridge, nothing else
 
@@ -190,7 +196,7 @@ class CrtSession:
         self._bridge.call(self._on_stopped)
 
     def _publish_done(self, future: Future[mqtt5.PublishCompletionData]) -> None:
-        self._bridge.call(self._on_settle, future, time.monotonic())
+        self._bridge.call(self._settle, future, time.monotonic())
 
     def on_publish(self, data: mqtt5.PublishReceivedData) -> None:
         p = data.publish_packet
@@ -258,7 +264,7 @@ class CrtSession:
         )
         future = client.publish(packet)
         self._awaiting[future] = done
-        future.add_done_callback(self._on_publish_done)
+        future.add_done_callback(self._publish_done)
 
     async def publish(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
