@@ -127,18 +127,15 @@ class HttpsSession:
             self._end(_reason(exc), str(exc) or type(exc).__name__)
             done(0, ConnectionLost(f"the HTTPS session to {self.endpoint} ended: {exc}"), time.monotonic())
             return
+        at = time.monotonic()  # the answer is in
         code = puback_of_status(response.status)
         if code is None:
             self._end(DisconnectReason.RESET, f"HTTP {response.status}: {body[:200]!r}")
-            done(
-                0,
-                ConnectionLost(f"{self.endpoint} answered HTTP {response.status}: the region is unavailable"),
-                time.monotonic(),
-            )
+            done(0, ConnectionLost(f"{self.endpoint} answered HTTP {response.status}: the region is unavailable"), at)
             return
         if code == PubackCode.IMPLEMENTATION_SPECIFIC_ERROR:
             log.warning("%s refused a publish to %s: HTTP %d %r", self.endpoint, topic, response.status, body[:200])
-        done(int(code), None, time.monotonic())
+        done(int(code), None, at)
 
     async def publish(
         self, topic: str, payload: bytes, qos: int, user_properties: Sequence[tuple[str, str]] = ()
