@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import resource
@@ -79,8 +80,38 @@ def cpu_split(before: dict[str, float], after: dict[str, float]) -> str:
     )
 
 
+class CollectorClock:
+    """The cyclic collector's work during a phase: collections and seconds spent, per generation."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __enter__(self) -> CollectorClock:
+        gc.callbacks.append(self._tick)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._tick)
+
+    def _tick(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.runs[generation] += 1
+        self.seconds[generation] += time.perf_counter() - self._started
+
+    def __str__(self) -> str:
+        return ", ".join(
+            f"gen{g} {n} ({s:.2f} s)" for g, (n, s) in enumerate(zip(self.runs, self.seconds, strict=True))
+        )
+
+
 class Phase:
-    """Measures one phase: CPU seconds of this process, wall seconds, and the CPU split by thread.
+    """Measures one phase: CPU seconds of this process, wall seconds, the CPU split by thread, and what the
+    cyclic collector did (collections and seconds per generation, timed by ``gc.callbacks``).
 
     With ``--gc settled`` every row calls :func:`iotfleet.settle_heap` first (its clients are connected by
     then), as an application with many clients in one process would; ``--gc default`` leaves CPython's
@@ -92,12 +123,15 @@ class Phase:
     def __enter__(self) -> Phase:
         if Phase.settle:
             settle_heap()
+        self.collector = CollectorClock().__enter__()
         self.cpu0, self.wall0, self.threads0 = cpu(), time.perf_counter(), thread_cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cpu, self.wall = cpu() - self.cpu0, time.perf_counter() - self.wall0
+        self.collector.__exit__()
         print("   threads:", cpu_split(self.threads0, thread_cpu()))
+        print("   collector:", self.collector)
 
 
 def lanes(per_client: int, window: int) -> list[int]:
