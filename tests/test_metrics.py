@@ -124,3 +124,18 @@ def test_rows_fill_every_second_and_keep_a_gauge_as_its_changes() -> None:
     assert [r["ack_p99_ms"] for r in rows][1:] == [None, None]
     assert rows[0]["ack_p99_ms"] == pytest.approx(5.0, rel=0.02)
     assert Timeline().rows() == []
+
+
+@given(EVENTS, st.integers(-2, 33))
+def test_the_latency_since_a_second_is_exactly_the_latencies_of_that_second_and_after(
+    events: list[tuple[int, str, int, float]], since: int
+) -> None:
+    timeline, expected = Timeline(), Histogram()
+    base = 1_800_000_000
+    for second, _key, _n, latency in events:
+        timeline.latency_ms(latency, at=base + second + 0.25)
+        if second >= since:
+            expected.add(latency)
+    got = timeline.latency_since(base + since)
+    assert (got.count, got.buckets, got.max) == (expected.count, expected.buckets, expected.max)
+    assert got.total == pytest.approx(expected.total)  # the same values, summed in another order

@@ -227,6 +227,14 @@ class Timeline:
             histogram = self.latency[second] = Histogram()
         histogram.add(value_ms)
 
+    def latency_since(self, second: int) -> Histogram:
+        """The ack latencies of ``second`` (epoch s) and every second after it, in one histogram."""
+        total = Histogram()
+        for at, histogram in self.latency.items():
+            if at >= second:
+                total.merge(histogram)
+        return total
+
     def merge(self, other: Timeline) -> Timeline:
         for second, counts in other.counts.items():
             self.counts.setdefault(second, Counter()).update(counts)

@@ -54,6 +54,7 @@ class WorkerMetrics:
     cpu_s: float = 0.0  # the worker process's CPU time, all of it
     steady_cpu_s: float = 0.0  # CPU from every device running (plus 2 s) to the stop
     steady_wall_s: float = 0.0
+    steady_since: float = 0.0  # epoch s when that steady window began; 0: the run ended before it did
     max_rss_kb: int = 0
     # shadow traffic: acknowledged requests by operation ("get", "update"), deltas applied, resyncs, ...
     shadow: Counter[str] = field(default_factory=Counter)

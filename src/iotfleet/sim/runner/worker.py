@@ -310,6 +310,7 @@ async def _worker(
             if not steady and ramped.is_set() and loop.time() >= ramped_at[0] + 2.0:
                 settle_heap()  # every device's client exists by now: see its docstring
                 steady.extend((time.process_time(), loop.time()))
+                metrics.steady_since = time.time()
             metrics.outbox_depth = sum(len(c.outbox) for c in worker.clients)
             results.put((WorkerMessage.SNAPSHOT, spec.index, metrics.snapshot()))
             if stop.is_set() or (deadline is not None and loop.time() >= deadline):
