@@ -81,12 +81,14 @@ def cpu_split(before: dict[str, float], after: dict[str, float]) -> str:
 
 
 class CollectorClock:
-    """The cyclic collector's work during a phase: collections and seconds spent, per generation."""
+    """The cyclic collector's work during a phase, per generation: collections, and the CPU seconds of the
+    thread that ran each (``time.thread_time``: a collection runs on the thread whose allocation set it off,
+    so this is its CPU, not wall time that includes being descheduled)."""
 
     def __init__(self) -> None:
         self.runs = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
-        self._started = 0.0
+        self._started: float | None = None
 
     def __enter__(self) -> CollectorClock:
         gc.callbacks.append(self._tick)
@@ -97,21 +99,22 @@ class CollectorClock:
 
     def _tick(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
-            return
-        generation = info["generation"]
-        self.runs[generation] += 1
-        self.seconds[generation] += time.perf_counter() - self._started
+            self._started = time.thread_time()
+        elif self._started is not None:  # a "stop" whose "start" came before the clock: not this phase's
+            generation = info["generation"]
+            self.runs[generation] += 1
+            self.seconds[generation] += time.thread_time() - self._started
+            self._started = None
 
     def __str__(self) -> str:
         return ", ".join(
-            f"gen{g} {n} ({s:.2f} s)" for g, (n, s) in enumerate(zip(self.runs, self.seconds, strict=True))
+            f"gen{g} {n} ({s:.2f} CPU-s)" for g, (n, s) in enumerate(zip(self.runs, self.seconds, strict=True))
         )
 
 
 class Phase:
     """Measures one phase: CPU seconds of this process, wall seconds, the CPU split by thread, and what the
-    cyclic collector did (collections and seconds per generation, timed by ``gc.callbacks``).
+    cyclic collector did (collections and their CPU seconds per generation, timed by ``gc.callbacks``).
 
     With ``--gc settled`` every row calls :func:`iotfleet.settle_heap` first (its clients are connected by
     then), as an application with many clients in one process would; ``--gc default`` leaves CPython's
@@ -123,8 +126,8 @@ class Phase:
     def __enter__(self) -> Phase:
         if Phase.settle:
             settle_heap()
-        self.collector = CollectorClock().__enter__()
         self.cpu0, self.wall0, self.threads0 = cpu(), time.perf_counter(), thread_cpu()
+        self.collector = CollectorClock().__enter__()  # last: nothing after it can fail and leave it registered
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -126,16 +126,16 @@ def test_rows_fill_every_second_and_keep_a_gauge_as_its_changes() -> None:
     assert Timeline().rows() == []
 
 
-@given(EVENTS, st.integers(-2, 33))
-def test_the_latency_since_a_second_is_exactly_the_latencies_of_that_second_and_after(
-    events: list[tuple[int, str, int, float]], since: int
+@given(EVENTS, st.integers(-2, 33), st.integers(-2, 33))
+def test_the_latency_between_two_seconds_is_exactly_the_latencies_of_the_seconds_between(
+    events: list[tuple[int, str, int, float]], first: int, end: int
 ) -> None:
     timeline, expected = Timeline(), Histogram()
     base = 1_800_000_000
     for second, _key, _n, latency in events:
         timeline.latency_ms(latency, at=base + second + 0.25)
-        if second >= since:
+        if first <= second < end:
             expected.add(latency)
-    got = timeline.latency_since(base + since)
+    got = timeline.latency_between(base + first, base + end)
     assert (got.count, got.buckets, got.max) == (expected.count, expected.buckets, expected.max)
     assert got.total == pytest.approx(expected.total)  # the same values, summed in another order

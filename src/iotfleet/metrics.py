@@ -227,11 +227,12 @@ class Timeline:
             histogram = self.latency[second] = Histogram()
         histogram.add(value_ms)
 
-    def latency_since(self, second: int) -> Histogram:
-        """The ack latencies of ``second`` (epoch s) and every second after it, in one histogram."""
+    def latency_between(self, first: int, end: int) -> Histogram:
+        """The ack latencies of the epoch seconds from ``first`` up to, not including, ``end``, in one
+        histogram."""
         total = Histogram()
         for at, histogram in self.latency.items():
-            if at >= second:
+            if first <= at < end:
                 total.merge(histogram)
         return total
 

@@ -40,8 +40,8 @@ def test_shadow_figures_add_up_and_a_zero_stays_a_measured_zero() -> None:
 # only difference, key by key, was that key. And again when chaos was measured in every run: raw's
 # ``first_ack_at`` became ``ack_moves``, each chaos entry gained its effects (checked by hand: 5 devices on
 # eu-west-1 at the kill, RTO 26-28 s), and a merge keeps the chaos of the shard that ran it. And when the
-# steady window's ack latency came: ``latency_ms.ack_steady``, empty, and raw's ``totals.steady_since``, 0:
-# these workers never reached a steady window, and nothing else changed.)
+# steady window's ack latency came: ``latency_ms.ack_steady`` and raw's ``histograms.ack_steady``, empty
+# (these workers never reached a steady window), and nothing else changed.)
 GOLDEN = Path(__file__).parent.parent / "golden" / "reports"
 
 
@@ -217,39 +217,50 @@ def test_report_merge_names_missing_and_duplicate_shards_by_index(tmp_path: Path
 T0 = 1_800_000_000  # the run's first second (epoch)
 
 
-def ramped_worker(index: int, things: list[str], steady_since: float) -> Any:
-    """A worker whose acks took 400 ms in the ramp's seconds (T0 to T0+4) and 2 ms after."""
+def ramped_worker(index: int, things: list[str], since: float, until: float, *, shift: int = 0) -> Any:
+    """A worker whose acks took 400 ms in the ramp (T0 to T0+4), 2 ms after, and 300 ms in the drain after
+    the stop (T0+10 and T0+11); ``shift`` seconds later if given (a shard run after another)."""
     metrics = parts.worker(index, things)
-    metrics.steady_since = steady_since
+    metrics.steady_since, metrics.steady_until = since, until
     for second in range(12):
         for _ in range(len(things)):
-            metrics.timeline.latency_ms(400.0 if second < 5 else 2.0, at=T0 + second + 0.5)
+            latency = 400.0 if second < 5 else 2.0 if second < 10 else 300.0
+            metrics.timeline.latency_ms(latency, at=T0 + shift + second + 0.5)
     return metrics
 
 
-def test_the_steady_ack_latency_leaves_the_ramp_out_from_the_last_workers_steady_second() -> None:
-    # worker 1 was steady last, 4.2 s in: the window starts at the first whole second after, T0+5
-    workers = [ramped_worker(0, parts.SHARD_A, T0 + 3.5), ramped_worker(1, parts.SHARD_B, T0 + 4.2)]
+def test_the_steady_ack_latency_is_each_workers_whole_seconds_between_its_ramp_and_its_stop() -> None:
+    workers = [
+        ramped_worker(0, parts.SHARD_A, T0 + 4.5, T0 + 10.5),  # seconds 5 to 9
+        ramped_worker(1, parts.SHARD_B, T0 + 6.2, T0 + 9.9),  # seconds 7 and 8
+        ramped_worker(2, ["site-0003-b1-r01-a01"], 0.0, 0.0),  # still ramping at the stop: none of its acks
+    ]
     report = Report.of_run(workers=workers, ingest=None, duration_s=12.0, config={}).to_dict()
     steady = report["latency_ms"]["ack_steady"]
-    assert steady["count"] == 7 * (len(parts.SHARD_A) + len(parts.SHARD_B))  # seconds 5 to 11
+    assert steady["count"] == 5 * len(parts.SHARD_A) + 2 * len(parts.SHARD_B)
     assert steady["max"] == 2.0
-    assert report["raw"]["totals"]["steady_since"] == T0 + 4.2
     assert dict(summary_lines(report))["ack ms, steady"].startswith("p50 2.0")
 
 
-def test_shards_merge_to_the_steady_window_of_the_later_shard() -> None:
-    a = Report.of_run(workers=[ramped_worker(0, parts.SHARD_A, T0 + 6.1)], ingest=None, duration_s=12.0, config={})
-    b = Report.of_run(workers=[ramped_worker(1, parts.SHARD_B, T0 + 2.9)], ingest=None, duration_s=12.0, config={})
+def test_shards_run_one_after_another_merge_their_steady_acks() -> None:
+    a = Report.of_run(
+        workers=[ramped_worker(0, parts.SHARD_A, T0 + 4.5, T0 + 10.5)], ingest=None, duration_s=12.0, config={}
+    )
+    late = T0 + 100  # shard b ran 100 s later: its window is after all of a's acks
+    b = Report.of_run(
+        workers=[ramped_worker(1, parts.SHARD_B, late + 4.5, late + 10.5, shift=100)],
+        ingest=None,
+        duration_s=12.0,
+        config={},
+    )
     merged = Report.merge([Report.from_dict(json.loads(written(r.to_dict()))) for r in (a, b)]).to_dict()
-    steady = merged["latency_ms"]["ack_steady"]
-    assert steady["count"] == 5 * (len(parts.SHARD_A) + len(parts.SHARD_B))  # seconds 7 to 11
-    assert merged["raw"]["totals"]["steady_since"] == T0 + 6.1
+    assert merged["latency_ms"]["ack_steady"]["count"] == 5 * (len(parts.SHARD_A) + len(parts.SHARD_B))
+    assert merged["latency_ms"]["ack_steady"]["max"] == 2.0
 
 
 def test_a_run_that_ended_in_its_ramp_has_no_steady_latency() -> None:
     report = Report.of_run(
-        workers=[ramped_worker(0, parts.SHARD_A, 0.0)], ingest=None, duration_s=3.0, config={}
+        workers=[ramped_worker(0, parts.SHARD_A, 0.0, 0.0)], ingest=None, duration_s=3.0, config={}
     ).to_dict()
     assert report["latency_ms"]["ack_steady"]["count"] == 0
     assert report["latency_ms"]["ack"]["count"] > 0
@@ -259,6 +270,8 @@ def test_a_run_that_ended_in_its_ramp_has_no_steady_latency() -> None:
 def test_a_report_written_before_the_steady_figure_still_reads() -> None:
     report = json.loads(golden("one"))
     del report["latency_ms"]["ack_steady"]
-    del report["raw"]["totals"]["steady_since"]
+    del report["raw"]["histograms"]["ack_steady"]
     assert dict(summary_lines(report))["ack ms, steady"] == "-"
-    assert Report.from_dict(report).to_dict()["latency_ms"]["ack_steady"]["count"] == 0
+    again = Report.from_dict(report).to_dict()
+    assert "ack_steady" not in again["latency_ms"]  # not measured: not shown as an empty measurement
+    assert dict(summary_lines(again))["ack ms, steady"] == "-"

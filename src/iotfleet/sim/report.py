@@ -3,10 +3,11 @@
 Required keys (the issue's contract): ``devices``, ``duration_s``, ``sent``, ``acked``, ``ingested``,
 ``lost``, ``duplicates``, ``throughput_msgs_per_s``, ``latency_ms`` (``connect``, ``ack``, ``e2e``, each
 with ``p50``, ``p95``, ``p99``, ``max``), ``errors`` and ``regions``. ``latency_ms.ack_steady`` is the ack
-latency of the steady window alone (from 2 s after every worker started its last device, the window of
-``resources.steady_cpu_core_fraction``): the whole run's ``ack`` includes the ramp, whose handshakes hold
-the event loop and make its tail. ``raw`` keeps what merging needs
-(histograms and per-device sequence sets), so ``iotfleet report merge`` gives the totals one run would.
+latency of each worker's steady window alone (its whole seconds from 2-3 s after it started its last
+device to its stop, the window of ``resources.steady_cpu_core_fraction``): the whole run's ``ack``
+includes the ramp, whose handshakes hold the event loop and make its tail, and the drain after the stop.
+``raw`` keeps what merging needs (histograms and per-device sequence sets), so ``iotfleet report merge``
+gives the totals one run would.
 
 Definitions: ``acked`` counts distinct (device, sequence) pairs acknowledged; ``ingested`` distinct pairs
 stored by any region's ingest; ``lost`` pairs acknowledged but never ingested (the at-least-once
@@ -49,10 +50,7 @@ __all__ = [
 REQUIRED = ("devices", "duration_s", "sent", "acked", "ingested", "lost", "duplicates", "throughput_msgs_per_s")
 
 
-HISTOGRAMS = ("connect", "ack", "e2e", "provision", "shadow_sync")
-# Totals that merge as the latest, not the sum: the longest steady window's wall time, and the moment the
-# last worker's steady window began (the fleet's: every worker's devices running by then).
-MAX_TOTALS = ("steady_wall_s", "steady_since")
+HISTOGRAMS = ("connect", "ack", "ack_steady", "e2e", "provision", "shadow_sync")
 COUNTS = ("sent", "errors", "failed", "rejects", "failovers")
 
 
@@ -235,7 +233,7 @@ class Raw:
     counts: dict[str, Counter[str]] = field(default_factory=lambda: {k: Counter() for k in COUNTS})
     histograms: dict[str, Histogram] = field(default_factory=lambda: {k: Histogram() for k in HISTOGRAMS})
     regions: dict[str, Counter[str]] = field(default_factory=dict)
-    totals: dict[str, float] = field(default_factory=lambda: {"steady_wall_s": 0.0})  # summed but MAX_TOTALS
+    totals: dict[str, float] = field(default_factory=lambda: {"steady_wall_s": 0.0})  # summed; the wall: max
     ingest_duplicates: int = 0
     # thing -> [(epoch s, region)]: when its acknowledgements began to come from each region in turn
     ack_moves: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
@@ -256,9 +254,9 @@ class Raw:
         counts["failovers"].update(w.failovers)
         for name, histogram in (("connect", w.connect_ms), ("ack", w.ack_ms), ("provision", w.provision_ms)):
             raw.histograms[name] = histogram
+        raw.histograms["ack_steady"] = w.steady_acks()
         raw.totals = {
             "steady_wall_s": w.steady_wall_s,
-            "steady_since": w.steady_since,
             "devices": w.devices,
             "connects": w.connects,
             "failbacks": w.failbacks,
@@ -337,7 +335,7 @@ class Raw:
         return total
 
     def merge(self, other: Raw) -> Raw:
-        """Add ``other`` in place: sets unite, histograms and counts add, the totals in MAX_TOTALS take the max."""
+        """Add ``other`` in place: sets unite, histograms and counts add, ``steady_wall_s`` takes the max."""
         _union(self.acked, other.acked)
         if other.ingested is not None:
             if self.ingested is None:
@@ -351,7 +349,7 @@ class Raw:
             self.regions.setdefault(region, Counter()).update(counts)
         for key, value in other.totals.items():
             mine = self.totals.get(key, 0)
-            self.totals[key] = max(mine, value) if key in MAX_TOTALS else mine + value
+            self.totals[key] = max(mine, value) if key == "steady_wall_s" else mine + value
         self.ingest_duplicates += other.ingest_duplicates
         self.ack_moves.update(other.ack_moves)  # a thing runs in one shard
         _add_shadow(self.shadow, other.shadow)
@@ -365,13 +363,6 @@ class Raw:
             self.ota.merge(other.ota)
         self.timeline.merge(other.timeline)
         return self
-
-    def steady_acks(self) -> Histogram:
-        """The ack latencies from the first whole second of the steady window on (2 s after every worker
-        started its last device, as the steady CPU figure): the ramp's handshakes left out. Empty when the
-        run ended before the window began, or was written by a version that did not record it."""
-        since = self.totals.get("steady_since", 0.0)
-        return self.timeline.latency_since(math.ceil(since)) if since > 0 else Histogram()
 
     # ------------------------------------------------------------------ JSON
 
@@ -496,10 +487,7 @@ class Report:
             "unacked": max(0, sent - acked - failed),
             "failed": failed,
             "throughput_msgs_per_s": round(acked / self.duration_s, 1) if self.duration_s else 0.0,
-            "latency_ms": {
-                **{k: v.summary() for k, v in raw.histograms.items()},
-                "ack_steady": raw.steady_acks().summary(),
-            },
+            "latency_ms": {k: v.summary() for k, v in raw.histograms.items()},
             "errors": {"total": sum(counts["errors"].values()), **counts["errors"]},
             "failovers": sum(counts["failovers"].values()),
             "failovers_by_route": dict(counts["failovers"]),

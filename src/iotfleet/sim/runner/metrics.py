@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ class WorkerMetrics:
     cpu_s: float = 0.0  # the worker process's CPU time, all of it
     steady_cpu_s: float = 0.0  # CPU from every device running (plus 2 s) to the stop
     steady_wall_s: float = 0.0
-    steady_since: float = 0.0  # epoch s when that steady window began; 0: the run ended before it did
+    steady_since: float = 0.0  # that window in epoch s; 0: the run ended before it began
+    steady_until: float = 0.0
     max_rss_kb: int = 0
     # shadow traffic: acknowledged requests by operation ("get", "update"), deltas applied, resyncs, ...
     shadow: Counter[str] = field(default_factory=Counter)
@@ -148,6 +150,13 @@ class WorkerMetrics:
         elif isinstance(event, PublishFailed):
             self.failed[event.reason] += 1
             self.error(f"publish: {event.reason}")
+
+    def steady_acks(self) -> Histogram:
+        """The ack latencies of the whole seconds inside the steady window: the ramp's handshakes, which
+        hold the event loop, and the drain after the stop left out. Empty if the run ended before it."""
+        if not self.steady_since:
+            return Histogram()
+        return self.timeline.latency_between(math.ceil(self.steady_since), math.floor(self.steady_until))
 
     def snapshot(self) -> dict[str, Any]:
         """The small live figures sent every second (no per-device data)."""

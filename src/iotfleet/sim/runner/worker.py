@@ -338,6 +338,7 @@ async def _worker(
     if steady:
         metrics.steady_cpu_s = time.process_time() - steady[0]
         metrics.steady_wall_s = loop.time() - steady[1]
+        metrics.steady_until = time.time()
     await asyncio.gather(*runs, return_exceptions=False)
     await watcher
     await pacing
