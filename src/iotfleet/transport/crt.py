@@ -75,7 +75,6 @@ class LoopBridge:
         self._items: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
         self._scheduled = False
         self._coalesce_s = coalesce_s
-        self._first = self._drain_later if coalesce_s > 0 else self._drain
 
     def call(self, fn: Callable[..., None], *args: Any) -> None:
         self._items.append((fn, args))
@@ -83,7 +82,9 @@ class LoopBridge:
             return
         self._scheduled = True
         try:
-            self._loop.call_soon_threadsafe(self._first)
+            # bound here, not kept on the bridge: a bridge holding its own bound method is a reference cycle,
+            # which a settled heap (iotfleet.settle_heap) never frees once the bridge's loop is gone
+            self._loop.call_soon_threadsafe(self._drain_later if self._coalesce_s > 0 else self._drain)
         except RuntimeError:  # the loop is closed: nothing is waiting for these any more
             self._items.clear()
             self._scheduled = False
