@@ -142,7 +142,7 @@ def lanes(per_client: int, window: int) -> list[int]:
     return [per_client // window + (1 if i < per_client % window else 0) for i in range(window)]
 
 
-def settle(quiet_s: float = 0.5, limit_s: float = 30.0) -> None:
+def wait_idle(quiet_s: float = 0.5, limit_s: float = 30.0) -> None:
     """Wait until this process is idle (under 2% of a core over ``quiet_s``), so that one run's teardown
     (a thousand clients disconnecting on the CRT threads) is not charged to the next run's phase."""
     deadline = time.monotonic() + limit_s
@@ -345,7 +345,7 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in runs}
         for round_no in range(1, args.rounds + 1):
             for name, run in runs.items():
-                settle()
+                wait_idle()
                 broker_before = process_cpu(broker_pid)
                 used, wall = run()
                 broker = process_cpu(broker_pid) - broker_before  # connects included: the same in every run

@@ -252,9 +252,13 @@ class Raw:
         counts["errors"].update(w.errors)
         counts["failed"].update(w.failed)
         counts["failovers"].update(w.failovers)
-        for name, histogram in (("connect", w.connect_ms), ("ack", w.ack_ms), ("provision", w.provision_ms)):
+        for name, histogram in (
+            ("connect", w.connect_ms),
+            ("ack", w.ack_ms),
+            ("ack_steady", w.steady_acks()),
+            ("provision", w.provision_ms),
+        ):
             raw.histograms[name] = histogram
-        raw.histograms["ack_steady"] = w.steady_acks()
         raw.totals = {
             "steady_wall_s": w.steady_wall_s,
             "devices": w.devices,
